@@ -1,0 +1,634 @@
+//! castellan-proto: the only language spoken between the control daemon
+//! (`castellan`) and the key holder (`castellan-signer`).
+//!
+//! The surface is deliberately closed: one [`Request`] enum and one
+//! [`Response`] enum. postcard tags enum variants by their position, so
+//! **variants and fields are append-only**: never reorder, remove or change the
+//! type of an existing one. The golden encodings in `tests/golden/` fail the
+//! build when that rule is broken.
+//!
+//! Every request is structured. There is no "sign these bytes" request: the
+//! signer builds the DER itself from a template and checks it against its own
+//! policy before any key is used.
+#![forbid(unsafe_code)]
+
+pub mod ceremony;
+pub mod frame;
+
+use serde::{Deserialize, Serialize};
+
+pub use ceremony::{checkpoint_message, statement, statement_digest};
+pub use frame::{FrameError, decode_frame, encode_frame, read_frame, write_frame};
+
+/// Name of a CA inside the signer (`[a-z0-9][a-z0-9._-]{0,62}`).
+pub type CaId = String;
+
+/// Unix time in seconds (UTC). Certificates, CRLs and OCSP use seconds.
+pub type UnixSeconds = i64;
+
+/// Unix time in milliseconds (UTC). The signing journal uses milliseconds so
+/// that "what was signed between T1 and T2" can be answered finely.
+pub type UnixMillis = i64;
+
+/// Key algorithms the signer can generate and sign with.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// ECDSA on P-256 with SHA-256.
+    EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcdsaP384,
+    /// RSA 3072 with PKCS#1 v1.5 and SHA-256 (PKCS#11 tokens that support it).
+    Rsa3072,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EcdsaP256 => "ecdsa-p256",
+            Algorithm::EcdsaP384 => "ecdsa-p384",
+            Algorithm::Rsa3072 => "rsa-3072",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "ecdsa-p256" | "p256" | "p-256" => Some(Algorithm::EcdsaP256),
+            "ecdsa-p384" | "p384" | "p-384" => Some(Algorithm::EcdsaP384),
+            "rsa-3072" | "rsa3072" => Some(Algorithm::Rsa3072),
+            _ => None,
+        }
+    }
+}
+
+/// One attribute of a distinguished name; each becomes its own RDN, in order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum NameAttribute {
+    CommonName(String),
+    Organization(String),
+    OrganizationalUnit(String),
+    Country(String),
+    Locality(String),
+    State(String),
+    SerialNumber(String),
+    DomainComponent(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DistinguishedName(pub Vec<NameAttribute>);
+
+impl DistinguishedName {
+    pub fn common_name(cn: &str) -> Self {
+        DistinguishedName(vec![NameAttribute::CommonName(cn.to_string())])
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAltName {
+    Dns(String),
+    /// 4 octets (IPv4) or 16 octets (IPv6).
+    Ip(Vec<u8>),
+    Email(String),
+    Uri(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: UnixSeconds,
+    pub not_after: UnixSeconds,
+}
+
+/// URLs the daemon wants in a certificate (AIA and CRL distribution points).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Urls {
+    pub ocsp: Vec<String>,
+    pub ca_issuers: Vec<String>,
+    pub crl: Vec<String>,
+}
+
+/// What the daemon asks the signer to certify for an end entity. The signer
+/// chooses the serial, the extensions (from the named profile) and the
+/// signature algorithm itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertificateTemplate {
+    pub issuer: CaId,
+    pub profile: String,
+    pub subject: DistinguishedName,
+    pub sans: Vec<SubjectAltName>,
+    /// DER SubjectPublicKeyInfo of the subject's key.
+    pub spki_der: Vec<u8>,
+    pub validity: Validity,
+    /// cA=TRUE was asked for. The signer always refuses this on
+    /// `IssueCertificate`: CA certificates exist only through a ceremony.
+    pub ca: bool,
+    pub urls: Urls,
+}
+
+/// Parameters of a new CA (root or intermediate).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CaParams {
+    pub ca_id: CaId,
+    /// `None` for a self-signed root; the issuing CA for an intermediate.
+    pub parent: Option<CaId>,
+    pub algorithm: Algorithm,
+    pub subject: DistinguishedName,
+    pub validity: Validity,
+    pub path_len: Option<u8>,
+    /// AIA / CRL URLs of the parent, put into an intermediate's certificate.
+    pub urls: Urls,
+}
+
+/// Rotation: a new key and certificate for a CA; the old one stops issuing
+/// but keeps signing CRLs and OCSP for what it issued.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RotateParams {
+    pub ca_id: CaId,
+    pub new_ca_id: CaId,
+    pub algorithm: Algorithm,
+    pub subject: DistinguishedName,
+    pub validity: Validity,
+    pub path_len: Option<u8>,
+    pub urls: Urls,
+}
+
+/// Cross-signature: `issuer` certifies the subject name and key of another
+/// CA certificate.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrossSignParams {
+    pub issuer: CaId,
+    pub subject_certificate_der: Vec<u8>,
+    pub validity: Validity,
+    pub path_len: Option<u8>,
+    pub urls: Urls,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Custodian {
+    pub name: String,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CustodianSet {
+    /// m: approvals needed.
+    pub threshold: u8,
+    /// the n custodians.
+    pub custodians: Vec<Custodian>,
+}
+
+/// Everything that needs an m-of-n custodian quorum. The quorum statement
+/// binds the exact postcard encoding of this value.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum CeremonyOp {
+    CreateRoot(CaParams),
+    CreateIntermediate(CaParams),
+    Rotate(RotateParams),
+    CrossSign(CrossSignParams),
+    ChangeCustodians(CustodianSet),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    Root,
+    Intermediate,
+    Rotate,
+    CrossSign,
+    Custodians,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Root => "root",
+            Purpose::Intermediate => "intermediate",
+            Purpose::Rotate => "rotate",
+            Purpose::CrossSign => "cross-sign",
+            Purpose::Custodians => "custodians",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        match s {
+            "root" => Some(Purpose::Root),
+            "intermediate" => Some(Purpose::Intermediate),
+            "rotate" => Some(Purpose::Rotate),
+            "cross-sign" => Some(Purpose::CrossSign),
+            "custodians" => Some(Purpose::Custodians),
+            _ => None,
+        }
+    }
+
+    pub fn tag(self) -> u8 {
+        match self {
+            Purpose::Root => 1,
+            Purpose::Intermediate => 2,
+            Purpose::Rotate => 3,
+            Purpose::CrossSign => 4,
+            Purpose::Custodians => 5,
+        }
+    }
+}
+
+impl CeremonyOp {
+    pub fn purpose(&self) -> Purpose {
+        match self {
+            CeremonyOp::CreateRoot(_) => Purpose::Root,
+            CeremonyOp::CreateIntermediate(_) => Purpose::Intermediate,
+            CeremonyOp::Rotate(_) => Purpose::Rotate,
+            CeremonyOp::CrossSign(_) => Purpose::CrossSign,
+            CeremonyOp::ChangeCustodians(_) => Purpose::Custodians,
+        }
+    }
+}
+
+/// 128-bit ceremony identifier, chosen at random when a ceremony is opened.
+pub type CeremonyId = [u8; 16];
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The custodian's Ed25519 public key.
+    pub custodian: [u8; 32],
+    /// Ed25519 signature (64 octets) over [`statement`].
+    pub signature: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QuorumProof {
+    pub ceremony_id: CeremonyId,
+    pub approvals: Vec<Approval>,
+}
+
+/// RFC 5280 CRLReason values (7 is unused by the RFC).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    CertificateHold,
+    RemoveFromCrl,
+    PrivilegeWithdrawn,
+    AaCompromise,
+}
+
+impl RevocationReason {
+    /// The CRLReason enumerated value.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::CaCompromise => 2,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+            RevocationReason::CertificateHold => 6,
+            RevocationReason::RemoveFromCrl => 8,
+            RevocationReason::PrivilegeWithdrawn => 9,
+            RevocationReason::AaCompromise => 10,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::CaCompromise => "cACompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+            RevocationReason::CertificateHold => "certificateHold",
+            RevocationReason::RemoveFromCrl => "removeFromCRL",
+            RevocationReason::PrivilegeWithdrawn => "privilegeWithdrawn",
+            RevocationReason::AaCompromise => "aACompromise",
+        }
+    }
+
+    pub const ALL: [RevocationReason; 10] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::CertificateHold,
+        RevocationReason::RemoveFromCrl,
+        RevocationReason::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise,
+    ];
+
+    /// Accepts the RFC names case-insensitively and with `-`/`_`.
+    pub fn parse(s: &str) -> Option<RevocationReason> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect();
+        RevocationReason::ALL
+            .into_iter()
+            .find(|r| r.as_str().to_lowercase() == norm)
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// Serial number, big-endian unsigned magnitude as in the certificate.
+    pub serial: Vec<u8>,
+    pub revoked_at: UnixSeconds,
+    pub reason: Option<RevocationReason>,
+    pub invalidity_date: Option<UnixSeconds>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrlRequest {
+    pub issuer: CaId,
+    /// Must be above the last CRL number the signer signed for this issuer.
+    pub crl_number: u64,
+    pub this_update: UnixSeconds,
+    pub next_update: UnixSeconds,
+    pub entries: Vec<CrlEntry>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertIdHash {
+    Sha1,
+    Sha256,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    Good,
+    Revoked {
+        at: UnixSeconds,
+        reason: Option<RevocationReason>,
+    },
+    Unknown,
+}
+
+/// One SingleResponse. The signer computes the CertID's issuer name and key
+/// hashes itself from the issuer it holds, in the algorithm asked.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SingleStatus {
+    pub hash: CertIdHash,
+    pub serial: Vec<u8>,
+    pub status: CertStatus,
+    pub this_update: UnixSeconds,
+    pub next_update: Option<UnixSeconds>,
+}
+
+/// One OCSPResponse to build and sign (one signature).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OcspTemplate {
+    pub singles: Vec<SingleStatus>,
+    /// RFC 8954 nonce to echo (1..=32 octets).
+    pub nonce: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OcspBatch {
+    pub issuer: CaId,
+    pub produced_at: UnixSeconds,
+    pub responses: Vec<OcspTemplate>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResponderParams {
+    pub issuer: CaId,
+    pub validity: Validity,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointRequest {
+    pub sequence: u64,
+    pub head_hash: [u8; 32],
+    pub time: UnixSeconds,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalWindow {
+    /// Inclusive lower bound (unix milliseconds).
+    pub since: UnixMillis,
+    /// Exclusive upper bound (unix milliseconds).
+    pub until: UnixMillis,
+}
+
+/// The closed set of things the daemon may ask the signer.
+/// Append-only: see the crate documentation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    PublicKeys,
+    IssueCertificate(CertificateTemplate),
+    Ceremony {
+        op: CeremonyOp,
+        proof: QuorumProof,
+    },
+    SignCrl(CrlRequest),
+    SignOcsp(OcspBatch),
+    RotateOcspResponder(ResponderParams),
+    SignCheckpoint(CheckpointRequest),
+    ExportJournal(JournalWindow),
+}
+
+impl Request {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::PublicKeys => "public-keys",
+            Request::IssueCertificate(_) => "issue-certificate",
+            Request::Ceremony { .. } => "ceremony",
+            Request::SignCrl(_) => "sign-crl",
+            Request::SignOcsp(_) => "sign-ocsp",
+            Request::RotateOcspResponder(_) => "rotate-ocsp-responder",
+            Request::SignCheckpoint(_) => "sign-checkpoint",
+            Request::ExportJournal(_) => "export-journal",
+        }
+    }
+}
+
+/// Whose fault an error is, so each edge can map it once (exit code, HTTP
+/// status, OCSP status).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or names something that does not exist.
+    BadRequest,
+    /// The signer's policy refuses it.
+    Policy,
+    /// Not enough valid, distinct custodian approvals.
+    QuorumNotMet,
+    /// The quorum proof itself is wrong (unknown custodian, duplicate,
+    /// signature over other parameters, ceremony already used).
+    QuorumInvalid,
+    /// The key backend (token, TPM, disk) failed.
+    Backend,
+    /// A bug or broken invariant inside the signer.
+    Internal,
+    /// The frame could not be decoded.
+    Protocol,
+}
+
+/// An error the signer reports. Messages name what was wrong and what to do,
+/// and never carry PINs, paths or key handles.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SignerError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for SignerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SignerError {}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaStatus {
+    /// Issues certificates, signs CRLs and OCSP.
+    Active,
+    /// Rotated out: signs CRLs and OCSP for what it issued, issues nothing.
+    Retired,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CaInfo {
+    pub ca_id: CaId,
+    pub parent: Option<CaId>,
+    pub algorithm: Algorithm,
+    pub status: CaStatus,
+    pub certificate_der: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResponderInfo {
+    pub issuer: CaId,
+    pub certificate_der: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeySet {
+    /// DER SubjectPublicKeyInfo of the audit (checkpoint) key.
+    pub audit_spki_der: Vec<u8>,
+    pub audit_algorithm: Algorithm,
+    pub cas: Vec<CaInfo>,
+    pub responders: Vec<ResponderInfo>,
+    pub custodians: CustodianSet,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatusInfo {
+    pub version: String,
+    pub backend: String,
+    pub seccomp: bool,
+    pub journal_records: u64,
+    pub journal_head: [u8; 32],
+    pub ca_count: u32,
+    pub custodian_threshold: u8,
+    pub custodian_count: u8,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignatureKind {
+    Certificate,
+    CaCertificate,
+    CrossCertificate,
+    ResponderCertificate,
+    Crl,
+    Ocsp,
+    Checkpoint,
+    CustodianChange,
+}
+
+impl SignatureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureKind::Certificate => "certificate",
+            SignatureKind::CaCertificate => "ca-certificate",
+            SignatureKind::CrossCertificate => "cross-certificate",
+            SignatureKind::ResponderCertificate => "responder-certificate",
+            SignatureKind::Crl => "crl",
+            SignatureKind::Ocsp => "ocsp",
+            SignatureKind::Checkpoint => "checkpoint",
+            SignatureKind::CustodianChange => "custodian-change",
+        }
+    }
+}
+
+/// What a signature covered, for the journal.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SignedSubject {
+    None,
+    Serial(Vec<u8>),
+    CrlNumber(u64),
+    Checkpoint(u64),
+}
+
+/// One record of the signer's own journal: one per signature made.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JournalRecord {
+    pub seq: u64,
+    pub time_ms: UnixMillis,
+    pub kind: SignatureKind,
+    /// Which key signed (CA id, `ocsp:<issuer>`, `audit`).
+    pub key_id: String,
+    pub subject: SignedSubject,
+    /// SHA-256 of the exact to-be-signed bytes.
+    pub tbs_sha256: [u8; 32],
+    pub ceremony_id: Option<CeremonyId>,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    pub der: Vec<u8>,
+    pub serial: Vec<u8>,
+    pub journal_seq: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum CeremonyOutcome {
+    /// A new CA (root, intermediate or the successor of a rotation).
+    Ca(CaInfo),
+    CrossCertificate(IssuedCertificate),
+    Custodians(CustodianSet),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub request: CheckpointRequest,
+    /// DER ECDSA signature over [`checkpoint_message`] with the audit key.
+    pub signature: Vec<u8>,
+}
+
+/// Answers, one per request. Append-only.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Error(SignerError),
+    Status(StatusInfo),
+    PublicKeys(PublicKeySet),
+    Certificate(IssuedCertificate),
+    Ceremony(CeremonyOutcome),
+    Crl { der: Vec<u8> },
+    Ocsp { responses: Vec<Vec<u8>> },
+    Responder(ResponderInfo),
+    Checkpoint(SignedCheckpoint),
+    Journal { records: Vec<JournalRecord> },
+}
+
+/// A request as sent on the wire: the id is echoed in the response so a
+/// client may pipeline several requests on one connection.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub response: Response,
+}
