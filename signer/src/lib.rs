@@ -7,3 +7,12 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod config;
+pub mod der;
+pub mod journal;
+pub mod quorum;
+pub mod state;
+pub mod x509;
+pub mod sys;
+pub mod server;
+pub mod service;

@@ -1,0 +1,836 @@
+//! The signer's request handling: policy, quorum, building, signing and
+//! journaling. Transport-free: [`Signer::handle`] maps one [`Request`] to one
+//! [`Response`]; `server` moves frames.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use castellan_proto::{
+    Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
+    CheckpointRequest, CrlRequest, CrossSignParams, CustodianSet, ErrorKind, IssuedCertificate,
+    JournalWindow, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo, ResponderParams,
+    Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject, SignerError, StatusInfo,
+    checkpoint_message,
+};
+use ring::rand::SystemRandom;
+
+use crate::backend::{Backend, BackendError};
+use crate::config::Profile;
+use crate::journal::{Journal, JournalError, NewRecord};
+use crate::quorum;
+use crate::state::{JOURNAL_FILE, State, StoredCa, StoredResponder};
+use crate::x509::{
+    self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntrySpec, IssuerKey, OcspIssuer, Signed, SingleSpec,
+};
+
+/// Longest validity of a delegated OCSP responder certificate.
+pub const MAX_RESPONDER_VALIDITY: i64 = 90 * 86_400;
+/// Most OCSP responses in one batch, and most singles in one response.
+pub const MAX_OCSP_BATCH: usize = 10_000;
+pub const MAX_OCSP_SINGLES: usize = 64;
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> SignerError {
+    SignerError {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn policy(message: impl Into<String>) -> SignerError {
+    err(ErrorKind::Policy, message)
+}
+
+fn bad(message: impl Into<String>) -> SignerError {
+    err(ErrorKind::BadRequest, message)
+}
+
+impl From<BuildError> for SignerError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Invalid(m) => bad(m),
+            BuildError::Lint(_) => err(ErrorKind::Internal, e.to_string()),
+            BuildError::Backend(b) => b.into(),
+        }
+    }
+}
+
+impl From<BackendError> for SignerError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unsupported(_) => bad(e.to_string()),
+            _ => err(ErrorKind::Backend, e.to_string()),
+        }
+    }
+}
+
+impl From<JournalError> for SignerError {
+    fn from(e: JournalError) -> Self {
+        err(
+            ErrorKind::Backend,
+            format!("signing journal unavailable, nothing was handed out: {e}"),
+        )
+    }
+}
+
+/// A CA as the signer uses it at run time.
+#[derive(Debug, Clone)]
+struct Ca {
+    info: CaInfo,
+    key: IssuerKey,
+    key_bits: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+    path_len: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct Responder {
+    key: IssuerKey,
+    not_before: i64,
+    not_after: i64,
+}
+
+struct Inner {
+    state: State,
+    cas: HashMap<String, Ca>,
+    responders: HashMap<String, Responder>,
+    custodians: CustodianSet,
+    used_ceremonies: HashSet<CeremonyId>,
+}
+
+pub struct Signer {
+    dir: PathBuf,
+    backend: Box<dyn Backend>,
+    journal: Journal,
+    profiles: BTreeMap<String, Profile>,
+    inner: RwLock<Inner>,
+    /// Serialises ceremonies and responder rotation (state writes).
+    writer: Mutex<()>,
+    /// Last CRL number signed per issuer; held across sign + journal.
+    crl_numbers: Mutex<HashMap<String, u64>>,
+    rng: SystemRandom,
+    seccomp: AtomicBool,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn valid_ca_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+}
+
+impl Ca {
+    fn from_stored(id: &str, s: &StoredCa) -> Result<Ca, String> {
+        let cert = hex::decode(&s.certificate_hex).map_err(|_| format!("state.json: CA {id}: bad certificate"))?;
+        let facts = x509::certificate_facts(&cert).map_err(|e| format!("state.json: CA {id}: {e}"))?;
+        let (_, key_bits) = x509::spki_parts(&facts.spki_der).map_err(|e| format!("state.json: CA {id}: {e}"))?;
+        Ok(Ca {
+            info: CaInfo {
+                ca_id: id.to_string(),
+                parent: s.parent.clone(),
+                algorithm: s.algorithm,
+                status: s.status,
+                certificate_der: cert,
+            },
+            key: IssuerKey {
+                key_label: s.key_label.clone(),
+                key_id: id.to_string(),
+                algorithm: s.algorithm,
+                spki_der: facts.spki_der,
+                name_der: facts.subject_der,
+            },
+            key_bits,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+            path_len: facts.path_len,
+        })
+    }
+}
+
+impl Responder {
+    fn from_stored(issuer: &str, s: &StoredResponder) -> Result<Responder, String> {
+        let cert = hex::decode(&s.certificate_hex).map_err(|_| format!("state.json: responder {issuer}: bad certificate"))?;
+        let facts = x509::certificate_facts(&cert).map_err(|e| format!("state.json: responder {issuer}: {e}"))?;
+        Ok(Responder {
+            key: IssuerKey::for_responder(
+                s.key_label.clone(),
+                format!("ocsp:{issuer}"),
+                s.algorithm,
+                facts.spki_der,
+                cert,
+            ),
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+        })
+    }
+}
+
+impl Signer {
+    /// Opens an initialised signer: state, journal (fully verified) and the
+    /// keys the state names. Refuses, never re-creates, what it cannot open.
+    pub fn open(dir: &Path, backend: Box<dyn Backend>, profiles: BTreeMap<String, Profile>) -> Result<Signer, String> {
+        let state = State::load(dir)?;
+        let (journal, records) = Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        let mut crl_numbers = HashMap::new();
+        let mut used = HashSet::new();
+        for r in &records {
+            if let SignedSubject::CrlNumber(n) = r.subject {
+                let e = crl_numbers.entry(r.key_id.clone()).or_insert(0);
+                *e = (*e).max(n);
+            }
+            if let Some(id) = r.ceremony_id {
+                used.insert(id);
+            }
+        }
+        let mut cas = HashMap::new();
+        for (id, s) in &state.cas {
+            let ca = Ca::from_stored(id, s)?;
+            let (_, spki) = backend
+                .public_key(&s.key_label)
+                .map_err(|e| format!("CA {id}: its key is not in the key backend ({e}); check the token / key store"))?;
+            if spki != ca.key.spki_der {
+                return Err(format!("CA {id}: the key in the backend does not match its certificate"));
+            }
+            cas.insert(id.clone(), ca);
+        }
+        let mut responders = HashMap::new();
+        for (issuer, s) in &state.responders {
+            responders.insert(issuer.clone(), Responder::from_stored(issuer, s)?);
+        }
+        backend
+            .public_key(&state.audit_key_label)
+            .map_err(|e| format!("the audit key is not in the key backend ({e})"))?;
+        let custodians = state.custodian_set()?;
+        Ok(Signer {
+            dir: dir.to_path_buf(),
+            backend,
+            journal,
+            profiles,
+            inner: RwLock::new(Inner {
+                state,
+                cas,
+                responders,
+                custodians,
+                used_ceremonies: used,
+            }),
+            writer: Mutex::new(()),
+            crl_numbers: Mutex::new(crl_numbers),
+            rng: SystemRandom::new(),
+            seccomp: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_seccomp_active(&self) {
+        self.seccomp.store(true, Ordering::Relaxed);
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Inner>, SignerError> {
+        self.inner
+            .read()
+            .map_err(|_| err(ErrorKind::Internal, "signer state lock poisoned; restart the signer"))
+    }
+
+    fn write(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>, SignerError> {
+        self.inner
+            .write()
+            .map_err(|_| err(ErrorKind::Internal, "signer state lock poisoned; restart the signer"))
+    }
+
+    pub fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => self.status().map(Response::Status),
+            Request::PublicKeys => self.public_keys().map(Response::PublicKeys),
+            Request::IssueCertificate(t) => self.issue(&t).map(Response::Certificate),
+            Request::Ceremony { op, proof } => self.ceremony(&op, &proof).map(Response::Ceremony),
+            Request::SignCrl(r) => self.sign_crl(&r).map(|der| Response::Crl { der }),
+            Request::SignOcsp(b) => self.sign_ocsp(&b).map(|responses| Response::Ocsp { responses }),
+            Request::RotateOcspResponder(p) => self.rotate_responder(&p).map(Response::Responder),
+            Request::SignCheckpoint(c) => self.checkpoint(c).map(Response::Checkpoint),
+            Request::ExportJournal(w) => self.export(w).map(|records| Response::Journal { records }),
+        };
+        match result {
+            Ok(r) => r,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn status(&self) -> Result<StatusInfo, SignerError> {
+        let inner = self.read()?;
+        let (records, head) = self.journal.head();
+        Ok(StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: self.backend.kind().to_string(),
+            seccomp: self.seccomp.load(Ordering::Relaxed),
+            journal_records: records,
+            journal_head: head,
+            ca_count: inner.cas.len() as u32,
+            custodian_threshold: inner.custodians.threshold,
+            custodian_count: inner.custodians.custodians.len() as u8,
+        })
+    }
+
+    fn public_keys(&self) -> Result<PublicKeySet, SignerError> {
+        let inner = self.read()?;
+        let (alg, audit) = self.backend.public_key(&inner.state.audit_key_label)?;
+        let mut cas: Vec<CaInfo> = inner.cas.values().map(|c| c.info.clone()).collect();
+        cas.sort_by(|a, b| a.ca_id.cmp(&b.ca_id));
+        let mut responders: Vec<ResponderInfo> = inner
+            .responders
+            .iter()
+            .map(|(issuer, r)| ResponderInfo {
+                issuer: issuer.clone(),
+                certificate_der: r.key.name_der.clone(),
+            })
+            .collect();
+        responders.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        Ok(PublicKeySet {
+            audit_spki_der: audit,
+            audit_algorithm: alg,
+            cas,
+            responders,
+            custodians: inner.custodians.clone(),
+        })
+    }
+
+    /// Signs a checked TBS and journals it before anything is returned.
+    fn sign_and_journal(
+        &self,
+        tbs: CheckedTbs,
+        key: &IssuerKey,
+        ceremony_id: Option<CeremonyId>,
+    ) -> Result<(Signed, u64), SignerError> {
+        let signed = tbs.sign(self.backend.as_ref(), key)?;
+        let rec = self.journal.append(NewRecord {
+            kind: signed.kind,
+            key_id: key.key_id.clone(),
+            subject: signed.subject.clone(),
+            tbs_sha256: signed.tbs_sha256,
+            ceremony_id,
+        })?;
+        Ok((signed, rec.seq))
+    }
+
+    fn active_issuer(&self, inner: &Inner, issuer: &str) -> Result<Ca, SignerError> {
+        let ca = inner.cas.get(issuer).ok_or_else(|| {
+            policy(format!(
+                "issuer {issuer:?} is not a CA held by this signer; known CAs: {}",
+                known(inner.cas.keys())
+            ))
+        })?;
+        if ca.info.status != CaStatus::Active {
+            return Err(policy(format!(
+                "CA {issuer:?} was rotated out and no longer issues certificates; issue from its successor"
+            )));
+        }
+        Ok(ca.clone())
+    }
+
+    fn issue(&self, t: &CertificateTemplate) -> Result<IssuedCertificate, SignerError> {
+        if t.ca {
+            return Err(policy(
+                "a certificate with cA=TRUE needs a custodian quorum: open an `intermediate` ceremony instead of issuing it",
+            ));
+        }
+        let profile = self.profiles.get(&t.profile).ok_or_else(|| {
+            policy(format!(
+                "profile {:?} is not known to the signer; known profiles: {}",
+                t.profile,
+                known(self.profiles.keys())
+            ))
+        })?;
+        let ca = self.active_issuer(&*self.read()?, &t.issuer)?;
+        let v = t.validity;
+        if v.not_after <= v.not_before {
+            return Err(bad("notAfter must be after notBefore"));
+        }
+        if v.not_after - v.not_before > profile.max_validity_secs {
+            return Err(policy(format!(
+                "validity of {} days exceeds the {} days profile {:?} allows",
+                (v.not_after - v.not_before + 86_399) / 86_400,
+                profile.max_validity_secs / 86_400,
+                profile.name
+            )));
+        }
+        if v.not_before < ca.not_before || v.not_after > ca.not_after {
+            return Err(policy(format!(
+                "validity must lie inside the issuing CA {:?}'s validity; shorten the certificate",
+                t.issuer
+            )));
+        }
+        let subject_der = x509::encode_name(&t.subject)?;
+        let serial = x509::random_serial(&self.rng)?;
+        let tbs = x509::build_certificate(&CertSpec {
+            serial: &serial,
+            issuer: &ca.key,
+            subject_der: &subject_der,
+            subject_spki_der: &t.spki_der,
+            not_before: v.not_before,
+            not_after: v.not_after,
+            sans: &t.sans,
+            kind: CertKind::Leaf {
+                key_usage: profile.key_usage,
+                eku: profile.eku.clone(),
+            },
+            urls: &t.urls,
+        })?;
+        let (signed, seq) = self.sign_and_journal(tbs, &ca.key, None)?;
+        Ok(IssuedCertificate {
+            der: signed.der,
+            serial,
+            journal_seq: seq,
+        })
+    }
+
+    fn ceremony(&self, op: &CeremonyOp, proof: &QuorumProof) -> Result<CeremonyOutcome, SignerError> {
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| err(ErrorKind::Internal, "ceremony lock poisoned; restart the signer"))?;
+        {
+            let inner = self.read()?;
+            quorum::verify(&inner.custodians, op, proof, &inner.used_ceremonies)?;
+        }
+        let id = proof.ceremony_id;
+        let outcome = match op {
+            CeremonyOp::CreateRoot(p) => {
+                if p.parent.is_some() {
+                    return Err(bad("a root ceremony creates a self-signed CA: parent must be empty"));
+                }
+                CeremonyOutcome::Ca(self.create_ca(p, id, None)?)
+            }
+            CeremonyOp::CreateIntermediate(p) => {
+                let Some(parent) = &p.parent else {
+                    return Err(bad("an intermediate ceremony needs the parent CA"));
+                };
+                CeremonyOutcome::Ca(self.create_ca(p, id, Some(parent.clone()))?)
+            }
+            CeremonyOp::Rotate(r) => CeremonyOutcome::Ca(self.rotate(r, id)?),
+            CeremonyOp::CrossSign(c) => CeremonyOutcome::CrossCertificate(self.cross_sign(c, id)?),
+            CeremonyOp::ChangeCustodians(set) => CeremonyOutcome::Custodians(self.change_custodians(set, id)?),
+        };
+        self.write()?.used_ceremonies.insert(id);
+        Ok(outcome)
+    }
+
+    /// Makes a new CA key and its certificate, self-signed or by `parent`.
+    fn create_ca(&self, p: &CaParams, id: CeremonyId, parent: Option<String>) -> Result<CaInfo, SignerError> {
+        self.new_ca(
+            &p.ca_id,
+            parent,
+            p.algorithm,
+            &p.subject,
+            p.validity.not_before,
+            p.validity.not_after,
+            p.path_len,
+            &p.urls,
+            id,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_ca(
+        &self,
+        ca_id: &str,
+        parent: Option<String>,
+        algorithm: Algorithm,
+        subject: &castellan_proto::DistinguishedName,
+        not_before: i64,
+        not_after: i64,
+        path_len: Option<u8>,
+        urls: &castellan_proto::Urls,
+        id: CeremonyId,
+    ) -> Result<CaInfo, SignerError> {
+        if !valid_ca_id(ca_id) {
+            return Err(bad(format!(
+                "CA id {ca_id:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+            )));
+        }
+        if not_after <= not_before {
+            return Err(bad("notAfter must be after notBefore"));
+        }
+        let subject_der = x509::encode_name(subject)?;
+        if subject.0.is_empty() {
+            return Err(bad("a CA needs a subject name"));
+        }
+        let (parent_ca, label) = {
+            let mut inner = self.write()?;
+            if inner.cas.contains_key(ca_id) {
+                return Err(bad(format!("a CA named {ca_id:?} exists already; choose another id")));
+            }
+            let parent_ca = match &parent {
+                Some(pid) => {
+                    let pca = self.active_issuer(&inner, pid)?;
+                    if not_before < pca.not_before || not_after > pca.not_after {
+                        return Err(policy(format!(
+                            "the new CA's validity must lie inside its parent {pid:?}'s validity"
+                        )));
+                    }
+                    if let Some(pl) = pca.path_len {
+                        if pl == 0 {
+                            return Err(policy(format!("CA {pid:?} has pathLenConstraint 0 and cannot certify sub-CAs")));
+                        }
+                        if path_len.is_none_or(|c| c >= pl) {
+                            return Err(policy(format!(
+                                "the new CA's pathLenConstraint must be below its parent's ({pl}); set path_len to at most {}",
+                                pl - 1
+                            )));
+                        }
+                    }
+                    Some(pca)
+                }
+                None => None,
+            };
+            (parent_ca, inner.state.next_key_label(&format!("ca-{ca_id}")))
+        };
+        let spki = self.backend.generate(&label, algorithm)?;
+        let own = IssuerKey {
+            key_label: label.clone(),
+            key_id: ca_id.to_string(),
+            algorithm,
+            spki_der: spki.clone(),
+            name_der: subject_der.clone(),
+        };
+        let issuer = parent_ca.as_ref().map_or(&own, |p| &p.key);
+        let serial = x509::random_serial(&self.rng)?;
+        let no_urls = castellan_proto::Urls::default();
+        let tbs = x509::build_certificate(&CertSpec {
+            serial: &serial,
+            issuer,
+            subject_der: &subject_der,
+            subject_spki_der: &spki,
+            not_before,
+            not_after,
+            sans: &[],
+            kind: CertKind::Ca { path_len },
+            urls: if parent_ca.is_some() { urls } else { &no_urls },
+        })?;
+        let (signed, _) = self.sign_and_journal(tbs, issuer, Some(id))?;
+        let stored = StoredCa {
+            key_label: label,
+            parent: parent.clone(),
+            algorithm,
+            status: CaStatus::Active,
+            certificate_hex: hex::encode(&signed.der),
+        };
+        let ca = Ca::from_stored(ca_id, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
+        let mut inner = self.write()?;
+        inner.state.cas.insert(ca_id.to_string(), stored);
+        inner.cas.insert(ca_id.to_string(), ca.clone());
+        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        Ok(ca.info)
+    }
+
+    fn rotate(&self, r: &RotateParams, id: CeremonyId) -> Result<CaInfo, SignerError> {
+        let parent = {
+            let inner = self.read()?;
+            let old = self.active_issuer(&inner, &r.ca_id)?;
+            old.info.parent.clone()
+        };
+        let info = self.new_ca(
+            &r.new_ca_id,
+            parent,
+            r.algorithm,
+            &r.subject,
+            r.validity.not_before,
+            r.validity.not_after,
+            r.path_len,
+            &r.urls,
+            id,
+        )?;
+        let mut inner = self.write()?;
+        if let Some(s) = inner.state.cas.get_mut(&r.ca_id) {
+            s.status = CaStatus::Retired;
+        }
+        if let Some(c) = inner.cas.get_mut(&r.ca_id) {
+            c.info.status = CaStatus::Retired;
+        }
+        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        Ok(info)
+    }
+
+    fn cross_sign(&self, c: &CrossSignParams, id: CeremonyId) -> Result<IssuedCertificate, SignerError> {
+        let issuer = self.active_issuer(&*self.read()?, &c.issuer)?;
+        let facts = x509::certificate_facts(&c.subject_certificate_der)?;
+        if !facts.is_ca {
+            return Err(policy("only a CA certificate can be cross-signed"));
+        }
+        if c.validity.not_before < issuer.not_before || c.validity.not_after > issuer.not_after {
+            return Err(policy("the cross-certificate's validity must lie inside the issuer's validity"));
+        }
+        if let Some(pl) = issuer.path_len
+            && (pl == 0 || c.path_len.is_none_or(|p| p >= pl))
+        {
+            return Err(policy(format!(
+                "the cross-certificate's pathLenConstraint must be below the issuer's ({pl})"
+            )));
+        }
+        let serial = x509::random_serial(&self.rng)?;
+        let tbs = x509::build_certificate(&CertSpec {
+            serial: &serial,
+            issuer: &issuer.key,
+            subject_der: &facts.subject_der,
+            subject_spki_der: &facts.spki_der,
+            not_before: c.validity.not_before,
+            not_after: c.validity.not_after,
+            sans: &[],
+            kind: CertKind::Ca { path_len: c.path_len },
+            urls: &c.urls,
+        })?;
+        let (signed, seq) = self.sign_and_journal(tbs, &issuer.key, Some(id))?;
+        Ok(IssuedCertificate {
+            der: signed.der,
+            serial,
+            journal_seq: seq,
+        })
+    }
+
+    fn change_custodians(&self, set: &CustodianSet, id: CeremonyId) -> Result<CustodianSet, SignerError> {
+        quorum::validate_set(set).map_err(bad)?;
+        let encoded = postcard::to_stdvec(set).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &encoded)
+            .as_ref()
+            .try_into()
+            .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        // Journal first: the journal is what proves the change was authorised.
+        self.journal.append(NewRecord {
+            kind: SignatureKind::CustodianChange,
+            key_id: "custodians".into(),
+            subject: SignedSubject::None,
+            tbs_sha256: digest,
+            ceremony_id: Some(id),
+        })?;
+        let mut inner = self.write()?;
+        inner.state.set_custodians(set);
+        inner.custodians = set.clone();
+        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        Ok(set.clone())
+    }
+
+    fn issuer_any_status(&self, issuer: &str) -> Result<Ca, SignerError> {
+        let inner = self.read()?;
+        inner.cas.get(issuer).cloned().ok_or_else(|| {
+            policy(format!(
+                "issuer {issuer:?} is not a CA held by this signer; known CAs: {}",
+                known(inner.cas.keys())
+            ))
+        })
+    }
+
+    fn sign_crl(&self, r: &CrlRequest) -> Result<Vec<u8>, SignerError> {
+        let ca = self.issuer_any_status(&r.issuer)?;
+        if r.next_update <= r.this_update {
+            return Err(bad("nextUpdate must be after thisUpdate"));
+        }
+        let mut numbers = self
+            .crl_numbers
+            .lock()
+            .map_err(|_| err(ErrorKind::Internal, "CRL number lock poisoned; restart the signer"))?;
+        let last = numbers.get(&r.issuer).copied();
+        if let Some(last) = last
+            && r.crl_number <= last
+        {
+            return Err(policy(format!(
+                "CRL number {} for {:?} is not above the last one signed ({last}); CRL numbers only increase",
+                r.crl_number, r.issuer
+            )));
+        }
+        let entries: Vec<CrlEntrySpec<'_>> = r
+            .entries
+            .iter()
+            .map(|e| CrlEntrySpec {
+                serial: &e.serial,
+                revoked_at: e.revoked_at,
+                reason_code: e.reason.map(|x| x.code()),
+                invalidity_date: e.invalidity_date,
+            })
+            .collect();
+        let tbs = x509::build_crl(&ca.key, r.crl_number, r.this_update, r.next_update, &entries)?;
+        let (signed, _) = self.sign_and_journal(tbs, &ca.key, None)?;
+        numbers.insert(r.issuer.clone(), r.crl_number);
+        Ok(signed.der)
+    }
+
+    fn sign_ocsp(&self, b: &OcspBatch) -> Result<Vec<Vec<u8>>, SignerError> {
+        if b.responses.len() > MAX_OCSP_BATCH {
+            return Err(bad(format!("at most {MAX_OCSP_BATCH} OCSP responses per batch")));
+        }
+        let ca = self.issuer_any_status(&b.issuer)?;
+        let responder = self.read()?.responders.get(&b.issuer).cloned().ok_or_else(|| {
+            policy(format!(
+                "no delegated OCSP responder for {:?}; rotate one in (RotateOcspResponder) first",
+                b.issuer
+            ))
+        })?;
+        if b.produced_at < responder.not_before || b.produced_at >= responder.not_after {
+            return Err(policy(format!(
+                "the OCSP responder certificate of {:?} is not valid at producedAt; rotate the responder",
+                b.issuer
+            )));
+        }
+        let issuer = OcspIssuer {
+            ca_name_der: &ca.key.name_der,
+            ca_key_bits: &ca.key_bits,
+        };
+        let mut out = Vec::with_capacity(b.responses.len());
+        let mut records = Vec::with_capacity(b.responses.len());
+        for t in &b.responses {
+            if t.singles.len() > MAX_OCSP_SINGLES {
+                return Err(bad(format!("at most {MAX_OCSP_SINGLES} single responses per OCSP response")));
+            }
+            let singles: Vec<SingleSpec<'_>> = t
+                .singles
+                .iter()
+                .map(|s| SingleSpec {
+                    hash: s.hash,
+                    serial: &s.serial,
+                    status: s.status,
+                    this_update: s.this_update,
+                    next_update: s.next_update,
+                })
+                .collect();
+            for s in &singles {
+                if s.next_update.is_some_and(|n| n > responder.not_after) {
+                    return Err(policy("OCSP nextUpdate must not be after the responder certificate expires"));
+                }
+            }
+            let tbs = x509::build_ocsp(&responder.key, &issuer, b.produced_at, &singles, t.nonce.as_deref())?;
+            let signed = tbs.sign(self.backend.as_ref(), &responder.key)?;
+            records.push(NewRecord {
+                kind: signed.kind,
+                key_id: responder.key.key_id.clone(),
+                subject: signed.subject.clone(),
+                tbs_sha256: signed.tbs_sha256,
+                ceremony_id: None,
+            });
+            out.push(signed.der);
+        }
+        self.journal.append_batch(records)?;
+        Ok(out)
+    }
+
+    fn rotate_responder(&self, p: &ResponderParams) -> Result<ResponderInfo, SignerError> {
+        let _writer = self
+            .writer
+            .lock()
+            .map_err(|_| err(ErrorKind::Internal, "state lock poisoned; restart the signer"))?;
+        let ca = self.issuer_any_status(&p.issuer)?;
+        let v = p.validity;
+        if v.not_after <= v.not_before {
+            return Err(bad("notAfter must be after notBefore"));
+        }
+        if v.not_after - v.not_before > MAX_RESPONDER_VALIDITY {
+            return Err(policy(format!(
+                "a delegated OCSP responder certificate may be valid for at most {} days",
+                MAX_RESPONDER_VALIDITY / 86_400
+            )));
+        }
+        if v.not_before < ca.not_before || v.not_after > ca.not_after {
+            return Err(policy("the responder's validity must lie inside the CA's validity"));
+        }
+        let label = self.write()?.state.next_key_label(&format!("ocsp-{}", p.issuer));
+        let spki = self.backend.generate(&label, p.algorithm)?;
+        let mut cn = String::from("OCSP responder for ");
+        cn.push_str(&p.issuer);
+        let subject_der = x509::encode_name(&castellan_proto::DistinguishedName::common_name(&cn))?;
+        let serial = x509::random_serial(&self.rng)?;
+        let tbs = x509::build_certificate(&CertSpec {
+            serial: &serial,
+            issuer: &ca.key,
+            subject_der: &subject_der,
+            subject_spki_der: &spki,
+            not_before: v.not_before,
+            not_after: v.not_after,
+            sans: &[],
+            kind: CertKind::OcspResponder,
+            urls: &castellan_proto::Urls::default(),
+        })?;
+        let (signed, _) = self.sign_and_journal(tbs, &ca.key, None)?;
+        let stored = StoredResponder {
+            key_label: label,
+            algorithm: p.algorithm,
+            certificate_hex: hex::encode(&signed.der),
+        };
+        let responder = Responder::from_stored(&p.issuer, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
+        let mut inner = self.write()?;
+        inner.state.responders.insert(p.issuer.clone(), stored);
+        inner.responders.insert(p.issuer.clone(), responder);
+        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        Ok(ResponderInfo {
+            issuer: p.issuer.clone(),
+            certificate_der: signed.der,
+        })
+    }
+
+    fn checkpoint(&self, c: CheckpointRequest) -> Result<SignedCheckpoint, SignerError> {
+        let label = self.read()?.state.audit_key_label.clone();
+        let message = checkpoint_message(&c);
+        let signature = self.backend.sign(&label, &message)?;
+        let (alg, spki) = self.backend.public_key(&label)?;
+        x509::verify_signature(alg, &spki, &message, &signature)?;
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &message)
+            .as_ref()
+            .try_into()
+            .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        self.journal.append(NewRecord {
+            kind: SignatureKind::Checkpoint,
+            key_id: "audit".into(),
+            subject: SignedSubject::Checkpoint(c.sequence),
+            tbs_sha256: digest,
+            ceremony_id: None,
+        })?;
+        Ok(SignedCheckpoint { request: c, signature })
+    }
+
+    fn export(&self, w: JournalWindow) -> Result<Vec<castellan_proto::JournalRecord>, SignerError> {
+        if w.until <= w.since {
+            return Err(bad("the export window's end must be after its start"));
+        }
+        Ok(self.journal.export(w)?)
+    }
+}
+
+fn known<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let mut v: Vec<&str> = keys.map(String::as_str).collect();
+    v.sort_unstable();
+    if v.is_empty() {
+        "(none)".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Creates a new signer's state: the audit key and the custodian set. The
+/// backend must already be initialised (a new soft store or a token).
+pub fn initialise(dir: &Path, backend: &dyn Backend, set: &CustodianSet) -> Result<(), String> {
+    quorum::validate_set(set)?;
+    if dir.join(crate::state::STATE_FILE).exists() {
+        return Err(format!(
+            "{} is already initialised; refusing to overwrite an existing signer",
+            dir.display()
+        ));
+    }
+    let label = format!("castellan-audit-{}", now());
+    backend
+        .generate(&label, Algorithm::EcdsaP256)
+        .map_err(|e| format!("cannot generate the audit key: {e}"))?;
+    let state = State::new(set, label, Algorithm::EcdsaP256);
+    state.save(dir)?;
+    // Create and verify an empty journal so the first start finds one.
+    Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+    Ok(())
+}

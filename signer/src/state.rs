@@ -1,0 +1,150 @@
+//! The signer's durable state besides keys and journal: the custodian set,
+//! the CAs it holds and their delegated OCSP responders.
+//!
+//! Stored as one JSON document (`state.json`, mode 0600) replaced atomically
+//! (write temporary, fsync, rename, fsync directory). What can be derived
+//! from the journal (CRL numbers, used ceremony ids) is derived from it, not
+//! stored twice.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use castellan_proto::{Algorithm, CaStatus, Custodian, CustodianSet};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+pub const JOURNAL_FILE: &str = "journal";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredCustodian {
+    pub name: String,
+    pub public_key_hex: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredCa {
+    pub key_label: String,
+    pub parent: Option<String>,
+    pub algorithm: Algorithm,
+    pub status: CaStatus,
+    pub certificate_hex: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredResponder {
+    pub key_label: String,
+    pub algorithm: Algorithm,
+    pub certificate_hex: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    pub format: u32,
+    pub threshold: u8,
+    pub custodians: Vec<StoredCustodian>,
+    pub audit_key_label: String,
+    pub audit_algorithm: Algorithm,
+    pub cas: BTreeMap<String, StoredCa>,
+    pub responders: BTreeMap<String, StoredResponder>,
+    /// Monotonic counter used to name new keys uniquely.
+    pub key_counter: u64,
+}
+
+impl State {
+    pub fn new(set: &CustodianSet, audit_key_label: String, audit_algorithm: Algorithm) -> State {
+        let mut s = State {
+            format: FORMAT,
+            threshold: 0,
+            custodians: vec![],
+            audit_key_label,
+            audit_algorithm,
+            cas: BTreeMap::new(),
+            responders: BTreeMap::new(),
+            key_counter: 0,
+        };
+        s.set_custodians(set);
+        s
+    }
+
+    pub fn custodian_set(&self) -> Result<CustodianSet, String> {
+        let mut custodians = Vec::new();
+        for c in &self.custodians {
+            let bytes = hex::decode(&c.public_key_hex)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| format!("state.json: custodian {:?} has a malformed public key", c.name))?;
+            custodians.push(Custodian {
+                name: c.name.clone(),
+                public_key: bytes,
+            });
+        }
+        Ok(CustodianSet {
+            threshold: self.threshold,
+            custodians,
+        })
+    }
+
+    pub fn set_custodians(&mut self, set: &CustodianSet) {
+        self.threshold = set.threshold;
+        self.custodians = set
+            .custodians
+            .iter()
+            .map(|c| StoredCustodian {
+                name: c.name.clone(),
+                public_key_hex: hex::encode(c.public_key),
+            })
+            .collect();
+    }
+
+    pub fn next_key_label(&mut self, prefix: &str) -> String {
+        self.key_counter += 1;
+        format!("castellan-{prefix}-{}", self.key_counter)
+    }
+
+    pub fn load(dir: &Path) -> Result<State, String> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{} does not exist: this signer was never initialised; run `castellan-signer init` (refusing to create a new, empty signer on start)",
+                    path.display()
+                )
+            } else {
+                format!("cannot read {}: {e}", path.display())
+            }
+        })?;
+        let s: State = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is damaged ({e}); restore it from backup", path.display()))?;
+        if s.format != FORMAT {
+            return Err(format!("{} has format {} but this signer reads {FORMAT}", path.display(), s.format));
+        }
+        Ok(s)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| format!("cannot encode state: {e}"))?;
+        write_atomic(&dir.join(STATE_FILE), &text).map_err(|e| format!("cannot write {}: {e}", dir.join(STATE_FILE).display()))
+    }
+}
+
+/// Writes a file so that after a crash it holds either the old or the new
+/// content: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()
+}

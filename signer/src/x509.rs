@@ -1,0 +1,828 @@
+//! Building and checking what the signer signs: certificates (RFC 5280),
+//! CRLs (RFC 5280 §5) and OCSP responses (RFC 6960).
+//!
+//! Only a [`CheckedTbs`] can be signed, and only this module makes one: each
+//! `build_*` function writes the to-be-signed DER, parses it back with an
+//! independent parser and checks it against what policy decided. After
+//! signing, [`CheckedTbs::sign`] verifies the signature with the issuer's
+//! public key and checks that the signed structure carries exactly the
+//! checked TBS.
+
+use castellan_proto::{
+    Algorithm, CertIdHash, CertStatus, DistinguishedName, NameAttribute, SignatureKind,
+    SignedSubject, SubjectAltName, Urls,
+};
+use der::Decode;
+use ring::digest;
+
+use crate::backend::{Backend, BackendError};
+use crate::der::*;
+
+pub mod oids {
+    pub const ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
+    pub const ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+    pub const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+    pub const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    pub const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+    pub const P256: &str = "1.2.840.10045.3.1.7";
+    pub const P384: &str = "1.3.132.0.34";
+    pub const CN: &str = "2.5.4.3";
+    pub const SERIAL_NUMBER: &str = "2.5.4.5";
+    pub const C: &str = "2.5.4.6";
+    pub const L: &str = "2.5.4.7";
+    pub const ST: &str = "2.5.4.8";
+    pub const O: &str = "2.5.4.10";
+    pub const OU: &str = "2.5.4.11";
+    pub const DC: &str = "0.9.2342.19200300.100.1.25";
+    pub const SKI: &str = "2.5.29.14";
+    pub const KEY_USAGE: &str = "2.5.29.15";
+    pub const SAN: &str = "2.5.29.17";
+    pub const BASIC_CONSTRAINTS: &str = "2.5.29.19";
+    pub const CRL_NUMBER: &str = "2.5.29.20";
+    pub const CRL_REASON: &str = "2.5.29.21";
+    pub const INVALIDITY_DATE: &str = "2.5.29.24";
+    pub const CRL_DP: &str = "2.5.29.31";
+    pub const AKI: &str = "2.5.29.35";
+    pub const EKU: &str = "2.5.29.37";
+    pub const AIA: &str = "1.3.6.1.5.5.7.1.1";
+    pub const AD_OCSP: &str = "1.3.6.1.5.5.7.48.1";
+    pub const AD_CA_ISSUERS: &str = "1.3.6.1.5.5.7.48.2";
+    pub const OCSP_BASIC: &str = "1.3.6.1.5.5.7.48.1.1";
+    pub const OCSP_NONCE: &str = "1.3.6.1.5.5.7.48.1.2";
+    pub const OCSP_NOCHECK: &str = "1.3.6.1.5.5.7.48.1.5";
+    pub const KP_SERVER_AUTH: &str = "1.3.6.1.5.5.7.3.1";
+    pub const KP_CLIENT_AUTH: &str = "1.3.6.1.5.5.7.3.2";
+    pub const KP_CODE_SIGNING: &str = "1.3.6.1.5.5.7.3.3";
+    pub const KP_EMAIL: &str = "1.3.6.1.5.5.7.3.4";
+    pub const KP_OCSP_SIGNING: &str = "1.3.6.1.5.5.7.3.9";
+    pub const SHA1: &str = "1.3.14.3.2.26";
+    pub const SHA256: &str = "2.16.840.1.101.3.4.2.1";
+}
+
+/// Key usage bits (RFC 5280 §4.2.1.3), bit 0 = digitalSignature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyUsage(pub u16);
+
+impl KeyUsage {
+    pub const DIGITAL_SIGNATURE: u16 = 1 << 0;
+    pub const NON_REPUDIATION: u16 = 1 << 1;
+    pub const KEY_ENCIPHERMENT: u16 = 1 << 2;
+    pub const DATA_ENCIPHERMENT: u16 = 1 << 3;
+    pub const KEY_AGREEMENT: u16 = 1 << 4;
+    pub const KEY_CERT_SIGN: u16 = 1 << 5;
+    pub const CRL_SIGN: u16 = 1 << 6;
+
+    pub fn parse_name(s: &str) -> Option<u16> {
+        Some(match s {
+            "digital_signature" | "digitalSignature" => Self::DIGITAL_SIGNATURE,
+            "non_repudiation" | "nonRepudiation" | "content_commitment" => Self::NON_REPUDIATION,
+            "key_encipherment" | "keyEncipherment" => Self::KEY_ENCIPHERMENT,
+            "data_encipherment" | "dataEncipherment" => Self::DATA_ENCIPHERMENT,
+            "key_agreement" | "keyAgreement" => Self::KEY_AGREEMENT,
+            "key_cert_sign" | "keyCertSign" => Self::KEY_CERT_SIGN,
+            "crl_sign" | "cRLSign" => Self::CRL_SIGN,
+            _ => return None,
+        })
+    }
+
+    /// DER BIT STRING content with the minimal number of octets and unused
+    /// bits (X.690 §11.2.2: trailing zero bits removed).
+    fn der(self) -> Vec<u8> {
+        // Bit i of the usage is bit (7 - i % 8) of octet i / 8.
+        let mut octets = [0u8; 2];
+        for i in 0..9u16 {
+            if self.0 & (1 << i) != 0 {
+                octets[(i / 8) as usize] |= 0x80 >> (i % 8);
+            }
+        }
+        let used = if octets[1] != 0 { 2 } else { 1 };
+        let last = octets[used - 1];
+        let unused = if last == 0 { 0 } else { last.trailing_zeros() as u8 };
+        let mut content = vec![unused];
+        content.extend_from_slice(&octets[..used]);
+        tlv(TAG_BIT_STRING, &content)
+    }
+}
+
+pub fn eku_oid(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_auth" | "serverAuth" => oids::KP_SERVER_AUTH,
+        "client_auth" | "clientAuth" => oids::KP_CLIENT_AUTH,
+        "code_signing" | "codeSigning" => oids::KP_CODE_SIGNING,
+        "email_protection" | "emailProtection" => oids::KP_EMAIL,
+        "ocsp_signing" | "OCSPSigning" => oids::KP_OCSP_SIGNING,
+        _ => return None,
+    })
+}
+
+#[derive(Debug)]
+pub enum BuildError {
+    /// The input cannot be encoded (bad name, bad key, bad URL).
+    Invalid(String),
+    /// What was built does not match what policy decided: a bug; nothing is
+    /// signed.
+    Lint(String),
+    Backend(BackendError),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::Invalid(m) => f.write_str(m),
+            BuildError::Lint(m) => write!(f, "refusing to sign: internal check failed: {m}"),
+            BuildError::Backend(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<BackendError> for BuildError {
+    fn from(e: BackendError) -> Self {
+        BuildError::Backend(e)
+    }
+}
+
+fn invalid<T>(m: impl Into<String>) -> Result<T, BuildError> {
+    Err(BuildError::Invalid(m.into()))
+}
+
+/// What the signer knows about a key that signs: enough to fill the
+/// signature algorithm, issuer name and AKI of what it signs.
+#[derive(Debug, Clone)]
+pub struct IssuerKey {
+    pub key_label: String,
+    /// Journal key id.
+    pub key_id: String,
+    pub algorithm: Algorithm,
+    pub spki_der: Vec<u8>,
+    /// DER of the issuer's Name (subject of its certificate).
+    pub name_der: Vec<u8>,
+}
+
+pub fn signature_algorithm(alg: Algorithm) -> Vec<u8> {
+    match alg {
+        Algorithm::EcdsaP256 => seq(&[&oid(oids::ECDSA_SHA256)]),
+        Algorithm::EcdsaP384 => seq(&[&oid(oids::ECDSA_SHA384)]),
+        Algorithm::Rsa3072 => seq(&[&oid(oids::SHA256_WITH_RSA), &null()]),
+    }
+}
+
+/// The subjectPublicKey BIT STRING value (without the unused-bits octet) of
+/// a DER SubjectPublicKeyInfo, and the algorithm it is for.
+pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)
+        .map_err(|e| BuildError::Invalid(format!("public key is not a DER SubjectPublicKeyInfo: {e}")))?;
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| BuildError::Invalid("public key bit string has unused bits".into()))?
+        .to_vec();
+    let alg_oid = spki.algorithm.oid.to_string();
+    let alg = match alg_oid.as_str() {
+        oids::EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+                .map(|o| o.to_string());
+            match curve.as_deref() {
+                Some(oids::P256) if key.len() == 65 && key[0] == 4 => Algorithm::EcdsaP256,
+                Some(oids::P384) if key.len() == 97 && key[0] == 4 => Algorithm::EcdsaP384,
+                Some(c) => {
+                    return invalid(format!(
+                        "EC public key on curve {c} (or in compressed form) is not accepted; use P-256 or P-384"
+                    ));
+                }
+                None => return invalid("EC public key without a named curve"),
+            }
+        }
+        oids::RSA_ENCRYPTION => {
+            let bits = rsa_modulus_bits(&key)?;
+            if bits < 2048 {
+                return invalid(format!("RSA key of {bits} bits is too weak; at least 2048 bits are required"));
+            }
+            Algorithm::Rsa3072
+        }
+        other => return invalid(format!("public key algorithm {other} is not accepted")),
+    };
+    Ok((alg, key))
+}
+
+fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
+    let bad = || BuildError::Invalid("RSA public key is malformed".into());
+    let (_, body, _) = split_tlv(rsa_public_key).ok_or_else(bad)?;
+    let (tag, n, _) = split_tlv(body).ok_or_else(bad)?;
+    if tag != TAG_INTEGER {
+        return Err(bad());
+    }
+    let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
+    let first = *n.first().ok_or_else(bad)?;
+    Ok(n.len() * 8 - first.leading_zeros() as usize)
+}
+
+/// RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey bits. One
+/// method everywhere, so an issuer's SKI always equals its children's AKI.
+pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>, BuildError> {
+    let (_, key) = spki_parts(spki_der)?;
+    Ok(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &key).as_ref().to_vec())
+}
+
+fn attr_oid(a: &NameAttribute) -> (&'static str, &str, u8) {
+    match a {
+        NameAttribute::CommonName(v) => (oids::CN, v, TAG_UTF8_STRING),
+        NameAttribute::Organization(v) => (oids::O, v, TAG_UTF8_STRING),
+        NameAttribute::OrganizationalUnit(v) => (oids::OU, v, TAG_UTF8_STRING),
+        NameAttribute::Country(v) => (oids::C, v, TAG_PRINTABLE_STRING),
+        NameAttribute::Locality(v) => (oids::L, v, TAG_UTF8_STRING),
+        NameAttribute::State(v) => (oids::ST, v, TAG_UTF8_STRING),
+        NameAttribute::SerialNumber(v) => (oids::SERIAL_NUMBER, v, TAG_PRINTABLE_STRING),
+        NameAttribute::DomainComponent(v) => (oids::DC, v, TAG_IA5_STRING),
+    }
+}
+
+/// DER Name from a structured distinguished name, one attribute per RDN.
+pub fn encode_name(dn: &DistinguishedName) -> Result<Vec<u8>, BuildError> {
+    let mut rdns = Vec::new();
+    for a in &dn.0 {
+        let (o, v, tag) = attr_oid(a);
+        if v.is_empty() || v.len() > 64 {
+            return invalid(format!("name attribute {o} must be 1 to 64 characters"));
+        }
+        if v.chars().any(char::is_control) {
+            return invalid(format!("name attribute {o} contains control characters"));
+        }
+        match tag {
+            TAG_PRINTABLE_STRING
+                if !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)) =>
+            {
+                return invalid(format!("name attribute {o} must be a PrintableString"));
+            }
+            TAG_IA5_STRING if !v.is_ascii() => {
+                return invalid(format!("name attribute {o} must be ASCII"));
+            }
+            _ => {}
+        }
+        if matches!(a, NameAttribute::Country(c) if c.len() != 2) {
+            return invalid("country must be a two-letter code");
+        }
+        rdns.extend(set(&[&seq(&[&oid(o), &tlv(tag, v.as_bytes())])]));
+    }
+    Ok(tlv(TAG_SEQUENCE, &rdns))
+}
+
+fn extension(oid_s: &str, critical: bool, value: &[u8]) -> Vec<u8> {
+    if critical {
+        seq(&[&oid(oid_s), &boolean(true), &octets(value)])
+    } else {
+        seq(&[&oid(oid_s), &octets(value)])
+    }
+}
+
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn is_uri(s: &str) -> bool {
+    s.is_ascii()
+        && !s.chars().any(|c| c.is_ascii_control() || c == ' ')
+        && s.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && !rest.is_empty()
+        })
+}
+
+fn general_name(san: &SubjectAltName) -> Result<Vec<u8>, BuildError> {
+    Ok(match san {
+        SubjectAltName::Dns(d) => {
+            if !is_dns_name(d) {
+                return invalid(format!("{d:?} is not a valid DNS name"));
+            }
+            ctx_prim(2, d.to_ascii_lowercase().as_bytes())
+        }
+        SubjectAltName::Ip(ip) => {
+            if ip.len() != 4 && ip.len() != 16 {
+                return invalid("an IP address SAN must have 4 or 16 octets");
+            }
+            ctx_prim(7, ip)
+        }
+        SubjectAltName::Email(e) => {
+            if !e.is_ascii() || e.split('@').count() != 2 || e.chars().any(|c| c.is_ascii_control()) {
+                return invalid(format!("{e:?} is not a valid email address"));
+            }
+            ctx_prim(1, e.as_bytes())
+        }
+        SubjectAltName::Uri(u) => {
+            if !is_uri(u) {
+                return invalid(format!("{u:?} is not a valid URI"));
+            }
+            ctx_prim(6, u.as_bytes())
+        }
+    })
+}
+
+fn uri_general_name(u: &str) -> Result<Vec<u8>, BuildError> {
+    if !is_uri(u) {
+        return invalid(format!("{u:?} is not a valid URL"));
+    }
+    Ok(ctx_prim(6, u.as_bytes()))
+}
+
+/// What kind of certificate is being built; decides the extension set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertKind {
+    /// End entity: cA=FALSE.
+    Leaf { key_usage: KeyUsage, eku: Vec<&'static str> },
+    /// Delegated OCSP responder: cA=FALSE, OCSPSigning, id-pkix-ocsp-nocheck.
+    OcspResponder,
+    /// CA: cA=TRUE, keyCertSign + cRLSign.
+    Ca { path_len: Option<u8> },
+}
+
+pub struct CertSpec<'a> {
+    pub serial: &'a [u8],
+    pub issuer: &'a IssuerKey,
+    pub subject_der: &'a [u8],
+    pub subject_spki_der: &'a [u8],
+    pub not_before: i64,
+    pub not_after: i64,
+    pub sans: &'a [SubjectAltName],
+    pub kind: CertKind,
+    pub urls: &'a Urls,
+}
+
+/// A to-be-signed structure that was built and checked. Only this module can
+/// make one; [`CheckedTbs::sign`] consumes it.
+#[derive(Debug)]
+pub struct CheckedTbs {
+    tbs: Vec<u8>,
+    shape: Shape,
+    pub kind: SignatureKind,
+    pub subject: SignedSubject,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Certificate,
+    Crl,
+    Ocsp,
+}
+
+/// A signature made over a [`CheckedTbs`] and verified.
+#[derive(Debug)]
+pub struct Signed {
+    pub der: Vec<u8>,
+    pub tbs_sha256: [u8; 32],
+    pub kind: SignatureKind,
+    pub subject: SignedSubject,
+}
+
+impl CheckedTbs {
+    pub fn tbs(&self) -> &[u8] {
+        &self.tbs
+    }
+
+    /// Signs with the issuer's key, assembles the signed structure, verifies
+    /// the signature with the issuer's public key and checks that the
+    /// assembled structure carries the checked TBS unchanged.
+    pub fn sign(self, backend: &dyn Backend, issuer: &IssuerKey) -> Result<Signed, BuildError> {
+        let sig = backend.sign(&issuer.key_label, &self.tbs)?;
+        verify_signature(issuer.algorithm, &issuer.spki_der, &self.tbs, &sig)?;
+        let der = match self.shape {
+            Shape::Certificate | Shape::Crl => {
+                seq(&[&self.tbs, &signature_algorithm(issuer.algorithm), &bits(&sig)])
+            }
+            Shape::Ocsp => ocsp_wrap(&self.tbs, issuer, &sig),
+        };
+        // The bytes handed out must contain exactly the checked TBS.
+        let inner = match self.shape {
+            Shape::Certificate => x509_cert::Certificate::from_der(&der)
+                .ok()
+                .and_then(|c| der::Encode::to_der(c.tbs_certificate()).ok()),
+            Shape::Crl => x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
+                .ok()
+                .and_then(|c| der::Encode::to_der(&c.tbs_cert_list).ok()),
+            Shape::Ocsp => Some(self.tbs.clone()),
+        };
+        if inner.as_deref() != Some(self.tbs.as_slice()) {
+            return Err(BuildError::Lint("signed structure does not carry the checked TBS".into()));
+        }
+        Ok(Signed {
+            der,
+            tbs_sha256: digest::digest(&digest::SHA256, &self.tbs)
+                .as_ref()
+                .try_into()
+                .map_err(|_| BuildError::Lint("sha256 length".into()))?,
+            kind: self.kind,
+            subject: self.subject,
+        })
+    }
+}
+
+/// Verifies `sig` over `msg` with a DER SubjectPublicKeyInfo.
+pub fn verify_signature(alg: Algorithm, spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), BuildError> {
+    let (_, key) = spki_parts(spki_der)?;
+    let verify_alg: &dyn ring::signature::VerificationAlgorithm = match alg {
+        Algorithm::EcdsaP256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+        Algorithm::EcdsaP384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
+        Algorithm::Rsa3072 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+    };
+    ring::signature::UnparsedPublicKey::new(verify_alg, &key)
+        .verify(msg, sig)
+        .map_err(|_| BuildError::Lint("the backend's signature does not verify with the issuer's public key".into()))
+}
+
+/// A fresh serial: 16 random octets (127 bits of entropy), positive, never
+/// zero, at most 20 octets once DER-encoded.
+pub fn random_serial(rng: &dyn ring::rand::SecureRandom) -> Result<Vec<u8>, BuildError> {
+    let mut s = [0u8; 16];
+    rng.fill(&mut s)
+        .map_err(|_| BuildError::Invalid("no randomness available for a serial".into()))?;
+    s[0] &= 0x7f;
+    s[0] |= 0x40;
+    Ok(s.to_vec())
+}
+
+pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> {
+    if spec.not_before >= spec.not_after {
+        return invalid("notBefore must be before notAfter");
+    }
+    let (_, _) = spki_parts(spec.subject_spki_der)?;
+    let ski = key_identifier(spec.subject_spki_der)?;
+    let aki = key_identifier(&spec.issuer.spki_der)?;
+
+    let mut exts: Vec<Vec<u8>> = Vec::new();
+    let (bc, ku, eku): (Vec<u8>, KeyUsage, Vec<&str>) = match &spec.kind {
+        CertKind::Leaf { key_usage, eku } => (seq(&[]), *key_usage, eku.clone()),
+        CertKind::OcspResponder => (
+            seq(&[]),
+            KeyUsage(KeyUsage::DIGITAL_SIGNATURE),
+            vec![oids::KP_OCSP_SIGNING],
+        ),
+        CertKind::Ca { path_len } => {
+            let mut parts = vec![boolean(true)];
+            if let Some(p) = path_len {
+                parts.push(uint_u64(u64::from(*p)));
+            }
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            (
+                seq(&refs),
+                KeyUsage(KeyUsage::DIGITAL_SIGNATURE | KeyUsage::KEY_CERT_SIGN | KeyUsage::CRL_SIGN),
+                vec![],
+            )
+        }
+    };
+    exts.push(extension(oids::BASIC_CONSTRAINTS, true, &bc));
+    exts.push(extension(oids::KEY_USAGE, true, &ku.der()));
+    if !eku.is_empty() {
+        let list: Vec<Vec<u8>> = eku.iter().map(|o| oid(o)).collect();
+        let refs: Vec<&[u8]> = list.iter().map(Vec::as_slice).collect();
+        exts.push(extension(oids::EKU, false, &seq(&refs)));
+    }
+    exts.push(extension(oids::SKI, false, &octets(&ski)));
+    exts.push(extension(oids::AKI, false, &seq(&[&ctx_prim(0, &aki)])));
+    if !spec.sans.is_empty() {
+        let mut names = Vec::new();
+        for s in spec.sans {
+            names.extend(general_name(s)?);
+        }
+        // RFC 5280 §4.2.1.6: critical when the subject is empty.
+        let critical = spec.subject_der == seq(&[]).as_slice();
+        exts.push(extension(oids::SAN, critical, &tlv(TAG_SEQUENCE, &names)));
+    } else if spec.subject_der == seq(&[]).as_slice() {
+        return invalid("a certificate needs a subject name or at least one subject alternative name");
+    }
+    if matches!(spec.kind, CertKind::OcspResponder) {
+        exts.push(extension(oids::OCSP_NOCHECK, false, &null()));
+    } else {
+        let mut ads = Vec::new();
+        for u in &spec.urls.ocsp {
+            ads.extend(seq(&[&oid(oids::AD_OCSP), &uri_general_name(u)?]));
+        }
+        for u in &spec.urls.ca_issuers {
+            ads.extend(seq(&[&oid(oids::AD_CA_ISSUERS), &uri_general_name(u)?]));
+        }
+        if !ads.is_empty() {
+            exts.push(extension(oids::AIA, false, &tlv(TAG_SEQUENCE, &ads)));
+        }
+        let mut dps = Vec::new();
+        for u in &spec.urls.crl {
+            dps.extend(seq(&[&ctx_cons(0, &ctx_cons(0, &uri_general_name(u)?))]));
+        }
+        if !dps.is_empty() {
+            exts.push(extension(oids::CRL_DP, false, &tlv(TAG_SEQUENCE, &dps)));
+        }
+    }
+    let ext_refs: Vec<&[u8]> = exts.iter().map(Vec::as_slice).collect();
+
+    let tbs = seq(&[
+        &ctx_cons(0, &uint_u64(2)),
+        &uint(spec.serial),
+        &signature_algorithm(spec.issuer.algorithm),
+        &spec.issuer.name_der,
+        &seq(&[&x509_time(spec.not_before), &x509_time(spec.not_after)]),
+        spec.subject_der,
+        spec.subject_spki_der,
+        &ctx_cons(3, &seq(&ext_refs)),
+    ]);
+    lint_certificate(&tbs, spec)?;
+    let kind = match spec.kind {
+        CertKind::Leaf { .. } => SignatureKind::Certificate,
+        CertKind::OcspResponder => SignatureKind::ResponderCertificate,
+        CertKind::Ca { .. } => SignatureKind::CaCertificate,
+    };
+    Ok(CheckedTbs {
+        tbs,
+        shape: Shape::Certificate,
+        kind,
+        subject: SignedSubject::Serial(spec.serial.to_vec()),
+    })
+}
+
+/// Parses the TBS back with x509-cert and checks it says what policy
+/// decided: serial, issuer, validity, subject, key, and the CA bit.
+fn lint_certificate(tbs: &[u8], spec: &CertSpec<'_>) -> Result<(), BuildError> {
+    use der::Encode;
+    let lint = |m: &str| BuildError::Lint(m.to_string());
+    let parsed = x509_cert::TbsCertificate::from_der(tbs).map_err(|e| lint(&format!("TBS does not parse: {e}")))?;
+    if parsed.serial_number().as_bytes().iter().skip_while(|b| **b == 0).ne(spec.serial.iter().skip_while(|b| **b == 0))
+    {
+        return Err(lint("serial changed"));
+    }
+    if parsed.serial_number().as_bytes().len() > 20 {
+        return Err(lint("serial longer than 20 octets"));
+    }
+    if parsed.issuer().to_der().ok().as_deref() != Some(spec.issuer.name_der.as_slice()) {
+        return Err(lint("issuer name is not the issuing CA's subject"));
+    }
+    if parsed.subject().to_der().ok().as_deref() != Some(spec.subject_der) {
+        return Err(lint("subject changed"));
+    }
+    if parsed.subject_public_key_info().to_der().ok().as_deref() != Some(spec.subject_spki_der) {
+        return Err(lint("public key changed"));
+    }
+    let nb = parsed.validity().not_before.to_unix_duration().as_secs() as i64;
+    let na = parsed.validity().not_after.to_unix_duration().as_secs() as i64;
+    if nb != spec.not_before || na != spec.not_after {
+        return Err(lint("validity changed"));
+    }
+    let bc = parsed
+        .get_extension::<x509_cert::ext::pkix::BasicConstraints>()
+        .map_err(|e| lint(&format!("basicConstraints: {e}")))?
+        .ok_or_else(|| lint("basicConstraints missing"))?;
+    let want_ca = matches!(spec.kind, CertKind::Ca { .. });
+    if bc.1.ca != want_ca || !bc.0 {
+        return Err(lint("basicConstraints cA does not match the kind of certificate"));
+    }
+    Ok(())
+}
+
+/// One revoked certificate for a CRL.
+pub struct CrlEntrySpec<'a> {
+    pub serial: &'a [u8],
+    pub revoked_at: i64,
+    pub reason_code: Option<u8>,
+    pub invalidity_date: Option<i64>,
+}
+
+/// Builds the TBSCertList of a full CRL. No IssuingDistributionPoint: a full
+/// CRL covering all reasons may omit it (RFC 5280 §5.2.5), and NSS refuses
+/// CRLs that carry one.
+pub fn build_crl(
+    issuer: &IssuerKey,
+    crl_number: u64,
+    this_update: i64,
+    next_update: i64,
+    entries: &[CrlEntrySpec<'_>],
+) -> Result<CheckedTbs, BuildError> {
+    if next_update <= this_update {
+        return invalid("nextUpdate must be after thisUpdate");
+    }
+    let aki = key_identifier(&issuer.spki_der)?;
+    let mut revoked = Vec::with_capacity(entries.len() * 48);
+    for e in entries {
+        if e.serial.is_empty() || e.serial.len() > 20 {
+            return invalid("a CRL entry's serial must be 1 to 20 octets");
+        }
+        let mut exts: Vec<Vec<u8>> = Vec::new();
+        if let Some(code) = e.reason_code {
+            exts.push(extension(oids::CRL_REASON, false, &enumerated(code)));
+        }
+        if let Some(t) = e.invalidity_date {
+            exts.push(extension(oids::INVALIDITY_DATE, false, &generalized_time(t)));
+        }
+        let serial = uint(e.serial);
+        let date = x509_time(e.revoked_at);
+        if exts.is_empty() {
+            revoked.extend(seq(&[&serial, &date]));
+        } else {
+            let refs: Vec<&[u8]> = exts.iter().map(Vec::as_slice).collect();
+            revoked.extend(seq(&[&serial, &date, &seq(&refs)]));
+        }
+    }
+    let crl_exts = seq(&[
+        &extension(oids::AKI, false, &seq(&[&ctx_prim(0, &aki)])),
+        &extension(oids::CRL_NUMBER, false, &uint_u64(crl_number)),
+    ]);
+    let mut parts: Vec<Vec<u8>> = vec![
+        uint_u64(1),
+        signature_algorithm(issuer.algorithm),
+        issuer.name_der.clone(),
+        x509_time(this_update),
+        x509_time(next_update),
+    ];
+    if !entries.is_empty() {
+        parts.push(tlv(TAG_SEQUENCE, &revoked));
+    }
+    parts.push(ctx_cons(0, &crl_exts));
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let tbs = seq(&refs);
+
+    let parsed = x509_cert::crl::TbsCertList::<x509_cert::certificate::Rfc5280>::from_der(&tbs)
+        .map_err(|e| BuildError::Lint(format!("CRL does not parse: {e}")))?;
+    let n = parsed.revoked_certificates.as_ref().map_or(0, Vec::len);
+    if n != entries.len() {
+        return Err(BuildError::Lint("CRL entry count changed".into()));
+    }
+    Ok(CheckedTbs {
+        tbs,
+        shape: Shape::Crl,
+        kind: SignatureKind::Crl,
+        subject: SignedSubject::CrlNumber(crl_number),
+    })
+}
+
+/// The issuer data an OCSP CertID hashes.
+pub struct OcspIssuer<'a> {
+    /// DER Name of the CA that issued the certificates in question.
+    pub ca_name_der: &'a [u8],
+    /// The CA's subjectPublicKey bits.
+    pub ca_key_bits: &'a [u8],
+}
+
+pub struct SingleSpec<'a> {
+    pub hash: CertIdHash,
+    pub serial: &'a [u8],
+    pub status: CertStatus,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+}
+
+fn cert_id(issuer: &OcspIssuer<'_>, hash: CertIdHash, serial: &[u8]) -> Vec<u8> {
+    let (alg, o) = match hash {
+        CertIdHash::Sha1 => (&digest::SHA1_FOR_LEGACY_USE_ONLY, oids::SHA1),
+        CertIdHash::Sha256 => (&digest::SHA256, oids::SHA256),
+    };
+    seq(&[
+        &seq(&[&oid(o), &null()]),
+        &octets(digest::digest(alg, issuer.ca_name_der).as_ref()),
+        &octets(digest::digest(alg, issuer.ca_key_bits).as_ref()),
+        &uint(serial),
+    ])
+}
+
+/// Builds an OCSP ResponseData (RFC 6960 §4.2.1), responder identified by
+/// the SHA-1 hash of its key.
+pub fn build_ocsp(
+    responder: &IssuerKey,
+    issuer: &OcspIssuer<'_>,
+    produced_at: i64,
+    singles: &[SingleSpec<'_>],
+    nonce: Option<&[u8]>,
+) -> Result<CheckedTbs, BuildError> {
+    if singles.is_empty() {
+        return invalid("an OCSP response needs at least one single response");
+    }
+    let responder_key_hash = key_identifier(&responder.spki_der)?;
+    let mut responses = Vec::new();
+    for s in singles {
+        if s.serial.is_empty() || s.serial.len() > 20 {
+            return invalid("an OCSP serial must be 1 to 20 octets");
+        }
+        let status = match s.status {
+            CertStatus::Good => ctx_prim(0, &[]),
+            CertStatus::Unknown => ctx_prim(2, &[]),
+            CertStatus::Revoked { at, reason } => {
+                let mut info = generalized_time(at);
+                if let Some(r) = reason {
+                    info.extend(ctx_cons(0, &enumerated(r.code())));
+                }
+                ctx_cons(1, &info)
+            }
+        };
+        let mut parts = vec![cert_id(issuer, s.hash, s.serial), status, generalized_time(s.this_update)];
+        if let Some(nu) = s.next_update {
+            if nu <= s.this_update {
+                return invalid("OCSP nextUpdate must be after thisUpdate");
+            }
+            parts.push(ctx_cons(0, &generalized_time(nu)));
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        responses.extend(seq(&refs));
+    }
+    let mut parts = vec![
+        ctx_cons(2, &octets(&responder_key_hash)),
+        generalized_time(produced_at),
+        tlv(TAG_SEQUENCE, &responses),
+    ];
+    if let Some(n) = nonce {
+        if n.is_empty() || n.len() > 32 {
+            return invalid("an OCSP nonce must be 1 to 32 octets (RFC 8954)");
+        }
+        parts.push(ctx_cons(1, &seq(&[&extension(oids::OCSP_NONCE, false, &octets(n))])));
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let tbs = seq(&refs);
+    // Self-check: the structure splits back into the parts written.
+    let ok = split_tlv(&tbs).is_some_and(|(t, _, rest)| t == TAG_SEQUENCE && rest.is_empty());
+    if !ok {
+        return Err(BuildError::Lint("OCSP ResponseData is not one DER SEQUENCE".into()));
+    }
+    let subject = if singles.len() == 1 {
+        SignedSubject::Serial(singles[0].serial.to_vec())
+    } else {
+        SignedSubject::None
+    };
+    Ok(CheckedTbs {
+        tbs,
+        shape: Shape::Ocsp,
+        kind: SignatureKind::Ocsp,
+        subject,
+    })
+}
+
+/// The responder's certificate, put into every response so relying parties
+/// can verify the delegation without fetching anything.
+fn ocsp_wrap(tbs: &[u8], responder: &IssuerKey, sig: &[u8]) -> Vec<u8> {
+    // `name_der` of a responder IssuerKey carries its certificate (see
+    // `IssuerKey::for_responder`), so that it can ride along here.
+    let certs = ctx_cons(0, &seq(&[&responder.name_der]));
+    let basic = seq(&[tbs, &signature_algorithm(responder.algorithm), &bits(sig), &certs]);
+    seq(&[
+        &enumerated(0),
+        &ctx_cons(0, &seq(&[&oid(oids::OCSP_BASIC), &octets(&basic)])),
+    ])
+}
+
+impl IssuerKey {
+    /// An OCSP responder's signing identity: `name_der` holds the
+    /// responder's certificate (attached to each response).
+    pub fn for_responder(key_label: String, key_id: String, algorithm: Algorithm, spki_der: Vec<u8>, cert_der: Vec<u8>) -> Self {
+        IssuerKey {
+            key_label,
+            key_id,
+            algorithm,
+            spki_der,
+            name_der: cert_der,
+        }
+    }
+}
+
+/// An OCSP response with a non-successful status (RFC 6960 §4.2.1): no
+/// signature, no response bytes.
+pub fn ocsp_error_response(status: u8) -> Vec<u8> {
+    seq(&[&enumerated(status)])
+}
+
+/// Subject name DER, SPKI DER and validity of a certificate.
+pub struct CertFacts {
+    pub subject_der: Vec<u8>,
+    pub spki_der: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub is_ca: bool,
+    pub path_len: Option<u8>,
+}
+
+pub fn certificate_facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
+    use der::Encode;
+    let cert = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| BuildError::Invalid(format!("not a DER certificate: {e}")))?;
+    let tbs = cert.tbs_certificate();
+    let bc = tbs
+        .get_extension::<x509_cert::ext::pkix::BasicConstraints>()
+        .ok()
+        .flatten()
+        .map(|(_, bc)| bc);
+    Ok(CertFacts {
+        subject_der: tbs.subject().to_der().map_err(|e| BuildError::Invalid(e.to_string()))?,
+        spki_der: tbs
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| BuildError::Invalid(e.to_string()))?,
+        not_before: tbs.validity().not_before.to_unix_duration().as_secs() as i64,
+        not_after: tbs.validity().not_after.to_unix_duration().as_secs() as i64,
+        is_ca: bc.as_ref().is_some_and(|b| b.ca),
+        path_len: bc.and_then(|b| b.path_len_constraint),
+    })
+}

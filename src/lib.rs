@@ -1,0 +1,11 @@
+//! castellan: the control daemon and `castellanctl`.
+//!
+//! This release carries the pieces `castellanctl` needs to drive a signer
+//! directly (custodian keys, ceremonies as files, CSR handling) — the path
+//! of the offline root host — and the daemon skeleton.
+#![forbid(unsafe_code)]
+
+pub mod csr;
+pub mod custodian;
+pub mod pem;
+pub mod signer_client;
