@@ -81,8 +81,17 @@ const FORBIDDEN: &[&str] = &[
 
 /// Syscalls that may only appear with argument conditions.
 const MUST_BE_RESTRICTED: &[&str] = &[
-    "socket", "clone", "mmap", "mprotect", "prctl", "fcntl", "tgkill", "prlimit64", "ioctl",
-    "getsockopt", "setsockopt",
+    "socket",
+    "clone",
+    "mmap",
+    "mprotect",
+    "prctl",
+    "fcntl",
+    "tgkill",
+    "prlimit64",
+    "ioctl",
+    "getsockopt",
+    "setsockopt",
 ];
 
 fn main() {
@@ -155,7 +164,9 @@ fn check_policy(policy: &serde_json::Value) -> Result<(), String> {
         .keys()
         .find(|k| *k != ALLOWLIST && *k != CLONE3_FILTER)
     {
-        return Err(format!("unexpected filter {extra:?}: nothing would install it"));
+        return Err(format!(
+            "unexpected filter {extra:?}: nothing would install it"
+        ));
     }
     let allow = &filters[ALLOWLIST];
     if allow.get("mismatch_action").and_then(|v| v.as_str()) != Some("kill_process") {
@@ -237,7 +248,11 @@ struct Compiled {
 fn compile_for(policy: &serde_json::Value, arch: &str) -> Result<Compiled, String> {
     let mut policy = policy.clone();
     if arch != "x86_64" {
-        for filter in policy.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        for filter in policy
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
             if let Some(rules) = filter.get_mut("filter").and_then(|v| v.as_array_mut()) {
                 rules.retain(|rule| {
                     let syscall = rule.get("syscall").and_then(|v| v.as_str());
@@ -322,4 +337,3 @@ fn render_program(s: &mut String, name: &str, doc: &str, prog: &[seccompiler::so
     }
     let _ = writeln!(s, "];\n");
 }
-

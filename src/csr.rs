@@ -29,10 +29,14 @@ const EXT_REQ: &str = "1.2.840.113549.1.9.14";
 
 fn attr_value(any: &der::Any) -> Result<String, String> {
     match any.tag() {
-        der::Tag::Utf8String | der::Tag::PrintableString | der::Tag::Ia5String => std::str::from_utf8(any.value())
-            .map(str::to_string)
-            .map_err(|_| "a subject attribute is not valid text".to_string()),
-        t => Err(format!("a subject attribute uses an unsupported string type ({t})")),
+        der::Tag::Utf8String | der::Tag::PrintableString | der::Tag::Ia5String => {
+            std::str::from_utf8(any.value())
+                .map(str::to_string)
+                .map_err(|_| "a subject attribute is not valid text".to_string())
+        }
+        t => Err(format!(
+            "a subject attribute uses an unsupported string type ({t})"
+        )),
     }
 }
 
@@ -42,27 +46,39 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         return Err(format!("CSR larger than {MAX_CSR_LEN} octets"));
     }
     let der = crate::pem::decode(input, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])?;
-    let req = CertReq::from_der(&der).map_err(|e| format!("not a PKCS#10 certificate request: {e}"))?;
+    let req =
+        CertReq::from_der(&der).map_err(|e| format!("not a PKCS#10 certificate request: {e}"))?;
     let info_der = req.info.to_der().map_err(|e| format!("CSR: {e}"))?;
-    let spki_der = req.info.public_key.to_der().map_err(|e| format!("CSR public key: {e}"))?;
+    let spki_der = req
+        .info
+        .public_key
+        .to_der()
+        .map_err(|e| format!("CSR public key: {e}"))?;
     let key = req
         .info
         .public_key
         .subject_public_key
         .as_bytes()
         .ok_or("CSR public key has unused bits")?;
-    let sig = req.signature.as_bytes().ok_or("CSR signature has unused bits")?;
-    let alg: &dyn ring::signature::VerificationAlgorithm = match req.algorithm.oid.to_string().as_str() {
-        ECDSA_SHA256 if key.len() == 65 => &ring::signature::ECDSA_P256_SHA256_ASN1,
-        ECDSA_SHA256 if key.len() == 97 => &ring::signature::ECDSA_P384_SHA256_ASN1,
-        ECDSA_SHA384 if key.len() == 97 => &ring::signature::ECDSA_P384_SHA384_ASN1,
-        ECDSA_SHA384 if key.len() == 65 => &ring::signature::ECDSA_P256_SHA384_ASN1,
-        RSA_SHA256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        RSA_SHA384 => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
-        RSA_SHA512 => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
-        ED25519 => return Err("Ed25519 keys are not accepted for TLS certificates; use ECDSA P-256/P-384 or RSA".into()),
-        o => return Err(format!("CSR signature algorithm {o} is not accepted")),
-    };
+    let sig = req
+        .signature
+        .as_bytes()
+        .ok_or("CSR signature has unused bits")?;
+    let alg: &dyn ring::signature::VerificationAlgorithm =
+        match req.algorithm.oid.to_string().as_str() {
+            ECDSA_SHA256 if key.len() == 65 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+            ECDSA_SHA256 if key.len() == 97 => &ring::signature::ECDSA_P384_SHA256_ASN1,
+            ECDSA_SHA384 if key.len() == 97 => &ring::signature::ECDSA_P384_SHA384_ASN1,
+            ECDSA_SHA384 if key.len() == 65 => &ring::signature::ECDSA_P256_SHA384_ASN1,
+            RSA_SHA256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            RSA_SHA384 => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
+            RSA_SHA512 => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
+            ED25519 => return Err(
+                "Ed25519 keys are not accepted for TLS certificates; use ECDSA P-256/P-384 or RSA"
+                    .into(),
+            ),
+            o => return Err(format!("CSR signature algorithm {o} is not accepted")),
+        };
     ring::signature::UnparsedPublicKey::new(alg, key)
         .verify(&info_der, sig)
         .map_err(|_| "the CSR's signature does not verify: it was altered or not signed by the key it carries".to_string())?;
@@ -79,7 +95,11 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
             "2.5.4.8" => NameAttribute::State(v),
             "2.5.4.5" => NameAttribute::SerialNumber(v),
             "0.9.2342.19200300.100.1.25" => NameAttribute::DomainComponent(v),
-            o => return Err(format!("subject attribute {o} is not supported; use CN, O, OU, C, L, ST, serialNumber or DC")),
+            o => {
+                return Err(format!(
+                    "subject attribute {o} is not supported; use CN, O, OU, C, L, ST, serialNumber or DC"
+                ));
+            }
         };
         attrs.push(a);
     }

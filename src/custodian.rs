@@ -37,7 +37,11 @@ pub struct CustodianKey {
     pair: Ed25519KeyPair,
 }
 
-fn derive(pass: &SecretString, salt: &[u8], iterations: u32) -> Result<Zeroizing<[u8; 32]>, String> {
+fn derive(
+    pass: &SecretString,
+    salt: &[u8],
+    iterations: u32,
+) -> Result<Zeroizing<[u8; 32]>, String> {
     let iters = NonZeroU32::new(iterations).ok_or("key file has zero KDF iterations")?;
     let mut key = Zeroizing::new([0u8; 32]);
     ring::pbkdf2::derive(
@@ -57,14 +61,20 @@ fn aad(name: &str, public_key: &str) -> Vec<u8> {
 impl CustodianKey {
     /// Generates a key and writes `path` (sealed) and `path.pub`.
     pub fn generate(name: &str, path: &Path, pass: &SecretString) -> Result<CustodianKey, String> {
-        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if name.is_empty()
+            || name.len() > 64
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err("a custodian name is 1 to 64 characters without spaces".into());
         }
         if pass.expose_secret().len() < 8 {
             return Err("the passphrase must have at least 8 characters".into());
         }
         if path.exists() {
-            return Err(format!("{} exists already; refusing to overwrite a custodian key", path.display()));
+            return Err(format!(
+                "{} exists already; refusing to overwrite a custodian key",
+                path.display()
+            ));
         }
         let rng = SystemRandom::new();
         let pkcs8 = Zeroizing::new(
@@ -73,17 +83,23 @@ impl CustodianKey {
                 .as_ref()
                 .to_vec(),
         );
-        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| "generated key does not parse")?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| "generated key does not parse")?;
         let public_key = hex::encode(pair.public_key().as_ref());
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
         rng.fill(&mut salt).map_err(|_| "no randomness")?;
         rng.fill(&mut nonce).map_err(|_| "no randomness")?;
         let key = derive(pass, &salt, ITERATIONS)?;
-        let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).map_err(|_| "aead key")?);
+        let sealing =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).map_err(|_| "aead key")?);
         let mut buf = pkcs8.to_vec();
         sealing
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(name, &public_key)), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(name, &public_key)),
+                &mut buf,
+            )
             .map_err(|_| "cannot seal the key")?;
         let file = KeyFile {
             format: FORMAT.into(),
@@ -100,30 +116,54 @@ impl CustodianKey {
         let pub_path = pub_path(path);
         std::fs::write(&pub_path, format!("ed25519:{public_key} {name}\n"))
             .map_err(|e| format!("cannot write {}: {e}", pub_path.display()))?;
-        Ok(CustodianKey { name: name.into(), pair })
+        Ok(CustodianKey {
+            name: name.into(),
+            pair,
+        })
     }
 
     pub fn load(path: &Path, pass: &SecretString) -> Result<CustodianKey, String> {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read custodian key {}: {e}", path.display()))?;
+        let text = std::fs::read(path)
+            .map_err(|e| format!("cannot read custodian key {}: {e}", path.display()))?;
         let file: KeyFile = serde_json::from_slice(&text)
             .map_err(|_| format!("{} is not a castellan custodian key file", path.display()))?;
         if file.format != FORMAT || file.kdf != "pbkdf2-hmac-sha256" {
-            return Err(format!("{} has an unknown format {:?}", path.display(), file.format));
+            return Err(format!(
+                "{} has an unknown format {:?}",
+                path.display(),
+                file.format
+            ));
         }
         let bad = || format!("{} is damaged", path.display());
         let salt = hex::decode(&file.salt).map_err(|_| bad())?;
-        let nonce: [u8; 12] = hex::decode(&file.nonce).ok().and_then(|n| n.try_into().ok()).ok_or_else(bad)?;
+        let nonce: [u8; 12] = hex::decode(&file.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(bad)?;
         let mut sealed = Zeroizing::new(hex::decode(&file.sealed).map_err(|_| bad())?);
         let key = derive(pass, &salt, file.iterations)?;
-        let opening = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).map_err(|_| "aead key")?);
+        let opening =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_ref()).map_err(|_| "aead key")?);
         let pkcs8 = opening
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad(&file.name, &file.public_key)), &mut sealed)
-            .map_err(|_| format!("cannot open {}: wrong passphrase or damaged file", path.display()))?;
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(&file.name, &file.public_key)),
+                &mut sealed,
+            )
+            .map_err(|_| {
+                format!(
+                    "cannot open {}: wrong passphrase or damaged file",
+                    path.display()
+                )
+            })?;
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| bad())?;
         if hex::encode(pair.public_key().as_ref()) != file.public_key {
             return Err(bad());
         }
-        Ok(CustodianKey { name: file.name, pair })
+        Ok(CustodianKey {
+            name: file.name,
+            pair,
+        })
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -136,7 +176,11 @@ impl CustodianKey {
     pub fn approve(&self, ceremony_id: &CeremonyId, op: &CeremonyOp) -> Approval {
         Approval {
             custodian: self.public_key(),
-            signature: self.pair.sign(&statement(ceremony_id, op)).as_ref().to_vec(),
+            signature: self
+                .pair
+                .sign(&statement(ceremony_id, op))
+                .as_ref()
+                .to_vec(),
         }
     }
 }
@@ -163,7 +207,10 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), String> {
 
 /// Reads a passphrase from a file (first line).
 pub fn read_passphrase(path: &Path) -> Result<SecretString, String> {
-    let raw = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?);
+    let raw = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?,
+    );
     let line = raw.lines().next().unwrap_or("");
     if line.is_empty() {
         return Err(format!("passphrase file {} is empty", path.display()));

@@ -31,11 +31,17 @@ pub fn decode(input: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
             let stop = rest
                 .find(&end)
                 .ok_or_else(|| format!("PEM block {label} has no END line"))?;
-            let b64: String = rest[..stop].chars().filter(|c| !c.is_whitespace()).collect();
+            let b64: String = rest[..stop]
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
             return STANDARD
                 .decode(b64)
                 .map_err(|e| format!("PEM block {label} is not valid base64: {e}"));
         }
     }
-    Err(format!("no PEM block of type {} found", labels.join(" or ")))
+    Err(format!(
+        "no PEM block of type {} found",
+        labels.join(" or ")
+    ))
 }

@@ -4,7 +4,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use castellan_proto::{Request, RequestFrame, Response, ResponseFrame, SignerError, read_frame, write_frame};
+use castellan_proto::{
+    Request, RequestFrame, Response, ResponseFrame, SignerError, read_frame, write_frame,
+};
 
 pub struct SignerClient {
     stream: UnixStream,
@@ -36,7 +38,10 @@ impl std::error::Error for ClientError {}
 impl SignerClient {
     pub fn connect(path: &Path) -> Result<SignerClient, ClientError> {
         let stream = UnixStream::connect(path).map_err(|e| {
-            ClientError::Unavailable(format!("cannot connect to {}: {e}; is castellan-signer running?", path.display()))
+            ClientError::Unavailable(format!(
+                "cannot connect to {}: {e}; is castellan-signer running?",
+                path.display()
+            ))
         })?;
         // Generous: key generation on a hardware token can take seconds.
         let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
@@ -50,10 +55,14 @@ impl SignerClient {
         self.next_id += 1;
         write_frame(&mut self.stream, &RequestFrame { id, request })
             .map_err(|e| ClientError::Unavailable(e.to_string()))?;
-        let frame: ResponseFrame = read_frame(&mut self.stream).map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let frame: ResponseFrame =
+            read_frame(&mut self.stream).map_err(|e| ClientError::Unavailable(e.to_string()))?;
         match frame.response {
             Response::Error(e) => Err(ClientError::Refused(e)),
-            _ if frame.id != id => Err(ClientError::Unexpected(format!("answer to request {} instead of {id}", frame.id))),
+            _ if frame.id != id => Err(ClientError::Unexpected(format!(
+                "answer to request {} instead of {id}",
+                frame.id
+            ))),
             r => Ok(r),
         }
     }

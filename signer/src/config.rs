@@ -107,9 +107,11 @@ impl SecretSource {
             }
         };
         let raw = Zeroizing::new(
-            std::fs::read(&path).map_err(|e| format!("cannot read secret from {}: {e}", path.display()))?,
+            std::fs::read(&path)
+                .map_err(|e| format!("cannot read secret from {}: {e}", path.display()))?,
         );
-        let text = std::str::from_utf8(&raw).map_err(|_| format!("secret in {} is not UTF-8", path.display()))?;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| format!("secret in {} is not UTF-8", path.display()))?;
         let text = text.strip_suffix('\n').unwrap_or(text);
         let text = text.strip_suffix('\r').unwrap_or(text);
         if text.is_empty() {
@@ -160,7 +162,10 @@ pub fn default_profiles() -> BTreeMap<String, Profile> {
         ("client", vec![crate::x509::oids::KP_CLIENT_AUTH], 397),
         (
             "server-client",
-            vec![crate::x509::oids::KP_SERVER_AUTH, crate::x509::oids::KP_CLIENT_AUTH],
+            vec![
+                crate::x509::oids::KP_SERVER_AUTH,
+                crate::x509::oids::KP_CLIENT_AUTH,
+            ],
             397,
         ),
         ("admin-client", vec![crate::x509::oids::KP_CLIENT_AUTH], 30),
@@ -178,12 +183,19 @@ pub fn default_profiles() -> BTreeMap<String, Profile> {
     m
 }
 
-fn secret_source(file: Option<PathBuf>, cred: Option<String>, key: &str) -> Result<SecretSource, ConfigError> {
+fn secret_source(
+    file: Option<PathBuf>,
+    cred: Option<String>,
+    key: &str,
+) -> Result<SecretSource, ConfigError> {
     match (file, cred) {
         (Some(f), None) => Ok(SecretSource::File(f)),
         (None, Some(c)) => {
             if c.is_empty() || c.contains('/') {
-                return cfg_err(&format!("backend.{key}_credential"), "must be a credential name without '/'");
+                return cfg_err(
+                    &format!("backend.{key}_credential"),
+                    "must be a credential name without '/'",
+                );
             }
             Ok(SecretSource::Credential(c))
         }
@@ -235,22 +247,38 @@ impl Config {
             return cfg_err("socket", "path too long for a Unix socket (max 100 bytes)");
         }
         let Some(daemon_uid) = raw.daemon_uid else {
-            return cfg_err("daemon_uid", "missing: the uid of the castellan daemon, the only peer allowed on the socket");
+            return cfg_err(
+                "daemon_uid",
+                "missing: the uid of the castellan daemon, the only peer allowed on the socket",
+            );
         };
         let Some(b) = raw.backend else {
-            return cfg_err("backend", "missing: a [backend] table with kind = \"soft\" or \"pkcs11\"");
+            return cfg_err(
+                "backend",
+                "missing: a [backend] table with kind = \"soft\" or \"pkcs11\"",
+            );
         };
         let backend = match b.kind.as_str() {
             "soft" => BackendConfig::Soft {
                 key_store: b.key_store.unwrap_or_else(|| state_dir.join("keys")),
-                passphrase: secret_source(b.passphrase_file, b.passphrase_credential, "passphrase")?,
+                passphrase: secret_source(
+                    b.passphrase_file,
+                    b.passphrase_credential,
+                    "passphrase",
+                )?,
             },
             "pkcs11" => {
                 let Some(module) = b.module else {
-                    return cfg_err("backend.module", "missing: path of the PKCS#11 module (.so)");
+                    return cfg_err(
+                        "backend.module",
+                        "missing: path of the PKCS#11 module (.so)",
+                    );
                 };
                 let Some(token_label) = b.token_label else {
-                    return cfg_err("backend.token_label", "missing: label of the token holding castellan's keys");
+                    return cfg_err(
+                        "backend.token_label",
+                        "missing: label of the token holding castellan's keys",
+                    );
                 };
                 BackendConfig::Pkcs11 {
                     module,
@@ -258,13 +286,27 @@ impl Config {
                     pin: secret_source(b.pin_file, b.pin_credential, "pin")?,
                 }
             }
-            "tpm" => return cfg_err("backend.kind", "the TPM 2.0 backend is not available in this release; use \"pkcs11\" or \"soft\""),
-            other => return cfg_err("backend.kind", format!("unknown backend {other:?}; use \"soft\" or \"pkcs11\"")),
+            "tpm" => {
+                return cfg_err(
+                    "backend.kind",
+                    "the TPM 2.0 backend is not available in this release; use \"pkcs11\" or \"soft\"",
+                );
+            }
+            other => {
+                return cfg_err(
+                    "backend.kind",
+                    format!("unknown backend {other:?}; use \"soft\" or \"pkcs11\""),
+                );
+            }
         };
         let mut profiles = default_profiles();
         for (name, p) in raw.profiles {
             let key = format!("profiles.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return cfg_err(&key, "profile names use letters, digits, '-' and '_'");
             }
             let mut ku = 0u16;
@@ -273,11 +315,18 @@ impl Config {
                     Some(KeyUsage::KEY_CERT_SIGN) | Some(KeyUsage::CRL_SIGN) => {
                         return cfg_err(
                             &format!("{key}.key_usage"),
-                            format!("{k} is for CA certificates, which only a custodian ceremony creates"),
+                            format!(
+                                "{k} is for CA certificates, which only a custodian ceremony creates"
+                            ),
                         );
                     }
                     Some(bit) => ku |= bit,
-                    None => return cfg_err(&format!("{key}.key_usage"), format!("unknown key usage {k:?}")),
+                    None => {
+                        return cfg_err(
+                            &format!("{key}.key_usage"),
+                            format!("unknown key usage {k:?}"),
+                        );
+                    }
                 }
             }
             let mut eku = Vec::new();
@@ -290,7 +339,12 @@ impl Config {
                         );
                     }
                     Some(o) => eku.push(o),
-                    None => return cfg_err(&format!("{key}.extended_key_usage"), format!("unknown extended key usage {e:?}")),
+                    None => {
+                        return cfg_err(
+                            &format!("{key}.extended_key_usage"),
+                            format!("unknown extended key usage {e:?}"),
+                        );
+                    }
                 }
             }
             if p.max_validity_days == 0 || p.max_validity_days > 3650 {
@@ -329,7 +383,8 @@ mod tests {
 
     #[test]
     fn missing_daemon_uid_is_refused() {
-        let e = Config::parse("[backend]\nkind = \"soft\"\npassphrase_file = \"/x\"\n").unwrap_err();
+        let e =
+            Config::parse("[backend]\nkind = \"soft\"\npassphrase_file = \"/x\"\n").unwrap_err();
         assert_eq!(e.key, "daemon_uid");
     }
 
@@ -344,7 +399,9 @@ mod tests {
 
     #[test]
     fn a_minimal_soft_config_parses_with_defaults() {
-        let c = Config::parse("daemon_uid = 0\n[backend]\nkind = \"soft\"\npassphrase_file = \"/p\"\n").unwrap();
+        let c =
+            Config::parse("daemon_uid = 0\n[backend]\nkind = \"soft\"\npassphrase_file = \"/p\"\n")
+                .unwrap();
         assert!(c.seccomp);
         assert!(c.profiles.contains_key("server"));
     }

@@ -250,7 +250,10 @@ mod tests {
         }
         assert_eq!(x509_time(0), tlv(TAG_UTC_TIME, b"700101000000Z"));
         let t2050 = days_from_civil(2050, 1, 1) * 86_400;
-        assert_eq!(x509_time(t2050), tlv(TAG_GENERALIZED_TIME, b"20500101000000Z"));
+        assert_eq!(
+            x509_time(t2050),
+            tlv(TAG_GENERALIZED_TIME, b"20500101000000Z")
+        );
         assert_eq!(
             generalized_time(1_700_000_000),
             tlv(TAG_GENERALIZED_TIME, b"20231114221320Z")

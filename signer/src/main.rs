@@ -20,7 +20,11 @@ use castellan_signer::{journal, server, service, state, sys};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "castellan-signer", version, about = "castellan's key holder: signs only what its policy and custodian quorum allow")]
+#[command(
+    name = "castellan-signer",
+    version,
+    about = "castellan's key holder: signs only what its policy and custodian quorum allow"
+)]
 struct Cli {
     /// Install the seccomp filter, then try a forbidden syscall (must die by SIGSYS).
     #[arg(long = "danger-seccomp-selftest", hide = true)]
@@ -58,15 +62,32 @@ enum Command {
 enum JournalCommand {
     /// Re-walk the hash chain; names the first damaged record.
     Verify {
-        #[arg(long, default_value = "/etc/castellan/signer.toml", conflicts_with = "journal")]
+        #[arg(
+            long,
+            default_value = "/etc/castellan/signer.toml",
+            conflicts_with = "journal"
+        )]
         config: PathBuf,
         /// Path of a journal file (e.g. a copy preserved as evidence).
         #[arg(long)]
         journal: Option<PathBuf>,
     },
+    /// After a crash mid-write: move an incomplete last record (never
+    /// acknowledged) aside into `<journal>.torn-<offset>` so the signer can
+    /// start. Refuses anything that is not a torn tail.
+    RecoverTornTail {
+        #[arg(long, default_value = "/etc/castellan/signer.toml", conflicts_with = "journal")]
+        config: PathBuf,
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
     /// What was signed in a time window, as JSON lines.
     Export {
-        #[arg(long, default_value = "/etc/castellan/signer.toml", conflicts_with = "journal")]
+        #[arg(
+            long,
+            default_value = "/etc/castellan/signer.toml",
+            conflicts_with = "journal"
+        )]
         config: PathBuf,
         #[arg(long)]
         journal: Option<PathBuf>,
@@ -87,7 +108,9 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         None => {
-            eprintln!("castellan-signer: no command given; try `castellan-signer run --config FILE` or --help");
+            eprintln!(
+                "castellan-signer: no command given; try `castellan-signer run --config FILE` or --help"
+            );
             return ExitCode::from(2);
         }
         Some(Command::Run { config }) => run(&config),
@@ -130,15 +153,18 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     // journald when it is there (under systemd), stderr otherwise.
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok());
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     match journald {
         Some(layer) => {
             let _ = registry.with(layer).try_init();
         }
         None => {
             let _ = registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_target(false),
+                )
                 .try_init();
         }
     }
@@ -150,14 +176,19 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 
 fn open_backend(cfg: &Config, create: bool) -> Result<Box<dyn Backend>, String> {
     match &cfg.backend {
-        BackendConfig::Soft { key_store, passphrase } => {
+        BackendConfig::Soft {
+            key_store,
+            passphrase,
+        } => {
             let pass = passphrase.read()?;
             let b = if create {
                 SoftBackend::create(key_store, &pass)
             } else {
                 SoftBackend::open(key_store, &pass)
             };
-            Ok(Box::new(b.map_err(|e| format!("soft key store {}: {e}", key_store.display()))?))
+            Ok(Box::new(b.map_err(|e| {
+                format!("soft key store {}: {e}", key_store.display())
+            })?))
         }
         BackendConfig::Pkcs11 {
             module,
@@ -182,10 +213,13 @@ fn ensure_dir(dir: &Path) -> Result<(), String> {
 }
 
 fn read_custodian(spec: &str) -> Result<Custodian, Failure> {
-    let (name, file) = spec
-        .split_once('=')
-        .ok_or_else(|| Failure::Runtime(format!("--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE")))?;
-    let text = std::fs::read_to_string(file).map_err(|e| Failure::Runtime(format!("custodian {name}: cannot read {file}: {e}")))?;
+    let (name, file) = spec.split_once('=').ok_or_else(|| {
+        Failure::Runtime(format!(
+            "--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE"
+        ))
+    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Runtime(format!("custodian {name}: cannot read {file}: {e}")))?;
     let public_key = parse_custodian_public_key(&text)
         .ok_or_else(|| Failure::Runtime(format!("custodian {name}: {file} is not a castellan custodian public key (ed25519:<64 hex digits>)")))?;
     Ok(Custodian {
@@ -196,7 +230,10 @@ fn read_custodian(spec: &str) -> Result<Custodian, Failure> {
 
 /// Parses the first non-comment line: `ed25519:<64 hex>` (the prefix is optional).
 fn parse_custodian_public_key(text: &str) -> Option<[u8; 32]> {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))?;
     let hex_part = line.split_whitespace().next()?;
     let hex_part = hex_part.strip_prefix("ed25519:").unwrap_or(hex_part);
     hex::decode(hex_part).ok()?.try_into().ok()
@@ -206,7 +243,10 @@ fn init(config: &Path, custodians: &[String], threshold: u8) -> Result<(), Failu
     let cfg = load_config(config)?;
     let set = CustodianSet {
         threshold,
-        custodians: custodians.iter().map(|c| read_custodian(c)).collect::<Result<_, _>>()?,
+        custodians: custodians
+            .iter()
+            .map(|c| read_custodian(c))
+            .collect::<Result<_, _>>()?,
     };
     castellan_signer::quorum::validate_set(&set).map_err(Failure::Runtime)?;
     if cfg.state_dir.join(state::STATE_FILE).exists() {
@@ -233,12 +273,15 @@ fn run(config: &Path) -> Result<(), Failure> {
     let backend = open_backend(&cfg, false)?;
     let signer = service::Signer::open(&cfg.state_dir, backend, cfg.profiles.clone())?;
     if let Some(parent) = cfg.socket.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     match std::fs::remove_file(&cfg.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot remove stale socket {}: {e}", cfg.socket.display()).into()),
+        Err(e) => {
+            return Err(format!("cannot remove stale socket {}: {e}", cfg.socket.display()).into());
+        }
     }
     let listener = std::os::unix::net::UnixListener::bind(&cfg.socket)
         .map_err(|e| format!("cannot bind {}: {e}", cfg.socket.display()))?;
@@ -304,13 +347,31 @@ fn journal_cmd(command: JournalCommand) -> Result<(), Failure> {
     match command {
         JournalCommand::Verify { config, journal } => {
             let path = journal_path(&config, journal)?;
-            let summary = journal::verify_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let summary =
+                journal::verify_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             println!(
                 "journal {} verifies: {} records, head {}",
                 path.display(),
                 summary.records,
                 hex::encode(summary.head)
             );
+            Ok(())
+        }
+        JournalCommand::RecoverTornTail { config, journal } => {
+            let path = journal_path(&config, journal)?;
+            let (_journal, records, torn) =
+                journal::Journal::open_truncating_torn_tail(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            match torn {
+                Some(t) => println!(
+                    "removed an incomplete record {} ({} octets at offset {}), saved to {}; {} records remain",
+                    t.record,
+                    t.removed,
+                    t.offset,
+                    t.evidence.display(),
+                    records.len()
+                ),
+                None => println!("journal {} has no torn tail; nothing changed", path.display()),
+            }
             Ok(())
         }
         JournalCommand::Export {
@@ -344,16 +405,28 @@ mod tests {
     #[test]
     fn times_parse_in_both_forms() {
         assert_eq!(parse_time_ms("1700000000123"), Some(1_700_000_000_123));
-        assert_eq!(parse_time_ms("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
-        assert_eq!(parse_time_ms("2023-11-14T22:13:20.5Z"), Some(1_700_000_000_500));
+        assert_eq!(
+            parse_time_ms("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ms("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
         assert_eq!(parse_time_ms("yesterday"), None);
     }
 
     #[test]
     fn custodian_keys_parse_with_and_without_prefix() {
         let hex64 = "11".repeat(32);
-        assert_eq!(parse_custodian_public_key(&format!("ed25519:{hex64} alice\n")), Some([0x11; 32]));
-        assert_eq!(parse_custodian_public_key(&format!("# c\n{hex64}\n")), Some([0x11; 32]));
+        assert_eq!(
+            parse_custodian_public_key(&format!("ed25519:{hex64} alice\n")),
+            Some([0x11; 32])
+        );
+        assert_eq!(
+            parse_custodian_public_key(&format!("# c\n{hex64}\n")),
+            Some([0x11; 32])
+        );
         assert_eq!(parse_custodian_public_key("ed25519:abcd"), None);
     }
 }

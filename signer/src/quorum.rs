@@ -29,7 +29,9 @@ pub fn verify(
     if used.contains(&proof.ceremony_id) {
         return Err(refuse(
             ErrorKind::QuorumInvalid,
-            format!("ceremony {id_hex} was already executed; a ceremony authorises one operation only — open a new ceremony"),
+            format!(
+                "ceremony {id_hex} was already executed; a ceremony authorises one operation only — open a new ceremony"
+            ),
         ));
     }
     let message = statement(&proof.ceremony_id, op);
@@ -86,7 +88,10 @@ pub fn validate_set(set: &CustodianSet) -> Result<(), String> {
         return Err(format!("a custodian set needs 1 to 32 custodians, not {n}"));
     }
     if set.threshold == 0 || usize::from(set.threshold) > n {
-        return Err(format!("threshold {} must be between 1 and the number of custodians ({n})", set.threshold));
+        return Err(format!(
+            "threshold {} must be between 1 and the number of custodians ({n})",
+            set.threshold
+        ));
     }
     let mut keys = HashSet::new();
     let mut names = HashSet::new();
@@ -95,7 +100,10 @@ pub fn validate_set(set: &CustodianSet) -> Result<(), String> {
             return Err("custodian names must be 1 to 64 printable characters".into());
         }
         if !keys.insert(c.public_key) {
-            return Err(format!("custodian key {} is listed twice", fingerprint(&c.public_key)));
+            return Err(format!(
+                "custodian key {} is listed twice",
+                fingerprint(&c.public_key)
+            ));
         }
         if !names.insert(c.name.as_str()) {
             return Err(format!("custodian name {:?} is listed twice", c.name));

@@ -44,13 +44,19 @@ pub fn serve(signer: Arc<Signer>, listener: UnixListener, daemon_uid: u32) {
             );
             refuse(
                 stream,
-                format!("uid {} may not use the signer; only the castellan daemon's uid may", peer.uid),
+                format!(
+                    "uid {} may not use the signer; only the castellan daemon's uid may",
+                    peer.uid
+                ),
             );
             continue;
         }
         if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
             tracing::warn!("connection limit reached; connection refused");
-            refuse(stream, "the signer is serving too many connections; retry".into());
+            refuse(
+                stream,
+                "the signer is serving too many connections; retry".into(),
+            );
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use castellan_proto::{
-    Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
-    CheckpointRequest, CrlRequest, CrossSignParams, CustodianSet, ErrorKind, IssuedCertificate,
-    JournalWindow, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo, ResponderParams,
-    Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject, SignerError, StatusInfo,
-    checkpoint_message,
+    Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome,
+    CertificateTemplate, CheckpointRequest, CrlRequest, CrossSignParams, CustodianSet, ErrorKind,
+    IssuedCertificate, JournalWindow, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
+    ResponderParams, Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject,
+    SignerError, StatusInfo, checkpoint_message,
 };
 use ring::rand::SystemRandom;
 
@@ -22,7 +22,8 @@ use crate::journal::{Journal, JournalError, NewRecord};
 use crate::quorum;
 use crate::state::{JOURNAL_FILE, State, StoredCa, StoredResponder};
 use crate::x509::{
-    self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntrySpec, IssuerKey, OcspIssuer, Signed, SingleSpec,
+    self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntrySpec, IssuerKey, OcspIssuer, Signed,
+    SingleSpec,
 };
 
 /// Longest validity of a delegated OCSP responder certificate.
@@ -67,6 +68,9 @@ impl From<BackendError> for SignerError {
 
 impl From<JournalError> for SignerError {
     fn from(e: JournalError) -> Self {
+        if let JournalError::Invalid(m) = &e {
+            return bad(m.clone());
+        }
         err(
             ErrorKind::Backend,
             format!("signing journal unavailable, nothing was handed out: {e}"),
@@ -124,17 +128,23 @@ fn now() -> i64 {
 fn valid_ca_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63
-        && id.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && id
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
 }
 
 impl Ca {
     fn from_stored(id: &str, s: &StoredCa) -> Result<Ca, String> {
-        let cert = hex::decode(&s.certificate_hex).map_err(|_| format!("state.json: CA {id}: bad certificate"))?;
-        let facts = x509::certificate_facts(&cert).map_err(|e| format!("state.json: CA {id}: {e}"))?;
-        let (_, key_bits) = x509::spki_parts(&facts.spki_der).map_err(|e| format!("state.json: CA {id}: {e}"))?;
+        let cert = hex::decode(&s.certificate_hex)
+            .map_err(|_| format!("state.json: CA {id}: bad certificate"))?;
+        let facts =
+            x509::certificate_facts(&cert).map_err(|e| format!("state.json: CA {id}: {e}"))?;
+        let (_, key_bits) =
+            x509::spki_parts(&facts.spki_der).map_err(|e| format!("state.json: CA {id}: {e}"))?;
         Ok(Ca {
             info: CaInfo {
                 ca_id: id.to_string(),
@@ -160,8 +170,10 @@ impl Ca {
 
 impl Responder {
     fn from_stored(issuer: &str, s: &StoredResponder) -> Result<Responder, String> {
-        let cert = hex::decode(&s.certificate_hex).map_err(|_| format!("state.json: responder {issuer}: bad certificate"))?;
-        let facts = x509::certificate_facts(&cert).map_err(|e| format!("state.json: responder {issuer}: {e}"))?;
+        let cert = hex::decode(&s.certificate_hex)
+            .map_err(|_| format!("state.json: responder {issuer}: bad certificate"))?;
+        let facts = x509::certificate_facts(&cert)
+            .map_err(|e| format!("state.json: responder {issuer}: {e}"))?;
         Ok(Responder {
             key: IssuerKey::for_responder(
                 s.key_label.clone(),
@@ -179,9 +191,14 @@ impl Responder {
 impl Signer {
     /// Opens an initialised signer: state, journal (fully verified) and the
     /// keys the state names. Refuses, never re-creates, what it cannot open.
-    pub fn open(dir: &Path, backend: Box<dyn Backend>, profiles: BTreeMap<String, Profile>) -> Result<Signer, String> {
+    pub fn open(
+        dir: &Path,
+        backend: Box<dyn Backend>,
+        profiles: BTreeMap<String, Profile>,
+    ) -> Result<Signer, String> {
         let state = State::load(dir)?;
-        let (journal, records) = Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        let (journal, records) =
+            Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
         let mut crl_numbers = HashMap::new();
         let mut used = HashSet::new();
         for r in &records {
@@ -196,11 +213,15 @@ impl Signer {
         let mut cas = HashMap::new();
         for (id, s) in &state.cas {
             let ca = Ca::from_stored(id, s)?;
-            let (_, spki) = backend
-                .public_key(&s.key_label)
-                .map_err(|e| format!("CA {id}: its key is not in the key backend ({e}); check the token / key store"))?;
+            let (_, spki) = backend.public_key(&s.key_label).map_err(|e| {
+                format!(
+                    "CA {id}: its key is not in the key backend ({e}); check the token / key store"
+                )
+            })?;
             if spki != ca.key.spki_der {
-                return Err(format!("CA {id}: the key in the backend does not match its certificate"));
+                return Err(format!(
+                    "CA {id}: the key in the backend does not match its certificate"
+                ));
             }
             cas.insert(id.clone(), ca);
         }
@@ -240,15 +261,21 @@ impl Signer {
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Inner>, SignerError> {
-        self.inner
-            .read()
-            .map_err(|_| err(ErrorKind::Internal, "signer state lock poisoned; restart the signer"))
+        self.inner.read().map_err(|_| {
+            err(
+                ErrorKind::Internal,
+                "signer state lock poisoned; restart the signer",
+            )
+        })
     }
 
     fn write(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>, SignerError> {
-        self.inner
-            .write()
-            .map_err(|_| err(ErrorKind::Internal, "signer state lock poisoned; restart the signer"))
+        self.inner.write().map_err(|_| {
+            err(
+                ErrorKind::Internal,
+                "signer state lock poisoned; restart the signer",
+            )
+        })
     }
 
     pub fn handle(&self, request: Request) -> Response {
@@ -258,10 +285,14 @@ impl Signer {
             Request::IssueCertificate(t) => self.issue(&t).map(Response::Certificate),
             Request::Ceremony { op, proof } => self.ceremony(&op, &proof).map(Response::Ceremony),
             Request::SignCrl(r) => self.sign_crl(&r).map(|der| Response::Crl { der }),
-            Request::SignOcsp(b) => self.sign_ocsp(&b).map(|responses| Response::Ocsp { responses }),
+            Request::SignOcsp(b) => self
+                .sign_ocsp(&b)
+                .map(|responses| Response::Ocsp { responses }),
             Request::RotateOcspResponder(p) => self.rotate_responder(&p).map(Response::Responder),
             Request::SignCheckpoint(c) => self.checkpoint(c).map(Response::Checkpoint),
-            Request::ExportJournal(w) => self.export(w).map(|records| Response::Journal { records }),
+            Request::ExportJournal(w) => {
+                self.export(w).map(|records| Response::Journal { records })
+            }
         };
         match result {
             Ok(r) => r,
@@ -396,11 +427,17 @@ impl Signer {
         })
     }
 
-    fn ceremony(&self, op: &CeremonyOp, proof: &QuorumProof) -> Result<CeremonyOutcome, SignerError> {
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| err(ErrorKind::Internal, "ceremony lock poisoned; restart the signer"))?;
+    fn ceremony(
+        &self,
+        op: &CeremonyOp,
+        proof: &QuorumProof,
+    ) -> Result<CeremonyOutcome, SignerError> {
+        let _writer = self.writer.lock().map_err(|_| {
+            err(
+                ErrorKind::Internal,
+                "ceremony lock poisoned; restart the signer",
+            )
+        })?;
         {
             let inner = self.read()?;
             quorum::verify(&inner.custodians, op, proof, &inner.used_ceremonies)?;
@@ -409,7 +446,9 @@ impl Signer {
         let outcome = match op {
             CeremonyOp::CreateRoot(p) => {
                 if p.parent.is_some() {
-                    return Err(bad("a root ceremony creates a self-signed CA: parent must be empty"));
+                    return Err(bad(
+                        "a root ceremony creates a self-signed CA: parent must be empty",
+                    ));
                 }
                 CeremonyOutcome::Ca(self.create_ca(p, id, None)?)
             }
@@ -421,14 +460,21 @@ impl Signer {
             }
             CeremonyOp::Rotate(r) => CeremonyOutcome::Ca(self.rotate(r, id)?),
             CeremonyOp::CrossSign(c) => CeremonyOutcome::CrossCertificate(self.cross_sign(c, id)?),
-            CeremonyOp::ChangeCustodians(set) => CeremonyOutcome::Custodians(self.change_custodians(set, id)?),
+            CeremonyOp::ChangeCustodians(set) => {
+                CeremonyOutcome::Custodians(self.change_custodians(set, id)?)
+            }
         };
         self.write()?.used_ceremonies.insert(id);
         Ok(outcome)
     }
 
     /// Makes a new CA key and its certificate, self-signed or by `parent`.
-    fn create_ca(&self, p: &CaParams, id: CeremonyId, parent: Option<String>) -> Result<CaInfo, SignerError> {
+    fn create_ca(
+        &self,
+        p: &CaParams,
+        id: CeremonyId,
+        parent: Option<String>,
+    ) -> Result<CaInfo, SignerError> {
         self.new_ca(
             &p.ca_id,
             parent,
@@ -470,7 +516,9 @@ impl Signer {
         let (parent_ca, label) = {
             let mut inner = self.write()?;
             if inner.cas.contains_key(ca_id) {
-                return Err(bad(format!("a CA named {ca_id:?} exists already; choose another id")));
+                return Err(bad(format!(
+                    "a CA named {ca_id:?} exists already; choose another id"
+                )));
             }
             let parent_ca = match &parent {
                 Some(pid) => {
@@ -482,7 +530,9 @@ impl Signer {
                     }
                     if let Some(pl) = pca.path_len {
                         if pl == 0 {
-                            return Err(policy(format!("CA {pid:?} has pathLenConstraint 0 and cannot certify sub-CAs")));
+                            return Err(policy(format!(
+                                "CA {pid:?} has pathLenConstraint 0 and cannot certify sub-CAs"
+                            )));
                         }
                         if path_len.is_none_or(|c| c >= pl) {
                             return Err(policy(format!(
@@ -495,7 +545,10 @@ impl Signer {
                 }
                 None => None,
             };
-            (parent_ca, inner.state.next_key_label(&format!("ca-{ca_id}")))
+            (
+                parent_ca,
+                inner.state.next_key_label(&format!("ca-{ca_id}")),
+            )
         };
         let spki = self.backend.generate(&label, algorithm)?;
         let own = IssuerKey {
@@ -531,7 +584,10 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.cas.insert(ca_id.to_string(), stored);
         inner.cas.insert(ca_id.to_string(), ca.clone());
-        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))?;
         Ok(ca.info)
     }
 
@@ -559,18 +615,27 @@ impl Signer {
         if let Some(c) = inner.cas.get_mut(&r.ca_id) {
             c.info.status = CaStatus::Retired;
         }
-        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))?;
         Ok(info)
     }
 
-    fn cross_sign(&self, c: &CrossSignParams, id: CeremonyId) -> Result<IssuedCertificate, SignerError> {
+    fn cross_sign(
+        &self,
+        c: &CrossSignParams,
+        id: CeremonyId,
+    ) -> Result<IssuedCertificate, SignerError> {
         let issuer = self.active_issuer(&*self.read()?, &c.issuer)?;
         let facts = x509::certificate_facts(&c.subject_certificate_der)?;
         if !facts.is_ca {
             return Err(policy("only a CA certificate can be cross-signed"));
         }
         if c.validity.not_before < issuer.not_before || c.validity.not_after > issuer.not_after {
-            return Err(policy("the cross-certificate's validity must lie inside the issuer's validity"));
+            return Err(policy(
+                "the cross-certificate's validity must lie inside the issuer's validity",
+            ));
         }
         if let Some(pl) = issuer.path_len
             && (pl == 0 || c.path_len.is_none_or(|p| p >= pl))
@@ -588,7 +653,9 @@ impl Signer {
             not_before: c.validity.not_before,
             not_after: c.validity.not_after,
             sans: &[],
-            kind: CertKind::Ca { path_len: c.path_len },
+            kind: CertKind::Ca {
+                path_len: c.path_len,
+            },
             urls: &c.urls,
         })?;
         let (signed, seq) = self.sign_and_journal(tbs, &issuer.key, Some(id))?;
@@ -599,9 +666,14 @@ impl Signer {
         })
     }
 
-    fn change_custodians(&self, set: &CustodianSet, id: CeremonyId) -> Result<CustodianSet, SignerError> {
+    fn change_custodians(
+        &self,
+        set: &CustodianSet,
+        id: CeremonyId,
+    ) -> Result<CustodianSet, SignerError> {
         quorum::validate_set(set).map_err(bad)?;
-        let encoded = postcard::to_stdvec(set).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let encoded =
+            postcard::to_stdvec(set).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &encoded)
             .as_ref()
             .try_into()
@@ -617,7 +689,10 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.set_custodians(set);
         inner.custodians = set.clone();
-        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))?;
         Ok(set.clone())
     }
 
@@ -636,10 +711,12 @@ impl Signer {
         if r.next_update <= r.this_update {
             return Err(bad("nextUpdate must be after thisUpdate"));
         }
-        let mut numbers = self
-            .crl_numbers
-            .lock()
-            .map_err(|_| err(ErrorKind::Internal, "CRL number lock poisoned; restart the signer"))?;
+        let mut numbers = self.crl_numbers.lock().map_err(|_| {
+            err(
+                ErrorKind::Internal,
+                "CRL number lock poisoned; restart the signer",
+            )
+        })?;
         let last = numbers.get(&r.issuer).copied();
         if let Some(last) = last
             && r.crl_number <= last
@@ -659,7 +736,13 @@ impl Signer {
                 invalidity_date: e.invalidity_date,
             })
             .collect();
-        let tbs = x509::build_crl(&ca.key, r.crl_number, r.this_update, r.next_update, &entries)?;
+        let tbs = x509::build_crl(
+            &ca.key,
+            r.crl_number,
+            r.this_update,
+            r.next_update,
+            &entries,
+        )?;
         let (signed, _) = self.sign_and_journal(tbs, &ca.key, None)?;
         numbers.insert(r.issuer.clone(), r.crl_number);
         Ok(signed.der)
@@ -667,7 +750,9 @@ impl Signer {
 
     fn sign_ocsp(&self, b: &OcspBatch) -> Result<Vec<Vec<u8>>, SignerError> {
         if b.responses.len() > MAX_OCSP_BATCH {
-            return Err(bad(format!("at most {MAX_OCSP_BATCH} OCSP responses per batch")));
+            return Err(bad(format!(
+                "at most {MAX_OCSP_BATCH} OCSP responses per batch"
+            )));
         }
         let ca = self.issuer_any_status(&b.issuer)?;
         let responder = self.read()?.responders.get(&b.issuer).cloned().ok_or_else(|| {
@@ -690,7 +775,9 @@ impl Signer {
         let mut records = Vec::with_capacity(b.responses.len());
         for t in &b.responses {
             if t.singles.len() > MAX_OCSP_SINGLES {
-                return Err(bad(format!("at most {MAX_OCSP_SINGLES} single responses per OCSP response")));
+                return Err(bad(format!(
+                    "at most {MAX_OCSP_SINGLES} single responses per OCSP response"
+                )));
             }
             let singles: Vec<SingleSpec<'_>> = t
                 .singles
@@ -705,10 +792,18 @@ impl Signer {
                 .collect();
             for s in &singles {
                 if s.next_update.is_some_and(|n| n > responder.not_after) {
-                    return Err(policy("OCSP nextUpdate must not be after the responder certificate expires"));
+                    return Err(policy(
+                        "OCSP nextUpdate must not be after the responder certificate expires",
+                    ));
                 }
             }
-            let tbs = x509::build_ocsp(&responder.key, &issuer, b.produced_at, &singles, t.nonce.as_deref())?;
+            let tbs = x509::build_ocsp(
+                &responder.key,
+                &issuer,
+                b.produced_at,
+                &singles,
+                t.nonce.as_deref(),
+            )?;
             let signed = tbs.sign(self.backend.as_ref(), &responder.key)?;
             records.push(NewRecord {
                 kind: signed.kind,
@@ -724,10 +819,12 @@ impl Signer {
     }
 
     fn rotate_responder(&self, p: &ResponderParams) -> Result<ResponderInfo, SignerError> {
-        let _writer = self
-            .writer
-            .lock()
-            .map_err(|_| err(ErrorKind::Internal, "state lock poisoned; restart the signer"))?;
+        let _writer = self.writer.lock().map_err(|_| {
+            err(
+                ErrorKind::Internal,
+                "state lock poisoned; restart the signer",
+            )
+        })?;
         let ca = self.issuer_any_status(&p.issuer)?;
         let v = p.validity;
         if v.not_after <= v.not_before {
@@ -740,9 +837,14 @@ impl Signer {
             )));
         }
         if v.not_before < ca.not_before || v.not_after > ca.not_after {
-            return Err(policy("the responder's validity must lie inside the CA's validity"));
+            return Err(policy(
+                "the responder's validity must lie inside the CA's validity",
+            ));
         }
-        let label = self.write()?.state.next_key_label(&format!("ocsp-{}", p.issuer));
+        let label = self
+            .write()?
+            .state
+            .next_key_label(&format!("ocsp-{}", p.issuer));
         let spki = self.backend.generate(&label, p.algorithm)?;
         let mut cn = String::from("OCSP responder for ");
         cn.push_str(&p.issuer);
@@ -765,11 +867,15 @@ impl Signer {
             algorithm: p.algorithm,
             certificate_hex: hex::encode(&signed.der),
         };
-        let responder = Responder::from_stored(&p.issuer, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
+        let responder =
+            Responder::from_stored(&p.issuer, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
         let mut inner = self.write()?;
         inner.state.responders.insert(p.issuer.clone(), stored);
         inner.responders.insert(p.issuer.clone(), responder);
-        inner.state.save(&self.dir).map_err(|e| err(ErrorKind::Backend, e))?;
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))?;
         Ok(ResponderInfo {
             issuer: p.issuer.clone(),
             certificate_der: signed.der,
@@ -793,7 +899,10 @@ impl Signer {
             tbs_sha256: digest,
             ceremony_id: None,
         })?;
-        Ok(SignedCheckpoint { request: c, signature })
+        Ok(SignedCheckpoint {
+            request: c,
+            signature,
+        })
     }
 
     fn export(&self, w: JournalWindow) -> Result<Vec<castellan_proto::JournalRecord>, SignerError> {

@@ -75,7 +75,12 @@ impl State {
             let bytes = hex::decode(&c.public_key_hex)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| format!("state.json: custodian {:?} has a malformed public key", c.name))?;
+                .ok_or_else(|| {
+                    format!(
+                        "state.json: custodian {:?} has a malformed public key",
+                        c.name
+                    )
+                })?;
             custodians.push(Custodian {
                 name: c.name.clone(),
                 public_key: bytes,
@@ -116,24 +121,37 @@ impl State {
                 format!("cannot read {}: {e}", path.display())
             }
         })?;
-        let s: State = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is damaged ({e}); restore it from backup", path.display()))?;
+        let s: State = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is damaged ({e}); restore it from backup",
+                path.display()
+            )
+        })?;
         if s.format != FORMAT {
-            return Err(format!("{} has format {} but this signer reads {FORMAT}", path.display(), s.format));
+            return Err(format!(
+                "{} has format {} but this signer reads {FORMAT}",
+                path.display(),
+                s.format
+            ));
         }
         Ok(s)
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| format!("cannot encode state: {e}"))?;
-        write_atomic(&dir.join(STATE_FILE), &text).map_err(|e| format!("cannot write {}: {e}", dir.join(STATE_FILE).display()))
+        let text =
+            serde_json::to_vec_pretty(self).map_err(|e| format!("cannot encode state: {e}"))?;
+        write_atomic(&dir.join(STATE_FILE), &text)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(STATE_FILE).display()))
     }
 }
 
 /// Writes a file so that after a crash it holds either the old or the new
 /// content: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::OpenOptions::new()

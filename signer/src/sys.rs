@@ -136,9 +136,7 @@ pub fn seccomp_selftest() -> ! {
     }
     println!("seccomp selftest: opening an AF_INET socket, which must kill this process");
     let outcome = std::net::TcpStream::connect(("127.0.0.1", 9));
-    eprintln!(
-        "seccomp selftest FAILED: socket(AF_INET) was allowed (connect result: {outcome:?})"
-    );
+    eprintln!("seccomp selftest FAILED: socket(AF_INET) was allowed (connect result: {outcome:?})");
     std::process::exit(1);
 }
 
@@ -168,10 +166,8 @@ fn selftest_steps() -> Result<(), String> {
             Err(e) => Err(e.to_string()),
         },
     )?;
-    let dir = std::env::temp_dir().join(format!(
-        "castellan-seccomp-selftest-{}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("castellan-seccomp-selftest-{}", std::process::id()));
     step("create the selftest directory", fs::create_dir(&dir))?;
     let listener = step(
         "bind a listening AF_UNIX socket",
@@ -201,7 +197,10 @@ fn selftest_steps() -> Result<(), String> {
     step("fdatasync", f.sync_data())?;
     drop(f);
     step("rename", fs::rename(&tmp, state.join("ca.json")))?;
-    step("fsync the directory", File::open(&state).and_then(|d| d.sync_all()))?;
+    step(
+        "fsync the directory",
+        File::open(&state).and_then(|d| d.sync_all()),
+    )?;
     step("stat", fs::metadata(state.join("ca.json")))?;
     let text = step("read back", fs::read_to_string(state.join("ca.json")))?;
     if text != "{\"serial\":1}\n" {
@@ -308,7 +307,11 @@ mod tests {
 
     #[test]
     fn compiled_filter_is_non_empty_and_checks_the_architecture_first() {
-        assert!(FILTER.len() > 10, "allowlist has {} instructions", FILTER.len());
+        assert!(
+            FILTER.len() > 10,
+            "allowlist has {} instructions",
+            FILTER.len()
+        );
         assert!(!CLONE3_FILTER.is_empty());
         // BPF_LD|BPF_W|BPF_ABS of seccomp_data.arch (offset 4).
         assert_eq!((FILTER[0].0, FILTER[0].3), (0x20, 4));

@@ -97,7 +97,11 @@ impl KeyUsage {
         }
         let used = if octets[1] != 0 { 2 } else { 1 };
         let last = octets[used - 1];
-        let unused = if last == 0 { 0 } else { last.trailing_zeros() as u8 };
+        let unused = if last == 0 {
+            0
+        } else {
+            last.trailing_zeros() as u8
+        };
         let mut content = vec![unused];
         content.extend_from_slice(&octets[..used]);
         tlv(TAG_BIT_STRING, &content)
@@ -169,8 +173,9 @@ pub fn signature_algorithm(alg: Algorithm) -> Vec<u8> {
 /// The subjectPublicKey BIT STRING value (without the unused-bits octet) of
 /// a DER SubjectPublicKeyInfo, and the algorithm it is for.
 pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
-    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der)
-        .map_err(|e| BuildError::Invalid(format!("public key is not a DER SubjectPublicKeyInfo: {e}")))?;
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).map_err(|e| {
+        BuildError::Invalid(format!("public key is not a DER SubjectPublicKeyInfo: {e}"))
+    })?;
     let key = spki
         .subject_public_key
         .as_bytes()
@@ -198,7 +203,9 @@ pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
         oids::RSA_ENCRYPTION => {
             let bits = rsa_modulus_bits(&key)?;
             if bits < 2048 {
-                return invalid(format!("RSA key of {bits} bits is too weak; at least 2048 bits are required"));
+                return invalid(format!(
+                    "RSA key of {bits} bits is too weak; at least 2048 bits are required"
+                ));
             }
             Algorithm::Rsa3072
         }
@@ -223,7 +230,9 @@ fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
 /// method everywhere, so an issuer's SKI always equals its children's AKI.
 pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>, BuildError> {
     let (_, key) = spki_parts(spki_der)?;
-    Ok(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &key).as_ref().to_vec())
+    Ok(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &key)
+        .as_ref()
+        .to_vec())
 }
 
 fn attr_oid(a: &NameAttribute) -> (&'static str, &str, u8) {
@@ -297,7 +306,9 @@ fn is_uri(s: &str) -> bool {
         && !s.chars().any(|c| c.is_ascii_control() || c == ' ')
         && s.split_once("://").is_some_and(|(scheme, rest)| {
             !scheme.is_empty()
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                 && !rest.is_empty()
         })
 }
@@ -317,7 +328,8 @@ fn general_name(san: &SubjectAltName) -> Result<Vec<u8>, BuildError> {
             ctx_prim(7, ip)
         }
         SubjectAltName::Email(e) => {
-            if !e.is_ascii() || e.split('@').count() != 2 || e.chars().any(|c| c.is_ascii_control()) {
+            if !e.is_ascii() || e.split('@').count() != 2 || e.chars().any(|c| c.is_ascii_control())
+            {
                 return invalid(format!("{e:?} is not a valid email address"));
             }
             ctx_prim(1, e.as_bytes())
@@ -342,7 +354,10 @@ fn uri_general_name(u: &str) -> Result<Vec<u8>, BuildError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertKind {
     /// End entity: cA=FALSE.
-    Leaf { key_usage: KeyUsage, eku: Vec<&'static str> },
+    Leaf {
+        key_usage: KeyUsage,
+        eku: Vec<&'static str>,
+    },
     /// Delegated OCSP responder: cA=FALSE, OCSPSigning, id-pkix-ocsp-nocheck.
     OcspResponder,
     /// CA: cA=TRUE, keyCertSign + cRLSign.
@@ -399,9 +414,11 @@ impl CheckedTbs {
         let sig = backend.sign(&issuer.key_label, &self.tbs)?;
         verify_signature(issuer.algorithm, &issuer.spki_der, &self.tbs, &sig)?;
         let der = match self.shape {
-            Shape::Certificate | Shape::Crl => {
-                seq(&[&self.tbs, &signature_algorithm(issuer.algorithm), &bits(&sig)])
-            }
+            Shape::Certificate | Shape::Crl => seq(&[
+                &self.tbs,
+                &signature_algorithm(issuer.algorithm),
+                &bits(&sig),
+            ]),
             Shape::Ocsp => ocsp_wrap(&self.tbs, issuer, &sig),
         };
         // The bytes handed out must contain exactly the checked TBS.
@@ -409,13 +426,17 @@ impl CheckedTbs {
             Shape::Certificate => x509_cert::Certificate::from_der(&der)
                 .ok()
                 .and_then(|c| der::Encode::to_der(c.tbs_certificate()).ok()),
-            Shape::Crl => x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
-                .ok()
-                .and_then(|c| der::Encode::to_der(&c.tbs_cert_list).ok()),
+            Shape::Crl => {
+                x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
+                    .ok()
+                    .and_then(|c| der::Encode::to_der(&c.tbs_cert_list).ok())
+            }
             Shape::Ocsp => Some(self.tbs.clone()),
         };
         if inner.as_deref() != Some(self.tbs.as_slice()) {
-            return Err(BuildError::Lint("signed structure does not carry the checked TBS".into()));
+            return Err(BuildError::Lint(
+                "signed structure does not carry the checked TBS".into(),
+            ));
         }
         Ok(Signed {
             der,
@@ -430,7 +451,12 @@ impl CheckedTbs {
 }
 
 /// Verifies `sig` over `msg` with a DER SubjectPublicKeyInfo.
-pub fn verify_signature(alg: Algorithm, spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), BuildError> {
+pub fn verify_signature(
+    alg: Algorithm,
+    spki_der: &[u8],
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), BuildError> {
     let (_, key) = spki_parts(spki_der)?;
     let verify_alg: &dyn ring::signature::VerificationAlgorithm = match alg {
         Algorithm::EcdsaP256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
@@ -439,7 +465,11 @@ pub fn verify_signature(alg: Algorithm, spki_der: &[u8], msg: &[u8], sig: &[u8])
     };
     ring::signature::UnparsedPublicKey::new(verify_alg, &key)
         .verify(msg, sig)
-        .map_err(|_| BuildError::Lint("the backend's signature does not verify with the issuer's public key".into()))
+        .map_err(|_| {
+            BuildError::Lint(
+                "the backend's signature does not verify with the issuer's public key".into(),
+            )
+        })
 }
 
 /// A fresh serial: 16 random octets (127 bits of entropy), positive, never
@@ -477,7 +507,9 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             (
                 seq(&refs),
-                KeyUsage(KeyUsage::DIGITAL_SIGNATURE | KeyUsage::KEY_CERT_SIGN | KeyUsage::CRL_SIGN),
+                KeyUsage(
+                    KeyUsage::DIGITAL_SIGNATURE | KeyUsage::KEY_CERT_SIGN | KeyUsage::CRL_SIGN,
+                ),
                 vec![],
             )
         }
@@ -500,7 +532,9 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
         let critical = spec.subject_der == seq(&[]).as_slice();
         exts.push(extension(oids::SAN, critical, &tlv(TAG_SEQUENCE, &names)));
     } else if spec.subject_der == seq(&[]).as_slice() {
-        return invalid("a certificate needs a subject name or at least one subject alternative name");
+        return invalid(
+            "a certificate needs a subject name or at least one subject alternative name",
+        );
     }
     if matches!(spec.kind, CertKind::OcspResponder) {
         exts.push(extension(oids::OCSP_NOCHECK, false, &null()));
@@ -554,8 +588,14 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
 fn lint_certificate(tbs: &[u8], spec: &CertSpec<'_>) -> Result<(), BuildError> {
     use der::Encode;
     let lint = |m: &str| BuildError::Lint(m.to_string());
-    let parsed = x509_cert::TbsCertificate::from_der(tbs).map_err(|e| lint(&format!("TBS does not parse: {e}")))?;
-    if parsed.serial_number().as_bytes().iter().skip_while(|b| **b == 0).ne(spec.serial.iter().skip_while(|b| **b == 0))
+    let parsed = x509_cert::TbsCertificate::from_der(tbs)
+        .map_err(|e| lint(&format!("TBS does not parse: {e}")))?;
+    if parsed
+        .serial_number()
+        .as_bytes()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .ne(spec.serial.iter().skip_while(|b| **b == 0))
     {
         return Err(lint("serial changed"));
     }
@@ -582,7 +622,9 @@ fn lint_certificate(tbs: &[u8], spec: &CertSpec<'_>) -> Result<(), BuildError> {
         .ok_or_else(|| lint("basicConstraints missing"))?;
     let want_ca = matches!(spec.kind, CertKind::Ca { .. });
     if bc.1.ca != want_ca || !bc.0 {
-        return Err(lint("basicConstraints cA does not match the kind of certificate"));
+        return Err(lint(
+            "basicConstraints cA does not match the kind of certificate",
+        ));
     }
     Ok(())
 }
@@ -619,7 +661,11 @@ pub fn build_crl(
             exts.push(extension(oids::CRL_REASON, false, &enumerated(code)));
         }
         if let Some(t) = e.invalidity_date {
-            exts.push(extension(oids::INVALIDITY_DATE, false, &generalized_time(t)));
+            exts.push(extension(
+                oids::INVALIDITY_DATE,
+                false,
+                &generalized_time(t),
+            ));
         }
         let serial = uint(e.serial);
         let date = x509_time(e.revoked_at);
@@ -720,7 +766,11 @@ pub fn build_ocsp(
                 ctx_cons(1, &info)
             }
         };
-        let mut parts = vec![cert_id(issuer, s.hash, s.serial), status, generalized_time(s.this_update)];
+        let mut parts = vec![
+            cert_id(issuer, s.hash, s.serial),
+            status,
+            generalized_time(s.this_update),
+        ];
         if let Some(nu) = s.next_update {
             if nu <= s.this_update {
                 return invalid("OCSP nextUpdate must be after thisUpdate");
@@ -739,14 +789,19 @@ pub fn build_ocsp(
         if n.is_empty() || n.len() > 32 {
             return invalid("an OCSP nonce must be 1 to 32 octets (RFC 8954)");
         }
-        parts.push(ctx_cons(1, &seq(&[&extension(oids::OCSP_NONCE, false, &octets(n))])));
+        parts.push(ctx_cons(
+            1,
+            &seq(&[&extension(oids::OCSP_NONCE, false, &octets(n))]),
+        ));
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
     let tbs = seq(&refs);
     // Self-check: the structure splits back into the parts written.
     let ok = split_tlv(&tbs).is_some_and(|(t, _, rest)| t == TAG_SEQUENCE && rest.is_empty());
     if !ok {
-        return Err(BuildError::Lint("OCSP ResponseData is not one DER SEQUENCE".into()));
+        return Err(BuildError::Lint(
+            "OCSP ResponseData is not one DER SEQUENCE".into(),
+        ));
     }
     let subject = if singles.len() == 1 {
         SignedSubject::Serial(singles[0].serial.to_vec())
@@ -767,7 +822,12 @@ fn ocsp_wrap(tbs: &[u8], responder: &IssuerKey, sig: &[u8]) -> Vec<u8> {
     // `name_der` of a responder IssuerKey carries its certificate (see
     // `IssuerKey::for_responder`), so that it can ride along here.
     let certs = ctx_cons(0, &seq(&[&responder.name_der]));
-    let basic = seq(&[tbs, &signature_algorithm(responder.algorithm), &bits(sig), &certs]);
+    let basic = seq(&[
+        tbs,
+        &signature_algorithm(responder.algorithm),
+        &bits(sig),
+        &certs,
+    ]);
     seq(&[
         &enumerated(0),
         &ctx_cons(0, &seq(&[&oid(oids::OCSP_BASIC), &octets(&basic)])),
@@ -777,7 +837,13 @@ fn ocsp_wrap(tbs: &[u8], responder: &IssuerKey, sig: &[u8]) -> Vec<u8> {
 impl IssuerKey {
     /// An OCSP responder's signing identity: `name_der` holds the
     /// responder's certificate (attached to each response).
-    pub fn for_responder(key_label: String, key_id: String, algorithm: Algorithm, spki_der: Vec<u8>, cert_der: Vec<u8>) -> Self {
+    pub fn for_responder(
+        key_label: String,
+        key_id: String,
+        algorithm: Algorithm,
+        spki_der: Vec<u8>,
+        cert_der: Vec<u8>,
+    ) -> Self {
         IssuerKey {
             key_label,
             key_id,
@@ -815,7 +881,10 @@ pub fn certificate_facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
         .flatten()
         .map(|(_, bc)| bc);
     Ok(CertFacts {
-        subject_der: tbs.subject().to_der().map_err(|e| BuildError::Invalid(e.to_string()))?,
+        subject_der: tbs
+            .subject()
+            .to_der()
+            .map_err(|e| BuildError::Invalid(e.to_string()))?,
         spki_der: tbs
             .subject_public_key_info()
             .to_der()

@@ -78,7 +78,10 @@ fn files_threads_randomness_locks_and_unix_sockets_still_work_under_the_filter()
         let line = format!("seccomp selftest: ok: {step}\n");
         match stdout.find(&line) {
             Some(at) if at > installed => {}
-            _ => panic!("step {step:?} did not succeed under the filter\n{}", describe(&out)),
+            _ => panic!(
+                "step {step:?} did not succeed under the filter\n{}",
+                describe(&out)
+            ),
         }
     }
     // And the one thing that must not work still ended the process.

@@ -13,9 +13,9 @@ use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
 use castellan::{csr, pem};
 use castellan_proto::{
-    Algorithm, Approval, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate, Custodian,
-    CustodianSet, DistinguishedName, NameAttribute, Purpose, QuorumProof, Request, Response, Urls, Validity,
-    statement_digest,
+    Algorithm, Approval, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
+    Custodian, CustodianSet, DistinguishedName, NameAttribute, Purpose, QuorumProof, Request,
+    Response, Urls, Validity, statement_digest,
 };
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,11 @@ enum Command {
     /// Talk to a castellan-signer directly (offline root host, bootstrap).
     Signer {
         /// The signer's socket.
-        #[arg(long, global = true, default_value = "/run/castellan-signer/signer.sock")]
+        #[arg(
+            long,
+            global = true,
+            default_value = "/run/castellan-signer/signer.sock"
+        )]
         socket: PathBuf,
         #[command(subcommand)]
         command: SignerCmd,
@@ -202,21 +206,31 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Custodian {
-            command: CustodianCmd::Keygen {
-                name,
-                out,
-                passphrase_file,
-            },
+            command:
+                CustodianCmd::Keygen {
+                    name,
+                    out,
+                    passphrase_file,
+                },
         } => {
             let pass = read_passphrase(&passphrase_file)?;
             let key = CustodianKey::generate(&name, &out, &pass)?;
             let pk = hex::encode(key.public_key());
             if cli.json {
-                println!("{}", serde_json::json!({"name": name, "public_key": pk, "key_file": out, "public_key_file": castellan::custodian::pub_path(&out)}));
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "public_key": pk, "key_file": out, "public_key_file": castellan::custodian::pub_path(&out)})
+                );
             } else {
                 println!("custodian {name}: ed25519:{pk}");
-                println!("  key file:        {} (keep it offline; sealed with your passphrase)", out.display());
-                println!("  public key file: {}", castellan::custodian::pub_path(&out).display());
+                println!(
+                    "  key file:        {} (keep it offline; sealed with your passphrase)",
+                    out.display()
+                );
+                println!(
+                    "  public key file: {}",
+                    castellan::custodian::pub_path(&out).display()
+                );
             }
             Ok(())
         }
@@ -227,9 +241,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
     let mut attrs = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| Failure::Usage(format!("subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)")))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            Failure::Usage(format!(
+                "subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)"
+            ))
+        })?;
         let v = v.trim().to_string();
         attrs.push(match k.trim().to_ascii_uppercase().as_str() {
             "CN" => NameAttribute::CommonName(v),
@@ -244,7 +260,9 @@ fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
         });
     }
     if attrs.is_empty() {
-        return Err(Failure::Usage("the subject is empty; e.g. --subject \"CN=Example Root CA,O=Example\"".into()));
+        return Err(Failure::Usage(
+            "the subject is empty; e.g. --subject \"CN=Example Root CA,O=Example\"".into(),
+        ));
     }
     Ok(DistinguishedName(attrs))
 }
@@ -257,11 +275,16 @@ fn now() -> i64 {
 }
 
 fn read_ceremony(path: &Path) -> Result<(CeremonyId, CeremonyFile), Failure> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read ceremony file {}: {e}", path.display()))?;
+    let text = std::fs::read(path)
+        .map_err(|e| format!("cannot read ceremony file {}: {e}", path.display()))?;
     let file: CeremonyFile = serde_json::from_slice(&text)
         .map_err(|e| format!("{} is not a castellan ceremony file: {e}", path.display()))?;
     if file.format != "castellan-ceremony-v1" {
-        return Err(Failure::Refused(format!("{} has unknown format {:?}", path.display(), file.format)));
+        return Err(Failure::Refused(format!(
+            "{} has unknown format {:?}",
+            path.display(),
+            file.format
+        )));
     }
     let id: CeremonyId = hex::decode(&file.ceremony_id)
         .ok()
@@ -279,7 +302,8 @@ fn write_ceremony(path: &Path, file: &CeremonyFile) -> Result<(), Failure> {
 }
 
 fn write_out(path: &Path, content: &str) -> Result<(), Failure> {
-    std::fs::write(path, content).map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, content)
+        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
 }
 
 fn describe(op: &CeremonyOp) -> String {
@@ -293,12 +317,18 @@ fn describe(op: &CeremonyOp) -> String {
             p.path_len,
             p.subject.0
         ),
-        CeremonyOp::Rotate(r) => format!("rotate CA {:?} to a new key as {:?}", r.ca_id, r.new_ca_id),
+        CeremonyOp::Rotate(r) => {
+            format!("rotate CA {:?} to a new key as {:?}", r.ca_id, r.new_ca_id)
+        }
         CeremonyOp::CrossSign(c) => format!("cross-sign a CA certificate with {:?}", c.issuer),
         CeremonyOp::ChangeCustodians(s) => format!(
             "replace the custodian set with {} of [{}]",
             s.threshold,
-            s.custodians.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            s.custodians
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -318,9 +348,21 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
                         "cas": s.ca_count, "custodians": {"threshold": s.custodian_threshold, "count": s.custodian_count}})
                 );
             } else {
-                println!("castellan-signer {} ({} backend, seccomp {})", s.version, s.backend, if s.seccomp { "on" } else { "OFF" });
-                println!("  CAs: {}   custodians: {} of {}", s.ca_count, s.custodian_threshold, s.custodian_count);
-                println!("  journal: {} records, head {}", s.journal_records, hex::encode(s.journal_head));
+                println!(
+                    "castellan-signer {} ({} backend, seccomp {})",
+                    s.version,
+                    s.backend,
+                    if s.seccomp { "on" } else { "OFF" }
+                );
+                println!(
+                    "  CAs: {}   custodians: {} of {}",
+                    s.ca_count, s.custodian_threshold, s.custodian_count
+                );
+                println!(
+                    "  journal: {} records, head {}",
+                    s.journal_records,
+                    hex::encode(s.journal_head)
+                );
             }
             Ok(())
         }
@@ -343,7 +385,8 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             days,
             out,
         } => {
-            let raw = std::fs::read(&csr_path).map_err(|e| format!("cannot read {}: {e}", csr_path.display()))?;
+            let raw = std::fs::read(&csr_path)
+                .map_err(|e| format!("cannot read {}: {e}", csr_path.display()))?;
             let parsed = csr::parse(&raw).map_err(|e| format!("{}: {e}", csr_path.display()))?;
             // Backdated a minute for relying parties with slightly slow clocks.
             let nb = now() - 60;
@@ -366,9 +409,16 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             };
             write_out(&out, &pem::encode("CERTIFICATE", &cert.der))?;
             if json {
-                println!("{}", serde_json::json!({"serial": hex::encode(&cert.serial), "certificate": out}));
+                println!(
+                    "{}",
+                    serde_json::json!({"serial": hex::encode(&cert.serial), "certificate": out})
+                );
             } else {
-                println!("issued serial {} -> {}", hex::encode(&cert.serial), out.display());
+                println!(
+                    "issued serial {} -> {}",
+                    hex::encode(&cert.serial),
+                    out.display()
+                );
             }
             Ok(())
         }
@@ -391,7 +441,9 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             out,
         } => {
             let purpose = Purpose::parse(&purpose).ok_or_else(|| {
-                Failure::Usage(format!("unknown purpose {purpose:?}; use root, intermediate or custodians"))
+                Failure::Usage(format!(
+                    "unknown purpose {purpose:?}; use root, intermediate or custodians"
+                ))
             })?;
             let op = match purpose {
                 Purpose::Root | Purpose::Intermediate => {
@@ -414,12 +466,17 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                     };
                     if purpose == Purpose::Root {
                         if parent.is_some() {
-                            return Err(Failure::Usage("a root has no --parent; did you mean --purpose intermediate?".into()));
+                            return Err(Failure::Usage(
+                                "a root has no --parent; did you mean --purpose intermediate?"
+                                    .into(),
+                            ));
                         }
                         CeremonyOp::CreateRoot(params)
                     } else {
                         if parent.is_none() {
-                            return Err(Failure::Usage("an intermediate needs --parent <issuing CA id>".into()));
+                            return Err(Failure::Usage(
+                                "an intermediate needs --parent <issuing CA id>".into(),
+                            ));
                         }
                         CeremonyOp::CreateIntermediate(params)
                     }
@@ -427,22 +484,27 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                 Purpose::Custodians => {
                     let mut custodians = Vec::new();
                     for spec in &custodian {
-                        let (name, file) = spec
-                            .split_once('=')
-                            .ok_or_else(|| Failure::Usage(format!("--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE")))?;
-                        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+                        let (name, file) = spec.split_once('=').ok_or_else(|| {
+                            Failure::Usage(format!(
+                                "--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE"
+                            ))
+                        })?;
+                        let text = std::fs::read_to_string(file)
+                            .map_err(|e| format!("cannot read {file}: {e}"))?;
                         let hex_part = text.split_whitespace().next().unwrap_or("");
-                        let public_key: [u8; 32] = hex::decode(hex_part.strip_prefix("ed25519:").unwrap_or(hex_part))
-                            .ok()
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or_else(|| format!("{file} is not a custodian public key"))?;
+                        let public_key: [u8; 32] =
+                            hex::decode(hex_part.strip_prefix("ed25519:").unwrap_or(hex_part))
+                                .ok()
+                                .and_then(|b| b.try_into().ok())
+                                .ok_or_else(|| format!("{file} is not a custodian public key"))?;
                         custodians.push(Custodian {
                             name: name.to_string(),
                             public_key,
                         });
                     }
                     CeremonyOp::ChangeCustodians(CustodianSet {
-                        threshold: threshold.ok_or_else(|| Failure::Usage("--threshold is required".into()))?,
+                        threshold: threshold
+                            .ok_or_else(|| Failure::Usage("--threshold is required".into()))?,
                         custodians,
                     })
                 }
@@ -463,24 +525,42 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                 approvals: vec![],
             };
             if out.exists() {
-                return Err(Failure::Refused(format!("{} exists already", out.display())));
+                return Err(Failure::Refused(format!(
+                    "{} exists already",
+                    out.display()
+                )));
             }
             write_ceremony(&out, &file)?;
-            println!("ceremony {} ({}) written to {}", file.ceremony_id, describe(&file.op), out.display());
+            println!(
+                "ceremony {} ({}) written to {}",
+                file.ceremony_id,
+                describe(&file.op),
+                out.display()
+            );
             Ok(())
         }
         CeremonyCmd::Show { file } => {
             let (id, f) = read_ceremony(&file)?;
             if json {
-                println!("{}", serde_json::json!({"ceremony_id": f.ceremony_id, "purpose": f.op.purpose().as_str(),
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony_id": f.ceremony_id, "purpose": f.op.purpose().as_str(),
                     "parameters_sha256": hex::encode(statement_digest(&f.op)),
-                    "approvals": f.approvals.iter().map(|a| serde_json::json!({"name": a.name, "custodian": a.custodian})).collect::<Vec<_>>()}));
+                    "approvals": f.approvals.iter().map(|a| serde_json::json!({"name": a.name, "custodian": a.custodian})).collect::<Vec<_>>()})
+                );
             } else {
                 println!("ceremony {}: {}", hex::encode(id), describe(&f.op));
-                println!("  parameters sha256: {}", hex::encode(statement_digest(&f.op)));
+                println!(
+                    "  parameters sha256: {}",
+                    hex::encode(statement_digest(&f.op))
+                );
                 println!("  approvals: {}", f.approvals.len());
                 for a in &f.approvals {
-                    println!("    {} ({}…)", a.name, &a.custodian[..16.min(a.custodian.len())]);
+                    println!(
+                        "    {} ({}…)",
+                        a.name,
+                        &a.custodian[..16.min(a.custodian.len())]
+                    );
                 }
             }
             Ok(())
@@ -503,7 +583,12 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                 signature: hex::encode(&a.signature),
             });
             write_ceremony(&file, &f)?;
-            println!("{} approved ceremony {}: {}", k.name, hex::encode(id), describe(&f.op));
+            println!(
+                "{} approved ceremony {}: {}",
+                k.name,
+                hex::encode(id),
+                describe(&f.op)
+            );
             Ok(())
         }
         CeremonyCmd::Execute { file, out } => {
@@ -515,7 +600,8 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                         .ok()
                         .and_then(|b| b.try_into().ok())
                         .ok_or_else(|| format!("approval of {} is malformed", a.name))?,
-                    signature: hex::decode(&a.signature).map_err(|_| format!("approval of {} is malformed", a.name))?,
+                    signature: hex::decode(&a.signature)
+                        .map_err(|_| format!("approval of {} is malformed", a.name))?,
                 });
             }
             let mut c = SignerClient::connect(socket)?;
@@ -531,15 +617,28 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             };
             let der = match &outcome {
                 CeremonyOutcome::Ca(info) => {
-                    println!("ceremony {} executed: CA {:?} created", hex::encode(id), info.ca_id);
+                    println!(
+                        "ceremony {} executed: CA {:?} created",
+                        hex::encode(id),
+                        info.ca_id
+                    );
                     Some(info.certificate_der.clone())
                 }
                 CeremonyOutcome::CrossCertificate(c) => {
-                    println!("ceremony {} executed: cross-certificate {}", hex::encode(id), hex::encode(&c.serial));
+                    println!(
+                        "ceremony {} executed: cross-certificate {}",
+                        hex::encode(id),
+                        hex::encode(&c.serial)
+                    );
                     Some(c.der.clone())
                 }
                 CeremonyOutcome::Custodians(s) => {
-                    println!("ceremony {} executed: custodian set is now {} of {}", hex::encode(id), s.threshold, s.custodians.len());
+                    println!(
+                        "ceremony {} executed: custodian set is now {} of {}",
+                        hex::encode(id),
+                        s.threshold,
+                        s.custodians.len()
+                    );
                     None
                 }
             };

@@ -83,7 +83,8 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; HEADER_LEN];
     out[0..4].copy_from_slice(&MAGIC);
     out[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    let mut out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let mut out =
+        postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
     let len32 = u32::try_from(len)
         .ok()
@@ -95,8 +96,8 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Decodes a payload (without header); the whole payload must be consumed.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<T>(payload)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes(rest.len()));
     }

@@ -421,10 +421,7 @@ pub enum Request {
     Status,
     PublicKeys,
     IssueCertificate(CertificateTemplate),
-    Ceremony {
-        op: CeremonyOp,
-        proof: QuorumProof,
-    },
+    Ceremony { op: CeremonyOp, proof: QuorumProof },
     SignCrl(CrlRequest),
     SignOcsp(OcspBatch),
     RotateOcspResponder(ResponderParams),

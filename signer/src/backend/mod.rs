@@ -24,7 +24,10 @@ impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BackendError::NotFound(l) => write!(f, "no key labelled {l:?} in the key backend"),
-            BackendError::Exists(l) => write!(f, "a key labelled {l:?} exists already; refusing to overwrite it"),
+            BackendError::Exists(l) => write!(
+                f,
+                "a key labelled {l:?} exists already; refusing to overwrite it"
+            ),
             BackendError::Unsupported(m) => write!(f, "not supported by the key backend: {m}"),
             BackendError::Failed(m) => write!(f, "key backend failure: {m}"),
         }
@@ -187,7 +190,7 @@ pub fn rsa_spki_der(modulus: &[u8], public_exponent: &[u8]) -> Result<Vec<u8>, B
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` with minimal
 /// INTEGER encodings, as X.509 and OCSP carry it.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, BackendError> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(BackendError::Failed(format!(
             "the token returned an ECDSA signature of odd or zero length ({} bytes)",
             raw.len()

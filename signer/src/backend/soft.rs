@@ -670,6 +670,56 @@ mod tests {
         conformance::run(&store);
     }
 
+    /// A store written by format version 1 (passphrase "correct horse
+    /// battery", one P-256 key "golden"). Every later castellan must open it.
+    const GOLDEN_META: &[&str] = &[
+        "4353544c53544f52010001c0270900bed8d26df0f0a6483a0913d8f0db2e71adff6e572b8edf71f1",
+        "552f5acd838ccb01aa50a9b4b9a15038ff6553df22d0f59805bb8cee0335d948e509bb32bb1321b4",
+        "3629b9e4053a84dc484b2a84ee038cf4053a0dca18b96b8891bd9048",
+    ];
+    const GOLDEN_KEY: &[&str] = &[
+        "4353544c4b45593101000148271664ed80c589304fc87c9a0000007bce3868da8bb8205cf1eacdad",
+        "7689010c919ad732dccbc68666f54dee346405ae850edaa5570935c85dff1d9f72d95adf86ac3445",
+        "d15b0f35240bd62e38d9111aa6c66158335741989626ecc936c6556c1a2a7f862c50cf50e0530bbd",
+        "78e89852f5dfb1b6765eb5f8cd680957d563c7c429b1ba5d2b11e3f34069586bf8f01e251af19acf",
+        "0aa9716dea467d6600662a8f4e20801bb6c524f158",
+    ];
+    const GOLDEN_SPKI: &[&str] = &[
+        "3059301306072a8648ce3d020106082a8648ce3d03010703420004a123074c5022859e14692db173",
+        "0136da8fa73c1a045ba08b0923f955b44203a85ca72539f27f5a4db05e2b87407ca30e2d3cea404f",
+        "2d5126c496571307d4fe00",
+    ];
+
+    fn unhex(parts: &[&str]) -> Vec<u8> {
+        hex::decode(parts.concat()).expect("hex")
+    }
+
+    #[test]
+    fn a_version_1_store_still_opens_with_the_same_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("v1");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .expect("mkdir");
+        for (name, bytes) in [
+            (META_FILE.to_string(), unhex(GOLDEN_META)),
+            (key_file_name("golden"), unhex(GOLDEN_KEY)),
+        ] {
+            write_new_file(&dir, &name, &bytes).expect("write");
+        }
+        let store = SoftBackend::open(&dir, &pass("correct horse battery")).expect("open v1");
+        let spki = unhex(GOLDEN_SPKI);
+        assert_eq!(
+            store.public_key("golden").expect("pk"),
+            (Algorithm::EcdsaP256, spki.clone())
+        );
+        let sig = store.sign("golden", b"tbs").expect("sign");
+        conformance::verify(&spki, Algorithm::EcdsaP256, b"tbs", &sig).expect("verify");
+        // The iteration count is read from the file, little-endian.
+        assert_eq!(&unhex(GOLDEN_META)[11..15], &600_000u32.to_le_bytes());
+    }
+
     #[test]
     fn soft_backend_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole castellan test suite. Installs the Debian packages the tests use
+# (idempotent), then: rustfmt check, clippy (warnings are errors), every
+# unit and integration test of the workspace (real SoftHSM2 token, real
+# openssl, real sockets), and the README demo as an end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(softhsm2 opensc openssl curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== README demo (end to end)"
+./scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; echo "demo FAILED"; exit 1; }
+grep -q ': OK$' target/demo.log || { cat target/demo.log; echo "demo: openssl verify did not say OK"; exit 1; }
+echo "== all tests passed"
