@@ -76,7 +76,11 @@ enum JournalCommand {
     /// acknowledged) aside into `<journal>.torn-<offset>` so the signer can
     /// start. Refuses anything that is not a torn tail.
     RecoverTornTail {
-        #[arg(long, default_value = "/etc/castellan/signer.toml", conflicts_with = "journal")]
+        #[arg(
+            long,
+            default_value = "/etc/castellan/signer.toml",
+            conflicts_with = "journal"
+        )]
         config: PathBuf,
         #[arg(long)]
         journal: Option<PathBuf>,
@@ -359,8 +363,8 @@ fn journal_cmd(command: JournalCommand) -> Result<(), Failure> {
         }
         JournalCommand::RecoverTornTail { config, journal } => {
             let path = journal_path(&config, journal)?;
-            let (_journal, records, torn) =
-                journal::Journal::open_truncating_torn_tail(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (_journal, records, torn) = journal::Journal::open_truncating_torn_tail(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             match torn {
                 Some(t) => println!(
                     "removed an incomplete record {} ({} octets at offset {}), saved to {}; {} records remain",
@@ -370,7 +374,10 @@ fn journal_cmd(command: JournalCommand) -> Result<(), Failure> {
                     t.evidence.display(),
                     records.len()
                 ),
-                None => println!("journal {} has no torn tail; nothing changed", path.display()),
+                None => println!(
+                    "journal {} has no torn tail; nothing changed",
+                    path.display()
+                ),
             }
             Ok(())
         }
