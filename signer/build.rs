@@ -92,6 +92,8 @@ const MUST_BE_RESTRICTED: &[&str] = &[
     "ioctl",
     "getsockopt",
     "setsockopt",
+    "linkat",
+    "memfd_create",
 ];
 
 fn main() {
@@ -125,6 +127,11 @@ fn main() {
     for arch in ["x86_64", "aarch64"] {
         let compiled = match compile_for(&policy, arch) {
             Ok(c) => c,
+            Err(e) if arch != "x86_64" && e.contains("Invalid syscall name") => fail(&format!(
+                "{} for {arch}: {e} If it is a legacy x86_64 syscall, add it to X86_64_ONLY \
+                 in signer/build.rs with its *at successor and allow that successor too.",
+                policy_path.display()
+            )),
             Err(e) => fail(&format!("{} for {arch}: {e}", policy_path.display())),
         };
         if arch == target_arch {

@@ -7,5 +7,6 @@
 
 pub mod csr;
 pub mod custodian;
+pub mod events;
 pub mod pem;
 pub mod signer_client;

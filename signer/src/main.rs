@@ -274,6 +274,8 @@ fn init(config: &Path, custodians: &[String], threshold: u8) -> Result<(), Failu
 
 fn run(config: &Path) -> Result<(), Failure> {
     let cfg = load_config(config)?;
+    // Before any key is in memory: no core dumps, no ptrace by same-uid peers.
+    sys::harden_process().map_err(|e| format!("cannot harden the process: {e}"))?;
     let backend = open_backend(&cfg, false)?;
     let signer = service::Signer::open(&cfg.state_dir, backend, cfg.profiles.clone())?;
     if let Some(parent) = cfg.socket.parent() {
@@ -294,7 +296,6 @@ fn run(config: &Path) -> Result<(), Failure> {
         std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| format!("cannot set permissions on {}: {e}", cfg.socket.display()))?;
     }
-    sys::harden_process().map_err(|e| format!("cannot harden the process: {e}"))?;
     if cfg.seccomp {
         sys::install_seccomp().map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
         signer.set_seccomp_active();

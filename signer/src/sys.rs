@@ -207,6 +207,11 @@ fn selftest_steps() -> Result<(), String> {
         return Err("read back: content differs from what was written".to_owned());
     }
     step("list a directory", fs::read_dir(&state).map(|d| d.count()))?;
+    step(
+        "link a file into place (linkat)",
+        fs::hard_link(state.join("ca.json"), state.join("ca.json.link")),
+    )?;
+    step("unlink", fs::remove_file(state.join("ca.json.link")))?;
 
     let journal = step(
         "open a journal for append",
@@ -228,6 +233,8 @@ fn selftest_steps() -> Result<(), String> {
         nix::fcntl::fcntl(&journal, nix::fcntl::FcntlArg::F_SETLK(&lock)),
     )?;
     step("fcntl F_DUPFD_CLOEXEC", journal.try_clone())?;
+    step("flock", journal.try_lock().map_err(|e| format!("{e:?}")))?;
+    step("journald large record: sealed memfd", sealed_memfd())?;
 
     step(
         "getrandom",
@@ -289,6 +296,27 @@ fn selftest_steps() -> Result<(), String> {
     step("recv a datagram", journald.recv(&mut [0u8; 64]))?;
 
     step("remove the selftest directory", fs::remove_dir_all(&dir))?;
+    Ok(())
+}
+
+/// What tracing-journald does with a record too large for one datagram.
+fn sealed_memfd() -> Result<(), String> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::Write;
+    let fd = memfd_create(
+        c"castellan-selftest",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(b"MESSAGE=large\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let seals = SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| format!("F_ADD_SEALS: {e}"))?;
     Ok(())
 }
 

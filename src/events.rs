@@ -1,0 +1,250 @@
+//! The event log's vocabulary. Every state change of castellan is one of
+//! these events; every state table is a projection of them.
+//!
+//! Events are encoded with postcard, which tags enum variants by position:
+//! **variants and fields are append-only** (never reorder, remove or retype).
+//! Kinds reserved for later capabilities (snapshots, incidents, delivery
+//! connectors) are appended at the end when they are built.
+
+use castellan_proto::{
+    Algorithm, CaStatus, CeremonyId, CeremonyOp, CustodianSet, DistinguishedName, RevocationReason,
+    SubjectAltName,
+};
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// Who did it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// castellan itself (timers, start-up recovery).
+    System,
+    /// A local user on the admin socket (SO_PEERCRED).
+    Unix { uid: u32, gid: u32, name: String },
+    /// A remote client authenticated by mutual TLS.
+    Mtls { subject: String, serial: Vec<u8> },
+}
+
+impl Actor {
+    pub fn describe(&self) -> String {
+        match self {
+            Actor::System => "system".into(),
+            Actor::Unix { uid, name, .. } => format!("{name} (uid {uid})"),
+            Actor::Mtls { subject, .. } => format!("mtls:{subject}"),
+        }
+    }
+}
+
+/// A request id chosen by the daemon for one issuance (16 random octets).
+pub type RequestId = [u8; 16];
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum EventPayload {
+    /// The daemon started with this configuration digest.
+    DaemonStarted {
+        version: String,
+        config_sha256: [u8; 32],
+    },
+    /// What the signer reported about its keys (recorded when it changes),
+    /// so the audit key that signs checkpoints is itself in the log.
+    SignerKeysObserved {
+        audit_spki_der: Vec<u8>,
+        audit_algorithm: Algorithm,
+        custodians: CustodianSet,
+    },
+    CeremonyOpened {
+        ceremony_id: CeremonyId,
+        op: CeremonyOp,
+    },
+    /// A custodian's valid approval (checked against the custodian set and
+    /// the ceremony statement before it is recorded).
+    CeremonyApproved {
+        ceremony_id: CeremonyId,
+        custodian: [u8; 32],
+        custodian_name: String,
+        signature: Vec<u8>,
+    },
+    CeremonyExecuted {
+        ceremony_id: CeremonyId,
+    },
+    CeremonyFailed {
+        ceremony_id: CeremonyId,
+        reason: String,
+    },
+    /// A CA the signer holds (from a ceremony, or first seen at start-up).
+    CaRegistered {
+        ca_id: String,
+        parent: Option<String>,
+        algorithm: Algorithm,
+        status: CaStatus,
+        certificate_der: Vec<u8>,
+    },
+    /// Written before the signer is asked: if no result follows, the
+    /// certificate may exist (see `IssuanceRecovered`).
+    IssuanceIntended {
+        request_id: RequestId,
+        issuer: String,
+        profile: String,
+        identity: String,
+        subject: DistinguishedName,
+        sans: Vec<SubjectAltName>,
+        spki_sha256: [u8; 32],
+        not_before: i64,
+        not_after: i64,
+    },
+    CertificateIssued {
+        request_id: RequestId,
+        serial: Vec<u8>,
+        certificate_der: Vec<u8>,
+        signer_journal_seq: u64,
+    },
+    /// The signer refused or failed: nothing was issued.
+    IssuanceFailed {
+        request_id: RequestId,
+        reason: String,
+    },
+    /// A request refused before the signer was asked (bad CSR, disallowed
+    /// name). Leaves no other trace.
+    IssuanceRefused {
+        reason: String,
+    },
+    /// After a crash: an intent without a result, matched against the
+    /// signer's journal. `serial` is `None` when the journal shows nothing.
+    IssuanceRecovered {
+        request_id: RequestId,
+        serial: Option<Vec<u8>>,
+    },
+    CertificateRevoked {
+        serial: Vec<u8>,
+        issuer: String,
+        reason: RevocationReason,
+        revoked_at: i64,
+        invalidity_date: Option<i64>,
+    },
+    /// The signer's audit key signed (sequence, head hash): the chain up to
+    /// `sequence` is attested.
+    CheckpointSigned {
+        sequence: u64,
+        head_hash: [u8; 32],
+        time: i64,
+        signature: Vec<u8>,
+    },
+}
+
+impl EventPayload {
+    /// A stable kind name for filters and display.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventPayload::DaemonStarted { .. } => "daemon-started",
+            EventPayload::SignerKeysObserved { .. } => "signer-keys-observed",
+            EventPayload::CeremonyOpened { .. } => "ceremony-opened",
+            EventPayload::CeremonyApproved { .. } => "ceremony-approved",
+            EventPayload::CeremonyExecuted { .. } => "ceremony-executed",
+            EventPayload::CeremonyFailed { .. } => "ceremony-failed",
+            EventPayload::CaRegistered { .. } => "ca-registered",
+            EventPayload::IssuanceIntended { .. } => "issuance-intended",
+            EventPayload::CertificateIssued { .. } => "certificate-issued",
+            EventPayload::IssuanceFailed { .. } => "issuance-failed",
+            EventPayload::IssuanceRefused { .. } => "issuance-refused",
+            EventPayload::IssuanceRecovered { .. } => "issuance-recovered",
+            EventPayload::CertificateRevoked { .. } => "certificate-revoked",
+            EventPayload::CheckpointSigned { .. } => "checkpoint-signed",
+        }
+    }
+
+    /// What the event is about, for `audit log --subject` (a serial in hex,
+    /// a CA id, a ceremony id in hex, an identity).
+    pub fn subjects(&self) -> Vec<String> {
+        match self {
+            EventPayload::CeremonyOpened { ceremony_id, .. }
+            | EventPayload::CeremonyApproved { ceremony_id, .. }
+            | EventPayload::CeremonyExecuted { ceremony_id }
+            | EventPayload::CeremonyFailed { ceremony_id, .. } => vec![hex::encode(ceremony_id)],
+            EventPayload::CaRegistered { ca_id, .. } => vec![ca_id.clone()],
+            EventPayload::IssuanceIntended {
+                request_id,
+                issuer,
+                identity,
+                ..
+            } => vec![hex::encode(request_id), issuer.clone(), identity.clone()],
+            EventPayload::CertificateIssued {
+                request_id, serial, ..
+            } => {
+                vec![hex::encode(request_id), hex::encode(serial)]
+            }
+            EventPayload::IssuanceFailed { request_id, .. } => vec![hex::encode(request_id)],
+            EventPayload::IssuanceRecovered { request_id, serial } => {
+                let mut v = vec![hex::encode(request_id)];
+                v.extend(serial.iter().map(hex::encode));
+                v
+            }
+            EventPayload::CertificateRevoked { serial, issuer, .. } => {
+                vec![hex::encode(serial), issuer.clone()]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// One event as stored: the payload and its place in the hash chain.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ms: Millis,
+    pub actor: Actor,
+    pub payload: EventPayload,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+const EVENT_DOMAIN: &[u8] = b"castellan event v1\0";
+
+/// SHA-256 over the canonical encoding: domain | postcard(seq, time, actor,
+/// payload, prev_hash).
+pub fn event_hash(
+    seq: u64,
+    time_ms: Millis,
+    actor: &Actor,
+    payload: &EventPayload,
+    prev_hash: &[u8; 32],
+) -> [u8; 32] {
+    let body = postcard::to_stdvec(&(seq, time_ms, actor, payload, prev_hash)).unwrap_or_default();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(EVENT_DOMAIN);
+    ctx.update(&body);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl Event {
+    pub fn new(
+        seq: u64,
+        time_ms: Millis,
+        actor: Actor,
+        payload: EventPayload,
+        prev_hash: [u8; 32],
+    ) -> Event {
+        let hash = event_hash(seq, time_ms, &actor, &payload, &prev_hash);
+        Event {
+            seq,
+            time_ms,
+            actor,
+            payload,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// The hash recomputed from the content.
+    pub fn computed_hash(&self) -> [u8; 32] {
+        event_hash(
+            self.seq,
+            self.time_ms,
+            &self.actor,
+            &self.payload,
+            &self.prev_hash,
+        )
+    }
+}
