@@ -5,6 +5,8 @@
 
 use castellan_proto::Algorithm;
 
+use crate::der as derw;
+
 pub mod pkcs11;
 pub mod soft;
 
@@ -96,38 +98,6 @@ pub fn ec_point_len(alg: Algorithm) -> Option<usize> {
     }
 }
 
-fn der_push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-}
-
-fn der_push_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
-    out.push(tag);
-    der_push_len(out, content.len());
-    out.extend_from_slice(content);
-}
-
-/// Appends a non-negative big-endian integer as a minimal DER INTEGER:
-/// leading zero bytes dropped, one 0x00 added when the top bit is set (else
-/// it would read as negative). Zero encodes as `02 01 00`.
-fn der_push_uint(out: &mut Vec<u8>, be: &[u8]) {
-    let skip = be.iter().take_while(|b| **b == 0).count();
-    let digits = &be[skip..];
-    let pad = digits.first().is_none_or(|b| b & 0x80 != 0);
-    out.push(0x02);
-    der_push_len(out, digits.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(digits);
-}
-
 /// DER SubjectPublicKeyInfo of an ECDSA key:
 /// `SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING point }`.
 /// `point` is the uncompressed SEC1 point; anything else is refused, so a
@@ -146,18 +116,10 @@ pub fn ec_spki_der(alg: Algorithm, point: &[u8]) -> Result<Vec<u8>, BackendError
             point.len()
         )));
     }
-    let mut alg_id = Vec::with_capacity(ID_EC_PUBLIC_KEY.len() + curve.len());
-    alg_id.extend_from_slice(ID_EC_PUBLIC_KEY);
-    alg_id.extend_from_slice(curve);
-    let mut bits = Vec::with_capacity(point.len() + 1);
-    bits.push(0); // no unused bits
-    bits.extend_from_slice(point);
-    let mut body = Vec::with_capacity(alg_id.len() + bits.len() + 8);
-    der_push_tlv(&mut body, 0x30, &alg_id);
-    der_push_tlv(&mut body, 0x03, &bits);
-    let mut out = Vec::with_capacity(body.len() + 4);
-    der_push_tlv(&mut out, 0x30, &body);
-    Ok(out)
+    Ok(derw::seq(&[
+        &derw::seq(&[ID_EC_PUBLIC_KEY, curve]),
+        &derw::bits(point),
+    ]))
 }
 
 /// DER SubjectPublicKeyInfo of an RSA key: `rsaEncryption` with NULL
@@ -169,21 +131,11 @@ pub fn rsa_spki_der(modulus: &[u8], public_exponent: &[u8]) -> Result<Vec<u8>, B
             "the RSA public key has an empty or zero modulus or exponent".into(),
         ));
     }
-    let mut rsa_key = Vec::with_capacity(modulus.len() + public_exponent.len() + 16);
-    der_push_uint(&mut rsa_key, modulus);
-    der_push_uint(&mut rsa_key, public_exponent);
-    let mut bits = Vec::with_capacity(rsa_key.len() + 5);
-    bits.push(0); // no unused bits
-    der_push_tlv(&mut bits, 0x30, &rsa_key);
-    let mut alg_id = Vec::with_capacity(RSA_ENCRYPTION.len() + 2);
-    alg_id.extend_from_slice(RSA_ENCRYPTION);
-    alg_id.extend_from_slice(&[0x05, 0x00]);
-    let mut body = Vec::with_capacity(alg_id.len() + bits.len() + 8);
-    der_push_tlv(&mut body, 0x30, &alg_id);
-    der_push_tlv(&mut body, 0x03, &bits);
-    let mut out = Vec::with_capacity(body.len() + 4);
-    der_push_tlv(&mut out, 0x30, &body);
-    Ok(out)
+    let rsa_key = derw::seq(&[&derw::uint(modulus), &derw::uint(public_exponent)]);
+    Ok(derw::seq(&[
+        &derw::seq(&[RSA_ENCRYPTION, &derw::null()]),
+        &derw::bits(&rsa_key),
+    ]))
 }
 
 /// Converts a raw ECDSA signature `r || s` (PKCS#11 `CKM_ECDSA`, TPM) to a DER
@@ -197,12 +149,7 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, BackendError> {
         )));
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    let mut body = Vec::with_capacity(raw.len() + 6);
-    der_push_uint(&mut body, r);
-    der_push_uint(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
-    der_push_tlv(&mut out, 0x30, &body);
-    Ok(out)
+    Ok(derw::seq(&[&derw::uint(r), &derw::uint(s)]))
 }
 
 /// The behaviour every backend must show, run by each backend's tests
