@@ -1139,23 +1139,7 @@ impl Journal {
 /// RFC 3339 UTC with milliseconds, e.g. `2026-03-01T12:00:00.250Z`. Years
 /// outside 0000..=9999 are printed as numbers, which RFC 3339 cannot express.
 pub fn rfc3339_utc_ms(ms: UnixMillis) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let in_day = ms.rem_euclid(86_400_000);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian), computed
-    // on 400-year eras that start on March 1st.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, rem) = (in_day / 3_600_000, in_day % 3_600_000);
-    let (m, rem) = (rem / 60_000, rem % 60_000);
-    let (s, milli) = (rem / 1000, rem % 1000);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+    castellan_proto::time::rfc3339_ms(ms)
 }
 
 /// One record as JSON for `castellan-signer journal export`: hashes and

@@ -313,33 +313,7 @@ fn run(config: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// RFC 3339 UTC (`2026-11-23T17:00:00Z`, optional fraction) or unix milliseconds.
-fn parse_time_ms(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once(['T', ' '])?;
-    let mut d = date.splitn(3, '-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let mo: u32 = d.next()?.parse().ok()?;
-    let da: u32 = d.next()?.parse().ok()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let se: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let ms: i64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<3}").get(..3)?.parse().ok()?
-    };
-    let days = castellan_signer::der::days_from_civil(y, mo, da);
-    Some(((days * 86_400) + h * 3600 + mi * 60 + se) * 1000 + ms)
-}
+use castellan_proto::time::parse_time_ms;
 
 fn journal_path(config: &Path, journal: Option<PathBuf>) -> Result<PathBuf, Failure> {
     match journal {

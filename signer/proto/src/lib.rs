@@ -14,6 +14,7 @@
 
 pub mod ceremony;
 pub mod frame;
+pub mod time;
 
 use serde::{Deserialize, Serialize};
 
