@@ -11,11 +11,34 @@ use x509_cert::request::CertReq;
 
 pub const MAX_CSR_LEN: usize = 64 * 1024;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrKey {
+    EcdsaP256,
+    EcdsaP384,
+    /// RSA with this many modulus bits.
+    Rsa(usize),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedCsr {
     pub subject: DistinguishedName,
     pub sans: Vec<SubjectAltName>,
     pub spki_der: Vec<u8>,
+    pub key: CsrKey,
+}
+
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: der::asn1::UintRef<'a>,
+    public_exponent: der::asn1::UintRef<'a>,
+}
+
+/// Modulus size of a DER RSAPublicKey.
+fn rsa_bits(key: &[u8]) -> Option<usize> {
+    let k = RsaPublicKey::from_der(key).ok()?;
+    let bytes = k.modulus.as_bytes();
+    let first = *bytes.first()?;
+    Some(bytes.len() * 8 - first.leading_zeros() as usize)
 }
 
 const ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
@@ -64,6 +87,13 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         .signature
         .as_bytes()
         .ok_or("CSR signature has unused bits")?;
+    let key_kind = match req.info.public_key.algorithm.oid.to_string().as_str() {
+        "1.2.840.10045.2.1" if key.len() == 65 => CsrKey::EcdsaP256,
+        "1.2.840.10045.2.1" if key.len() == 97 => CsrKey::EcdsaP384,
+        "1.2.840.10045.2.1" => return Err("EC keys must be P-256 or P-384 in uncompressed form".into()),
+        "1.2.840.113549.1.1.1" => CsrKey::Rsa(rsa_bits(key).ok_or("the CSR's RSA public key is malformed")?),
+        o => return Err(format!("public key algorithm {o} is not accepted; use ECDSA P-256/P-384 or RSA")),
+    };
     let alg: &dyn ring::signature::VerificationAlgorithm =
         match req.algorithm.oid.to_string().as_str() {
             ECDSA_SHA256 if key.len() == 65 => &ring::signature::ECDSA_P256_SHA256_ASN1,
@@ -135,5 +165,6 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         subject: DistinguishedName(attrs),
         sans,
         spki_der,
+        key: key_kind,
     })
 }

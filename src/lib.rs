@@ -5,8 +5,16 @@
 //! of the offline root host — and the daemon skeleton.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admin_client;
+pub mod api;
+pub mod config;
 pub mod csr;
 pub mod custodian;
+pub mod daemon;
 pub mod events;
 pub mod pem;
+pub mod service;
 pub mod signer_client;
+pub mod signer_pool;
+pub mod store;

@@ -1,26 +1,40 @@
 //! castellanctl: the admin CLI.
 //!
-//! This release drives a signer directly (`castellanctl signer …`): the
-//! path of the offline root host, where ceremonies travel as files between
-//! custodians. Exit codes: 0 ok, 1 refused or failed (the message says
-//! why), 2 usage, 69 signer unavailable.
+//! Most commands talk to castellan's admin socket (`--socket`, default
+//! `/run/castellan/admin.sock` or `$CASTELLAN_ADMIN_SOCKET`); the peer's
+//! uid decides what it may do. `castellanctl signer …` drives a signer
+//! directly: the path of the offline root host, where ceremonies travel as
+//! files between custodians.
+//!
+//! Exit codes (one mapping, [`ErrorKind::exit_code`]): 0 ok, 1 refused or
+//! failed (the message says why), 2 usage or bad request, 3 not found,
+//! 69 castellan or the signer unavailable, 70 internal error, 77 forbidden.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use castellan::admin_client::{self, AdminClient, encode_component, query_string};
+use castellan::api::{
+    ApiError, ApproveCeremony, CaView, CeremonyView, CertView, CheckpointView, ErrorBody,
+    ErrorKind, EventView, IssueRequest, IssuedView, OpenCeremony, RevokeRequest, StatusView,
+    VerifyView,
+};
 use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
 use castellan::{csr, pem};
 use castellan_proto::{
     Algorithm, Approval, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
     Custodian, CustodianSet, DistinguishedName, NameAttribute, Purpose, QuorumProof, Request,
-    Response, Urls, Validity, statement_digest,
+    Response, RevocationReason, Urls, Validity, statement_digest,
 };
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-const EXIT_UNAVAILABLE: u8 = 69;
+const DEFAULT_SIGNER_SOCKET: &str = "/run/castellan-signer/signer.sock";
+const ADMIN_SOCKET_ENV: &str = "CASTELLAN_ADMIN_SOCKET";
 
 #[derive(Parser)]
 #[command(name = "castellanctl", version, about = "Administer castellan")]
@@ -28,12 +42,52 @@ struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Socket to talk to: castellan's admin socket (default
+    /// /run/castellan/admin.sock, or $CASTELLAN_ADMIN_SOCKET); for `signer …`
+    /// the signer's socket (default /run/castellan-signer/signer.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// castellan's state: event log, signer, CAs, certificates, and who you are.
+    Status,
+    /// m-of-n custodian ceremonies for CA keys: open → approve → execute.
+    Ceremony {
+        #[command(subcommand)]
+        command: CeremonyCmd,
+    },
+    /// Certificate authorities castellan holds.
+    Ca {
+        #[command(subcommand)]
+        command: CaCmd,
+    },
+    /// Issue a certificate, from a CSR or for a key generated here.
+    Issue(IssueArgs),
+    /// Inspect certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCmd,
+    },
+    /// Revoke a certificate.
+    Revoke {
+        /// Serial number, hex.
+        serial: String,
+        /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, …
+        #[arg(long)]
+        reason: String,
+        /// Since when the key is suspect (RFC 3339, e.g. 2025-01-31T00:00:00Z).
+        #[arg(long)]
+        invalidity_date: Option<String>,
+    },
+    /// The event log: verify the hash chain, read it, checkpoint it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
     /// Custodian approval keys.
     Custodian {
         #[command(subcommand)]
@@ -41,16 +95,170 @@ enum Command {
     },
     /// Talk to a castellan-signer directly (offline root host, bootstrap).
     Signer {
-        /// The signer's socket.
-        #[arg(
-            long,
-            global = true,
-            default_value = "/run/castellan-signer/signer.sock"
-        )]
-        socket: PathBuf,
         #[command(subcommand)]
         command: SignerCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum CeremonyCmd {
+    /// Open a ceremony with its exact parameters.
+    Open {
+        #[arg(long, value_parser = ["root", "intermediate", "rotate", "cross-sign", "custodians"])]
+        purpose: String,
+        /// The CA to create (root, intermediate), rotate or cross-sign.
+        #[arg(long)]
+        ca_id: Option<String>,
+        /// Issuing CA of an intermediate, or the issuer of a cross-signature.
+        #[arg(long)]
+        parent: Option<String>,
+        /// e.g. "CN=Example Root CA,O=Example"
+        #[arg(long)]
+        subject: Option<String>,
+        /// Validity in days.
+        #[arg(long)]
+        days: Option<u32>,
+        /// ecdsa-p256, ecdsa-p384 or rsa-3072.
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[arg(long)]
+        path_len: Option<u8>,
+        /// New custodian set (purpose custodians): NAME=PUBLIC_KEY_FILE, repeat.
+        #[arg(long = "custodian", value_name = "NAME=PUBFILE")]
+        custodians: Vec<String>,
+        /// Approvals the new custodian set needs (purpose custodians).
+        #[arg(long)]
+        threshold: Option<u8>,
+        /// Purpose rotate: the id of the successor CA.
+        #[arg(long)]
+        new_ca_id: Option<String>,
+        /// Purpose cross-sign: the CA certificate to certify (PEM file).
+        #[arg(long, value_name = "FILE")]
+        certificate: Option<PathBuf>,
+    },
+    /// Approve: check what the ceremony does, sign its statement with your key.
+    Approve {
+        id: String,
+        /// Your custodian key file (from `castellanctl custodian keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
+    /// What a ceremony does, k of m approvals, who approved when.
+    Show { id: String },
+    /// All ceremonies.
+    List,
+    /// Carry out a ceremony that has its quorum.
+    Execute {
+        id: String,
+        /// Where to write the resulting CA certificate (PEM).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// All CAs.
+    List,
+    /// One CA.
+    Show {
+        id: String,
+        /// Write its certificate (PEM) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// A PKCS#10 CSR (PEM or DER).
+    #[arg(long, required_unless_present = "generate_key", conflicts_with_all = ["generate_key", "subject", "sans", "key_out"])]
+    csr: Option<PathBuf>,
+    /// Generate the key and the CSR here; the private key never leaves this host.
+    #[arg(long, requires_all = ["subject", "key_out"])]
+    generate_key: bool,
+    /// With --generate-key: e.g. "CN=web.example.internal,O=Example".
+    #[arg(long)]
+    subject: Option<String>,
+    /// With --generate-key: DNS:name, IP:address, EMAIL:address or URI:uri; repeat.
+    #[arg(long = "san", value_name = "TYPE:VALUE")]
+    sans: Vec<String>,
+    /// With --generate-key: the key's algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = ["ecdsa-p256", "ecdsa-p384"])]
+    key_algorithm: String,
+    /// With --generate-key: where to write the private key (PEM, mode 0600).
+    #[arg(long)]
+    key_out: Option<PathBuf>,
+    /// Issuance profile, e.g. server or client.
+    #[arg(long)]
+    profile: String,
+    /// Validity in days (default: the profile's).
+    #[arg(long, value_name = "DAYS")]
+    ttl: Option<u32>,
+    /// Issuing CA (default: castellan's default issuer).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Who or what the certificate is for (default: the first SAN or the CN).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Where to write the certificate (PEM).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the issuer chain (PEM).
+    #[arg(long)]
+    chain_out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// One certificate by serial (hex).
+    Show {
+        serial: String,
+        /// Write the certificate (PEM) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Certificates, newest first.
+    List {
+        /// Only those issued by this CA.
+        #[arg(long)]
+        ca: Option<String>,
+        #[arg(long, value_parser = ["issued", "revoked", "possibly-issued"])]
+        status: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Re-walk the hash chain and check the signed checkpoints.
+    Verify,
+    /// Read events.
+    Log {
+        /// e.g. "alice (uid 1000)" or a part of it.
+        #[arg(long)]
+        actor: Option<String>,
+        /// e.g. certificate-revoked, ceremony-approved.
+        #[arg(long)]
+        kind: Option<String>,
+        /// RFC 3339 or unix milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// A serial, CA id, ceremony id or identity.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Have the signer's audit key sign the log's head now.
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
@@ -73,7 +281,7 @@ enum SignerCmd {
     /// Ceremonies as files: new → approve (m custodians) → execute.
     Ceremony {
         #[command(subcommand)]
-        command: CeremonyCmd,
+        command: SignerCeremonyCmd,
     },
     /// Issue an end-entity certificate from a CSR.
     Issue {
@@ -99,7 +307,7 @@ enum SignerCmd {
 }
 
 #[derive(Subcommand)]
-enum CeremonyCmd {
+enum SignerCeremonyCmd {
     /// Prepare a ceremony file with its exact parameters.
     New {
         /// root | intermediate | custodians
@@ -161,23 +369,40 @@ struct FileApproval {
     signature: String,
 }
 
+/// Why castellanctl stops: an error with its kind (and so its exit code),
+/// or a result already reported (e.g. `audit verify` found a broken chain).
 enum Failure {
-    Usage(String),
-    Refused(String),
-    Unavailable(String),
+    Api(ApiError),
+    Reported(ErrorKind),
+}
+
+fn usage(m: String) -> Failure {
+    Failure::Api(ApiError::new(ErrorKind::BadRequest, m))
+}
+
+fn refused(m: String) -> Failure {
+    Failure::Api(ApiError::new(ErrorKind::Refused, m))
 }
 
 impl From<String> for Failure {
     fn from(m: String) -> Self {
-        Failure::Refused(m)
+        refused(m)
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
     }
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Unavailable(_) => Failure::Unavailable(e.to_string()),
-            _ => Failure::Refused(e.to_string()),
+            ClientError::Unavailable(_) => {
+                Failure::Api(ApiError::new(ErrorKind::Unavailable, e.to_string()))
+            }
+            _ => refused(e.to_string()),
         }
     }
 }
@@ -187,24 +412,47 @@ fn main() -> ExitCode {
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            let (code, msg) = match f {
-                Failure::Usage(m) => (2, m),
-                Failure::Refused(m) => (1, m),
-                Failure::Unavailable(m) => (EXIT_UNAVAILABLE, m),
-            };
+        Err(Failure::Reported(kind)) => ExitCode::from(kind.exit_code()),
+        Err(Failure::Api(e)) => {
             if json {
-                println!("{}", serde_json::json!({ "error": msg }));
+                println!(
+                    "{}",
+                    serde_json::to_string(&ErrorBody { error: e.clone() })
+                        .unwrap_or_else(|_| "{}".into())
+                );
             } else {
-                eprintln!("castellanctl: {msg}");
+                eprintln!("castellanctl: {}", e.message);
             }
-            ExitCode::from(code)
+            ExitCode::from(e.kind.exit_code())
         }
     }
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.json;
+    let admin = || {
+        let socket = cli
+            .socket
+            .clone()
+            .or_else(|| std::env::var_os(ADMIN_SOCKET_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(admin_client::DEFAULT_SOCKET));
+        Ctx {
+            client: AdminClient::new(socket),
+            json,
+        }
+    };
     match cli.command {
+        Command::Status => status_cmd(&admin()),
+        Command::Ceremony { command } => admin_ceremony_cmd(&admin(), command),
+        Command::Ca { command } => ca_cmd(&admin(), command),
+        Command::Issue(args) => issue_cmd(&admin(), args),
+        Command::Cert { command } => cert_cmd(&admin(), command),
+        Command::Revoke {
+            serial,
+            reason,
+            invalidity_date,
+        } => revoke_cmd(&admin(), &serial, &reason, invalidity_date),
+        Command::Audit { command } => audit_cmd(&admin(), command),
         Command::Custodian {
             command:
                 CustodianCmd::Keygen {
@@ -216,7 +464,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let pass = read_passphrase(&passphrase_file)?;
             let key = CustodianKey::generate(&name, &out, &pass)?;
             let pk = hex::encode(key.public_key());
-            if cli.json {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({"name": name, "public_key": pk, "key_file": out, "public_key_file": castellan::custodian::pub_path(&out)})
@@ -234,15 +482,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Signer { socket, command } => signer_cmd(&socket, command, cli.json),
+        Command::Signer { command } => {
+            // The admin socket's environment variable does not apply here:
+            // only an explicit --socket names the signer's socket.
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SIGNER_SOCKET));
+            signer_cmd(&socket, command, json)
+        }
     }
 }
-
 fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
     let mut attrs = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| {
-            Failure::Usage(format!(
+            usage(format!(
                 "subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)"
             ))
         })?;
@@ -256,11 +511,11 @@ fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
             "ST" => NameAttribute::State(v),
             "SERIALNUMBER" => NameAttribute::SerialNumber(v),
             "DC" => NameAttribute::DomainComponent(v),
-            other => return Err(Failure::Usage(format!("subject attribute {other:?} is not supported; use CN, O, OU, C, L, ST, serialNumber, DC"))),
+            other => return Err(usage(format!("subject attribute {other:?} is not supported; use CN, O, OU, C, L, ST, serialNumber, DC"))),
         });
     }
     if attrs.is_empty() {
-        return Err(Failure::Usage(
+        return Err(usage(
             "the subject is empty; e.g. --subject \"CN=Example Root CA,O=Example\"".into(),
         ));
     }
@@ -280,7 +535,7 @@ fn read_ceremony(path: &Path) -> Result<(CeremonyId, CeremonyFile), Failure> {
     let file: CeremonyFile = serde_json::from_slice(&text)
         .map_err(|e| format!("{} is not a castellan ceremony file: {e}", path.display()))?;
     if file.format != "castellan-ceremony-v1" {
-        return Err(Failure::Refused(format!(
+        return Err(refused(format!(
             "{} has unknown format {:?}",
             path.display(),
             file.format
@@ -298,12 +553,12 @@ fn write_ceremony(path: &Path, file: &CeremonyFile) -> Result<(), Failure> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
 }
 
 fn write_out(path: &Path, content: &str) -> Result<(), Failure> {
     std::fs::write(path, content)
-        .map_err(|e| Failure::Refused(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
 }
 
 fn describe(op: &CeremonyOp) -> String {
@@ -338,7 +593,7 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
         SignerCmd::Status => {
             let mut c = SignerClient::connect(socket)?;
             let Response::Status(s) = c.call(Request::Status)? else {
-                return Err(Failure::Refused("unexpected answer".into()));
+                return Err(refused("unexpected answer".into()));
             };
             if json {
                 println!(
@@ -369,7 +624,7 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
         SignerCmd::CaCert { ca, out } => {
             let mut c = SignerClient::connect(socket)?;
             let Response::PublicKeys(k) = c.call(Request::PublicKeys)? else {
-                return Err(Failure::Refused("unexpected answer".into()));
+                return Err(refused("unexpected answer".into()));
             };
             let info = k
                 .cas
@@ -405,7 +660,7 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             };
             let mut c = SignerClient::connect(socket)?;
             let Response::Certificate(cert) = c.call(Request::IssueCertificate(template))? else {
-                return Err(Failure::Refused("unexpected answer".into()));
+                return Err(refused("unexpected answer".into()));
             };
             write_out(&out, &pem::encode("CERTIFICATE", &cert.der))?;
             if json {
@@ -426,9 +681,9 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
     }
 }
 
-fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), Failure> {
+fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result<(), Failure> {
     match command {
-        CeremonyCmd::New {
+        SignerCeremonyCmd::New {
             purpose,
             ca_id,
             parent,
@@ -441,19 +696,19 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             out,
         } => {
             let purpose = Purpose::parse(&purpose).ok_or_else(|| {
-                Failure::Usage(format!(
+                usage(format!(
                     "unknown purpose {purpose:?}; use root, intermediate or custodians"
                 ))
             })?;
             let op = match purpose {
                 Purpose::Root | Purpose::Intermediate => {
                     let algorithm = Algorithm::parse(&algorithm)
-                        .ok_or_else(|| Failure::Usage(format!("unknown algorithm {algorithm:?}; use ecdsa-p256, ecdsa-p384 or rsa-3072")))?;
+                        .ok_or_else(|| usage(format!("unknown algorithm {algorithm:?}; use ecdsa-p256, ecdsa-p384 or rsa-3072")))?;
                     // Backdated an hour: certificates issued right after the
                     // ceremony must fit inside the CA's validity.
                     let nb = now() - 3600;
                     let params = CaParams {
-                        ca_id: ca_id.ok_or_else(|| Failure::Usage("--ca-id is required".into()))?,
+                        ca_id: ca_id.ok_or_else(|| usage("--ca-id is required".into()))?,
                         parent: parent.clone(),
                         algorithm,
                         subject: parse_subject(subject.as_deref().unwrap_or(""))?,
@@ -466,7 +721,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                     };
                     if purpose == Purpose::Root {
                         if parent.is_some() {
-                            return Err(Failure::Usage(
+                            return Err(usage(
                                 "a root has no --parent; did you mean --purpose intermediate?"
                                     .into(),
                             ));
@@ -474,7 +729,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                         CeremonyOp::CreateRoot(params)
                     } else {
                         if parent.is_none() {
-                            return Err(Failure::Usage(
+                            return Err(usage(
                                 "an intermediate needs --parent <issuing CA id>".into(),
                             ));
                         }
@@ -485,7 +740,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                     let mut custodians = Vec::new();
                     for spec in &custodian {
                         let (name, file) = spec.split_once('=').ok_or_else(|| {
-                            Failure::Usage(format!(
+                            usage(format!(
                                 "--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE"
                             ))
                         })?;
@@ -504,12 +759,12 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                     }
                     CeremonyOp::ChangeCustodians(CustodianSet {
                         threshold: threshold
-                            .ok_or_else(|| Failure::Usage("--threshold is required".into()))?,
+                            .ok_or_else(|| usage("--threshold is required".into()))?,
                         custodians,
                     })
                 }
                 Purpose::Rotate | Purpose::CrossSign => {
-                    return Err(Failure::Usage(format!(
+                    return Err(usage(format!(
                         "purpose {} is not offered by `signer ceremony new` in this release",
                         purpose.as_str()
                     )));
@@ -525,10 +780,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                 approvals: vec![],
             };
             if out.exists() {
-                return Err(Failure::Refused(format!(
-                    "{} exists already",
-                    out.display()
-                )));
+                return Err(refused(format!("{} exists already", out.display())));
             }
             write_ceremony(&out, &file)?;
             println!(
@@ -539,7 +791,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             );
             Ok(())
         }
-        CeremonyCmd::Show { file } => {
+        SignerCeremonyCmd::Show { file } => {
             let (id, f) = read_ceremony(&file)?;
             if json {
                 println!(
@@ -565,7 +817,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             }
             Ok(())
         }
-        CeremonyCmd::Approve {
+        SignerCeremonyCmd::Approve {
             file,
             key,
             passphrase_file,
@@ -591,7 +843,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             );
             Ok(())
         }
-        CeremonyCmd::Execute { file, out } => {
+        SignerCeremonyCmd::Execute { file, out } => {
             let (id, f) = read_ceremony(&file)?;
             let mut approvals = Vec::new();
             for a in &f.approvals {
@@ -613,7 +865,7 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
                 },
             })?
             else {
-                return Err(Failure::Refused("unexpected answer".into()));
+                return Err(refused("unexpected answer".into()));
             };
             let der = match &outcome {
                 CeremonyOutcome::Ca(info) => {
@@ -645,6 +897,1080 @@ fn ceremony_cmd(socket: &Path, command: CeremonyCmd, json: bool) -> Result<(), F
             if let (Some(out), Some(der)) = (out, der) {
                 write_out(&out, &pem::encode("CERTIFICATE", &der))?;
             }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands on castellan's admin socket.
+
+struct Ctx {
+    client: AdminClient,
+    json: bool,
+}
+
+impl Ctx {
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        Ok(self.client.get(path)?)
+    }
+
+    fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        Ok(self.client.post(path, body)?)
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot encode output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints rows under a header, columns aligned.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = width.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                let pad = width[i].saturating_sub(c.chars().count());
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", line(header.to_vec()));
+    for row in rows {
+        let _ = writeln!(stdout, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(n).collect();
+        format!("{head}…")
+    }
+}
+
+/// Unix seconds as "YYYY-MM-DD HH:MM:SS UTC".
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn seg(s: &str) -> String {
+    encode_component(s)
+}
+
+fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
+    let s: StatusView = ctx.get("/v1/status")?;
+    if ctx.json {
+        return print_json(&s);
+    }
+    println!("castellan {}", s.version);
+    println!(
+        "  event log:    {} events, head {}",
+        s.events,
+        short(&s.head_hash, 16)
+    );
+    match s.last_checkpoint {
+        Some(c) => println!("  checkpoint:   last signed at event {c}"),
+        None => println!("  checkpoint:   none signed yet (castellanctl audit checkpoint)"),
+    }
+    if s.signer_reachable {
+        println!(
+            "  signer:       reachable ({} backend)",
+            s.signer_backend.as_deref().unwrap_or("unknown")
+        );
+    } else {
+        println!(
+            "  signer:       UNREACHABLE — issuance, revocation and ceremonies wait for it; \
+             check `systemctl status castellan-signer`"
+        );
+    }
+    println!("  CAs:          {}", s.cas);
+    println!("  certificates: {}", s.certificates);
+    if s.pending_intents > 0 {
+        println!(
+            "  pending:      {} issuance(s) without a result (possibly issued; revocable; \
+             see `castellanctl cert list --status possibly-issued`)",
+            s.pending_intents
+        );
+    }
+    println!("  you:          {} ({:?})", s.actor, s.role);
+    Ok(())
+}
+
+// ----- ceremonies
+
+fn read_custodian_pub(spec: &str) -> Result<(String, [u8; 32]), Failure> {
+    let (name, file) = spec.split_once('=').ok_or_else(|| {
+        usage(format!(
+            "--custodian {spec:?}: expected NAME=PUBLIC_KEY_FILE"
+        ))
+    })?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| refused(format!("cannot read {file}: {e}")))?;
+    let hex_part = text.split_whitespace().next().unwrap_or("");
+    let key: [u8; 32] = hex::decode(hex_part.strip_prefix("ed25519:").unwrap_or(hex_part))
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            refused(format!(
+                "{file} is not a custodian public key (expected `ed25519:<hex> <name>`)"
+            ))
+        })?;
+    Ok((name.to_string(), key))
+}
+
+fn format_dn(dn: &DistinguishedName) -> String {
+    dn.0.iter()
+        .map(|a| match a {
+            NameAttribute::CommonName(v) => format!("CN={v}"),
+            NameAttribute::Organization(v) => format!("O={v}"),
+            NameAttribute::OrganizationalUnit(v) => format!("OU={v}"),
+            NameAttribute::Country(v) => format!("C={v}"),
+            NameAttribute::Locality(v) => format!("L={v}"),
+            NameAttribute::State(v) => format!("ST={v}"),
+            NameAttribute::SerialNumber(v) => format!("serialNumber={v}"),
+            NameAttribute::DomainComponent(v) => format!("DC={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn validity_line(v: &Validity) -> String {
+    format!(
+        "{} to {} ({} days)",
+        utc(v.not_before),
+        utc(v.not_after),
+        (v.not_after - v.not_before) / 86_400
+    )
+}
+
+fn urls_lines(u: &Urls, out: &mut Vec<String>) {
+    for (what, list) in [
+        ("OCSP", &u.ocsp),
+        ("CA issuers", &u.ca_issuers),
+        ("CRL", &u.crl),
+    ] {
+        for url in list {
+            out.push(format!("{what} URL:      {url}"));
+        }
+    }
+}
+
+/// Every parameter of a ceremony, as the custodian is asked to approve it.
+fn op_details(op: &CeremonyOp) -> Vec<String> {
+    let mut out = Vec::new();
+    let path_len = |p: Option<u8>| p.map_or("unlimited".to_string(), |n| n.to_string());
+    match op {
+        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => {
+            let what = if matches!(op, CeremonyOp::CreateRoot(_)) {
+                "create a self-signed ROOT CA"
+            } else {
+                "create an INTERMEDIATE CA"
+            };
+            out.push(format!("operation:     {what}"));
+            out.push(format!("CA id:         {}", p.ca_id));
+            if let Some(parent) = &p.parent {
+                out.push(format!("signed by:     {parent}"));
+            }
+            out.push(format!("subject:       {}", format_dn(&p.subject)));
+            out.push(format!("key algorithm: {} (new key)", p.algorithm.as_str()));
+            out.push(format!("validity:      {}", validity_line(&p.validity)));
+            out.push(format!("path length:   {}", path_len(p.path_len)));
+            urls_lines(&p.urls, &mut out);
+        }
+        CeremonyOp::Rotate(r) => {
+            out.push("operation:     ROTATE a CA to a new key".into());
+            out.push(format!(
+                "CA:            {} → new CA id {}",
+                r.ca_id, r.new_ca_id
+            ));
+            out.push(format!("subject:       {}", format_dn(&r.subject)));
+            out.push(format!("key algorithm: {} (new key)", r.algorithm.as_str()));
+            out.push(format!("validity:      {}", validity_line(&r.validity)));
+            out.push(format!("path length:   {}", path_len(r.path_len)));
+            urls_lines(&r.urls, &mut out);
+        }
+        CeremonyOp::CrossSign(c) => {
+            use der::Decode;
+            out.push("operation:     CROSS-SIGN another CA's certificate".into());
+            out.push(format!("issuer:        {}", c.issuer));
+            match x509_cert::Certificate::from_der(&c.subject_certificate_der) {
+                Ok(cert) => {
+                    out.push(format!(
+                        "subject:       {}",
+                        cert.tbs_certificate().subject()
+                    ));
+                    out.push(format!(
+                        "its issuer:    {}",
+                        cert.tbs_certificate().issuer()
+                    ));
+                }
+                Err(e) => out.push(format!(
+                    "subject:       (the certificate does not parse: {e})"
+                )),
+            }
+            let fp = ring::digest::digest(&ring::digest::SHA256, &c.subject_certificate_der);
+            out.push(format!("cert sha256:   {}", hex::encode(fp.as_ref())));
+            out.push(format!("validity:      {}", validity_line(&c.validity)));
+            out.push(format!("path length:   {}", path_len(c.path_len)));
+            urls_lines(&c.urls, &mut out);
+        }
+        CeremonyOp::ChangeCustodians(s) => {
+            out.push(format!(
+                "operation:     REPLACE the custodian set: {} of {} must approve from now on",
+                s.threshold,
+                s.custodians.len()
+            ));
+            for c in &s.custodians {
+                out.push(format!(
+                    "custodian:     {} ed25519:{}",
+                    c.name,
+                    hex::encode(c.public_key)
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn approve_hint(id: &str) -> String {
+    format!(
+        "castellanctl ceremony approve {id} --key <custodian key file> --passphrase-file <file>"
+    )
+}
+
+fn ceremony_next(c: &CeremonyView) -> Option<String> {
+    match c.state.as_str() {
+        "executed" | "failed" | "expired" | "cancelled" => None,
+        _ if c.approved >= c.threshold => Some(format!(
+            "next: quorum reached ({} of {}); an admin runs `castellanctl ceremony execute {}`",
+            c.approved, c.threshold, c.id
+        )),
+        _ => Some(format!(
+            "next: {} more custodian approval(s) needed; each custodian runs `{}`",
+            c.threshold.saturating_sub(c.approved),
+            approve_hint(&c.id)
+        )),
+    }
+}
+
+fn print_ceremony(c: &CeremonyView) {
+    println!("ceremony {} ({})", c.id, c.purpose);
+    println!("  {}", c.description);
+    println!("  state:      {}", c.state);
+    println!("  opened by:  {} at {}", c.opened_by, c.opened_at);
+    println!("  parameters: sha256 {}", c.parameters_sha256);
+    if let Ok(op) = serde_json::from_value::<CeremonyOp>(c.op.clone()) {
+        for line in op_details(&op) {
+            println!("    {line}");
+        }
+    }
+    println!("  approvals:  {} of {}", c.approved, c.threshold);
+    if !c.approvals.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .approvals
+            .iter()
+            .map(|a| {
+                vec![
+                    format!("    {}", a.name),
+                    short(&a.custodian, 16),
+                    a.actor.clone(),
+                    a.time.clone(),
+                ]
+            })
+            .collect();
+        table(&["    CUSTODIAN", "KEY", "SUBMITTED BY", "TIME"], &rows);
+    }
+    if let Some(e) = &c.last_error {
+        println!("  last error: {e}");
+    }
+    if let Some(ca) = &c.ca {
+        println!(
+            "  made CA:    {} ({}), valid until {}",
+            ca.id, ca.subject, ca.not_after
+        );
+    }
+}
+
+fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
+    match command {
+        CeremonyCmd::Open {
+            purpose,
+            ca_id,
+            parent,
+            subject,
+            days,
+            algorithm,
+            path_len,
+            custodians,
+            threshold,
+            new_ca_id,
+            certificate,
+        } => {
+            // Catch mistakes here, before anything is recorded; castellan
+            // checks everything again.
+            if let Some(a) = &algorithm
+                && Algorithm::parse(a).is_none()
+            {
+                return Err(usage(format!(
+                    "unknown algorithm {a:?}; use ecdsa-p256, ecdsa-p384 or rsa-3072"
+                )));
+            }
+            if let Some(s) = &subject {
+                parse_subject(s)?;
+            }
+            let mut keys = Vec::new();
+            let mut cert_pem = None;
+            match purpose.as_str() {
+                "root" | "intermediate" => {
+                    if ca_id.is_none() || subject.is_none() {
+                        return Err(usage(format!(
+                            "--purpose {purpose} needs --ca-id and --subject, e.g. \
+                             --ca-id root --subject \"CN=Example Root CA,O=Example\""
+                        )));
+                    }
+                    if purpose == "root" && parent.is_some() {
+                        return Err(usage(
+                            "a root has no --parent; did you mean --purpose intermediate?".into(),
+                        ));
+                    }
+                    if purpose == "intermediate" && parent.is_none() {
+                        return Err(usage(
+                            "an intermediate needs --parent <issuing CA id>".into(),
+                        ));
+                    }
+                }
+                "rotate" => {
+                    if ca_id.is_none() || new_ca_id.is_none() {
+                        return Err(usage(
+                            "--purpose rotate needs --ca-id <the CA to rotate> and --new-ca-id <its successor>".into(),
+                        ));
+                    }
+                }
+                "cross-sign" => {
+                    let Some(file) = &certificate else {
+                        return Err(usage(
+                            "--purpose cross-sign needs --parent <issuing CA> and --certificate <CA certificate PEM file>".into(),
+                        ));
+                    };
+                    if parent.is_none() {
+                        return Err(usage(
+                            "--purpose cross-sign needs --parent <the issuing CA>".into(),
+                        ));
+                    }
+                    let raw = std::fs::read(file)
+                        .map_err(|e| refused(format!("cannot read {}: {e}", file.display())))?;
+                    let der = pem::decode(&raw, &["CERTIFICATE"])
+                        .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+                    cert_pem = Some(pem::encode("CERTIFICATE", &der));
+                }
+                _ => {
+                    let Some(t) = threshold else {
+                        return Err(usage(
+                            "--purpose custodians needs --threshold M and --custodian NAME=PUBFILE for each of the n custodians".into(),
+                        ));
+                    };
+                    for spec in &custodians {
+                        let (name, key) = read_custodian_pub(spec)?;
+                        keys.push((name, hex::encode(key)));
+                    }
+                    if t == 0 || usize::from(t) > keys.len() {
+                        return Err(usage(format!(
+                            "--threshold {t} must be between 1 and the number of custodians ({})",
+                            keys.len()
+                        )));
+                    }
+                }
+            }
+            let req = OpenCeremony {
+                purpose,
+                ca_id,
+                parent,
+                subject,
+                days,
+                algorithm,
+                path_len,
+                custodians: keys,
+                threshold,
+                new_ca_id,
+                certificate_pem: cert_pem,
+            };
+            let c: CeremonyView = ctx.post("/v1/ceremonies", &req)?;
+            if ctx.json {
+                return print_json(&c);
+            }
+            println!("ceremony {} opened: {}", c.id, c.description);
+            println!("  approvals: {} of {}", c.approved, c.threshold);
+            println!("next: each approving custodian runs");
+            println!("  {}", approve_hint(&c.id));
+            println!("then an admin runs");
+            println!("  castellanctl ceremony execute {}", c.id);
+            Ok(())
+        }
+        CeremonyCmd::Approve {
+            id,
+            key,
+            passphrase_file,
+        } => {
+            let c: CeremonyView = ctx.get(&format!("/v1/ceremonies/{}", seg(&id)))?;
+            if !c.id.eq_ignore_ascii_case(&id) {
+                return Err(refused(format!(
+                    "castellan answered with ceremony {} when asked for {id}; not approving",
+                    c.id
+                )));
+            }
+            let ceremony_id: CeremonyId =
+                hex::decode(&c.id)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| refused(format!("ceremony id {:?} is malformed", c.id)))?;
+            let op: CeremonyOp = serde_json::from_value(c.op.clone()).map_err(|e| {
+                refused(format!(
+                    "cannot read the operation of ceremony {}: {e}; is castellanctl the same \
+                     version as castellan?",
+                    c.id
+                ))
+            })?;
+            // The statement is computed here from the operation shown to the
+            // custodian; a digest from castellan is never signed.
+            let digest = hex::encode(statement_digest(&op));
+            let pass = read_passphrase(&passphrase_file)?;
+            let k = CustodianKey::load(&key, &pass)?;
+            let approval = k.approve(&ceremony_id, &op);
+            let body = ApproveCeremony {
+                custodian: hex::encode(approval.custodian),
+                signature: hex::encode(&approval.signature),
+            };
+            if !ctx.json {
+                println!(
+                    "{} (ed25519:{}) approves ceremony {}, opened by {} at {}:",
+                    k.name,
+                    short(&body.custodian, 16),
+                    c.id,
+                    c.opened_by,
+                    c.opened_at
+                );
+                for line in op_details(&op) {
+                    println!("  {line}");
+                }
+                println!("  parameters sha256 (computed here): {digest}");
+            }
+            if !c.parameters_sha256.eq_ignore_ascii_case(&digest) {
+                eprintln!(
+                    "castellanctl: warning: castellan reports parameters sha256 {} but the \
+                     operation it sent hashes to {digest}; your signature covers what is shown \
+                     above — compare with the other custodians out of band",
+                    c.parameters_sha256
+                );
+            }
+            let after: CeremonyView =
+                ctx.post(&format!("/v1/ceremonies/{}/approvals", seg(&c.id)), &body)?;
+            if ctx.json {
+                return print_json(&after);
+            }
+            println!(
+                "approved: {} of {} approvals",
+                after.approved, after.threshold
+            );
+            if let Some(next) = ceremony_next(&after) {
+                println!("{next}");
+            }
+            Ok(())
+        }
+        CeremonyCmd::Show { id } => {
+            let c: CeremonyView = ctx.get(&format!("/v1/ceremonies/{}", seg(&id)))?;
+            if ctx.json {
+                return print_json(&c);
+            }
+            print_ceremony(&c);
+            if let Some(next) = ceremony_next(&c) {
+                println!("{next}");
+            }
+            Ok(())
+        }
+        CeremonyCmd::List => {
+            let list: Vec<CeremonyView> = ctx.get("/v1/ceremonies")?;
+            if ctx.json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!(
+                    "no ceremonies yet; open one with `castellanctl ceremony open --purpose …`"
+                );
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.purpose.clone(),
+                        c.state.clone(),
+                        format!("{}/{}", c.approved, c.threshold),
+                        c.opened_at.clone(),
+                        c.description.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "PURPOSE", "STATE", "APPROVED", "OPENED", "WHAT"],
+                &rows,
+            );
+            Ok(())
+        }
+        CeremonyCmd::Execute { id, out } => {
+            let c: CeremonyView = ctx.post(
+                &format!("/v1/ceremonies/{}/execute", seg(&id)),
+                &serde_json::json!({}),
+            )?;
+            if let (Some(out), Some(ca)) = (&out, &c.ca) {
+                write_out(out, &ca.certificate_pem)?;
+            }
+            if ctx.json {
+                return print_json(&c);
+            }
+            println!("ceremony {} {}: {}", c.id, c.state, c.description);
+            if let Some(ca) = &c.ca {
+                println!(
+                    "  CA {}: {} ({}), valid until {}",
+                    ca.id, ca.subject, ca.algorithm, ca.not_after
+                );
+                match &out {
+                    Some(out) => println!("  certificate: {}", out.display()),
+                    None => println!(
+                        "  certificate: `castellanctl ca show {} --out <file>`",
+                        ca.id
+                    ),
+                }
+            }
+            if let Some(e) = &c.last_error {
+                println!("  last error: {e}");
+            }
+            Ok(())
+        }
+    }
+}
+
+// ----- CAs
+
+fn ca_cmd(ctx: &Ctx, command: CaCmd) -> Result<(), Failure> {
+    match command {
+        CaCmd::List => {
+            let list: Vec<CaView> = ctx.get("/v1/cas")?;
+            if ctx.json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!(
+                    "no CAs yet; a root is made by a ceremony: `castellanctl ceremony open --purpose root …`"
+                );
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.status.clone(),
+                        c.algorithm.clone(),
+                        c.parent.clone().unwrap_or_else(|| "(root)".into()),
+                        c.not_after.clone(),
+                        c.subject.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID",
+                    "STATUS",
+                    "ALGORITHM",
+                    "PARENT",
+                    "NOT AFTER",
+                    "SUBJECT",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        CaCmd::Show { id, out } => {
+            let c: CaView = ctx.get(&format!("/v1/cas/{}", seg(&id)))?;
+            if let Some(out) = &out {
+                write_out(out, &c.certificate_pem)?;
+            }
+            if ctx.json {
+                return print_json(&c);
+            }
+            println!("CA {} ({})", c.id, c.status);
+            println!("  subject:    {}", c.subject);
+            println!(
+                "  parent:     {}",
+                c.parent.as_deref().unwrap_or("none (self-signed root)")
+            );
+            println!("  algorithm:  {}", c.algorithm);
+            println!("  validity:   {} to {}", c.not_before, c.not_after);
+            match &out {
+                Some(out) => println!("  certificate written to {}", out.display()),
+                None => println!("  certificate: add --out <file> to save it (PEM)"),
+            }
+            Ok(())
+        }
+    }
+}
+
+// ----- issuance
+
+fn parse_san(s: &str) -> Result<rcgen::SanType, Failure> {
+    let bad = |why: String| usage(format!("--san {s:?}: {why}"));
+    let (kind, value) = match s.split_once(':') {
+        Some((k, v))
+            if ["dns", "ip", "email", "uri"].contains(&k.to_ascii_lowercase().as_str()) =>
+        {
+            (k.to_ascii_lowercase(), v)
+        }
+        _ => {
+            // A bare value: an IP address or a DNS name.
+            if s.parse::<std::net::IpAddr>().is_ok() {
+                ("ip".to_string(), s)
+            } else {
+                ("dns".to_string(), s)
+            }
+        }
+    };
+    let ia5 = |v: &str| {
+        rcgen::string::Ia5String::try_from(v)
+            .map_err(|_| bad("must be ASCII (use the A-label of an internationalised name)".into()))
+    };
+    Ok(match kind.as_str() {
+        "ip" => rcgen::SanType::IpAddress(
+            value
+                .parse()
+                .map_err(|_| bad(format!("{value:?} is not an IP address")))?,
+        ),
+        "email" => rcgen::SanType::Rfc822Name(ia5(value)?),
+        "uri" => rcgen::SanType::URI(ia5(value)?),
+        _ => {
+            if value.is_empty() {
+                return Err(bad("empty DNS name".into()));
+            }
+            rcgen::SanType::DnsName(ia5(value)?)
+        }
+    })
+}
+
+fn rcgen_dn(dn: &DistinguishedName) -> rcgen::DistinguishedName {
+    let mut out = rcgen::DistinguishedName::new();
+    for a in &dn.0 {
+        let (ty, v) = match a {
+            NameAttribute::CommonName(v) => (rcgen::DnType::CommonName, v),
+            NameAttribute::Organization(v) => (rcgen::DnType::OrganizationName, v),
+            NameAttribute::OrganizationalUnit(v) => (rcgen::DnType::OrganizationalUnitName, v),
+            NameAttribute::Country(v) => (rcgen::DnType::CountryName, v),
+            NameAttribute::Locality(v) => (rcgen::DnType::LocalityName, v),
+            NameAttribute::State(v) => (rcgen::DnType::StateOrProvinceName, v),
+            NameAttribute::SerialNumber(v) => (rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), v),
+            NameAttribute::DomainComponent(v) => (
+                rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19_200_300, 100, 1, 25]),
+                v,
+            ),
+        };
+        out.push(ty, v.as_str());
+    }
+    out
+}
+
+/// Writes a private key: a new file, mode 0600 from its creation.
+fn write_private_key(path: &Path, pem_text: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            refused(format!(
+                "cannot create {}: {e} (an existing key is never overwritten)",
+                path.display()
+            ))
+        })?;
+    f.write_all(pem_text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+}
+
+/// A new key and its CSR, made here; returns (CSR PEM, key PEM).
+fn generate_key_and_csr(
+    subject: &str,
+    sans: &[String],
+    algorithm: &str,
+) -> Result<(String, Zeroizing<String>), Failure> {
+    let dn = parse_subject(subject)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen_dn(&dn);
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| parse_san(s))
+        .collect::<Result<_, _>>()?;
+    let alg = if algorithm == "ecdsa-p384" {
+        &rcgen::PKCS_ECDSA_P384_SHA384
+    } else {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    };
+    let key = rcgen::KeyPair::generate_for(alg)
+        .map_err(|e| refused(format!("cannot generate a key: {e}")))?;
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| refused(format!("cannot make the CSR: {e}")))?;
+    Ok((csr, Zeroizing::new(key.serialize_pem())))
+}
+
+fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
+    let mut key_written: Option<PathBuf> = None;
+    let csr_pem = if a.generate_key {
+        let (Some(subject), Some(key_out)) = (&a.subject, &a.key_out) else {
+            return Err(usage("--generate-key needs --subject and --key-out".into()));
+        };
+        if key_out == &a.out || a.chain_out.as_ref() == Some(key_out) {
+            return Err(usage(
+                "--key-out must differ from --out and --chain-out".into(),
+            ));
+        }
+        if a.sans.is_empty() {
+            eprintln!(
+                "castellanctl: note: no --san given; TLS clients ignore the CN, add --san DNS:<name> for a server"
+            );
+        }
+        let (csr, key_pem) = generate_key_and_csr(subject, &a.sans, &a.key_algorithm)?;
+        // Written before asking castellan, so a certificate is never issued
+        // for a key that could not be saved; removed again if issuance fails.
+        write_private_key(key_out, &key_pem)?;
+        key_written = Some(key_out.clone());
+        csr
+    } else {
+        let Some(path) = &a.csr else {
+            return Err(usage("give --csr FILE or --generate-key".into()));
+        };
+        let raw = std::fs::read(path)
+            .map_err(|e| refused(format!("cannot read {}: {e}", path.display())))?;
+        csr::parse(&raw).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        if raw.starts_with(b"-----BEGIN") {
+            String::from_utf8(raw).map_err(|_| usage(format!("{} is not text", path.display())))?
+        } else {
+            pem::encode("CERTIFICATE REQUEST", &raw)
+        }
+    };
+    let req = IssueRequest {
+        csr_pem,
+        profile: a.profile.clone(),
+        ttl_days: a.ttl,
+        issuer: a.issuer.clone(),
+        identity: a.identity.clone(),
+    };
+    let issued: Result<IssuedView, Failure> = ctx.post("/v1/certificates", &req);
+    let issued = match issued {
+        Ok(i) => i,
+        Err(e) => {
+            if let Some(k) = &key_written {
+                let _ = std::fs::remove_file(k);
+            }
+            return Err(e);
+        }
+    };
+    write_out(&a.out, &issued.certificate_pem)?;
+    if let Some(chain) = &a.chain_out {
+        write_out(chain, &issued.chain_pem)?;
+    }
+    if ctx.json {
+        return print_json(&issued);
+    }
+    println!(
+        "issued serial {} by {}, valid until {}",
+        issued.serial, issued.issuer, issued.not_after
+    );
+    println!("  certificate: {}", a.out.display());
+    match &a.chain_out {
+        Some(c) => println!("  chain:       {}", c.display()),
+        None if !issued.chain_pem.trim().is_empty() => {
+            println!("  chain:       not saved (add --chain-out <file>)")
+        }
+        None => {}
+    }
+    if let Some(k) = &key_written {
+        println!(
+            "  private key: {} (mode 0600; it never left this host)",
+            k.display()
+        );
+    }
+    println!(
+        "if the key leaks: castellanctl revoke {} --reason keyCompromise",
+        issued.serial
+    );
+    Ok(())
+}
+
+// ----- certificates and revocation
+
+fn print_cert(c: &CertView) {
+    println!("certificate {} ({})", c.serial, c.state);
+    println!("  subject:   {}", c.subject);
+    if !c.sans.is_empty() {
+        println!("  SANs:      {}", c.sans.join(", "));
+    }
+    println!("  identity:  {}", c.identity);
+    println!("  issuer:    {}", c.issuer);
+    println!("  profile:   {}", c.profile);
+    println!("  validity:  {} to {}", c.not_before, c.not_after);
+    if let Some(r) = &c.revocation {
+        println!("  revoked:   {} ({})", r.revoked_at, r.reason);
+        if let Some(d) = &r.invalidity_date {
+            println!("  key suspect since: {d}");
+        }
+    }
+    if c.state == "possibly-issued" {
+        println!(
+            "  castellan asked the signer but recorded no result (crash?); treat it as issued: \
+             revoke it if in doubt"
+        );
+    }
+}
+
+fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
+    match command {
+        CertCmd::Show { serial, out } => {
+            let c: CertView = ctx.get(&format!("/v1/certificates/{}", seg(&serial)))?;
+            if let Some(out) = &out {
+                let Some(pem_text) = &c.certificate_pem else {
+                    return Err(refused(format!(
+                        "castellan holds no certificate for serial {serial} ({}); nothing to write",
+                        c.state
+                    )));
+                };
+                write_out(out, pem_text)?;
+            }
+            if ctx.json {
+                return print_json(&c);
+            }
+            print_cert(&c);
+            if let Some(out) = &out {
+                println!("  written to {}", out.display());
+            }
+            Ok(())
+        }
+        CertCmd::List {
+            ca,
+            status,
+            identity,
+            limit,
+        } => {
+            let q = query_string(&[
+                ("issuer", ca),
+                ("state", status),
+                ("identity", identity),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let list: Vec<CertView> = ctx.get(&format!("/v1/certificates{q}"))?;
+            if ctx.json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no certificates match");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.serial.clone(),
+                        c.state.clone(),
+                        c.issuer.clone(),
+                        c.profile.clone(),
+                        c.not_after.clone(),
+                        c.identity.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SERIAL",
+                    "STATE",
+                    "ISSUER",
+                    "PROFILE",
+                    "NOT AFTER",
+                    "IDENTITY",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+    }
+}
+
+fn revoke_cmd(
+    ctx: &Ctx,
+    serial: &str,
+    reason: &str,
+    invalidity_date: Option<String>,
+) -> Result<(), Failure> {
+    let Some(r) = RevocationReason::parse(reason) else {
+        let names: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.as_str()).collect();
+        return Err(usage(format!(
+            "unknown revocation reason {reason:?}; use one of: {}",
+            names.join(", ")
+        )));
+    };
+    let req = RevokeRequest {
+        reason: r.as_str().to_string(),
+        invalidity_date,
+    };
+    let c: CertView = ctx.post(&format!("/v1/certificates/{}/revoke", seg(serial)), &req)?;
+    if ctx.json {
+        return print_json(&c);
+    }
+    match &c.revocation {
+        Some(rv) => println!(
+            "revoked {} ({}) at {}; OCSP answers `revoked` from now on",
+            c.serial, rv.reason, rv.revoked_at
+        ),
+        None => println!("revoked {} ({})", c.serial, r.as_str()),
+    }
+    println!("  subject: {}  issuer: {}", c.subject, c.issuer);
+    println!(
+        "  to see it in the log: castellanctl audit log --subject {}",
+        c.serial
+    );
+    Ok(())
+}
+
+// ----- audit
+
+fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
+    match command {
+        AuditCmd::Verify => {
+            let v: VerifyView = ctx.get("/v1/audit/verify")?;
+            let ok = v.ok && v.checkpoints_bad.is_empty();
+            if ctx.json {
+                print_json(&v)?;
+            } else if ok {
+                println!(
+                    "audit chain OK: {} events, head {}; {} checkpoint(s) verified{}",
+                    v.events,
+                    short(&v.head_hash, 16),
+                    v.checkpoints_ok,
+                    v.last_checkpoint
+                        .map(|c| format!(", last at event {c}"))
+                        .unwrap_or_default()
+                );
+            } else {
+                println!("audit chain BROKEN");
+                if let Some(seq) = v.first_bad_sequence {
+                    println!("  first bad event: {seq}");
+                }
+                if let Some(p) = &v.problem {
+                    println!("  problem: {p}");
+                }
+                for (seq, why) in &v.checkpoints_bad {
+                    println!("  bad checkpoint at event {seq}: {why}");
+                }
+                println!(
+                    "  next: preserve the state directory as evidence before anything else \
+                     writes to it, and compare with the last snapshot"
+                );
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(Failure::Reported(ErrorKind::Refused))
+            }
+        }
+        AuditCmd::Log {
+            actor,
+            kind,
+            since,
+            until,
+            subject,
+            limit,
+        } => {
+            let q = query_string(&[
+                ("actor", actor),
+                ("kind", kind),
+                ("since", since),
+                ("until", until),
+                ("subject", subject),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let events: Vec<EventView> = ctx.get(&format!("/v1/audit/log{q}"))?;
+            if ctx.json {
+                return print_json(&events);
+            }
+            if events.is_empty() {
+                println!("no events match");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        e.time.clone(),
+                        e.actor.clone(),
+                        e.kind.clone(),
+                        e.subjects.join(" "),
+                    ]
+                })
+                .collect();
+            table(&["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"], &rows);
+            Ok(())
+        }
+        AuditCmd::Checkpoint => {
+            let c: CheckpointView = ctx.post("/v1/audit/checkpoint", &serde_json::json!({}))?;
+            if ctx.json {
+                return print_json(&c);
+            }
+            println!(
+                "checkpoint signed at event {} (head {}) at {}",
+                c.sequence,
+                short(&c.head_hash, 16),
+                c.time
+            );
+            println!("  signature: {}", short(&c.signature, 32));
             Ok(())
         }
     }

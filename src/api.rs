@@ -1,0 +1,304 @@
+//! The admin API's JSON types, shared by the daemon and `castellanctl`.
+//!
+//! Routes (all JSON; the actor is the peer's uid on the admin socket or the
+//! mTLS client certificate; roles: auditor ⊂ operator ⊂ admin):
+//!
+//! | method | path | role | what |
+//! |---|---|---|---|
+//! | GET  | /healthz | none | process is up |
+//! | GET  | /readyz | none | signer reachable and log writable (503 otherwise) |
+//! | GET  | /metrics | auditor | Prometheus text |
+//! | GET  | /v1/status | auditor | [`StatusView`] |
+//! | GET  | /v1/ceremonies | auditor | list of [`CeremonyView`] |
+//! | POST | /v1/ceremonies | admin | open: [`OpenCeremony`] → [`CeremonyView`] |
+//! | GET  | /v1/ceremonies/{id} | auditor | [`CeremonyView`] |
+//! | POST | /v1/ceremonies/{id}/approvals | operator | [`ApproveCeremony`] → [`CeremonyView`] |
+//! | POST | /v1/ceremonies/{id}/execute | admin | → [`CeremonyView`] |
+//! | GET  | /v1/cas | auditor | list of [`CaView`] |
+//! | GET  | /v1/cas/{id} | auditor | [`CaView`] |
+//! | POST | /v1/certificates | operator | [`IssueRequest`] → [`IssuedView`] |
+//! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor | list of [`CertView`] |
+//! | GET  | /v1/certificates/{serial} | auditor | [`CertView`] |
+//! | POST | /v1/certificates/{serial}/revoke | operator | [`RevokeRequest`] → [`CertView`] |
+//! | GET  | /v1/audit/verify | auditor | [`VerifyView`] |
+//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor | list of [`EventView`] |
+//! | POST | /v1/audit/checkpoint | operator | → [`CheckpointView`] |
+//!
+//! Errors are `{"error": ApiError}` with the HTTP status of its kind.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Auditor,
+    Operator,
+    Admin,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// 400: the request is malformed; the message says what to send instead.
+    BadRequest,
+    /// 401/403: unknown peer or insufficient role.
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 409: refused by policy or state (quorum not met, already revoked…).
+    Refused,
+    /// 413
+    TooLarge,
+    /// 503: the signer is down; read-only requests still work.
+    Unavailable,
+    /// 500
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Refused => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// castellanctl's exit code for this kind.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::BadRequest => 2,
+            ErrorKind::Forbidden => 77,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Refused => 1,
+            ErrorKind::TooLarge => 2,
+            ErrorKind::Unavailable => 69,
+            ErrorKind::Internal => 70,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatusView {
+    pub version: String,
+    pub events: u64,
+    pub head_hash: String,
+    pub signer_reachable: bool,
+    pub signer_backend: Option<String>,
+    pub cas: usize,
+    pub certificates: usize,
+    pub pending_intents: usize,
+    pub last_checkpoint: Option<u64>,
+    pub actor: String,
+    pub role: Role,
+}
+
+/// Open a ceremony. `purpose` is root | intermediate | custodians.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OpenCeremony {
+    pub purpose: String,
+    pub ca_id: Option<String>,
+    pub parent: Option<String>,
+    /// e.g. "CN=Example Root CA,O=Example"
+    pub subject: Option<String>,
+    pub days: Option<u32>,
+    pub algorithm: Option<String>,
+    pub path_len: Option<u8>,
+    /// For purpose custodians: (name, ed25519 public key hex) and threshold.
+    #[serde(default)]
+    pub custodians: Vec<(String, String)>,
+    pub threshold: Option<u8>,
+    /// For purpose rotate: the id of the successor CA (`ca_id` is the CA
+    /// being rotated).
+    #[serde(default)]
+    pub new_ca_id: Option<String>,
+    /// For purpose cross-sign: the CA certificate to certify (PEM); `parent`
+    /// is the issuing CA.
+    #[serde(default)]
+    pub certificate_pem: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ApproveCeremony {
+    /// Ed25519 public key, hex.
+    pub custodian: String,
+    /// Ed25519 signature over the ceremony statement, hex.
+    pub signature: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalView {
+    pub custodian: String,
+    pub name: String,
+    pub actor: String,
+    pub time: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CeremonyView {
+    pub id: String,
+    pub purpose: String,
+    pub description: String,
+    /// The exact operation (castellan_proto::CeremonyOp as JSON): custodians
+    /// sign the statement computed from it, never a digest sent to them.
+    pub op: serde_json::Value,
+    pub parameters_sha256: String,
+    pub opened_by: String,
+    pub opened_at: String,
+    pub approvals: Vec<ApprovalView>,
+    pub approved: usize,
+    pub threshold: usize,
+    pub state: String,
+    pub last_error: Option<String>,
+    /// The CA made by the ceremony, once executed.
+    pub ca: Option<CaView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CaView {
+    pub id: String,
+    pub parent: Option<String>,
+    pub algorithm: String,
+    pub status: String,
+    pub subject: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub certificate_pem: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IssueRequest {
+    /// PKCS#10 CSR in PEM.
+    pub csr_pem: String,
+    pub profile: String,
+    /// Defaults to the profile's default validity.
+    pub ttl_days: Option<u32>,
+    /// Defaults to the configured default issuer (or the only active CA).
+    pub issuer: Option<String>,
+    /// Who or what the certificate is for (defaults to the first SAN or CN).
+    pub identity: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IssuedView {
+    pub serial: String,
+    pub issuer: String,
+    pub certificate_pem: String,
+    /// Issuer chain up to (not including) the root, PEM.
+    pub chain_pem: String,
+    pub not_after: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RevokeRequest {
+    /// RFC 5280 reason name, e.g. keyCompromise, superseded.
+    pub reason: String,
+    /// RFC 3339 time since when the key is suspect (optional).
+    pub invalidity_date: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RevocationView {
+    pub reason: String,
+    pub revoked_at: String,
+    pub invalidity_date: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertView {
+    pub serial: String,
+    pub issuer: String,
+    pub profile: String,
+    pub identity: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    /// issued | revoked | possibly-issued
+    pub state: String,
+    pub revocation: Option<RevocationView>,
+    pub certificate_pem: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VerifyView {
+    pub ok: bool,
+    pub events: u64,
+    pub head_hash: String,
+    pub first_bad_sequence: Option<u64>,
+    pub problem: Option<String>,
+    pub checkpoints_ok: u64,
+    pub checkpoints_bad: Vec<(u64, String)>,
+    pub last_checkpoint: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EventView {
+    pub seq: u64,
+    pub time: String,
+    pub actor: String,
+    pub kind: String,
+    pub subjects: Vec<String>,
+    pub hash: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointView {
+    pub sequence: u64,
+    pub head_hash: String,
+    pub time: String,
+    pub signature: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertQuery {
+    pub issuer: Option<String>,
+    /// issued | revoked | possibly-issued
+    pub state: Option<String>,
+    pub identity: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogQuery {
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    /// RFC 3339 or unix milliseconds.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub subject: Option<String>,
+    pub limit: Option<usize>,
+}

@@ -1,0 +1,479 @@
+//! Table definitions, key encodings, and the one implementation of
+//! [`ReadView`] shared by the writer (inside its write transaction) and by
+//! snapshots (read transactions).
+
+use std::sync::Mutex;
+
+use redb::{
+    ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableError,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+
+use super::ReadView;
+use super::records::{
+    CaRecord, CeremonyRecord, CertFilter, CertRecord, CertState, CheckpointRecord, IntentRecord,
+    SignerKeys,
+};
+use crate::events::{Event, RequestId};
+use castellan_proto::CeremonyId;
+
+/// Layout version written to `meta`; a file with another version is refused.
+pub const LAYOUT_VERSION: u32 = 1;
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const META_LAYOUT: &str = "layout_version";
+
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+pub(crate) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+// Indices into `NAMES` and `Tables::p`.
+pub(crate) const SIGNER: usize = 0;
+pub(crate) const CAS: usize = 1;
+pub(crate) const CERTS: usize = 2;
+pub(crate) const BY_IDENTITY: usize = 3;
+pub(crate) const BY_ISSUER: usize = 4;
+pub(crate) const REVOKED: usize = 5;
+pub(crate) const INTENTS: usize = 6;
+pub(crate) const CEREMONIES: usize = 7;
+pub(crate) const CHECKPOINTS: usize = 8;
+pub(crate) const GRAPH: usize = 9;
+pub(crate) const N_PROJECTIONS: usize = 10;
+
+/// Every projection table's name, in dump order. Adding one appends here.
+pub(crate) const NAMES: [&str; N_PROJECTIONS] = [
+    "p.signer_keys",
+    "p.cas",
+    "p.certs",
+    "p.certs_by_identity",
+    "p.certs_by_issuer",
+    "p.revoked_by_issuer",
+    "p.intents",
+    "p.ceremonies",
+    "p.checkpoints",
+    "p.graph",
+];
+
+pub(crate) fn projection(t: usize) -> Raw {
+    TableDefinition::new(NAMES[t])
+}
+
+/// The single key of `p.signer_keys`.
+pub(crate) const SIGNER_KEY: &[u8] = b"current";
+
+/// `u32 big-endian length ‖ bytes`: a prefix that matches exactly one
+/// string, so an index scan for "alice" never meets "alice2".
+pub(crate) fn lp(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + s.len());
+    // Strings longer than 4 GiB cannot reach here (events are far smaller).
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// `lp(prefix) ‖ rest`.
+pub(crate) fn compound(prefix: &str, rest: &[u8]) -> Vec<u8> {
+    let mut out = lp(prefix);
+    out.extend_from_slice(rest);
+    out
+}
+
+pub(crate) fn checkpoint_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub(crate) fn ca_node(ca_id: &str) -> String {
+    format!("ca:{ca_id}")
+}
+
+pub(crate) fn cert_node(serial: &[u8]) -> String {
+    format!("cert:{}", hex::encode(serial))
+}
+
+pub(crate) fn identity_node(identity: &str) -> String {
+    format!("identity:{identity}")
+}
+
+/// Strict postcard decoding: trailing bytes are damage, not padding.
+pub(crate) fn decode<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, String> {
+    match postcard::take_from_bytes::<R>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, String> {
+    decode(bytes)
+}
+
+/// The open tables of one transaction. `B` is a projection table, `E` the
+/// events table: `Table` in the writer, `ReadOnlyTable` in a snapshot.
+///
+/// `ReadView` returns plain values; a storage or decoding error met while
+/// answering is kept in `error` (and logged), and whoever ran the view
+/// checks it: the writer then aborts the batch, since a command decided on
+/// a partial view must not be committed.
+pub(crate) struct Tables<B, E> {
+    pub(crate) events: E,
+    pub(crate) p: [B; N_PROJECTIONS],
+    error: Mutex<Option<String>>,
+}
+
+pub(crate) type WriteTables<'txn> =
+    Tables<Table<'txn, &'static [u8], &'static [u8]>, Table<'txn, u64, &'static [u8]>>;
+pub(crate) type ReadTables =
+    Tables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<u64, &'static [u8]>>;
+
+fn into_array<B>(v: Vec<B>) -> Result<[B; N_PROJECTIONS], TableError> {
+    v.try_into().map_err(|_| {
+        TableError::Storage(redb::StorageError::Corrupted(
+            "projection table count".to_string(),
+        ))
+    })
+}
+
+impl<'txn> WriteTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<WriteTables<'txn>, TableError> {
+        let events = txn.open_table(EVENTS)?;
+        let mut p = Vec::with_capacity(N_PROJECTIONS);
+        for t in 0..N_PROJECTIONS {
+            p.push(txn.open_table(projection(t))?);
+        }
+        Ok(Tables {
+            events,
+            p: into_array(p)?,
+            error: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.p[t]
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|e| format!("writing {}: {e}", NAMES[t]))
+    }
+
+    pub(crate) fn del(&mut self, t: usize, key: &[u8]) -> Result<(), String> {
+        self.p[t]
+            .remove(key)
+            .map(|_| ())
+            .map_err(|e| format!("writing {}: {e}", NAMES[t]))
+    }
+
+    /// Reads a record for an update: a storage or decoding error is an
+    /// error of the batch, not a "missing" record.
+    pub(crate) fn load<R: DeserializeOwned>(
+        &self,
+        t: usize,
+        key: &[u8],
+    ) -> Result<Option<R>, String> {
+        let name = NAMES[t];
+        match self.p[t].get(key) {
+            Ok(Some(v)) => decode(v.value()).map(Some).map_err(|e| {
+                format!(
+                    "a record of {name} does not decode ({e}); rebuild the projections with \
+                     `castellanctl store rebuild-projections`"
+                )
+            }),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("reading {name}: {e}")),
+        }
+    }
+}
+
+impl ReadTables {
+    pub(crate) fn open(txn: &ReadTransaction) -> Result<ReadTables, TableError> {
+        let events = txn.open_table(EVENTS)?;
+        let mut p = Vec::with_capacity(N_PROJECTIONS);
+        for t in 0..N_PROJECTIONS {
+            p.push(txn.open_table(projection(t))?);
+        }
+        Ok(Tables {
+            events,
+            p: into_array(p)?,
+            error: Mutex::new(None),
+        })
+    }
+}
+
+impl<B, E> Tables<B, E>
+where
+    B: ReadableTable<&'static [u8], &'static [u8]>,
+    E: ReadableTable<u64, &'static [u8]>,
+{
+    fn fail(&self, what: String) {
+        tracing::error!(error = %what, "event store read failed");
+        if let Ok(mut slot) = self.error.lock()
+            && slot.is_none()
+        {
+            *slot = Some(what);
+        }
+    }
+
+    /// The first error met while answering, if any (and clears it).
+    pub(crate) fn take_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    pub(crate) fn peek_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    fn get<R: DeserializeOwned>(&self, t: usize, key: &[u8]) -> Option<R> {
+        let name = NAMES[t];
+        match self.p[t].get(key) {
+            Ok(Some(v)) => match decode(v.value()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.fail(format!(
+                        "a record of {name} does not decode ({e}); rebuild the projections"
+                    ));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(format!("reading {name}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Calls `f(key, value)` for every entry whose key starts with
+    /// `prefix`, in key order, until `f` returns false.
+    fn scan(&self, t: usize, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+        let name = NAMES[t];
+        let range = match self.p[t].range::<&[u8]>(prefix..) {
+            Ok(r) => r,
+            Err(e) => return self.fail(format!("reading {name}: {e}")),
+        };
+        for item in range {
+            match item {
+                Ok((k, v)) => {
+                    let k = k.value();
+                    if !k.starts_with(prefix) || !f(k, v.value()) {
+                        return;
+                    }
+                }
+                Err(e) => return self.fail(format!("reading {name}: {e}")),
+            }
+        }
+    }
+
+    fn all<R: DeserializeOwned>(&self, t: usize, prefix: &[u8]) -> Vec<R> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.scan(t, prefix, |_, v| match decode(v) {
+            Ok(r) => {
+                out.push(r);
+                true
+            }
+            Err(e) => {
+                bad = Some(e);
+                false
+            }
+        });
+        if let Some(e) = bad {
+            self.fail(format!(
+                "a record of {} does not decode ({e}); rebuild the projections",
+                NAMES[t]
+            ));
+        }
+        out
+    }
+
+    /// Serials listed under `lp(name)` in an index table, in key order.
+    fn index(&self, t: usize, name: &str) -> Vec<Vec<u8>> {
+        let prefix = lp(name);
+        // `p.certs_by_issuer` has the issuance seq between name and serial.
+        let skip = prefix.len() + if t == BY_ISSUER { 8 } else { 0 };
+        let mut out = Vec::new();
+        self.scan(t, &prefix, |k, _| {
+            out.push(k.get(skip..).unwrap_or_default().to_vec());
+            true
+        });
+        out
+    }
+
+    fn certs_from_index(
+        &self,
+        t: usize,
+        name: &str,
+        keep: impl Fn(&CertRecord) -> bool,
+        limit: usize,
+    ) -> Vec<CertRecord> {
+        let mut out = Vec::new();
+        for serial in self.index(t, name) {
+            if out.len() >= limit {
+                break;
+            }
+            match self.get::<CertRecord>(CERTS, &serial) {
+                Some(c) if keep(&c) => out.push(c),
+                Some(_) => {}
+                None => self.fail(format!(
+                    "{} lists serial {} which is not in p.certs; rebuild the projections",
+                    NAMES[t],
+                    hex::encode(&serial)
+                )),
+            }
+        }
+        out
+    }
+}
+
+impl<B, E> ReadView for Tables<B, E>
+where
+    B: ReadableTable<&'static [u8], &'static [u8]>,
+    E: ReadableTable<u64, &'static [u8]>,
+{
+    fn head(&self) -> (u64, [u8; 32]) {
+        match self.events.last() {
+            Ok(None) => (0, [0; 32]),
+            Ok(Some((k, v))) => {
+                let seq = k.value();
+                match decode_event(v.value()) {
+                    Ok(ev) => (seq.saturating_add(1), ev.hash),
+                    Err(e) => {
+                        self.fail(format!(
+                            "the last event ({seq}) does not decode ({e}); run `castellanctl audit verify`"
+                        ));
+                        (seq.saturating_add(1), [0; 32])
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(format!("reading events: {e}"));
+                (0, [0; 32])
+            }
+        }
+    }
+
+    fn signer_keys(&self) -> Option<SignerKeys> {
+        self.get(SIGNER, SIGNER_KEY)
+    }
+
+    fn ca(&self, ca_id: &str) -> Option<CaRecord> {
+        self.get(CAS, ca_id.as_bytes())
+    }
+
+    fn cas(&self) -> Vec<CaRecord> {
+        self.all(CAS, b"")
+    }
+
+    fn cert(&self, serial: &[u8]) -> Option<CertRecord> {
+        self.get(CERTS, serial)
+    }
+
+    fn certs(&self, filter: &CertFilter) -> Vec<CertRecord> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let keep = |c: &CertRecord| {
+            filter.issuer.as_deref().is_none_or(|i| c.issuer == i)
+                && filter.state.is_none_or(|s| c.state == s)
+                && filter.identity.as_deref().is_none_or(|i| c.identity == i)
+        };
+        if let Some(identity) = &filter.identity {
+            return self.certs_from_index(BY_IDENTITY, identity, keep, limit);
+        }
+        if let Some(issuer) = &filter.issuer {
+            let t = if filter.state == Some(CertState::Revoked) {
+                REVOKED
+            } else {
+                BY_ISSUER
+            };
+            return self.certs_from_index(t, issuer, keep, limit);
+        }
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.scan(CERTS, b"", |_, v| {
+            if out.len() >= limit {
+                return false;
+            }
+            match decode::<CertRecord>(v) {
+                Ok(c) => {
+                    if keep(&c) {
+                        out.push(c);
+                    }
+                    true
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = bad {
+            self.fail(format!(
+                "a record of p.certs does not decode ({e}); rebuild the projections"
+            ));
+        }
+        out
+    }
+
+    fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord> {
+        self.certs_from_index(BY_IDENTITY, identity, |_| true, usize::MAX)
+    }
+
+    fn intent(&self, request_id: &RequestId) -> Option<IntentRecord> {
+        self.get(INTENTS, request_id)
+    }
+
+    fn pending_intents(&self) -> Vec<IntentRecord> {
+        self.all(INTENTS, b"")
+    }
+
+    fn ceremony(&self, id: &CeremonyId) -> Option<CeremonyRecord> {
+        self.get(CEREMONIES, id)
+    }
+
+    fn ceremonies(&self) -> Vec<CeremonyRecord> {
+        self.all(CEREMONIES, b"")
+    }
+
+    fn revoked(&self, issuer: &str) -> Vec<CertRecord> {
+        self.certs_from_index(REVOKED, issuer, |_| true, usize::MAX)
+    }
+
+    fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
+        match self.p[CHECKPOINTS].last() {
+            Ok(Some((_, v))) => match decode(v.value()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.fail(format!(
+                        "a record of p.checkpoints does not decode ({e}); rebuild the projections"
+                    ));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(format!("reading p.checkpoints: {e}"));
+                None
+            }
+        }
+    }
+
+    fn children(&self, node: &str) -> Vec<String> {
+        // Stored edges (CA → child CA) first, then the edges that are
+        // derived from the certificate indexes rather than stored twice.
+        let prefix = lp(node);
+        let mut out = Vec::new();
+        self.scan(GRAPH, &prefix, |k, _| {
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            true
+        });
+        if let Some(ca_id) = node.strip_prefix("ca:") {
+            out.extend(
+                self.index(BY_ISSUER, ca_id)
+                    .iter()
+                    .map(|serial| cert_node(serial)),
+            );
+        } else if let Some(serial) = node.strip_prefix("cert:")
+            && let Ok(serial) = hex::decode(serial)
+            && let Some(c) = self.get::<CertRecord>(CERTS, &serial)
+        {
+            out.push(identity_node(&c.identity));
+        }
+        out
+    }
+}
