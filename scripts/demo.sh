@@ -1,85 +1,98 @@
 #!/usr/bin/env bash
-# castellan demo on embedded defaults, in a temporary directory:
-# a signer with 3 custodians (2 must approve), a root and an intermediate CA
-# made by 2-of-3 ceremonies, a server certificate issued from an `openssl req`
-# CSR, and `openssl verify` checking the chain.
+# castellan demo on embedded defaults, in a temporary directory: start
+# castellan-signer (soft key store, seccomp on) and the castellan daemon,
+# create a root and an intermediate CA by 2-of-3 custodian ceremonies, issue
+# a server certificate from an `openssl req` CSR, `openssl verify` it, revoke
+# it, and verify the hash-chained event log with a signed checkpoint.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 : "${CARGO_TARGET_DIR:=$here/target}"
 bin="$CARGO_TARGET_DIR/debug"
-if [ -z "${CASTELLAN_NO_BUILD:-}" ]; then
-  (cd "$here" && cargo build --quiet --bins)
+if ! command -v openssl >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
-command -v openssl >/dev/null || { echo "demo needs openssl (apt-get install -y openssl)"; exit 1; }
+if [ -z "${CASTELLAN_NO_BUILD:-}" ]; then
+  (cd "$here" && cargo build --quiet --workspace --bins)
+fi
 
 work=$(mktemp -d /tmp/castellan-demo.XXXXXX)
-signer_pid=
-cleanup() { [ -n "$signer_pid" ] && kill "$signer_pid" 2>/dev/null; wait 2>/dev/null || true; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-ctl() { "$bin/castellanctl" "$@"; }
+ctl() { "$bin/castellanctl" --socket "$work/admin.sock" "$@"; }
+wait_for() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "$1 did not appear"; exit 1; }
+json_field() { grep -o "\"$1\": *\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
 
-step "custodians: alice, bob and carol each make a sealed Ed25519 approval key"
+step "custodians alice, bob and carol make sealed Ed25519 approval keys"
 for who in alice bob carol; do
   printf '%s-passphrase\n' "$who" > "$work/$who.pass"
-  ctl custodian keygen --name "$who" --out "$work/$who.key" --passphrase-file "$work/$who.pass"
+  "$bin/castellanctl" custodian keygen --name "$who" --out "$work/$who.key" --passphrase-file "$work/$who.pass" >/dev/null
+  echo "$who: $(cat "$work/$who.key.pub")"
 done
 
-step "signer: initialise (soft sealed key store, custodian set 2 of 3) and start under seccomp"
+step "castellan-signer: initialise (custodian set 2 of 3) and start under seccomp"
 printf 'demo-store-passphrase\n' > "$work/store.pass"
 cat > "$work/signer.toml" <<TOML
 state_dir = "$work/signer"
 socket = "$work/signer.sock"
 daemon_uid = $(id -u)
-${CASTELLAN_DEMO_EXTRA:-}
 [backend]
 kind = "soft"
 passphrase_file = "$work/store.pass"
 TOML
 "$bin/castellan-signer" init --config "$work/signer.toml" --threshold 2 \
   --custodian "alice=$work/alice.key.pub" --custodian "bob=$work/bob.key.pub" --custodian "carol=$work/carol.key.pub"
-"$bin/castellan-signer" run --config "$work/signer.toml" 2> "$work/signer.log" &
-signer_pid=$!
-for _ in $(seq 100); do [ -S "$work/signer.sock" ] && break; sleep 0.05; done
-sock=(--socket "$work/signer.sock")
-ctl signer "${sock[@]}" status
+"$bin/castellan-signer" run --config "$work/signer.toml" 2> "$work/signer.log" & pids+=($!)
+wait_for "$work/signer.sock"
 
-step "root CA ceremony: one approval is not enough"
-ctl signer ceremony new --purpose root --ca-id root --subject "CN=castellan demo root,O=castellan demo" --days 3650 --path-len 1 --out "$work/root.ceremony"
-ctl signer ceremony approve "$work/root.ceremony" --key "$work/alice.key" --passphrase-file "$work/alice.pass"
-if ctl signer "${sock[@]}" ceremony execute "$work/root.ceremony" --out "$work/root.pem"; then
-  echo "ERROR: the signer accepted a CA with one approval"; exit 1
-fi
-step "root CA ceremony: bob approves too, now 2 of 3"
-ctl signer ceremony approve "$work/root.ceremony" --key "$work/bob.key" --passphrase-file "$work/bob.pass"
-ctl signer "${sock[@]}" ceremony execute "$work/root.ceremony" --out "$work/root.pem"
-step "replaying the executed ceremony is refused"
-if ctl signer "${sock[@]}" ceremony execute "$work/root.ceremony"; then
-  echo "ERROR: the signer executed a ceremony twice"; exit 1
-fi
+step "castellan daemon: event log in $work/state, admin socket $work/admin.sock"
+cat > "$work/castellan.toml" <<TOML
+state_dir = "$work/state"
+[signer]
+socket = "$work/signer.sock"
+[admin]
+socket = "$work/admin.sock"
+TOML
+"$bin/castellan" --config "$work/castellan.toml" 2> "$work/castellan.log" & pids+=($!)
+wait_for "$work/admin.sock"
+ctl status
 
-step "intermediate CA ceremony (bob + carol)"
-ctl signer ceremony new --purpose intermediate --ca-id issuing --parent root --subject "CN=castellan demo issuing CA,O=castellan demo" --days 1825 --path-len 0 --out "$work/issuing.ceremony"
-ctl signer ceremony approve "$work/issuing.ceremony" --key "$work/bob.key" --passphrase-file "$work/bob.pass"
-ctl signer ceremony approve "$work/issuing.ceremony" --key "$work/carol.key" --passphrase-file "$work/carol.pass"
-ctl signer ceremony show "$work/issuing.ceremony"
-ctl signer "${sock[@]}" ceremony execute "$work/issuing.ceremony" --out "$work/issuing.pem"
+step "root CA ceremony: alice approves; one approval is not enough"
+root=$(ctl --json ceremony open --purpose root --ca-id root --subject "CN=castellan demo root,O=castellan demo" --days 3650 --path-len 1 | json_field id)
+ctl ceremony approve "$root" --key "$work/alice.key" --passphrase-file "$work/alice.pass"
+if ctl ceremony execute "$root"; then echo "ERROR: a CA was created with one approval"; exit 1; fi
+step "bob approves too: 2 of 3, the signer creates the root"
+ctl ceremony approve "$root" --key "$work/bob.key" --passphrase-file "$work/bob.pass"
+ctl ceremony execute "$root" --out "$work/root.pem"
+if ctl ceremony execute "$root" 2>/dev/null; then echo "ERROR: a ceremony ran twice"; exit 1; fi
 
-step "server certificate from an openssl CSR"
+step "intermediate CA ceremony (bob and carol)"
+inter=$(ctl --json ceremony open --purpose intermediate --ca-id issuing --parent root --subject "CN=castellan demo issuing CA,O=castellan demo" --days 1825 --path-len 0 | json_field id)
+ctl ceremony approve "$inter" --key "$work/bob.key" --passphrase-file "$work/bob.pass"
+ctl ceremony approve "$inter" --key "$work/carol.key" --passphrase-file "$work/carol.pass"
+ctl ceremony show "$inter"
+ctl ceremony execute "$inter" --out "$work/issuing.pem"
+ctl ca list
+
+step "a server certificate from an openssl CSR"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/web.key" \
   -subj "/CN=web.demo.internal" -addext "subjectAltName=DNS:web.demo.internal,DNS:www.demo.internal" \
   -out "$work/web.csr" 2>/dev/null
-ctl signer "${sock[@]}" issue --issuer issuing --profile server --csr "$work/web.csr" --days 30 --out "$work/web.pem"
-openssl x509 -in "$work/web.pem" -noout -subject -issuer -ext subjectAltName,basicConstraints,extendedKeyUsage
+serial=$(ctl --json issue --csr "$work/web.csr" --profile server --issuer issuing --ttl 30 --out "$work/web.pem" --chain-out "$work/chain.pem" | json_field serial)
+echo "issued serial $serial"
+openssl x509 -in "$work/web.pem" -noout -subject -issuer -ext subjectAltName,extendedKeyUsage,authorityInfoAccess
 
 step "openssl verify: leaf -> issuing -> root"
-openssl verify -CAfile "$work/root.pem" -untrusted "$work/issuing.pem" -purpose sslserver "$work/web.pem"
+openssl verify -CAfile "$work/root.pem" -untrusted "$work/chain.pem" -purpose sslserver "$work/web.pem"
 
-ctl signer "${sock[@]}" status
+step "revoke it (key compromise)"
+ctl revoke "$serial" --reason keyCompromise
+ctl cert show "$serial"
 
-step "signing journal: stop the signer, verify the hash chain, export what was signed"
-kill "$signer_pid"; wait "$signer_pid" 2>/dev/null || true; signer_pid=
-"$bin/castellan-signer" journal verify --journal "$work/signer/journal"
-"$bin/castellan-signer" journal export --journal "$work/signer/journal" --since 0 --until 99999999999999 | cut -c1-160
+step "audit: checkpoint signed by the signer's audit key, then re-walk the hash chain"
+ctl audit checkpoint
+ctl audit verify
+ctl audit log --limit 40
 echo
 echo "demo files are in $work"

@@ -90,9 +90,17 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
     let key_kind = match req.info.public_key.algorithm.oid.to_string().as_str() {
         "1.2.840.10045.2.1" if key.len() == 65 => CsrKey::EcdsaP256,
         "1.2.840.10045.2.1" if key.len() == 97 => CsrKey::EcdsaP384,
-        "1.2.840.10045.2.1" => return Err("EC keys must be P-256 or P-384 in uncompressed form".into()),
-        "1.2.840.113549.1.1.1" => CsrKey::Rsa(rsa_bits(key).ok_or("the CSR's RSA public key is malformed")?),
-        o => return Err(format!("public key algorithm {o} is not accepted; use ECDSA P-256/P-384 or RSA")),
+        "1.2.840.10045.2.1" => {
+            return Err("EC keys must be P-256 or P-384 in uncompressed form".into());
+        }
+        "1.2.840.113549.1.1.1" => {
+            CsrKey::Rsa(rsa_bits(key).ok_or("the CSR's RSA public key is malformed")?)
+        }
+        o => {
+            return Err(format!(
+                "public key algorithm {o} is not accepted; use ECDSA P-256/P-384 or RSA"
+            ));
+        }
     };
     let alg: &dyn ring::signature::VerificationAlgorithm =
         match req.algorithm.oid.to_string().as_str() {

@@ -2,9 +2,30 @@
 //! on top of the event store and the signer pool. Each method is what one
 //! admin API route does; the HTTP layer authenticates, checks the role and
 //! maps errors.
+//!
+//! Issuance writes its intent before it asks the signer and its result
+//! after; an intent without a result (the daemon crashed, the signer
+//! connection broke mid-request) is reconciled against the signer's own
+//! journal and, if the journal shows a signature, recorded as possibly
+//! issued — revocable and listed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use castellan_proto::{
+    Algorithm, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
+    CrossSignParams, Custodian, CustodianSet, DistinguishedName, JournalWindow, NameAttribute,
+    QuorumProof, Request, Response, RevocationReason, RotateParams, SignatureKind, SignedSubject,
+    SubjectAltName, Urls, Validity, statement, statement_digest,
+};
+use ring::rand::SecureRandom;
 
 use crate::api::*;
-use crate::events::Actor;
+use crate::config::Config;
+use crate::events::{Actor, Event, EventPayload, RequestId};
+use crate::signer_pool::{PoolError, SignerPool};
+use crate::store::records::{CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState};
+use crate::store::{CertFilter, Decision, EventFilter, ExecError, ReadView, Store};
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,87 +34,1423 @@ pub struct Caller {
     pub role: Role,
 }
 
-pub struct Daemon {
-    _private: (),
+#[derive(Default)]
+struct Metrics {
+    issued: AtomicU64,
+    revoked: AtomicU64,
+    refused: AtomicU64,
+    signer_errors: AtomicU64,
+    signer_latency_us_total: AtomicU64,
+    signer_calls: AtomicU64,
 }
 
-fn unwired() -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        "this operation is not available yet",
-    )
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+    store: Store,
+    pool: SignerPool,
+    metrics: Metrics,
+    rng: ring::rand::SystemRandom,
+}
+
+fn err(kind: ErrorKind, m: impl Into<String>) -> ApiError {
+    ApiError::new(kind, m)
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    err(ErrorKind::BadRequest, m)
+}
+
+fn refused(m: impl Into<String>) -> ApiError {
+    err(ErrorKind::Refused, m)
+}
+
+fn exec_err(e: ExecError) -> ApiError {
+    match e {
+        ExecError::Refused(m) => refused(m),
+        ExecError::Storage(m) => err(ErrorKind::Internal, format!("event log: {m}")),
+    }
+}
+
+fn pool_err(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Refused(s) => refused(s.message),
+        other => err(ErrorKind::Unavailable, other.to_string()),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub use castellan_proto::time::{parse_time_ms, rfc3339, rfc3339_ms};
+
+pub fn parse_subject(s: &str) -> Result<DistinguishedName, String> {
+    let mut attrs = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)")
+        })?;
+        let v = v.trim().to_string();
+        attrs.push(match k.trim().to_ascii_uppercase().as_str() {
+            "CN" => NameAttribute::CommonName(v),
+            "O" => NameAttribute::Organization(v),
+            "OU" => NameAttribute::OrganizationalUnit(v),
+            "C" => NameAttribute::Country(v),
+            "L" => NameAttribute::Locality(v),
+            "ST" => NameAttribute::State(v),
+            "SERIALNUMBER" => NameAttribute::SerialNumber(v),
+            "DC" => NameAttribute::DomainComponent(v),
+            other => {
+                return Err(format!(
+                    "subject attribute {other:?} is not supported; use CN, O, OU, C, L, ST, serialNumber, DC"
+                ));
+            }
+        });
+    }
+    if attrs.is_empty() {
+        return Err("the subject is empty; e.g. \"CN=Example Root CA,O=Example\"".into());
+    }
+    Ok(DistinguishedName(attrs))
+}
+
+pub fn format_subject(dn: &DistinguishedName) -> String {
+    dn.0.iter()
+        .map(|a| match a {
+            NameAttribute::CommonName(v) => format!("CN={v}"),
+            NameAttribute::Organization(v) => format!("O={v}"),
+            NameAttribute::OrganizationalUnit(v) => format!("OU={v}"),
+            NameAttribute::Country(v) => format!("C={v}"),
+            NameAttribute::Locality(v) => format!("L={v}"),
+            NameAttribute::State(v) => format!("ST={v}"),
+            NameAttribute::SerialNumber(v) => format!("serialNumber={v}"),
+            NameAttribute::DomainComponent(v) => format!("DC={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn format_san(s: &SubjectAltName) -> String {
+    match s {
+        SubjectAltName::Dns(d) => format!("DNS:{d}"),
+        SubjectAltName::Ip(ip) => match ip.len() {
+            4 => format!("IP:{}", std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])),
+            16 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(ip);
+                format!("IP:{}", std::net::Ipv6Addr::from(a))
+            }
+            _ => "IP:?".into(),
+        },
+        SubjectAltName::Email(e) => format!("email:{e}"),
+        SubjectAltName::Uri(u) => format!("URI:{u}"),
+    }
+}
+
+fn describe_op(op: &CeremonyOp) -> String {
+    match op {
+        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => format!(
+            "create CA {:?} ({}, parent {}, {} days, pathLen {}) subject {}",
+            p.ca_id,
+            p.algorithm.as_str(),
+            p.parent.as_deref().unwrap_or("none: self-signed root"),
+            (p.validity.not_after - p.validity.not_before) / 86_400,
+            p.path_len.map_or("none".into(), |v| v.to_string()),
+            format_subject(&p.subject)
+        ),
+        CeremonyOp::Rotate(r) => format!(
+            "rotate CA {:?} to a new {} key as CA {:?}",
+            r.ca_id,
+            r.algorithm.as_str(),
+            r.new_ca_id
+        ),
+        CeremonyOp::CrossSign(c) => format!("cross-sign a CA certificate with {:?}", c.issuer),
+        CeremonyOp::ChangeCustodians(s) => format!(
+            "replace the custodian set with {} of [{}]",
+            s.threshold,
+            s.custodians
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn hex_id(s: &str) -> Result<CeremonyId, ApiError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad(format!("{s:?} is not a ceremony id (32 hex digits)")))
+}
+
+fn serial_from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
+    let s = s.trim().trim_start_matches("0x").replace(':', "");
+    let mut v = hex::decode(&s).map_err(|_| bad(format!("{s:?} is not a serial number in hex")))?;
+    while v.len() > 1 && v[0] == 0 {
+        v.remove(0);
+    }
+    if v.is_empty() || v.len() > 20 {
+        return Err(bad("a serial number has 1 to 20 octets"));
+    }
+    Ok(v)
+}
+
+fn ca_view(r: &CaRecord) -> CaView {
+    let (subject, nb, na) = x509_facts(&r.certificate_der).unwrap_or_default();
+    CaView {
+        id: r.ca_id.clone(),
+        parent: r.parent.clone(),
+        algorithm: r.algorithm.as_str().into(),
+        status: match r.status {
+            castellan_proto::CaStatus::Active => "active".into(),
+            castellan_proto::CaStatus::Retired => "retired".into(),
+        },
+        subject,
+        not_before: rfc3339(nb),
+        not_after: rfc3339(na),
+        certificate_pem: crate::pem::encode("CERTIFICATE", &r.certificate_der),
+    }
+}
+
+/// Subject (as text), notBefore, notAfter of a DER certificate.
+fn x509_facts(der: &[u8]) -> Option<(String, i64, i64)> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let tbs = cert.tbs_certificate();
+    Some((
+        tbs.subject().to_string(),
+        tbs.validity().not_before.to_unix_duration().as_secs() as i64,
+        tbs.validity().not_after.to_unix_duration().as_secs() as i64,
+    ))
+}
+
+fn state_name(s: CertState) -> &'static str {
+    match s {
+        CertState::Issued => "issued",
+        CertState::Revoked => "revoked",
+        CertState::PossiblyIssued => "possibly-issued",
+    }
+}
+
+fn cert_view(r: &CertRecord) -> CertView {
+    CertView {
+        serial: hex::encode(&r.serial),
+        issuer: r.issuer.clone(),
+        profile: r.profile.clone(),
+        identity: r.identity.clone(),
+        subject: format_subject(&r.subject),
+        sans: r.sans.iter().map(format_san).collect(),
+        not_before: rfc3339(r.not_before),
+        not_after: rfc3339(r.not_after),
+        state: state_name(r.state).into(),
+        revocation: r.revocation.as_ref().map(|v| RevocationView {
+            reason: v.reason.as_str().into(),
+            revoked_at: rfc3339(v.revoked_at),
+            invalidity_date: v.invalidity_date.map(rfc3339),
+        }),
+        certificate_pem: r
+            .certificate_der
+            .as_ref()
+            .map(|d| crate::pem::encode("CERTIFICATE", d)),
+    }
+}
+
+fn event_view(e: &Event) -> EventView {
+    EventView {
+        seq: e.seq,
+        time: rfc3339_ms(e.time_ms),
+        actor: e.actor.describe(),
+        kind: e.payload.kind().into(),
+        subjects: e.payload.subjects(),
+        hash: hex::encode(e.hash),
+        payload: serde_json::to_value(&e.payload).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn ceremony_view(r: &CeremonyRecord, threshold: usize, ca: Option<CaView>) -> CeremonyView {
+    CeremonyView {
+        id: hex::encode(r.ceremony_id),
+        purpose: r.op.purpose().as_str().into(),
+        description: describe_op(&r.op),
+        op: serde_json::to_value(&r.op).unwrap_or(serde_json::Value::Null),
+        parameters_sha256: hex::encode(statement_digest(&r.op)),
+        opened_by: r.opened_by.describe(),
+        opened_at: rfc3339(r.opened_ms / 1000),
+        approvals: r
+            .approvals
+            .iter()
+            .map(|a| ApprovalView {
+                custodian: hex::encode(a.custodian),
+                name: a.name.clone(),
+                actor: a.actor.describe(),
+                time: rfc3339(a.time_ms / 1000),
+            })
+            .collect(),
+        approved: r.approvals.len(),
+        threshold,
+        state: match r.status {
+            CeremonyStatus::Open => "open".into(),
+            CeremonyStatus::Executed { .. } => "executed".into(),
+        },
+        last_error: r.last_error.clone(),
+        ca,
+    }
+}
+
+/// Which CA a ceremony made, if any.
+fn ceremony_ca_id(op: &CeremonyOp) -> Option<&str> {
+    match op {
+        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => Some(&p.ca_id),
+        CeremonyOp::Rotate(r) => Some(&r.new_ca_id),
+        _ => None,
+    }
 }
 
 impl Daemon {
-    pub async fn status(&self, _c: &Caller) -> Result<StatusView, ApiError> {
-        Err(unwired())
+    pub fn new(config: Arc<Config>, store: Store, pool: SignerPool) -> Daemon {
+        Daemon {
+            config: RwLock::new(config),
+            store,
+            pool,
+            metrics: Metrics::default(),
+            rng: ring::rand::SystemRandom::new(),
+        }
     }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Replaces the reloadable part of the configuration (SIGHUP).
+    pub fn replace_config(&self, new: Arc<Config>) {
+        match self.config.write() {
+            Ok(mut c) => *c = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
+
+    async fn signer(&self, request: Request) -> Result<Response, ApiError> {
+        let started = std::time::Instant::now();
+        let r = self.pool.call(request).await;
+        self.metrics.signer_calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .signer_latency_us_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if r.is_err() {
+            self.metrics.signer_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r.map_err(pool_err)
+    }
+
+    /// Start-up: record the start, learn the signer's keys and CAs, and
+    /// reconcile issuance intents left without a result.
+    pub async fn startup(&self) -> Result<(), ApiError> {
+        let config_sha256 = self.config().sha256();
+        self.store
+            .execute(Actor::System, move |_| Decision::Commit {
+                events: vec![EventPayload::DaemonStarted {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    config_sha256,
+                }],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        if let Err(e) = self.sync_signer().await {
+            tracing::warn!(
+                "signer not synchronised at start-up: {e}; issuance is refused until it is reachable"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records what the signer holds (audit key, custodians, CAs) when it
+    /// differs from the log, then reconciles pending intents.
+    pub async fn sync_signer(&self) -> Result<(), ApiError> {
+        let Response::PublicKeys(keys) = self.signer(Request::PublicKeys).await? else {
+            return Err(err(ErrorKind::Internal, "unexpected answer to PublicKeys"));
+        };
+        self.store
+            .execute(Actor::System, move |v: &dyn ReadView| {
+                let mut events = Vec::new();
+                let current = v.signer_keys();
+                let changed = current.as_ref().is_none_or(|k| {
+                    k.audit_spki_der != keys.audit_spki_der || k.custodians != keys.custodians
+                });
+                if changed {
+                    events.push(EventPayload::SignerKeysObserved {
+                        audit_spki_der: keys.audit_spki_der.clone(),
+                        audit_algorithm: keys.audit_algorithm,
+                        custodians: keys.custodians.clone(),
+                    });
+                }
+                for ca in &keys.cas {
+                    let known = v.ca(&ca.ca_id);
+                    if known.as_ref().is_none_or(|k| {
+                        k.status != ca.status || k.certificate_der != ca.certificate_der
+                    }) {
+                        events.push(EventPayload::CaRegistered {
+                            ca_id: ca.ca_id.clone(),
+                            parent: ca.parent.clone(),
+                            algorithm: ca.algorithm,
+                            status: ca.status,
+                            certificate_der: ca.certificate_der.clone(),
+                        });
+                    }
+                }
+                Decision::Commit { events, output: () }
+            })
+            .await
+            .map_err(exec_err)?;
+        self.reconcile_intents().await
+    }
+
+    /// Intents without a result: ask the signer's journal what the issuer
+    /// signed since the intent; an unknown serial there means the
+    /// certificate exists (possibly issued); nothing there means it does not.
+    pub async fn reconcile_intents(&self) -> Result<(), ApiError> {
+        let pending = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .pending_intents();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let since = pending.iter().map(|i| i.time_ms).min().unwrap_or(0) - 5_000;
+        let Response::Journal { records } = self
+            .signer(Request::ExportJournal(JournalWindow {
+                since,
+                until: now_ms() + 60_000,
+            }))
+            .await?
+        else {
+            return Err(err(
+                ErrorKind::Internal,
+                "unexpected answer to ExportJournal",
+            ));
+        };
+        self.store
+            .execute(Actor::System, move |v: &dyn ReadView| {
+                let mut events = Vec::new();
+                let mut used: Vec<Vec<u8>> = Vec::new();
+                let mut intents = v.pending_intents();
+                intents.sort_by_key(|i| i.seq);
+                for intent in intents {
+                    let serial = records
+                        .iter()
+                        .filter(|r| {
+                            r.kind == SignatureKind::Certificate
+                                && r.key_id == intent.issuer
+                                && r.time_ms >= intent.time_ms - 1_000
+                        })
+                        .filter_map(|r| match &r.subject {
+                            SignedSubject::Serial(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .find(|s| v.cert(s).is_none() && !used.contains(s));
+                    if let Some(s) = &serial {
+                        used.push(s.clone());
+                    }
+                    events.push(EventPayload::IssuanceRecovered {
+                        request_id: intent.request_id,
+                        serial,
+                    });
+                }
+                Decision::Commit { events, output: () }
+            })
+            .await
+            .map_err(exec_err)
+    }
+
+    pub async fn status(&self, c: &Caller) -> Result<StatusView, ApiError> {
+        let reachable = self.pool.is_reachable().await;
+        let backend = if reachable {
+            match self.pool.call(Request::Status).await {
+                Ok(Response::Status(s)) => Some(s.backend),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let (events, head) = v.head();
+        Ok(StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            events,
+            head_hash: hex::encode(head),
+            signer_reachable: reachable,
+            signer_backend: backend,
+            cas: v.cas().len(),
+            certificates: v.certs(&CertFilter::default()).len(),
+            pending_intents: v.pending_intents().len(),
+            last_checkpoint: v.latest_checkpoint().map(|c| c.sequence),
+            actor: c.actor.describe(),
+            role: c.role,
+        })
+    }
+
     /// (signer reachable, log writable)
     pub async fn ready(&self) -> (bool, bool) {
-        (false, false)
+        let signer = self.pool.is_reachable().await;
+        let log = self.store.read().is_ok();
+        (signer, log)
     }
+
     /// Prometheus text exposition.
     pub fn metrics(&self) -> String {
-        String::new()
+        let m = &self.metrics;
+        let (commits, commands) = self.store.group_commit_stats();
+        let ps = self.pool.stats();
+        let calls = m.signer_calls.load(Ordering::Relaxed);
+        let lat = m.signer_latency_us_total.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "castellan_certificates_issued_total",
+            "counter",
+            "Certificates issued.",
+            m.issued.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "castellan_certificates_revoked_total",
+            "counter",
+            "Certificates revoked.",
+            m.revoked.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "castellan_requests_refused_total",
+            "counter",
+            "Issuance requests refused.",
+            m.refused.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "castellan_signer_calls_total",
+            "counter",
+            "Calls to the signer.",
+            calls as f64,
+        );
+        metric(
+            "castellan_signer_errors_total",
+            "counter",
+            "Failed calls to the signer.",
+            m.signer_errors.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "castellan_signer_latency_seconds_avg",
+            "gauge",
+            "Mean signer round trip.",
+            if calls == 0 {
+                0.0
+            } else {
+                lat as f64 / calls as f64 / 1e6
+            },
+        );
+        metric(
+            "castellan_signer_in_flight",
+            "gauge",
+            "Signer requests in flight (queue depth).",
+            ps.in_flight as f64,
+        );
+        metric(
+            "castellan_signer_connections",
+            "gauge",
+            "Open signer connections.",
+            ps.connections_open as f64,
+        );
+        metric(
+            "castellan_log_commits_total",
+            "counter",
+            "Durable event-log commits.",
+            commits as f64,
+        );
+        metric(
+            "castellan_log_commands_total",
+            "counter",
+            "Commands committed.",
+            commands as f64,
+        );
+        metric(
+            "castellan_log_commit_batch_size_avg",
+            "gauge",
+            "Mean commands per durable commit (group commit).",
+            if commits == 0 {
+                0.0
+            } else {
+                commands as f64 / commits as f64
+            },
+        );
+        out
     }
+
+    fn threshold(&self) -> usize {
+        self.store
+            .read()
+            .ok()
+            .and_then(|v| v.signer_keys())
+            .map_or(0, |k| usize::from(k.custodians.threshold))
+    }
+
     pub async fn ceremonies(&self, _c: &Caller) -> Result<Vec<CeremonyView>, ApiError> {
-        Err(unwired())
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let t = self.threshold();
+        Ok(v.ceremonies()
+            .iter()
+            .map(|r| ceremony_view(r, t, None))
+            .collect())
     }
+
     pub async fn open_ceremony(
         &self,
-        _c: &Caller,
-        _r: OpenCeremony,
+        c: &Caller,
+        r: OpenCeremony,
     ) -> Result<CeremonyView, ApiError> {
-        Err(unwired())
+        let op = build_op(&r)?;
+        let mut id = [0u8; 16];
+        self.rng
+            .fill(&mut id)
+            .map_err(|_| err(ErrorKind::Internal, "no randomness for a ceremony id"))?;
+        let op2 = op.clone();
+        self.store
+            .execute(c.actor.clone(), move |_| Decision::Commit {
+                events: vec![EventPayload::CeremonyOpened {
+                    ceremony_id: id,
+                    op: op2,
+                }],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        self.ceremony(c, &hex::encode(id)).await
     }
-    pub async fn ceremony(&self, _c: &Caller, _id: &str) -> Result<CeremonyView, ApiError> {
-        Err(unwired())
+
+    pub async fn ceremony(&self, _c: &Caller, id: &str) -> Result<CeremonyView, ApiError> {
+        let id = hex_id(id)?;
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let r = v.ceremony(&id).ok_or_else(|| {
+            err(
+                ErrorKind::NotFound,
+                format!(
+                    "no ceremony {}; list them with `castellanctl ceremony list`",
+                    hex::encode(id)
+                ),
+            )
+        })?;
+        let ca = match (&r.status, ceremony_ca_id(&r.op)) {
+            (CeremonyStatus::Executed { .. }, Some(ca_id)) => v.ca(ca_id).map(|c| ca_view(&c)),
+            _ => None,
+        };
+        Ok(ceremony_view(&r, self.threshold(), ca))
     }
+
     pub async fn approve_ceremony(
         &self,
-        _c: &Caller,
-        _id: &str,
-        _r: ApproveCeremony,
+        c: &Caller,
+        id: &str,
+        r: ApproveCeremony,
     ) -> Result<CeremonyView, ApiError> {
-        Err(unwired())
+        let cid = hex_id(id)?;
+        let custodian: [u8; 32] = hex::decode(&r.custodian)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("custodian must be an Ed25519 public key in hex (64 digits)"))?;
+        let signature = hex::decode(&r.signature).map_err(|_| bad("signature must be hex"))?;
+        self.store
+            .execute(c.actor.clone(), move |v: &dyn ReadView| {
+                let Some(cer) = v.ceremony(&cid) else {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!("no ceremony {}", hex::encode(cid)),
+                    };
+                };
+                if !matches!(cer.status, CeremonyStatus::Open) {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!("ceremony {} was already executed; open a new one", hex::encode(cid)),
+                    };
+                }
+                let Some(keys) = v.signer_keys() else {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: "the signer's custodian set is not known yet: is castellan-signer running?".into(),
+                    };
+                };
+                let Some(member) = keys.custodians.custodians.iter().find(|m| m.public_key == custodian) else {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!("key {}… is not in the signer's custodian set", &hex::encode(custodian)[..16]),
+                    };
+                };
+                let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, custodian);
+                if pk.verify(&statement(&cid, &cer.op), &signature).is_err() {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!(
+                            "the approval of {} does not verify for ceremony {}: it was made for different parameters or another ceremony",
+                            member.name,
+                            hex::encode(cid)
+                        ),
+                    };
+                }
+                // Approving twice with one key counts once.
+                if cer.approvals.iter().any(|a| a.custodian == custodian) {
+                    return Decision::Commit { events: vec![], output: () };
+                }
+                Decision::Commit {
+                    events: vec![EventPayload::CeremonyApproved {
+                        ceremony_id: cid,
+                        custodian,
+                        custodian_name: member.name.clone(),
+                        signature,
+                    }],
+                    output: (),
+                }
+            })
+            .await
+            .map_err(exec_err)?;
+        self.ceremony(c, id).await
     }
-    pub async fn execute_ceremony(&self, _c: &Caller, _id: &str) -> Result<CeremonyView, ApiError> {
-        Err(unwired())
+
+    pub async fn execute_ceremony(&self, c: &Caller, id: &str) -> Result<CeremonyView, ApiError> {
+        let cid = hex_id(id)?;
+        let (op, proof) = {
+            let v = self
+                .store
+                .read()
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+            let r = v
+                .ceremony(&cid)
+                .ok_or_else(|| err(ErrorKind::NotFound, format!("no ceremony {id}")))?;
+            if !matches!(r.status, CeremonyStatus::Open) {
+                return Err(refused(format!(
+                    "ceremony {id} was already executed; a ceremony authorises one operation — open a new one"
+                )));
+            }
+            let m = self.threshold();
+            let k = r.approvals.len();
+            if k < m {
+                return Err(refused(format!(
+                    "quorum not met: {k} of {m} custodian approvals for ceremony {id}; custodians approve with `castellanctl ceremony approve {id} --key <custodian key>`"
+                )));
+            }
+            let approvals = r
+                .approvals
+                .iter()
+                .map(|a| castellan_proto::Approval {
+                    custodian: a.custodian,
+                    signature: a.signature.clone(),
+                })
+                .collect();
+            (
+                r.op.clone(),
+                QuorumProof {
+                    ceremony_id: cid,
+                    approvals,
+                },
+            )
+        };
+        let outcome = match self.signer(Request::Ceremony { op, proof }).await {
+            Ok(Response::Ceremony(o)) => o,
+            Ok(_) => return Err(err(ErrorKind::Internal, "unexpected answer to a ceremony")),
+            Err(e) => {
+                if e.kind == ErrorKind::Refused {
+                    let reason = e.message.clone();
+                    let _ = self
+                        .store
+                        .execute(c.actor.clone(), move |_| Decision::Commit {
+                            events: vec![EventPayload::CeremonyFailed {
+                                ceremony_id: cid,
+                                reason,
+                            }],
+                            output: (),
+                        })
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        self.store
+            .execute(c.actor.clone(), move |_| {
+                let mut events = vec![EventPayload::CeremonyExecuted { ceremony_id: cid }];
+                match outcome {
+                    CeremonyOutcome::Ca(ca) => events.push(EventPayload::CaRegistered {
+                        ca_id: ca.ca_id,
+                        parent: ca.parent,
+                        algorithm: ca.algorithm,
+                        status: ca.status,
+                        certificate_der: ca.certificate_der,
+                    }),
+                    CeremonyOutcome::CrossCertificate(_) | CeremonyOutcome::Custodians(_) => {}
+                }
+                Decision::Commit { events, output: () }
+            })
+            .await
+            .map_err(exec_err)?;
+        // A rotation retires the old CA and a custodian change replaces the
+        // set: take the signer's view of both into the log.
+        if let Err(e) = self.sync_signer().await {
+            tracing::warn!("after ceremony {id}: {e}");
+        }
+        self.ceremony(c, id).await
     }
+
     pub async fn cas(&self, _c: &Caller) -> Result<Vec<CaView>, ApiError> {
-        Err(unwired())
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        Ok(v.cas().iter().map(ca_view).collect())
     }
-    pub async fn ca(&self, _c: &Caller, _id: &str) -> Result<CaView, ApiError> {
-        Err(unwired())
+
+    pub async fn ca(&self, _c: &Caller, id: &str) -> Result<CaView, ApiError> {
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        v.ca(id).map(|c| ca_view(&c)).ok_or_else(|| {
+            err(
+                ErrorKind::NotFound,
+                format!("no CA {id:?}; list them with `castellanctl ca list`"),
+            )
+        })
     }
-    pub async fn issue(&self, _c: &Caller, _r: IssueRequest) -> Result<IssuedView, ApiError> {
-        Err(unwired())
+
+    async fn refuse_issuance(&self, c: &Caller, reason: String) -> ApiError {
+        self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        let r = reason.clone();
+        let _ = self
+            .store
+            .execute(c.actor.clone(), move |_| Decision::<()>::Refuse {
+                events: vec![EventPayload::IssuanceRefused { reason: r.clone() }],
+                error: r,
+            })
+            .await;
+        bad(reason)
     }
-    pub async fn certificates(
-        &self,
-        _c: &Caller,
-        _q: CertQuery,
-    ) -> Result<Vec<CertView>, ApiError> {
-        Err(unwired())
+
+    pub async fn issue(&self, c: &Caller, r: IssueRequest) -> Result<IssuedView, ApiError> {
+        let config = self.config();
+        let parsed = match crate::csr::parse(r.csr_pem.as_bytes()) {
+            Ok(p) => p,
+            Err(e) => return Err(self.refuse_issuance(c, format!("CSR refused: {e}")).await),
+        };
+        let Some(profile) = config.profiles.get(&r.profile) else {
+            let names: Vec<&String> = config.profiles.keys().collect();
+            return Err(self
+                .refuse_issuance(
+                    c,
+                    format!(
+                        "unknown profile {:?}; configured profiles: {names:?}",
+                        r.profile
+                    ),
+                )
+                .await);
+        };
+        if let Err(e) = check_request(profile, &parsed) {
+            return Err(self
+                .refuse_issuance(
+                    c,
+                    format!("profile {:?} refuses this request: {e}", r.profile),
+                )
+                .await);
+        }
+        let days = r.ttl_days.unwrap_or(profile.default_validity_days);
+        if days == 0 || days > profile.max_validity_days {
+            return Err(self
+                .refuse_issuance(
+                    c,
+                    format!(
+                        "--ttl {days} days is outside profile {:?}'s 1..={} days",
+                        r.profile, profile.max_validity_days
+                    ),
+                )
+                .await);
+        }
+        let issuer = {
+            let v = self
+                .store
+                .read()
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+            let active: Vec<CaRecord> = v
+                .cas()
+                .into_iter()
+                .filter(|c| c.status == castellan_proto::CaStatus::Active)
+                .collect();
+            let chosen = r
+                .issuer
+                .clone()
+                .or_else(|| config.issuance.default_issuer.clone());
+            match chosen {
+                Some(i) => {
+                    if !active.iter().any(|c| c.ca_id == i) {
+                        return Err(refused(format!(
+                            "issuer {i:?} is not an active CA; see `castellanctl ca list`"
+                        )));
+                    }
+                    i
+                }
+                None => {
+                    // Leaf issuance defaults to the only active CA without
+                    // children of its own… keep it explicit when ambiguous.
+                    let issuing: Vec<&CaRecord> = active
+                        .iter()
+                        .filter(|c| {
+                            !active
+                                .iter()
+                                .any(|d| d.parent.as_deref() == Some(c.ca_id.as_str()))
+                        })
+                        .collect();
+                    match issuing.as_slice() {
+                        [one] => one.ca_id.clone(),
+                        [] => {
+                            return Err(refused(
+                                "no active CA yet: create one with a ceremony (`castellanctl ceremony open --purpose root …`)",
+                            ));
+                        }
+                        many => {
+                            return Err(bad(format!(
+                                "several CAs could issue ({}); choose one with --issuer",
+                                many.iter()
+                                    .map(|c| c.ca_id.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )));
+                        }
+                    }
+                }
+            }
+        };
+        let identity = r.identity.clone().unwrap_or_else(|| {
+            parsed
+                .sans
+                .iter()
+                .find_map(|s| match s {
+                    SubjectAltName::Dns(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .or_else(|| {
+                    parsed.subject.0.iter().find_map(|a| match a {
+                        NameAttribute::CommonName(cn) => Some(cn.clone()),
+                        _ => None,
+                    })
+                })
+                .unwrap_or_else(|| "(unnamed)".into())
+        });
+        let now = now_ms() / 1000;
+        let validity = Validity {
+            not_before: now - 60,
+            not_after: now - 60 + i64::from(days) * 86_400,
+        };
+        let mut request_id: RequestId = [0u8; 16];
+        self.rng
+            .fill(&mut request_id)
+            .map_err(|_| err(ErrorKind::Internal, "no randomness"))?;
+        let spki_sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &parsed.spki_der)
+            .as_ref()
+            .try_into()
+            .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        let urls = config.issuance.urls.expand(&issuer);
+        let template = CertificateTemplate {
+            issuer: issuer.clone(),
+            profile: profile.kind.signer_profile().to_string(),
+            subject: parsed.subject.clone(),
+            sans: parsed.sans.clone(),
+            spki_der: parsed.spki_der.clone(),
+            validity,
+            ca: false,
+            urls,
+        };
+        // Intent before sign.
+        let intent = EventPayload::IssuanceIntended {
+            request_id,
+            issuer: issuer.clone(),
+            profile: r.profile.clone(),
+            identity,
+            subject: parsed.subject,
+            sans: parsed.sans,
+            spki_sha256,
+            not_before: validity.not_before,
+            not_after: validity.not_after,
+        };
+        self.store
+            .execute(c.actor.clone(), move |_| Decision::Commit {
+                events: vec![intent],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        let cert = match self.signer(Request::IssueCertificate(template)).await {
+            Ok(Response::Certificate(cert)) => cert,
+            Ok(_) => {
+                return Err(err(
+                    ErrorKind::Internal,
+                    "unexpected answer to IssueCertificate",
+                ));
+            }
+            Err(e) if e.kind == ErrorKind::Refused => {
+                let reason = e.message.clone();
+                let _ = self
+                    .store
+                    .execute(c.actor.clone(), move |_| Decision::Commit {
+                        events: vec![EventPayload::IssuanceFailed { request_id, reason }],
+                        output: (),
+                    })
+                    .await;
+                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            // The signer may or may not have signed: the intent stays and is
+            // reconciled against the signer's journal when it is back.
+            Err(e) => {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{}; issuance refused (request {} is recorded and will be reconciled)",
+                        e.message,
+                        hex::encode(request_id)
+                    ),
+                ));
+            }
+        };
+        let serial = cert.serial.clone();
+        let der = cert.der.clone();
+        self.store
+            .execute(c.actor.clone(), move |_| Decision::Commit {
+                events: vec![EventPayload::CertificateIssued {
+                    request_id,
+                    serial: cert.serial,
+                    certificate_der: cert.der,
+                    signer_journal_seq: cert.journal_seq,
+                }],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        self.metrics.issued.fetch_add(1, Ordering::Relaxed);
+        let chain_pem = {
+            let v = self
+                .store
+                .read()
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+            let mut pem = String::new();
+            let mut next = Some(issuer.clone());
+            while let Some(id) = next {
+                match v.ca(&id) {
+                    Some(ca) if ca.parent.is_some() => {
+                        pem.push_str(&crate::pem::encode("CERTIFICATE", &ca.certificate_der));
+                        next = ca.parent.clone();
+                    }
+                    _ => next = None,
+                }
+            }
+            pem
+        };
+        Ok(IssuedView {
+            serial: hex::encode(&serial),
+            issuer,
+            certificate_pem: crate::pem::encode("CERTIFICATE", &der),
+            chain_pem,
+            not_after: rfc3339(validity.not_after),
+        })
     }
-    pub async fn certificate(&self, _c: &Caller, _serial_hex: &str) -> Result<CertView, ApiError> {
-        Err(unwired())
+
+    pub async fn certificates(&self, _c: &Caller, q: CertQuery) -> Result<Vec<CertView>, ApiError> {
+        let state = match q.state.as_deref() {
+            None => None,
+            Some("issued") => Some(CertState::Issued),
+            Some("revoked") => Some(CertState::Revoked),
+            Some("possibly-issued") => Some(CertState::PossiblyIssued),
+            Some(other) => {
+                return Err(bad(format!(
+                    "unknown state {other:?}; use issued, revoked or possibly-issued"
+                )));
+            }
+        };
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let filter = CertFilter {
+            issuer: q.issuer,
+            state,
+            identity: q.identity,
+            limit: q.limit,
+        };
+        let mut out: Vec<CertView> = v.certs(&filter).iter().map(cert_view).collect();
+        // Intents without a result are possibly issued too: list them.
+        if filter.state.is_none() || filter.state == Some(CertState::PossiblyIssued) {
+            for i in v.pending_intents() {
+                if filter.issuer.as_ref().is_some_and(|x| *x != i.issuer) {
+                    continue;
+                }
+                out.push(CertView {
+                    serial: format!("pending:{}", hex::encode(i.request_id)),
+                    issuer: i.issuer.clone(),
+                    profile: i.profile.clone(),
+                    identity: i.identity.clone(),
+                    subject: format_subject(&i.subject),
+                    sans: i.sans.iter().map(format_san).collect(),
+                    not_before: rfc3339(i.not_before),
+                    not_after: rfc3339(i.not_after),
+                    state: "possibly-issued".into(),
+                    revocation: None,
+                    certificate_pem: None,
+                });
+            }
+        }
+        Ok(out)
     }
+
+    pub async fn certificate(&self, _c: &Caller, serial_hex: &str) -> Result<CertView, ApiError> {
+        let serial = serial_from_hex(serial_hex)?;
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        v.cert(&serial).map(|r| cert_view(&r)).ok_or_else(|| {
+            err(
+                ErrorKind::NotFound,
+                format!("castellan never issued serial {}", hex::encode(&serial)),
+            )
+        })
+    }
+
     pub async fn revoke(
         &self,
-        _c: &Caller,
-        _serial_hex: &str,
-        _r: RevokeRequest,
+        c: &Caller,
+        serial_hex: &str,
+        r: RevokeRequest,
     ) -> Result<CertView, ApiError> {
-        Err(unwired())
+        let serial = serial_from_hex(serial_hex)?;
+        let reason = RevocationReason::parse(&r.reason).ok_or_else(|| {
+            bad(format!(
+                "unknown reason {:?}; use one of: {}",
+                r.reason,
+                RevocationReason::ALL
+                    .iter()
+                    .filter(|x| **x != RevocationReason::RemoveFromCrl)
+                    .map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if reason == RevocationReason::RemoveFromCrl {
+            return Err(bad(
+                "removeFromCRL is only for delta CRLs and is not a revocation reason",
+            ));
+        }
+        let invalidity_date = match &r.invalidity_date {
+            Some(t) => Some(
+                parse_time_ms(t).ok_or_else(|| {
+                    bad(format!(
+                        "invalidity date {t:?}: use RFC 3339, e.g. 2026-11-23T17:00:00Z"
+                    ))
+                })? / 1000,
+            ),
+            None => None,
+        };
+        let revoked_at = now_ms() / 1000;
+        let s2 = serial.clone();
+        self.store
+            .execute(c.actor.clone(), move |v: &dyn ReadView| {
+                let Some(cert) = v.cert(&s2) else {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!("castellan never issued serial {}", hex::encode(&s2)),
+                    };
+                };
+                if let Some(rv) = &cert.revocation {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!(
+                            "serial {} was already revoked at {} ({})",
+                            hex::encode(&s2),
+                            rfc3339(rv.revoked_at),
+                            rv.reason.as_str()
+                        ),
+                    };
+                }
+                Decision::Commit {
+                    events: vec![EventPayload::CertificateRevoked {
+                        serial: s2.clone(),
+                        issuer: cert.issuer,
+                        reason,
+                        revoked_at,
+                        invalidity_date,
+                    }],
+                    output: (),
+                }
+            })
+            .await
+            .map_err(exec_err)?;
+        self.metrics.revoked.fetch_add(1, Ordering::Relaxed);
+        self.certificate(c, &hex::encode(&serial)).await
     }
+
     pub async fn audit_verify(&self, _c: &Caller) -> Result<VerifyView, ApiError> {
-        Err(unwired())
+        let store = self.store.clone();
+        let report = tokio::task::spawn_blocking(move || store.verify())
+            .await
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        Ok(verify_view(&report))
     }
-    pub async fn audit_log(&self, _c: &Caller, _q: LogQuery) -> Result<Vec<EventView>, ApiError> {
-        Err(unwired())
+
+    pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<Vec<EventView>, ApiError> {
+        let since_ms =
+            match &q.since {
+                Some(t) => Some(parse_time_ms(t).ok_or_else(|| {
+                    bad(format!("--since {t:?}: use RFC 3339 or unix milliseconds"))
+                })?),
+                None => None,
+            };
+        let until_ms =
+            match &q.until {
+                Some(t) => Some(parse_time_ms(t).ok_or_else(|| {
+                    bad(format!("--until {t:?}: use RFC 3339 or unix milliseconds"))
+                })?),
+                None => None,
+            };
+        let filter = EventFilter {
+            actor_contains: q.actor,
+            kind: q.kind,
+            since_ms,
+            until_ms,
+            subject: q.subject,
+            from_seq: None,
+            limit: q.limit,
+        };
+        let events = self
+            .store
+            .events(&filter)
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        Ok(events.iter().map(event_view).collect())
     }
-    pub async fn checkpoint(&self, _c: &Caller) -> Result<CheckpointView, ApiError> {
-        Err(unwired())
+
+    pub async fn checkpoint(&self, c: &Caller) -> Result<CheckpointView, ApiError> {
+        let (count, head) = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .head();
+        if count == 0 {
+            return Err(refused("the event log is empty; nothing to checkpoint"));
+        }
+        let req = castellan_proto::CheckpointRequest {
+            sequence: count - 1,
+            head_hash: head,
+            time: now_ms() / 1000,
+        };
+        let Response::Checkpoint(signed) = self.signer(Request::SignCheckpoint(req)).await? else {
+            return Err(err(
+                ErrorKind::Internal,
+                "unexpected answer to SignCheckpoint",
+            ));
+        };
+        let view = CheckpointView {
+            sequence: signed.request.sequence,
+            head_hash: hex::encode(signed.request.head_hash),
+            time: rfc3339(signed.request.time),
+            signature: hex::encode(&signed.signature),
+        };
+        self.store
+            .execute(c.actor.clone(), move |_| Decision::Commit {
+                events: vec![EventPayload::CheckpointSigned {
+                    sequence: signed.request.sequence,
+                    head_hash: signed.request.head_hash,
+                    time: signed.request.time,
+                    signature: signed.signature,
+                }],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        Ok(view)
     }
+}
+
+pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
+    VerifyView {
+        ok: r.first_bad.is_none() && r.checkpoints_bad.is_empty(),
+        events: r.events,
+        head_hash: hex::encode(r.head_hash),
+        first_bad_sequence: r.first_bad.as_ref().map(|(s, _)| *s),
+        problem: r.first_bad.as_ref().map(|(_, w)| w.clone()),
+        checkpoints_ok: r.checkpoints_ok,
+        checkpoints_bad: r.checkpoints_bad.clone(),
+        last_checkpoint: r.last_checkpoint,
+    }
+}
+
+/// The profile's rules for key type, key size and names.
+fn check_request(
+    profile: &crate::config::Profile,
+    csr: &crate::csr::ParsedCsr,
+) -> Result<(), String> {
+    use crate::config::KeyType;
+    use crate::csr::CsrKey;
+    let key = match csr.key {
+        CsrKey::EcdsaP256 => KeyType::EcdsaP256,
+        CsrKey::EcdsaP384 => KeyType::EcdsaP384,
+        CsrKey::Rsa(bits) => {
+            if (bits as u64) < u64::from(profile.min_rsa_bits) {
+                return Err(format!(
+                    "RSA key of {bits} bits is below the profile's minimum of {}",
+                    profile.min_rsa_bits
+                ));
+            }
+            match bits {
+                2048 => KeyType::Rsa2048,
+                3072 => KeyType::Rsa3072,
+                4096 => KeyType::Rsa4096,
+                other => {
+                    return Err(format!(
+                        "RSA keys of {other} bits are not issued; use 2048, 3072 or 4096"
+                    ));
+                }
+            }
+        }
+    };
+    profile.key_allowed(key)?;
+    profile.sans_allowed(&csr.sans)
+}
+
+/// The ceremony operation an admin asked for.
+fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
+    let purpose = castellan_proto::Purpose::parse(&r.purpose).ok_or_else(|| {
+        bad(format!(
+            "unknown purpose {:?}; use root, intermediate, rotate, cross-sign or custodians",
+            r.purpose
+        ))
+    })?;
+    let algorithm = match &r.algorithm {
+        Some(a) => Algorithm::parse(a).ok_or_else(|| {
+            bad(format!(
+                "unknown algorithm {a:?}; use ecdsa-p256, ecdsa-p384 or rsa-3072"
+            ))
+        })?,
+        None => Algorithm::EcdsaP256,
+    };
+    let days = i64::from(r.days.unwrap_or(3650));
+    // Backdated an hour so certificates issued right after fit inside.
+    let nb = now_ms() / 1000 - 3600;
+    let validity = Validity {
+        not_before: nb,
+        not_after: nb + days * 86_400,
+    };
+    let subject = || -> Result<DistinguishedName, ApiError> {
+        parse_subject(r.subject.as_deref().unwrap_or("")).map_err(bad)
+    };
+    let ca_id = || {
+        r.ca_id
+            .clone()
+            .ok_or_else(|| bad("--ca-id is required for this purpose"))
+    };
+    Ok(match purpose {
+        castellan_proto::Purpose::Root => {
+            if r.parent.is_some() {
+                return Err(bad(
+                    "a root has no --parent; did you mean --purpose intermediate?",
+                ));
+            }
+            CeremonyOp::CreateRoot(CaParams {
+                ca_id: ca_id()?,
+                parent: None,
+                algorithm,
+                subject: subject()?,
+                validity,
+                path_len: r.path_len,
+                urls: Urls::default(),
+            })
+        }
+        castellan_proto::Purpose::Intermediate => {
+            let parent = r
+                .parent
+                .clone()
+                .ok_or_else(|| bad("an intermediate needs --parent <issuing CA id>"))?;
+            CeremonyOp::CreateIntermediate(CaParams {
+                ca_id: ca_id()?,
+                parent: Some(parent),
+                algorithm,
+                subject: subject()?,
+                validity,
+                path_len: r.path_len,
+                urls: Urls::default(),
+            })
+        }
+        castellan_proto::Purpose::Rotate => CeremonyOp::Rotate(RotateParams {
+            ca_id: ca_id()?,
+            new_ca_id: r
+                .new_ca_id
+                .clone()
+                .ok_or_else(|| bad("a rotation needs --new-ca-id for the successor CA"))?,
+            algorithm,
+            subject: subject()?,
+            validity,
+            path_len: r.path_len,
+            urls: Urls::default(),
+        }),
+        castellan_proto::Purpose::CrossSign => {
+            let pem = r.certificate_pem.as_deref().ok_or_else(|| {
+                bad("a cross-signature needs the CA certificate to certify (--certificate FILE)")
+            })?;
+            let der = crate::pem::decode(pem.as_bytes(), &["CERTIFICATE"]).map_err(bad)?;
+            CeremonyOp::CrossSign(CrossSignParams {
+                issuer: r
+                    .parent
+                    .clone()
+                    .ok_or_else(|| bad("a cross-signature needs --parent <issuing CA id>"))?,
+                subject_certificate_der: der,
+                validity,
+                path_len: r.path_len,
+                urls: Urls::default(),
+            })
+        }
+        castellan_proto::Purpose::Custodians => {
+            let mut custodians = Vec::new();
+            for (name, key) in &r.custodians {
+                let k = key.trim();
+                let public_key: [u8; 32] = hex::decode(k.strip_prefix("ed25519:").unwrap_or(k))
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "custodian {name}: not an Ed25519 public key in hex"
+                        ))
+                    })?;
+                custodians.push(Custodian {
+                    name: name.clone(),
+                    public_key,
+                });
+            }
+            CeremonyOp::ChangeCustodians(CustodianSet {
+                threshold: r
+                    .threshold
+                    .ok_or_else(|| bad("--threshold is required for a custodian change"))?,
+                custodians,
+            })
+        }
+    })
 }

@@ -1866,7 +1866,7 @@ fn revoke_cmd(
     }
     match &c.revocation {
         Some(rv) => println!(
-            "revoked {} ({}) at {}; OCSP answers `revoked` from now on",
+            "revoked {} ({}) at {} (recorded durably in the event log)",
             c.serial, rv.reason, rv.revoked_at
         ),
         None => println!("revoked {} ({})", c.serial, r.as_str()),
