@@ -4,8 +4,21 @@
 //!
 //!     cargo bench -p castellan-signer --bench throughput
 //!
-//! Environment: `BENCH_SECONDS` (default 5) per measurement, `BENCH_CLIENTS`
+//! Environment: `BENCH_SECONDS` (default 5) per figure, `BENCH_CLIENTS`
 //! (default 32).
+//!
+//! Columns, all ECDSA P-256, all with 32 threads:
+//! - `raw sign`: `Backend::sign` called in process (ring inside the soft
+//!   store; cryptoki → SoftHSM2).
+//! - `path in-proc`: the signer's whole signing path called in process
+//!   (`Signer::handle(SignOcsp)`: build the OCSP DER, sign, verify the
+//!   signature, journal with fsync) — no socket.
+//! - `socket`: the same request through the real `castellan-signer` under
+//!   seccomp, one connection per client.
+//! - `socket issue`: `IssueCertificate` through the socket.
+//!
+//! In-process figures run in a child process of this program so that each
+//! backend gets its own environment (`SOFTHSM2_CONF`).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,8 +31,9 @@ use castellan_proto::*;
 use castellan_signer::backend::Backend;
 use castellan_signer::backend::pkcs11::{Pkcs11Backend, softhsm_test_token};
 use castellan_signer::backend::soft::SoftBackend;
+use castellan_signer::config::{BackendConfig, Config};
+use castellan_signer::service::Signer as InProcessSigner;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use secrecy::SecretString;
 
 const PIN: &str = "1234";
 
@@ -44,12 +58,12 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-struct Signer {
+struct Running {
     child: Child,
     socket: PathBuf,
 }
 
-impl Drop for Signer {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -62,11 +76,12 @@ fn call(s: &mut UnixStream, id: u64, request: Request) -> Response {
     f.response
 }
 
-/// Starts a real signer with a root CA, an OCSP responder, and returns it.
-fn start(dir: &Path, backend: &str) -> Signer {
+/// Writes a signer configuration and initialises it with three custodians;
+/// returns the custodian keys.
+fn init(dir: &Path, backend: &str, token_label: &str) -> Vec<Ed25519KeyPair> {
     let bin = env!("CARGO_BIN_EXE_castellan-signer");
-    let mut custodians = Vec::new();
     let rng = ring::rand::SystemRandom::new();
+    let mut custodians = Vec::new();
     for name in ["a", "b", "c"] {
         let pk = Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
         let pair = Ed25519KeyPair::from_pkcs8(pk.as_ref()).expect("pkcs8");
@@ -77,31 +92,33 @@ fn start(dir: &Path, backend: &str) -> Signer {
         .expect("write");
         custodians.push(pair);
     }
-    std::fs::write(dir.join("secret"), format!("{PIN}\n")).expect("write");
+    std::fs::write(dir.join("secret"), format!("{PIN}-bench-passphrase\n")).expect("write");
+    if backend == "pkcs11" {
+        softhsm_test_token(dir, token_label, &format!("{PIN}-bench-passphrase"))
+            .expect("softhsm token (is softhsm2 installed?)");
+    }
     let backend_toml = match backend {
         "soft" => format!(
             "kind = \"soft\"\npassphrase_file = \"{}/secret\"\n",
             dir.display()
         ),
         _ => format!(
-            "kind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"bench\"\npin_file = \"{}/secret\"\n",
+            "kind = \"pkcs11\"\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"{token_label}\"\npin_file = \"{}/secret\"\n",
             dir.display()
         ),
     };
-    let socket = dir.join("signer.sock");
     std::fs::write(
         dir.join("signer.toml"),
         format!(
-            "state_dir = \"{}/state\"\nsocket = \"{}\"\ndaemon_uid = {}\n[backend]\n{backend_toml}",
+            "state_dir = \"{}/state\"\nsocket = \"{}/signer.sock\"\ndaemon_uid = {}\n[backend]\n{backend_toml}",
             dir.display(),
-            socket.display(),
+            dir.display(),
             nix::unistd::getuid().as_raw()
         ),
     )
     .expect("write");
-    let conf = dir.join("softhsm2.conf");
     let status = Command::new(bin)
-        .env("SOFTHSM2_CONF", &conf)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
         .args(["init", "--config"])
         .arg(dir.join("signer.toml"))
         .args(["--threshold", "2"])
@@ -111,23 +128,15 @@ fn start(dir: &Path, backend: &str) -> Signer {
                 format!("{n}={}/{n}.pub", dir.display()),
             ]
         }))
+        .stdout(Stdio::null())
         .status()
         .expect("init");
     assert!(status.success(), "signer init failed");
-    let child = Command::new(bin)
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["run", "--config"])
-        .arg(dir.join("signer.toml"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run");
-    let signer = Signer { child, socket };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UnixStream::connect(&signer.socket).is_err() {
-        assert!(Instant::now() < deadline, "signer did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut s = UnixStream::connect(&signer.socket).expect("connect");
+    custodians
+}
+
+/// A root CA by a 2-of-3 ceremony and a delegated OCSP responder for it.
+fn setup_ca(custodians: &[Ed25519KeyPair], mut call: impl FnMut(Request) -> Response) {
     let op = CeremonyOp::CreateRoot(CaParams {
         ca_id: "root".into(),
         parent: None,
@@ -148,47 +157,66 @@ fn start(dir: &Path, backend: &str) -> Signer {
             signature: k.sign(&statement(&id, &op)).as_ref().to_vec(),
         })
         .collect();
-    let r = call(
-        &mut s,
-        1,
-        Request::Ceremony {
-            op,
-            proof: QuorumProof {
-                ceremony_id: id,
-                approvals,
-            },
+    let r = call(Request::Ceremony {
+        op,
+        proof: QuorumProof {
+            ceremony_id: id,
+            approvals,
         },
-    );
+    });
     assert!(matches!(r, Response::Ceremony(_)), "root ceremony: {r:?}");
-    let r = call(
-        &mut s,
-        2,
-        Request::RotateOcspResponder(ResponderParams {
-            issuer: "root".into(),
-            validity: Validity {
-                not_before: now() - 60,
-                not_after: now() + 86_400 * 30,
-            },
-            algorithm: Algorithm::EcdsaP256,
-        }),
-    );
+    let r = call(Request::RotateOcspResponder(ResponderParams {
+        issuer: "root".into(),
+        validity: Validity {
+            not_before: now() - 60,
+            not_after: now() + 86_400 * 30,
+        },
+        algorithm: Algorithm::EcdsaP256,
+    }));
     assert!(matches!(r, Response::Responder(_)), "responder: {r:?}");
-    signer
+}
+
+fn start(dir: &Path, custodians: &[Ed25519KeyPair]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_castellan-signer"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .args(["run", "--config"])
+        .arg(dir.join("signer.toml"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let running = Running {
+        child,
+        socket: dir.join("signer.sock"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&running.socket).is_err() {
+        assert!(Instant::now() < deadline, "signer did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = UnixStream::connect(&running.socket).expect("connect");
+    let mut id = 0;
+    setup_ca(custodians, |r| {
+        id += 1;
+        call(&mut s, id, r)
+    });
+    running
 }
 
 /// Runs `clients` threads calling `op` until the time is up; returns ops/s.
-fn drive(clients: usize, op: impl Fn(&mut u64) -> u64 + Send + Sync + 'static) -> f64 {
+fn drive(op: impl Fn(u64) + Send + Sync + 'static) -> f64 {
     let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
+    let handles: Vec<_> = (0..clients())
+        .map(|t| {
             let (op, stop, done) = (op.clone(), stop.clone(), done.clone());
             std::thread::spawn(move || {
-                let mut state = 0u64;
+                let mut n = (t as u64) << 40;
                 while !stop.load(Ordering::Relaxed) {
-                    done.fetch_add(op(&mut state), Ordering::Relaxed);
+                    n += 1;
+                    op(n);
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -201,181 +229,187 @@ fn drive(clients: usize, op: impl Fn(&mut u64) -> u64 + Send + Sync + 'static) -
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn through_socket(signer: &Signer, kind: &str) -> f64 {
-    let socket = signer.socket.clone();
-    let kind = kind.to_string();
-    let spki = {
-        let rng = ring::rand::SystemRandom::new();
-        let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &rng,
-        )
-        .expect("k");
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            pk.as_ref(),
-            &rng,
-        )
-        .expect("k");
-        let mut spki =
-            hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
-        spki.extend_from_slice(pair.public_key().as_ref());
-        spki
-    };
-    let conns: Arc<std::sync::Mutex<Vec<UnixStream>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
-    drive(clients(), move |state| {
+fn ocsp_request(n: u64) -> Request {
+    let t = now();
+    Request::SignOcsp(OcspBatch {
+        issuer: "root".into(),
+        produced_at: t,
+        responses: vec![OcspTemplate {
+            singles: vec![SingleStatus {
+                hash: CertIdHash::Sha1,
+                serial: n.to_be_bytes().to_vec(),
+                status: CertStatus::Good,
+                this_update: t,
+                next_update: Some(t + 3600),
+            }],
+            nonce: None,
+        }],
+    })
+}
+
+fn issue_request(spki: &[u8]) -> Request {
+    let t = now();
+    Request::IssueCertificate(CertificateTemplate {
+        issuer: "root".into(),
+        profile: "server".into(),
+        subject: DistinguishedName::common_name("bench.example"),
+        sans: vec![SubjectAltName::Dns("bench.example".into())],
+        spki_der: spki.to_vec(),
+        validity: Validity {
+            not_before: t - 60,
+            not_after: t + 86_400,
+        },
+        ca: false,
+        urls: Urls::default(),
+    })
+}
+
+fn through_socket(running: &Running, make: fn(u64, &[u8]) -> Request) -> f64 {
+    let socket = running.socket.clone();
+    let spki = leaf_spki();
+    drive(move |n| {
         thread_local!(static CONN: std::cell::RefCell<Option<UnixStream>> = const { std::cell::RefCell::new(None) });
         CONN.with(|c| {
             let mut c = c.borrow_mut();
-            let s = c.get_or_insert_with(|| {
-                let s = UnixStream::connect(&socket).expect("connect");
-                if let Ok(mut v) = conns.lock() {
-                    v.push(s.try_clone().expect("clone"));
-                }
-                s
-            });
-            *state += 1;
-            let t = now();
-            let req = match kind.as_str() {
-                "issue" => Request::IssueCertificate(CertificateTemplate {
-                    issuer: "root".into(),
-                    profile: "server".into(),
-                    subject: DistinguishedName::common_name("bench.example"),
-                    sans: vec![SubjectAltName::Dns("bench.example".into())],
-                    spki_der: spki.clone(),
-                    validity: Validity {
-                        not_before: t - 60,
-                        not_after: t + 86_400,
-                    },
-                    ca: false,
-                    urls: Urls::default(),
-                }),
-                _ => Request::SignOcsp(OcspBatch {
-                    issuer: "root".into(),
-                    produced_at: t,
-                    responses: vec![OcspTemplate {
-                        singles: vec![SingleStatus {
-                            hash: CertIdHash::Sha1,
-                            serial: state.to_be_bytes().to_vec(),
-                            status: CertStatus::Good,
-                            this_update: t,
-                            next_update: Some(t + 3600),
-                        }],
-                        nonce: None,
-                    }],
-                }),
-            };
-            match call(s, *state, req) {
-                Response::Error(e) => panic!("signer refused: {e}"),
-                _ => 1,
+            let s = c.get_or_insert_with(|| UnixStream::connect(&socket).expect("connect"));
+            if let Response::Error(e) = call(s, n, make(n, &spki)) {
+                panic!("signer refused: {e}");
             }
         })
     })
 }
 
-fn in_process(backend: Arc<dyn Backend>, label: String) -> f64 {
-    let msg = vec![0x5au8; 400];
-    drive(clients(), move |_| {
-        backend.sign(&label, &msg).expect("sign");
-        1
-    })
+fn leaf_spki() -> Vec<u8> {
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("k");
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pk.as_ref(), &rng).expect("k");
+    let mut spki =
+        hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
+    spki.extend_from_slice(pair.public_key().as_ref());
+    spki
 }
 
-fn ring_direct() -> f64 {
-    let rng = ring::rand::SystemRandom::new();
-    let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &rng,
-    )
-    .expect("k");
-    let pair = Arc::new(
-        ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            pk.as_ref(),
-            &rng,
-        )
-        .expect("k"),
-    );
+/// Child mode: the in-process figures for the signer initialised in `dir`.
+/// Prints "<raw sign/s> <signing path/s>".
+fn child(dir: &Path) {
+    let cfg = Config::load(&dir.join("signer.toml")).expect("config");
+    let backend: Box<dyn Backend> = match &cfg.backend {
+        BackendConfig::Soft {
+            key_store,
+            passphrase,
+        } => {
+            Box::new(SoftBackend::open(key_store, &passphrase.read().expect("pass")).expect("soft"))
+        }
+        BackendConfig::Pkcs11 {
+            module,
+            token_label,
+            pin,
+        } => Box::new(
+            Pkcs11Backend::open(module, token_label, &pin.read().expect("pin")).expect("pkcs11"),
+        ),
+    };
+    backend
+        .generate("bench-raw", Algorithm::EcdsaP256)
+        .expect("generate");
+    let backend: Arc<dyn Backend> = Arc::from(backend);
     let msg = vec![0x5au8; 400];
-    drive(clients(), move |_| {
-        let rng = ring::rand::SystemRandom::new();
-        pair.sign(&rng, &msg).expect("sign");
-        1
-    })
+    let b = Arc::clone(&backend);
+    let raw = drive(move |_| {
+        b.sign("bench-raw", &msg).expect("sign");
+    });
+    drop(backend);
+    // A fresh open for the signing path (the raw backend above is dropped
+    // so the store's lock is free).
+    let backend: Box<dyn Backend> = match &cfg.backend {
+        BackendConfig::Soft {
+            key_store,
+            passphrase,
+        } => {
+            Box::new(SoftBackend::open(key_store, &passphrase.read().expect("pass")).expect("soft"))
+        }
+        BackendConfig::Pkcs11 {
+            module,
+            token_label,
+            pin,
+        } => Box::new(
+            Pkcs11Backend::open(module, token_label, &pin.read().expect("pin")).expect("pkcs11"),
+        ),
+    };
+    let signer = Arc::new(
+        InProcessSigner::open(&cfg.state_dir, backend, cfg.profiles.clone()).expect("signer"),
+    );
+    // The CA was made through the socket by the parent before this child ran.
+    let s = Arc::clone(&signer);
+    let path = drive(move |n| {
+        if let Response::Error(e) = s.handle(ocsp_request(n)) {
+            panic!("refused: {e}");
+        }
+    });
+    println!("{raw} {path}");
+}
+
+fn in_process(dir: &Path) -> (f64, f64) {
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .arg("--child")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<f64>().ok());
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("in-process child failed: {text}"),
+    }
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful.
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(Path::new(&args[i + 1]));
+        return;
+    }
+    // `cargo test --benches` lists or runs benches with other flags: do nothing.
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     println!(
-        "castellan-signer throughput, {} clients, {} s per figure, ECDSA P-256",
+        "castellan-signer throughput: {} clients, {} s per figure, ECDSA P-256, load average {}",
         clients(),
-        secs()
+        secs(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
     );
     println!(
-        "{:<10} {:>16} {:>16} {:>16} {:>16} {:>8}",
-        "backend", "in-process", "socket:ocsp", "socket:issue", "ring direct", "ocsp/in"
+        "{:<9} {:>12} {:>14} {:>12} {:>14} {:>10} {:>10}",
+        "backend", "raw sign", "path in-proc", "socket", "socket issue", "sock/path", "sock/raw"
     );
-
-    // soft
-    let soft_dir = tmp.path().join("soft");
-    std::fs::create_dir_all(&soft_dir).expect("mkdir");
-    let signer = start(&soft_dir, "soft");
-    let ocsp = through_socket(&signer, "ocsp");
-    let issue = through_socket(&signer, "issue");
-    drop(signer);
-    let store = tmp.path().join("soft-inproc");
-    let pass = SecretString::from("bench-passphrase".to_string());
-    let soft: Arc<dyn Backend> = Arc::new(SoftBackend::create(&store, &pass).expect("store"));
-    soft.generate("k", Algorithm::EcdsaP256).expect("gen");
-    let inproc = in_process(soft, "k".into());
-    let ring_rate = ring_direct();
-    println!(
-        "{:<10} {:>14.0}/s {:>14.0}/s {:>14.0}/s {:>14.0}/s {:>7.0}%",
-        "soft",
-        inproc,
-        ocsp,
-        issue,
-        ring_rate,
-        100.0 * ocsp / inproc
-    );
-
-    // SoftHSM2
-    let hsm_dir = tmp.path().join("hsm");
-    std::fs::create_dir_all(&hsm_dir).expect("mkdir");
-    let conf =
-        softhsm_test_token(&hsm_dir, "bench", PIN).expect("softhsm token (is softhsm2 installed?)");
-    let signer = start(&hsm_dir, "pkcs11");
-    let ocsp = through_socket(&signer, "ocsp");
-    let issue = through_socket(&signer, "issue");
-    drop(signer);
-    // The in-process measurement uses a second token in another directory.
-    let hsm2 = tmp.path().join("hsm-inproc");
-    std::fs::create_dir_all(&hsm2).expect("mkdir");
-    let conf2 = softhsm_test_token(&hsm2, "bench2", PIN).expect("softhsm token");
-    let _ = conf;
-    // SAFETY: single-threaded at this point; the module reads the variable when loaded.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf2) };
-    let hsm: Arc<dyn Backend> = Arc::new(
-        Pkcs11Backend::open(
-            Path::new("/usr/lib/softhsm/libsofthsm2.so"),
-            "bench2",
-            &SecretString::from(PIN.to_string()),
-        )
-        .expect("open"),
-    );
-    hsm.generate("k", Algorithm::EcdsaP256).expect("gen");
-    let inproc = in_process(hsm, "k".into());
-    println!(
-        "{:<10} {:>14.0}/s {:>14.0}/s {:>14.0}/s {:>16} {:>7.0}%",
-        "softhsm2",
-        inproc,
-        ocsp,
-        issue,
-        "-",
-        100.0 * ocsp / inproc
-    );
+    for (backend, label) in [("soft", "soft"), ("pkcs11", "softhsm2")] {
+        let dir = tmp.path().join(label);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let custodians = init(&dir, backend, "bench");
+        let running = start(&dir, &custodians);
+        let socket = through_socket(&running, |n, _| ocsp_request(n));
+        let issue = through_socket(&running, |_, spki| issue_request(spki));
+        drop(running);
+        let (raw, path) = in_process(&dir);
+        println!(
+            "{:<9} {:>10.0}/s {:>12.0}/s {:>10.0}/s {:>12.0}/s {:>9.0}% {:>9.0}%",
+            label,
+            raw,
+            path,
+            socket,
+            issue,
+            100.0 * socket / path,
+            100.0 * socket / raw
+        );
+    }
 }
