@@ -10,9 +10,10 @@
 //! place), with a suggestion: "unknown key; did you mean `admin.socket`?".
 //!
 //! On SIGHUP the file is read again and [`Config::reloadable_diff`] decides
-//! whether the new file can be applied: profiles, admin roles, issuance URLs
-//! and the admin HTTPS certificate paths can change; anything bound or opened
-//! at start (sockets, listeners, the state directory, the database) cannot.
+//! whether the new file can be applied: profiles, admin roles (of uids and of
+//! client-certificate profiles), issuance URLs and the admin HTTPS
+//! certificate paths can change; anything bound or opened at start (sockets,
+//! listeners, the state directory, the database) cannot.
 //!
 //! Name policy of a profile ([`Profile::name_allowed`]), patterns of
 //! `allowed_dns`:
@@ -58,6 +59,7 @@ const RELOADABLE: &[&str] = &[
     "admin.https.certificate",
     "admin.https.private_key",
     "admin.https.client_ca",
+    "admin.https.roles",
 ];
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -165,6 +167,10 @@ pub struct AdminHttps {
     pub client_ca: PathBuf,
     /// The profile client certificates of admins are issued under.
     pub client_profile: String,
+    /// Issuance profile of a client certificate → the role it carries.
+    /// Every profile named is of kind admin-client. Default:
+    /// `{ <client_profile> = "operator" }`; empty: no certificate has a role.
+    pub roles: BTreeMap<String, Role>,
 }
 
 /// `[http]`: the public listener for relying parties (OCSP, CRL, CA
@@ -777,6 +783,7 @@ struct RawHttps {
     private_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     client_profile: Option<String>,
+    roles: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -867,8 +874,9 @@ impl Config {
     }
 
     /// Whether `new` can replace `self` on SIGHUP: only profiles, admin
-    /// roles, issuance URLs and the admin HTTPS certificate paths may
-    /// change. The error names the first other key that changed.
+    /// roles (`admin.roles`, `admin.https.roles`), issuance URLs and the
+    /// admin HTTPS certificate paths may change. The error names the first
+    /// other key that changed.
     pub fn reloadable_diff(&self, new: &Config) -> Result<(), ConfigError> {
         let (Ok(a), Ok(b)) = (serde_json::to_value(self), serde_json::to_value(new)) else {
             return cfg_err(
@@ -1297,31 +1305,62 @@ fn build_https(
         "the CA certificate(s) admin clients must chain to (PEM)",
     )?;
     let client_profile = h.client_profile.unwrap_or_else(|| "admin-client".into());
-    match profiles.get(&client_profile) {
-        None => {
-            return cfg_err(
-                "admin.https.client_profile",
-                format!("no profile {client_profile:?} in [profiles]"),
-            );
+    admin_client_profile("admin.https.client_profile", &client_profile, profiles)?;
+    let roles = match h.roles {
+        None => BTreeMap::from([(client_profile.clone(), Role::Operator)]),
+        Some(raw) => {
+            let mut roles = BTreeMap::new();
+            for (profile, role) in raw {
+                let key = format!("admin.https.roles.{profile}");
+                let Some(role) = parse_role(&role) else {
+                    return cfg_err(
+                        &key,
+                        format!(
+                            "unknown role {role:?}; use \"auditor\", \"operator\" or \"admin\""
+                        ),
+                    );
+                };
+                admin_client_profile(&key, &profile, profiles)?;
+                roles.insert(profile, role);
+            }
+            roles
         }
-        Some(p) if !matches!(p.kind, ProfileKind::AdminClient | ProfileKind::Client) => {
-            return cfg_err(
-                "admin.https.client_profile",
-                format!(
-                    "profile {client_profile:?} is of kind {}; admin clients need kind \"admin-client\"",
-                    p.kind.signer_profile()
-                ),
-            );
-        }
-        Some(_) => {}
-    }
+    };
     Ok(AdminHttps {
         listen,
         certificate,
         private_key,
         client_ca,
         client_profile,
+        roles,
     })
+}
+
+fn parse_role(s: &str) -> Option<Role> {
+    [Role::Auditor, Role::Operator, Role::Admin]
+        .into_iter()
+        .find(|r| role_name(*r) == s)
+}
+
+/// A profile whose certificates may carry an admin role: it must exist and
+/// be of kind admin-client. A workload's `client` certificate must never
+/// open the admin API, so the other kinds are refused.
+fn admin_client_profile(
+    key: &str,
+    name: &str,
+    profiles: &BTreeMap<String, Profile>,
+) -> Result<(), ConfigError> {
+    match profiles.get(name) {
+        None => cfg_err(key, format!("no profile {name:?} in [profiles]")),
+        Some(p) if p.kind != ProfileKind::AdminClient => cfg_err(
+            key,
+            format!(
+                "profile {name:?} is of kind \"{}\"; only certificates of a profile of kind \"admin-client\" may carry an admin role",
+                p.kind.signer_profile()
+            ),
+        ),
+        Some(_) => Ok(()),
+    }
 }
 
 fn build_profiles(

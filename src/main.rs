@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use castellan::admin::{AdminSettings, Shared, TlsSettings};
 use castellan::config::Config;
 use castellan::daemon::{Caller, Daemon};
 use castellan::events::Actor;
@@ -63,6 +64,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The mTLS listener's files are part of the configuration: a certificate
+    // or key that does not load is refused like any other bad setting.
+    let tls = match config.admin.https.as_ref().map(TlsSettings::from_config) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("castellan: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Some(Command::CheckConfig) = cli.command {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
@@ -78,7 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config, cli.config)) {
+    match runtime.block_on(run(config, tls, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(m) => {
             tracing::error!("{m}");
@@ -106,8 +117,8 @@ fn verify_offline(database: &std::path::Path) -> ExitCode {
     }
 }
 
-fn admin_settings(config: &Config) -> castellan::admin::AdminSettings {
-    castellan::admin::AdminSettings {
+fn admin_settings(config: &Config) -> AdminSettings {
+    AdminSettings {
         socket: config.admin.socket.clone(),
         socket_mode: config.admin.socket_mode,
         max_body_bytes: config.admin.max_body_bytes,
@@ -124,7 +135,31 @@ fn admin_settings(config: &Config) -> castellan::admin::AdminSettings {
     }
 }
 
-async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), String> {
+/// Reads the configuration file again for SIGHUP. Everything that can fail
+/// (parsing, what may change, the mTLS files) is checked before anything is
+/// applied: a reload applies whole or not at all.
+fn reload(
+    daemon: &Daemon,
+    config_path: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> Result<(Config, Option<TlsSettings>), String> {
+    let new = Config::load(config_path, Some(state_dir)).map_err(|e| e.to_string())?;
+    daemon
+        .config()
+        .reloadable_diff(&new)
+        .map_err(|e| e.to_string())?;
+    let tls = match &new.admin.https {
+        None => None,
+        Some(h) => Some(TlsSettings::from_config(h).map_err(|e| e.to_string())?),
+    };
+    Ok((new, tls))
+}
+
+async fn run(
+    config: Arc<Config>,
+    tls: Option<TlsSettings>,
+    config_path: Option<PathBuf>,
+) -> Result<(), String> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))?;
     let store =
@@ -139,10 +174,12 @@ async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), St
     let daemon = Arc::new(Daemon::new(Arc::clone(&config), store, pool));
     daemon.startup().await.map_err(|e| e.to_string())?;
 
-    let settings = Arc::new(admin_settings(&config));
+    // Replaced whole by SIGHUP; the servers read them per request.
+    let settings = Shared::new(admin_settings(&config));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let admin = {
+    let mut admin = {
         let daemon = Arc::clone(&daemon);
+        let settings = settings.clone();
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
             castellan::admin::serve_unix(daemon, settings, async move {
@@ -151,6 +188,35 @@ async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), St
             .await
         })
     };
+    // The mTLS listener is bound before castellan reports ready: an address
+    // in use fails the start instead of leaving remote automation locked out.
+    let mut https = None;
+    if let Some(tls) = tls {
+        let listener = tokio::net::TcpListener::bind(tls.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (admin.https.listen): {e}", tls.listen))?;
+        tracing::info!(listen = %tls.listen, "admin API (mTLS) listening");
+        let tls = Shared::new(tls);
+        let task = {
+            let daemon = Arc::clone(&daemon);
+            let settings = settings.clone();
+            let tls = tls.clone();
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                castellan::admin::tls::serve_tls_listener(
+                    daemon,
+                    settings,
+                    tls,
+                    listener,
+                    async move {
+                        let _ = rx.changed().await;
+                    },
+                )
+                .await
+            })
+        };
+        https = Some((tls, task));
+    }
 
     // Periodic checkpoints and reconciliation of intents left by a signer
     // outage.
@@ -193,7 +259,11 @@ async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), St
             }
         });
     }
-    tracing::info!(admin = %config.admin.socket.display(), "castellan ready");
+    tracing::info!(
+        admin = %config.admin.socket.display(),
+        https = ?config.admin.https.as_ref().map(|h| h.listen),
+        "castellan ready"
+    );
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -201,18 +271,26 @@ async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), St
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                // Reload what can be reloaded, atomically; a bad file keeps the old configuration.
-                match Config::load(config_path.as_deref(), Some(&config.state_dir)) {
-                    Ok(new) => match daemon.config().reloadable_diff(&new) {
-                        Ok(()) => {
-                            daemon.replace_config(Arc::new(new));
-                            tracing::info!("configuration reloaded");
-                        }
-                        Err(e) => tracing::warn!("reload refused, keeping the running configuration: {e}"),
-                    },
-                    Err(e) => tracing::warn!("reload refused, keeping the running configuration: {e}"),
+            _ = hup.recv() => match reload(&daemon, config_path.as_deref(), &config.state_dir) {
+                Ok((new, new_tls)) => {
+                    settings.replace(admin_settings(&new));
+                    if let (Some((tls, _)), Some(new_tls)) = (&https, new_tls) {
+                        tls.replace(new_tls);
+                    }
+                    daemon.replace_config(Arc::new(new));
+                    tracing::info!("configuration reloaded");
                 }
+                // A bad file keeps the running configuration, whole.
+                Err(e) => tracing::warn!("reload refused, keeping the running configuration: {e}"),
+            },
+            // The admin socket is castellan's only control path: without it,
+            // stop rather than run unmanageable.
+            r = &mut admin => {
+                return Err(match r {
+                    Ok(Ok(())) => "the admin socket server stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("the admin socket server failed: {e}"),
+                });
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -221,5 +299,8 @@ async fn run(config: Arc<Config>, config_path: Option<PathBuf>) -> Result<(), St
     notifier.status("stopping");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    if let Some((_, task)) = https {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     Ok(())
 }

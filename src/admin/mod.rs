@@ -35,6 +35,16 @@
 //! per connection with the uid). The table is [`ROUTES`]; the role check
 //! is done once, in [`handle`], from that table.
 //!
+//! # Reload
+//!
+//! The servers read their settings from a [`Shared`] that castellan's
+//! SIGHUP handler replaces whole after a successful reload. The peer of a
+//! connection is authenticated once (uid, client certificate), but its role
+//! is looked up again at every request that needs one: a reload that
+//! demotes a user applies to the next request, also on a connection that
+//! was already open. Settings fixed at start (the socket, its mode, the
+//! connection limit) are read once; a reload cannot change them.
+//!
 //! # Robustness
 //!
 //! - Request headers must arrive within `header_timeout`. hyper arms that
@@ -61,7 +71,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -99,6 +109,49 @@ pub struct AdminSettings {
     pub max_connections: usize,
     /// uid → role. A uid not listed may only use /healthz and /readyz.
     pub roles: HashMap<u32, Role>,
+}
+
+/// Settings that a reload replaces whole. Readers take a snapshot
+/// ([`Shared::current`]) and keep it for one request or connection, so none
+/// ever sees half of an old and half of a new configuration.
+pub struct Shared<T>(Arc<RwLock<Arc<T>>>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Shared(Arc::new(RwLock::new(Arc::new(value))))
+    }
+
+    /// The settings in force now.
+    pub fn current(&self) -> Arc<T> {
+        // The lock only ever guards the swap of one `Arc`, which cannot be
+        // left half done: a poisoned lock still holds a whole value.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `value` in force for every later snapshot.
+    pub fn replace(&self, value: T) {
+        let value = Arc::new(value);
+        match self.0.write() {
+            Ok(mut g) => *g = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+/// Fixed settings: nothing will replace them.
+impl<T> From<Arc<T>> for Shared<T> {
+    fn from(value: Arc<T>) -> Self {
+        Shared(Arc::new(RwLock::new(value)))
+    }
 }
 
 impl Default for AdminSettings {
@@ -522,10 +575,11 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
 // ---------------------------------------------------------------------------
 // Peers and requests.
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection, with the role in force for
+/// the request at hand.
 #[derive(Debug, Clone)]
 pub enum Peer {
-    /// A uid with a role.
+    /// A uid or a client certificate with a role.
     Known(Caller),
     /// A peer without a role (a uid castellan does not know, a client
     /// certificate it did not issue under an admin profile or revoked):
@@ -538,11 +592,45 @@ pub enum Peer {
     },
 }
 
-impl Peer {
-    fn describe(&self) -> String {
-        match self {
-            Peer::Known(c) => c.actor.describe(),
-            Peer::Unknown { who, .. } => who.clone(),
+/// The authenticated peer of one connection. [`Identify::peer`] is asked
+/// at every request that needs a role, with the settings in force for that
+/// request (see the module doc, "Reload").
+pub(crate) trait Identify: Send + Sync + 'static {
+    /// Who is connected, for logs, whether or not it has a role.
+    fn who(&self) -> String;
+    fn peer(&self, settings: &AdminSettings) -> impl Future<Output = Peer> + Send;
+}
+
+/// A local process, as `SO_PEERCRED` reported it when it connected.
+struct UnixPeer {
+    uid: u32,
+    gid: u32,
+    name: String,
+}
+
+impl Identify for UnixPeer {
+    fn who(&self) -> String {
+        format!("{} (uid {})", self.name, self.uid)
+    }
+
+    async fn peer(&self, settings: &AdminSettings) -> Peer {
+        let uid = self.uid;
+        match settings.roles.get(&uid).copied() {
+            Some(role) => Peer::Known(Caller {
+                actor: Actor::Unix {
+                    uid,
+                    gid: self.gid,
+                    name: self.name.clone(),
+                },
+                role,
+            }),
+            None => Peer::Unknown {
+                who: format!("uid {uid}"),
+                why: format!(
+                    "uid {uid} has no castellan role; an admin can grant one in castellan's \
+                     configuration ([admin.roles]) and reload castellan"
+                ),
+            },
         }
     }
 }
@@ -556,23 +644,24 @@ fn role_name(r: Role) -> &'static str {
 }
 
 /// Answers one request. Never panics on input; every failure is a JSON error.
-async fn handle<B: AdminBackend>(
+async fn handle<B: AdminBackend, P: Identify>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
-    peer: Arc<Peer>,
+    settings: Shared<AdminSettings>,
+    peer: Arc<P>,
     refused_logged: Arc<std::sync::atomic::AtomicBool>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let settings = settings.current();
     let deadline = Instant::now() + settings.request_timeout;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response =
-        match route_and_call(backend, &settings, &peer, &refused_logged, req, deadline).await {
+        match route_and_call(backend, &settings, &*peer, &refused_logged, req, deadline).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
     tracing::debug!(
-        peer = %peer.describe(),
+        peer = %peer.who(),
         %method,
         %path,
         status = response.status().as_u16(),
@@ -581,10 +670,10 @@ async fn handle<B: AdminBackend>(
     response
 }
 
-async fn route_and_call<B: AdminBackend>(
+async fn route_and_call<B: AdminBackend, P: Identify>(
     backend: Arc<B>,
     settings: &AdminSettings,
-    peer: &Peer,
+    peer: &P,
     refused_logged: &std::sync::atomic::AtomicBool,
     req: Request<Incoming>,
     deadline: Instant,
@@ -629,11 +718,12 @@ async fn route_and_call<B: AdminBackend>(
         return Ok(r);
     };
 
-    // Authorization, from the table, before anything else of the request is read.
-    let caller = match (route.role, peer) {
-        (None, _) => None,
-        (Some(need), Peer::Known(c)) => {
-            if c.role < need {
+    // Authorization, from the table, before anything else of the request is
+    // read; the role is the one in force now (see "Reload").
+    let caller = match route.role {
+        None => None,
+        Some(need) => match peer.peer(settings).await {
+            Peer::Known(c) if c.role < need => {
                 return Err(err(
                     ErrorKind::Forbidden,
                     format!(
@@ -646,14 +736,14 @@ async fn route_and_call<B: AdminBackend>(
                     ),
                 ));
             }
-            Some(c.clone())
-        }
-        (Some(_), Peer::Unknown { who, why }) => {
-            if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
+            Peer::Known(c) => Some(c),
+            Peer::Unknown { who, why } => {
+                if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
+                }
+                return Err(err(ErrorKind::Forbidden, why));
             }
-            return Err(err(ErrorKind::Forbidden, why.clone()));
-        }
+        },
     };
 
     let mut params = Vec::with_capacity(raw_params.len());
@@ -863,10 +953,12 @@ pub fn bind(settings: &AdminSettings) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the admin API for `daemon` until `shutdown` completes.
+/// Serves the admin API for `daemon` until `shutdown` completes. `settings`
+/// is either fixed (`Arc<AdminSettings>`) or a [`Shared`] that a reload
+/// replaces.
 pub async fn serve_unix(
     daemon: Arc<Daemon>,
-    settings: Arc<AdminSettings>,
+    settings: impl Into<Shared<AdminSettings>>,
     shutdown: impl Future,
 ) -> io::Result<()> {
     serve_unix_with(daemon, settings, shutdown).await
@@ -875,20 +967,22 @@ pub async fn serve_unix(
 /// [`serve_unix`] for any [`AdminBackend`].
 pub async fn serve_unix_with<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
+    settings: impl Into<Shared<AdminSettings>>,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let listener = bind(&settings)?;
-    let identity = std::fs::metadata(&settings.socket)
+    let settings = settings.into();
+    let at_start = settings.current();
+    let listener = bind(&at_start)?;
+    let identity = std::fs::metadata(&at_start.socket)
         .map(|m| (m.dev(), m.ino()))
         .ok();
-    tracing::info!(socket = %settings.socket.display(), "admin API listening");
-    serve_listener(backend, settings.clone(), listener, shutdown).await;
+    tracing::info!(socket = %at_start.socket.display(), "admin API listening");
+    serve_listener(backend, settings, listener, shutdown).await;
     // Remove the socket only if it is still ours (a successor may have bound it).
-    if let Ok(m) = std::fs::metadata(&settings.socket)
+    if let Ok(m) = std::fs::metadata(&at_start.socket)
         && Some((m.dev(), m.ino())) == identity
     {
-        let _ = std::fs::remove_file(&settings.socket);
+        let _ = std::fs::remove_file(&at_start.socket);
     }
     Ok(())
 }
@@ -896,11 +990,14 @@ pub async fn serve_unix_with<B: AdminBackend>(
 /// The accept loop on an already bound listener.
 pub async fn serve_listener<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
+    settings: impl Into<Shared<AdminSettings>>,
     listener: UnixListener,
     shutdown: impl Future,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let settings = settings.into();
+    // Fixed at start: a reload cannot change the connection limit.
+    let max_connections = settings.current().max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -912,7 +1009,7 @@ pub async fn serve_listener<B: AdminBackend>(
                 Ok((stream, _)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(
-                            max = settings.max_connections,
+                            max = max_connections,
                             "admin socket: connection limit reached; closing a new connection"
                         );
                         drop(stream);
@@ -936,7 +1033,13 @@ pub async fn serve_listener<B: AdminBackend>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let grace = settings.request_timeout + Duration::from_secs(1);
+    drain(tasks, settings.current().request_timeout).await;
+}
+
+/// Lets in-flight requests finish (they were told to stop), for at most one
+/// request time.
+pub(crate) async fn drain(mut tasks: JoinSet<()>, request_timeout: Duration) {
+    let grace = request_timeout + Duration::from_secs(1);
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_err()
@@ -945,18 +1048,10 @@ pub async fn serve_listener<B: AdminBackend>(
     }
 }
 
-async fn identify(stream: &UnixStream, settings: &AdminSettings) -> io::Result<Peer> {
+/// The peer of a socket connection as the kernel reports it.
+async fn identify(stream: &UnixStream) -> io::Result<UnixPeer> {
     let cred = stream.peer_cred()?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    let Some(role) = settings.roles.get(&uid).copied() else {
-        return Ok(Peer::Unknown {
-            who: format!("uid {uid}"),
-            why: format!(
-                "uid {uid} has no castellan role; an admin can grant one in castellan's \
-                 configuration ([admin.roles]) and reload castellan"
-            ),
-        });
-    };
     // NSS may be slow (LDAP, sssd): keep it off the reactor.
     let name = tokio::task::spawn_blocking(move || {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -968,20 +1063,17 @@ async fn identify(stream: &UnixStream, settings: &AdminSettings) -> io::Result<P
     .ok()
     .flatten()
     .unwrap_or_else(|| uid.to_string());
-    Ok(Peer::Known(Caller {
-        actor: Actor::Unix { uid, gid, name },
-        role,
-    }))
+    Ok(UnixPeer { uid, gid, name })
 }
 
 async fn connection<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
+    settings: Shared<AdminSettings>,
     stream: UnixStream,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let peer = match identify(&stream, &settings).await {
+    let peer = match identify(&stream).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "admin socket: cannot read the peer's credentials; closing");
@@ -993,21 +1085,22 @@ async fn connection<B: AdminBackend>(
 
 /// Serves HTTP/1.1 on one authenticated connection until it closes or
 /// `stop` fires (then in-flight requests finish).
-pub(crate) async fn serve_http<B, I>(
+pub(crate) async fn serve_http<B, I, P>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
+    settings: Shared<AdminSettings>,
     io: I,
-    peer: Peer,
+    peer: P,
     mut stop: watch::Receiver<bool>,
 ) where
     B: AdminBackend,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    P: Identify,
 {
     let peer = Arc::new(peer);
     let refused_logged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let header_timeout = settings.current().header_timeout;
     let svc = {
         let peer = peer.clone();
-        let settings = settings.clone();
         service_fn(move |req| {
             let fut = handle(
                 backend.clone(),
@@ -1022,7 +1115,7 @@ pub(crate) async fn serve_http<B, I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(io, svc);
@@ -1035,6 +1128,6 @@ pub(crate) async fn serve_http<B, I>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(peer = %peer.describe(), error = %e, "admin connection ended");
+        tracing::debug!(peer = %peer.who(), error = %e, "admin connection ended");
     }
 }

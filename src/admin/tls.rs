@@ -4,17 +4,21 @@
 //! Who the caller is:
 //! 1. rustls verifies the client certificate against `client_ca` (chain,
 //!    validity, the clientAuth extended key usage). No certificate, no
-//!    connection.
-//! 2. castellan looks the certificate up in its own store by serial. It must
-//!    be a certificate castellan issued (the same DER), in state `issued`
-//!    (not revoked, not possibly-issued), under a profile that
-//!    [`TlsSettings::profile_roles`] maps to a role. Otherwise the peer has
-//!    no role: only `/healthz` and `/readyz` answer it, like an unknown uid
-//!    on the socket.
+//!    connection: the handshake fails.
+//! 2. At every request that needs a role, castellan looks the certificate
+//!    up in its own store by serial. It must be a certificate castellan
+//!    issued (the same DER), in state `issued` (not revoked, not
+//!    possibly-issued), under a profile that
+//!    [`TlsSettings::profile_roles`] (`admin.https.roles`) maps to a role.
+//!    Otherwise the peer has no role: only `/healthz` and `/readyz` answer
+//!    it, like an unknown uid on the socket. The actor is
+//!    [`Actor::Mtls`] with the certificate's subject and serial.
 //!
-//! The lookup is made once per connection, so a connection lives at most
-//! [`TlsSettings::max_connection_age`]: a revocation reaches open
-//! keep-alive connections within that time, new ones at once.
+//! Because the lookup is made per request, a revocation or a reloaded role
+//! mapping applies to the next request, also on an open keep-alive
+//! connection. A reloaded certificate, key or client CA applies to new
+//! connections; one connection lives at most
+//! [`TlsSettings::max_connection_age`], so none keeps the old ones for long.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,10 +37,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{AdminBackend, AdminSettings, Call, Peer, serve_http};
+use super::{AdminBackend, AdminSettings, Call, Identify, Peer, Shared, drain, serve_http};
 use crate::api::{CertView, Role};
+use crate::config::{AdminHttps, ConfigError};
 use crate::daemon::Caller;
 use crate::events::Actor;
+
+/// Longest life of one mTLS connection when castellan's configuration
+/// starts the listener.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// Settings of the mTLS listener (mapped from `[admin.https]`).
 #[derive(Clone)]
@@ -45,10 +54,31 @@ pub struct TlsSettings {
     /// From [`server_config`].
     pub server_config: Arc<rustls::ServerConfig>,
     /// Issuance profile of a client certificate → the role it carries,
-    /// e.g. "admin-client" → admin.
+    /// e.g. "admin-client" → operator.
     pub profile_roles: HashMap<String, Role>,
     /// Longest time one connection is served (see the module doc).
     pub max_connection_age: Duration,
+}
+
+impl TlsSettings {
+    /// The listener's settings from castellan's configuration: reads and
+    /// checks the certificate, key and client CA files. Errors name the key
+    /// whose file is at fault.
+    pub fn from_config(https: &AdminHttps) -> Result<TlsSettings, ConfigError> {
+        let server_config =
+            build_server_config(&https.certificate, &https.private_key, &https.client_ca).map_err(
+                |(key, e)| ConfigError {
+                    key: key.to_string(),
+                    problem: e.to_string(),
+                },
+            )?;
+        Ok(TlsSettings {
+            listen: https.listen,
+            server_config,
+            profile_roles: https.roles.iter().map(|(p, r)| (p.clone(), *r)).collect(),
+            max_connection_age: MAX_CONNECTION_AGE,
+        })
+    }
 }
 
 fn bad_file(path: &Path, what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -66,53 +96,84 @@ pub fn server_config(
     private_key: &Path,
     client_ca: &Path,
 ) -> io::Result<Arc<rustls::ServerConfig>> {
+    build_server_config(certificate, private_key, client_ca).map_err(|(_, e)| e)
+}
+
+/// [`server_config`], with the configuration key of the file at fault.
+fn build_server_config(
+    certificate: &Path,
+    private_key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, (&'static str, io::Error)> {
+    const CERT: &str = "admin.https.certificate";
+    const KEY: &str = "admin.https.private_key";
+    const CLIENT_CA: &str = "admin.https.client_ca";
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     let what = "client CA certificates";
-    for c in CertificateDer::pem_file_iter(client_ca).map_err(|e| bad_file(client_ca, what, e))? {
-        let c = c.map_err(|e| bad_file(client_ca, what, e))?;
-        roots.add(c).map_err(|e| bad_file(client_ca, what, e))?;
+    let ca_err = |e: &dyn std::fmt::Display| (CLIENT_CA, bad_file(client_ca, what, e));
+    for c in CertificateDer::pem_file_iter(client_ca).map_err(|e| ca_err(&e))? {
+        let c = c.map_err(|e| ca_err(&e))?;
+        roots.add(c).map_err(|e| ca_err(&e))?;
     }
     if roots.is_empty() {
-        return Err(bad_file(client_ca, what, "no certificate in the file"));
+        return Err(ca_err(&"no certificate in the file"));
     }
+    // Without `allow_unauthenticated`: a client without a certificate fails
+    // the handshake.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| bad_file(client_ca, what, e))?;
+        .map_err(|e| ca_err(&e))?;
     let what = "the listener's certificate chain";
     let chain = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| bad_file(certificate, what, e))?
+        .map_err(|e| (CERT, bad_file(certificate, what, e)))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_file(certificate, what, e))?;
+        .map_err(|e| (CERT, bad_file(certificate, what, e)))?;
     if chain.is_empty() {
-        return Err(bad_file(certificate, what, "no certificate in the file"));
+        return Err((
+            CERT,
+            bad_file(certificate, what, "no certificate in the file"),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(private_key)
-        .map_err(|e| bad_file(private_key, "the listener's private key", e))?;
+        .map_err(|e| (KEY, bad_file(private_key, "the listener's private key", e)))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| io::Error::other(format!("TLS versions: {e}")))?
+        .map_err(|e| (CERT, io::Error::other(format!("TLS versions: {e}"))))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| bad_file(certificate, "certificate and private key", e))?;
+        .map_err(|e| {
+            (
+                KEY,
+                bad_file(
+                    private_key,
+                    "the listener's private key",
+                    format!("does not go with {}: {e}", certificate.display()),
+                ),
+            )
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Serves the admin API over mTLS on `tls.listen` until `shutdown` completes.
+/// Serves the admin API over mTLS on `tls.listen` until `shutdown`
+/// completes. Both settings are either fixed (`Arc<…>`) or a [`Shared`]
+/// that a reload replaces; the listen address is read once.
 pub async fn serve_tls<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
-    tls: Arc<TlsSettings>,
+    settings: impl Into<Shared<AdminSettings>>,
+    tls: impl Into<Shared<TlsSettings>>,
     shutdown: impl Future,
 ) -> io::Result<()> {
-    let listener = TcpListener::bind(tls.listen).await.map_err(|e| {
+    let tls = tls.into();
+    let listen = tls.current().listen;
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on {} (admin.https.listen): {e}", tls.listen),
+            format!("cannot listen on {listen} (admin.https.listen): {e}"),
         )
     })?;
-    tracing::info!(listen = %tls.listen, "admin API (mTLS) listening");
+    tracing::info!(%listen, "admin API (mTLS) listening");
     serve_tls_listener(backend, settings, tls, listener, shutdown).await;
     Ok(())
 }
@@ -120,12 +181,14 @@ pub async fn serve_tls<B: AdminBackend>(
 /// The accept loop of [`serve_tls`] on a bound listener.
 pub async fn serve_tls_listener<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
-    tls: Arc<TlsSettings>,
+    settings: impl Into<Shared<AdminSettings>>,
+    tls: impl Into<Shared<TlsSettings>>,
     listener: TcpListener,
     shutdown: impl Future,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let (settings, tls) = (settings.into(), tls.into());
+    let max_connections = settings.current().max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -137,7 +200,7 @@ pub async fn serve_tls_listener<B: AdminBackend>(
                 Ok((stream, addr)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(
-                            max = settings.max_connections,
+                            max = max_connections,
                             %addr,
                             "admin mTLS: connection limit reached; closing a new connection"
                         );
@@ -162,27 +225,23 @@ pub async fn serve_tls_listener<B: AdminBackend>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let grace = settings.request_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tasks.abort_all();
-    }
+    drain(tasks, settings.current().request_timeout).await;
 }
 
 async fn connection<B: AdminBackend>(
     backend: Arc<B>,
-    settings: Arc<AdminSettings>,
-    tls: Arc<TlsSettings>,
+    settings: Shared<AdminSettings>,
+    tls: Shared<TlsSettings>,
     stream: TcpStream,
     addr: SocketAddr,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
-    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await
-    {
+    // The certificate, key and client CA in force when the client connected.
+    let now = tls.current();
+    let header_timeout = settings.current().header_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(now.server_config.clone());
+    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "admin mTLS: handshake failed");
@@ -199,11 +258,14 @@ async fn connection<B: AdminBackend>(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec());
-    let peer = identify(&*backend, &tls, presented.as_deref(), addr).await;
-    // A connection is re-authenticated by reconnecting: see the module doc.
+    let peer = CertPeer {
+        backend: backend.clone(),
+        tls,
+        cert: ClientCert::parse(presented, addr),
+    };
     let (age_tx, age_rx) = watch::channel(false);
     let mut outer = stop;
-    let age = tls.max_connection_age;
+    let age = now.max_connection_age;
     let timer = tokio::spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(age) => {}
@@ -215,98 +277,125 @@ async fn connection<B: AdminBackend>(
     timer.abort();
 }
 
-fn refuse(who: String, why: String) -> Peer {
-    Peer::Unknown { who, why }
+/// The client certificate rustls verified, as presented.
+struct ClientCert {
+    der: Vec<u8>,
+    subject: String,
+    /// Without leading zero octets, as castellan records serials.
+    serial: Vec<u8>,
 }
 
-/// The role of a verified client certificate, from castellan's own record of it.
-async fn identify<B: AdminBackend>(
-    backend: &B,
-    tls: &TlsSettings,
-    der: Option<&[u8]>,
-    addr: SocketAddr,
-) -> Peer {
-    use der::Decode;
-    let Some(der) = der else {
-        return refuse(
-            format!("mtls client {addr}"),
-            "a client certificate is required".into(),
-        );
-    };
-    let cert = match x509_cert::Certificate::from_der(der) {
-        Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                format!("mtls client {addr}"),
-                format!("the client certificate does not parse: {e}"),
-            );
+impl ClientCert {
+    /// `Err((who, why))` when there is no usable certificate.
+    fn parse(der: Option<Vec<u8>>, addr: SocketAddr) -> Result<ClientCert, (String, String)> {
+        use der::Decode;
+        let who = || format!("mtls client {addr}");
+        let Some(der) = der else {
+            return Err((who(), "a client certificate is required".into()));
+        };
+        let cert = x509_cert::Certificate::from_der(&der)
+            .map_err(|e| (who(), format!("the client certificate does not parse: {e}")))?;
+        let mut serial = cert.tbs_certificate().serial_number().as_bytes();
+        while serial.len() > 1 && serial[0] == 0 {
+            serial = &serial[1..];
         }
-    };
-    let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
-    let subject = cert.tbs_certificate().subject().to_string();
-    let serial_hex = hex::encode(&serial);
-    let who = format!("mtls:{subject} (serial {serial_hex})");
-    let system = Caller {
-        actor: Actor::System,
-        role: Role::Auditor,
-    };
-    let record = backend
-        .call(
-            &system,
-            Call::Certificate {
-                serial: serial_hex.clone(),
-            },
-        )
-        .await
-        .and_then(|v| {
-            serde_json::from_value::<CertView>(v).map_err(|e| {
-                crate::api::ApiError::new(crate::api::ErrorKind::Internal, e.to_string())
-            })
-        });
-    let view = match record {
-        Ok(v) => v,
-        Err(e) => {
-            return refuse(
-                who,
-                format!(
+        let serial = serial.to_vec();
+        let subject = cert.tbs_certificate().subject().to_string();
+        Ok(ClientCert {
+            der,
+            subject,
+            serial,
+        })
+    }
+}
+
+/// A peer authenticated by a client certificate; its role comes from
+/// castellan's record of the certificate at each request.
+struct CertPeer<B> {
+    backend: Arc<B>,
+    tls: Shared<TlsSettings>,
+    cert: Result<ClientCert, (String, String)>,
+}
+
+impl<B: AdminBackend> Identify for CertPeer<B> {
+    fn who(&self) -> String {
+        match &self.cert {
+            Ok(c) => format!("mtls:{} (serial {})", c.subject, hex::encode(&c.serial)),
+            Err((who, _)) => who.clone(),
+        }
+    }
+
+    async fn peer(&self, _settings: &AdminSettings) -> Peer {
+        let c = match &self.cert {
+            Ok(c) => c,
+            Err((who, why)) => {
+                return Peer::Unknown {
+                    who: who.clone(),
+                    why: why.clone(),
+                };
+            }
+        };
+        let refuse = |why: String| Peer::Unknown {
+            who: self.who(),
+            why,
+        };
+        let serial_hex = hex::encode(&c.serial);
+        let system = Caller {
+            actor: Actor::System,
+            role: Role::Auditor,
+        };
+        let record = self
+            .backend
+            .call(
+                &system,
+                Call::Certificate {
+                    serial: serial_hex.clone(),
+                },
+            )
+            .await
+            .and_then(|v| {
+                serde_json::from_value::<CertView>(v).map_err(|e| {
+                    crate::api::ApiError::new(crate::api::ErrorKind::Internal, e.to_string())
+                })
+            });
+        let view = match record {
+            Ok(v) => v,
+            Err(e) => {
+                return refuse(format!(
                     "castellan has no usable record of client certificate {serial_hex}: {}",
                     e.message
-                ),
-            );
+                ));
+            }
+        };
+        let same = view
+            .certificate_pem
+            .as_deref()
+            .and_then(|p| crate::pem::decode(p.as_bytes(), &["CERTIFICATE"]).ok())
+            .is_some_and(|d| d == c.der);
+        if !same {
+            return refuse(format!(
+                "client certificate {serial_hex} is not one castellan issued"
+            ));
         }
-    };
-    let same = view
-        .certificate_pem
-        .as_deref()
-        .and_then(|p| crate::pem::decode(p.as_bytes(), &["CERTIFICATE"]).ok())
-        .is_some_and(|d| d == der);
-    if !same {
-        return refuse(
-            who,
-            format!("client certificate {serial_hex} is not one castellan issued"),
-        );
-    }
-    if view.state != "issued" {
-        return refuse(
-            who,
-            format!(
+        if view.state != "issued" {
+            return refuse(format!(
                 "client certificate {serial_hex} is {}; issue a new one",
                 view.state
-            ),
-        );
-    }
-    let Some(role) = tls.profile_roles.get(&view.profile).copied() else {
-        return refuse(
-            who,
-            format!(
+            ));
+        }
+        let Some(role) = self.tls.current().profile_roles.get(&view.profile).copied() else {
+            return refuse(format!(
                 "client certificate {serial_hex} was issued under profile {:?}, which carries \
-                 no admin role",
+                 no admin role ([admin.https] roles)",
                 view.profile
-            ),
-        );
-    };
-    Peer::Known(Caller {
-        actor: Actor::Mtls { subject, serial },
-        role,
-    })
+            ));
+        };
+        Peer::Known(Caller {
+            actor: Actor::Mtls {
+                subject: c.subject.clone(),
+                serial: c.serial.clone(),
+            },
+            role,
+        })
+    }
 }

@@ -1,0 +1,904 @@
+//! Acceptance tests of the control daemon: the real `castellan`,
+//! `castellan-signer` and `castellanctl` binaries, over the real admin and
+//! signer sockets, checked with real clients (`openssl`, `curl`).
+//!
+//! Build every binary first: `cargo build --workspace --bins`. The tests
+//! about other uids switch user with `setpriv` and so run as root.
+//!
+//! Nothing here asserts on time: waits are bounded polls for readiness, and
+//! a bound that is exceeded is reported as a hang.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use castellan::admin_client::{AdminClient, read_response};
+use castellan::api::ErrorBody;
+use common::{
+    Appliance, Out, Settings, WAIT, castellan_bin, ctl_bin, kind, read_until_closed, run, seq,
+    subjects,
+};
+use serde_json::Value;
+
+/// The uid and gid of `nobody`, for the tests of callers without a role.
+const NOBODY: u32 = 65534;
+
+fn openssl(args: &[&str], dir: &Path) -> Out {
+    let out = run(Command::new("openssl").args(args).current_dir(dir), WAIT);
+    assert_eq!(out.code, Some(0), "openssl is needed by these tests: {out}");
+    out
+}
+
+/// What the README demo made.
+struct Demo {
+    root_ceremony: String,
+    serial: String,
+    checkpoint: u64,
+}
+
+/// The path of scripts/demo.sh, asserting every step's result.
+fn demo_flow(a: &Appliance) -> Demo {
+    let status = a.ctl(&["status"]).ok().json();
+    assert_eq!(status["signer_reachable"], true, "{status}");
+    assert_eq!(status["signer_backend"], "soft", "{status}");
+    assert_eq!(status["role"], "admin", "{status}");
+    assert_eq!(status["cas"], 0, "{status}");
+
+    // Root: one approval is not enough.
+    let root = a.open_root();
+    let v = a.approve(&root, "alice").ok().json();
+    assert_eq!(
+        (v["approved"].as_u64(), v["threshold"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    let root_pem = a.path("root.pem");
+    let refused = a.execute(&root, Some(&root_pem));
+    assert_eq!(refused.code, Some(1), "{refused}");
+    let (k, m) = refused.error();
+    assert_eq!(k, "refused");
+    assert!(m.contains("quorum not met: 1 of 2"), "{m}");
+    assert!(!root_pem.exists(), "no CA certificate without a quorum");
+    let v = a.approve(&root, "bob").ok().json();
+    assert_eq!(v["approved"], 2, "{v}");
+    let v = a.execute(&root, Some(&root_pem)).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    assert_eq!(v["ca"]["id"], "root", "{v}");
+    let subject = openssl(
+        &["x509", "-in", "root.pem", "-noout", "-subject"],
+        a.dir.path(),
+    );
+    assert!(subject.stdout.contains("castellan test root"), "{subject}");
+
+    // Intermediate, approved by bob and carol.
+    let inter = a.open_intermediate();
+    a.approve(&inter, "bob").ok();
+    let v = a.approve(&inter, "carol").ok().json();
+    assert_eq!(v["approved"], 2, "{v}");
+    let v = a.execute(&inter, Some(&a.path("issuing.pem"))).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    assert_eq!(v["ca"]["parent"], "root", "{v}");
+    let cas = a.ctl(&["ca", "list"]).ok().json();
+    let ids: BTreeSet<&str> = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["status"], "active", "{c}");
+            c["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["issuing", "root"]));
+
+    // A server certificate from an openssl CSR, verified by openssl.
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "web.key",
+            "-subj",
+            "/CN=web.test.internal",
+            "-addext",
+            "subjectAltName=DNS:web.test.internal,DNS:www.test.internal",
+            "-out",
+            "web.csr",
+        ],
+        a.dir.path(),
+    );
+    let csr = a.path("web.csr");
+    let web = a.path("web.pem");
+    let chain = a.path("chain.pem");
+    let issued = a
+        .ctl(&[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--issuer",
+            "issuing",
+            "--ttl",
+            "30",
+            "--out",
+            web.to_str().unwrap(),
+            "--chain-out",
+            chain.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    let serial = issued["serial"].as_str().expect("a serial").to_string();
+    assert_eq!(issued["issuer"], "issuing", "{issued}");
+    let verify = openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "-purpose",
+            "sslserver",
+            "web.pem",
+        ],
+        a.dir.path(),
+    );
+    assert!(verify.stdout.trim_end().ends_with(": OK"), "{verify}");
+
+    // Revoke it.
+    let v = a
+        .ctl(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    assert_eq!(v["revocation"]["reason"], "keyCompromise", "{v}");
+    let v = a.ctl(&["cert", "show", &serial]).ok().json();
+    assert_eq!(v["state"], "revoked", "{v}");
+
+    // Audit: a signed checkpoint, then the whole chain re-walked.
+    let c = a.ctl(&["audit", "checkpoint"]).ok().json();
+    let checkpoint = c["sequence"].as_u64().expect("a checkpoint sequence");
+    let v = a.ctl(&["audit", "verify"]).ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["checkpoints_ok"].as_u64() >= Some(1), "{v}");
+    assert_eq!(v["last_checkpoint"].as_u64(), Some(checkpoint), "{v}");
+    assert_eq!(v["checkpoints_bad"], Value::Array(vec![]), "{v}");
+
+    Demo {
+        root_ceremony: root,
+        serial,
+        checkpoint,
+    }
+}
+
+#[test]
+fn the_readme_demo_path_issues_a_certificate_openssl_verifies_then_revokes_and_audits() {
+    let a = Appliance::start();
+    let demo = demo_flow(&a);
+    let events = a.events();
+    let kinds: Vec<&str> = events.iter().map(kind).collect();
+    for k in [
+        "daemon-started",
+        "signer-keys-observed",
+        "ceremony-opened",
+        "ceremony-approved",
+        "ceremony-executed",
+        "ca-registered",
+        "issuance-intended",
+        "certificate-issued",
+        "certificate-revoked",
+        "checkpoint-signed",
+    ] {
+        assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
+    }
+    let revoked = events
+        .iter()
+        .find(|e| kind(e) == "certificate-revoked")
+        .unwrap();
+    assert_eq!(subjects(revoked)[0], demo.serial);
+    assert!(
+        seq(revoked) <= demo.checkpoint,
+        "the checkpoint covers the revocation"
+    );
+}
+
+#[test]
+fn a_ceremony_needs_its_quorum_counts_a_custodian_once_and_runs_only_once() {
+    let a = Appliance::start();
+    let id = a.open_root();
+    let v = a.ctl(&["ceremony", "show", &id]).ok().json();
+    assert_eq!(
+        (v["approved"].as_u64(), v["state"].as_str()),
+        (Some(0), Some("open")),
+        "{v}"
+    );
+
+    a.approve(&id, "alice").ok();
+    let early = a.execute(&id, None);
+    assert_eq!(early.code, Some(1), "{early}");
+    let (k, m) = early.error();
+    assert_eq!(k, "refused");
+    assert!(m.contains("quorum not met: 1 of 2"), "{m}");
+
+    // alice again: still one approval.
+    let v = a.approve(&id, "alice").ok().json();
+    assert_eq!(v["approved"], 1, "{v}");
+    assert_eq!(v["approvals"].as_array().map(Vec::len), Some(1), "{v}");
+    let again = a.execute(&id, None);
+    assert_eq!(again.code, Some(1), "{again}");
+    assert!(
+        again.error().1.contains("quorum not met: 1 of 2"),
+        "{again}"
+    );
+
+    let v = a.approve(&id, "carol").ok().json();
+    assert_eq!(v["approved"], 2, "{v}");
+    let v = a.execute(&id, None).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+
+    let twice = a.execute(&id, None);
+    assert_eq!(twice.code, Some(1), "{twice}");
+    let (k, m) = twice.error();
+    assert_eq!(k, "refused");
+    assert!(m.contains("already executed"), "{m}");
+    let cas = a.ctl(&["ca", "list"]).ok().json();
+    assert_eq!(
+        cas.as_array().map(Vec::len),
+        Some(1),
+        "one ceremony, one CA: {cas}"
+    );
+    let executed = a
+        .events()
+        .iter()
+        .filter(|e| kind(e) == "ceremony-executed")
+        .count();
+    assert_eq!(executed, 1);
+}
+
+/// The serial of a successful `castellanctl --json issue`.
+fn serial_of(out: Out) -> String {
+    out.ok().json()["serial"]
+        .as_str()
+        .expect("a serial")
+        .to_string()
+}
+
+/// Every event's seq is its index: no gap, no repeat.
+fn assert_contiguous(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(seq(e), i as u64, "event {i} of the log is {e}");
+    }
+}
+
+#[test]
+fn sixty_four_concurrent_issuances_succeed_survive_a_restart_and_are_logged_intent_first() {
+    let mut a = Appliance::start();
+    a.make_cas();
+    let serials: Vec<String> = std::thread::scope(|s| {
+        let a = &a;
+        let workers: Vec<_> = (0..64)
+            .map(|i| {
+                s.spawn(move || {
+                    a.issue_generated(&format!("c{i}"), &format!("host-{i}.burst.test"))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| serial_of(w.join().expect("a worker")))
+            .collect()
+    });
+    let distinct: BTreeSet<&String> = serials.iter().collect();
+    assert_eq!(distinct.len(), 64, "serials repeat: {serials:?}");
+
+    let stopped = a.stop_daemon();
+    assert!(
+        stopped.success(),
+        "castellan exited with {stopped} on SIGTERM"
+    );
+    a.start_daemon();
+
+    let listed: HashMap<String, String> = a
+        .certs()
+        .iter()
+        .map(|c| {
+            (
+                c["serial"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for s in &serials {
+        assert_eq!(
+            listed.get(s).map(String::as_str),
+            Some("issued"),
+            "serial {s} after the restart"
+        );
+    }
+    assert_eq!(listed.len(), 64, "{listed:?}");
+
+    let events = a.events();
+    assert_contiguous(&events);
+    for s in &serials {
+        let issued: Vec<&Value> = events
+            .iter()
+            .filter(|e| kind(e) == "certificate-issued" && subjects(e).get(1) == Some(s))
+            .collect();
+        assert_eq!(issued.len(), 1, "certificate-issued events of {s}");
+        let request = &subjects(issued[0])[0];
+        let intents: Vec<&Value> = events
+            .iter()
+            .filter(|e| kind(e) == "issuance-intended" && subjects(e).first() == Some(request))
+            .collect();
+        assert_eq!(
+            intents.len(),
+            1,
+            "issuance-intended events of request {request}"
+        );
+        assert!(
+            seq(intents[0]) < seq(issued[0]),
+            "serial {s}: the intent (event {}) must precede the result (event {})",
+            seq(intents[0]),
+            seq(issued[0])
+        );
+    }
+    let v = a.ctl(&["audit", "verify"]).ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn a_sigkill_during_a_burst_of_issuances_loses_no_acknowledged_certificate() {
+    const WORKERS: usize = 16;
+    /// Acknowledgements awaited before the kill: the burst is well under way.
+    const KILL_AFTER: usize = 24;
+    let mut a = Appliance::start();
+    a.make_cas();
+    let acked: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let failed: Mutex<Vec<Out>> = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let a = &a;
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                // Issue until castellan stops answering.
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let out = a.issue_generated(&format!("k{i}"), &format!("host-{i}.crash.test"));
+                    if out.code == Some(0) {
+                        acked.lock().unwrap().push(serial_of(out));
+                    } else {
+                        failed.lock().unwrap().push(out);
+                        break;
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let start = Instant::now();
+        while acked.lock().unwrap().len() < KILL_AFTER {
+            assert!(
+                done.load(Ordering::Relaxed) < WORKERS,
+                "every worker stopped before the kill: {:?}",
+                failed
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            );
+            assert!(start.elapsed() < WAIT, "the burst made no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        a.sigkill_daemon();
+    });
+    a.kill_daemon();
+    let acked = acked.into_inner().unwrap();
+    let failed = failed.into_inner().unwrap();
+    assert!(acked.len() >= KILL_AFTER);
+    // Before the kill nothing failed; the kill makes castellan unavailable.
+    for f in &failed {
+        assert_eq!(f.code, Some(69), "{f}");
+        assert_eq!(f.error().0, "unavailable", "{f}");
+    }
+
+    a.start_daemon();
+    for s in &acked {
+        let v = a.ctl(&["cert", "show", s]).ok().json();
+        assert_eq!(v["state"], "issued", "acknowledged serial {s}: {v}");
+    }
+    let v = a.ctl(&["audit", "verify"]).ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+
+    // Intents without a result: listed as possibly issued, or reconciled.
+    let events = a.events();
+    assert_contiguous(&events);
+    let resolved: BTreeSet<String> = events
+        .iter()
+        .filter(|e| matches!(kind(e), "certificate-issued" | "issuance-failed"))
+        .filter_map(|e| subjects(e).first().cloned())
+        .collect();
+    let recovered: BTreeSet<String> = events
+        .iter()
+        .filter(|e| kind(e) == "issuance-recovered")
+        .filter_map(|e| subjects(e).first().cloned())
+        .collect();
+    let possibly: BTreeSet<String> = a
+        .certs()
+        .iter()
+        .filter(|c| c["state"] == "possibly-issued")
+        .filter_map(|c| c["serial"].as_str().map(str::to_string))
+        .collect();
+    let mut orphans = 0;
+    for intent in events.iter().filter(|e| kind(e) == "issuance-intended") {
+        let request = subjects(intent)[0].clone();
+        if resolved.contains(&request) {
+            continue;
+        }
+        orphans += 1;
+        assert!(
+            recovered.contains(&request) || possibly.contains(&format!("pending:{request}")),
+            "request {request} (event {}) has no result, is not reconciled and is not \
+             listed as possibly issued; possibly-issued: {possibly:?}",
+            seq(intent)
+        );
+    }
+    eprintln!(
+        "{} acknowledged, {} cut off by the kill; {orphans} intent(s) without a result \
+         ({} reconciled, {} listed as possibly issued)",
+        acked.len(),
+        failed.len(),
+        recovered.len(),
+        possibly.len()
+    );
+}
+
+/// The `events` table of the store, as src/store/tables.rs defines it.
+const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+
+/// Replaces one octet of a string inside event `seq`'s stored value.
+fn alter_event(database: &Path, seq: u64, needle: &[u8], replacement: u8) {
+    let db = redb::Database::open(database).expect("open the copy with redb");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(EVENTS).unwrap();
+        let mut value = {
+            use redb::ReadableTable;
+            let guard = table.get(seq).unwrap().expect("the event is stored");
+            guard.value().to_vec()
+        };
+        let at = value
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap_or_else(|| {
+                panic!("event {seq} holds no {:?}", String::from_utf8_lossy(needle))
+            });
+        assert_ne!(value[at], replacement);
+        value[at] = replacement;
+        table.insert(seq, value.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_byte_altered_in_a_stored_event_is_named_by_offline_and_online_verify() {
+    let mut a = Appliance::start();
+    let demo = demo_flow(&a);
+    let target = a
+        .events()
+        .iter()
+        .find(|e| kind(e) == "ceremony-opened" && subjects(e)[0] == demo.root_ceremony)
+        .map(seq)
+        .expect("the root ceremony's event");
+    assert!(a.stop_daemon().success());
+
+    let original = a.database();
+    let clean = run(
+        Command::new(castellan_bin())
+            .arg("verify")
+            .arg("--database")
+            .arg(&original),
+        WAIT,
+    )
+    .ok();
+    assert_eq!(clean.json()["ok"], true, "{clean}");
+
+    // "castellan test root" → "castellan Test root": still a valid string.
+    let copy = a.path("evidence.redb");
+    std::fs::copy(&original, &copy).unwrap();
+    alter_event(&copy, target, b"test root", b'T');
+
+    let damaged = run(
+        Command::new(castellan_bin())
+            .arg("verify")
+            .arg("--database")
+            .arg(&copy),
+        WAIT,
+    );
+    assert_eq!(damaged.code, Some(65), "{damaged}");
+    let v = damaged.json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_bad_sequence"].as_u64(), Some(target), "{v}");
+    let problem = v["problem"].as_str().unwrap_or("");
+    assert!(problem.contains("does not match its hash"), "{v}");
+
+    // A daemon serving the damaged copy reports it too.
+    let config = a.path("castellan-evidence.toml");
+    std::fs::write(&config, a.config_text(Some(&copy))).unwrap();
+    a.start_daemon_with(&config);
+    let online = a.ctl(&["audit", "verify"]);
+    assert_ne!(online.code, Some(0), "{online}");
+    assert_eq!(
+        online.json()["first_bad_sequence"].as_u64(),
+        Some(target),
+        "{online}"
+    );
+    let text = run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.admin_socket)
+            .args(["audit", "verify"]),
+        WAIT,
+    );
+    assert_ne!(text.code, Some(0), "{text}");
+    assert!(
+        text.stdout.contains(&format!("first bad event: {target}")),
+        "{text}"
+    );
+}
+
+type Dump = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// Where two projection dumps differ, briefly.
+fn first_difference(live: &Dump, replayed: &Dump) -> Option<String> {
+    let names = |d: &Dump| d.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(live) != names(replayed) {
+        return Some(format!("tables {:?} vs {:?}", names(live), names(replayed)));
+    }
+    for ((name, a), (_, b)) in live.iter().zip(replayed) {
+        if a.len() != b.len() {
+            return Some(format!(
+                "{name}: {} rows live, {} replayed",
+                a.len(),
+                b.len()
+            ));
+        }
+        for ((ka, va), (kb, vb)) in a.iter().zip(b) {
+            if ka != kb || va != vb {
+                return Some(format!(
+                    "{name}: live row {} = {}, replayed row {} = {}",
+                    hex::encode(ka),
+                    hex::encode(va),
+                    hex::encode(kb),
+                    hex::encode(vb)
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn replaying_the_event_log_rebuilds_projections_identical_to_the_live_ones() {
+    let mut a = Appliance::start();
+    demo_flow(&a);
+    // More history: a refused request and a certificate left valid.
+    let refused = a.ctl(&[
+        "issue",
+        "--csr",
+        a.path("web.csr").to_str().unwrap(),
+        "--profile",
+        "no-such-profile",
+        "--out",
+        a.path("refused.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, Some(2), "{refused}");
+    a.issue_generated("extra", "extra.replay.test").ok();
+    assert!(a.stop_daemon().success());
+
+    let store = castellan::store::Store::open(&a.database(), true).expect("open the store");
+    let live = store.projection_dump().expect("dump the live projections");
+    let rows = |d: &Dump, t: &str| d.iter().find(|(n, _)| n == t).map(|(_, r)| r.len());
+    assert_eq!(rows(&live, "p.cas"), Some(2));
+    assert_eq!(rows(&live, "p.certs"), Some(2));
+    assert_eq!(rows(&live, "p.ceremonies"), Some(2));
+    assert!(rows(&live, "p.checkpoints") >= Some(1));
+    store.rebuild_projections().expect("replay the events");
+    let replayed = store
+        .projection_dump()
+        .expect("dump the replayed projections");
+    if let Some(d) = first_difference(&live, &replayed) {
+        panic!("replay differs from the live projections: {d}");
+    }
+}
+
+#[test]
+fn with_the_signer_stopped_issuance_is_unavailable_reads_work_and_a_restarted_signer_is_used() {
+    let mut a = Appliance::start();
+    a.make_cas();
+    let before = serial_of(a.issue_generated("before", "before.signer.test"));
+
+    a.kill_signer();
+    let down = run(
+        &mut a.issue_generated_command("down", "down.signer.test"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(down.code, Some(69), "{down}");
+    let (k, m) = down.error();
+    assert_eq!(k, "unavailable", "{m}");
+    assert!(!a.path("down.pem").exists());
+
+    // Reads do not need the signer.
+    let certs = a.certs();
+    assert!(
+        certs.iter().any(|c| c["serial"] == before.as_str()),
+        "{certs:?}"
+    );
+    let cas = a.ctl(&["ca", "list"]).ok().json();
+    assert_eq!(cas.as_array().map(Vec::len), Some(2), "{cas}");
+    assert!(!a.events().is_empty());
+    let status = a.ctl(&["status"]).ok().json();
+    assert_eq!(status["signer_reachable"], false, "{status}");
+
+    // Back without restarting castellan.
+    a.start_signer();
+    let after = serial_of(a.issue_generated("after", "after.signer.test"));
+    let v = a.ctl(&["cert", "show", &after]).ok().json();
+    assert_eq!(v["state"], "issued", "{v}");
+    let status = a.ctl(&["status"]).ok().json();
+    assert_eq!(status["signer_reachable"], true, "{status}");
+    assert!(a.daemon_running());
+}
+
+#[test]
+fn an_invalid_configuration_exits_64_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "state_dir = \"{0}/state\"\n[signer]\nsocket = \"{0}/signer.sock\"\n",
+        dir.path().display()
+    );
+    let sock = format!("socket = \"{}/admin.sock\"\n", dir.path().display());
+    let cases = [
+        (
+            format!("{base}[admin]\nsokcet = \"/x\"\n"),
+            &["admin.sokcet", "admin.socket"][..],
+        ),
+        (
+            format!("{base}[admin]\n{sock}socket_mode = 0o666\n"),
+            &["admin.socket_mode"][..],
+        ),
+        (
+            format!(
+                "{base}[admin]\n{sock}[admin.roles]\nauditor = [\"no-such-user-castellan-test\"]\n"
+            ),
+            &["admin.roles.auditor"][..],
+        ),
+    ];
+    for (i, (text, keys)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        for check_only in [true, false] {
+            let mut cmd = Command::new(castellan_bin());
+            cmd.arg("--config").arg(&file).env_remove("JOURNAL_STREAM");
+            if check_only {
+                cmd.arg("check-config");
+            }
+            let out = run(&mut cmd, WAIT);
+            assert_eq!(out.code, Some(64), "{text}\n{out}");
+            assert!(
+                keys.iter().any(|k| out.stderr.contains(k)),
+                "stderr names none of {keys:?}:\n{out}"
+            );
+        }
+    }
+    assert!(!dir.path().join("state").exists(), "nothing was started");
+}
+
+/// Lets uid/gid `NOBODY` reach the admin socket at the filesystem level:
+/// the kernel then hands the connection to castellan, which decides.
+fn admit_nobody_to_the_socket(a: &Appliance) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs castellanctl as uid {NOBODY} with setpriv: run it as root"
+    );
+    std::fs::set_permissions(a.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&a.admin_socket, None, Some(NOBODY)).unwrap();
+}
+
+#[test]
+fn a_uid_without_a_role_is_refused_by_the_admin_socket() {
+    let a = Appliance::start();
+    admit_nobody_to_the_socket(&a);
+    for args in [
+        &["status"][..],
+        &["cert", "list"][..],
+        &["audit", "log"][..],
+    ] {
+        let out = a.ctl_as(NOBODY, NOBODY, args);
+        assert_eq!(out.code, Some(77), "{out}");
+        let (k, m) = out.error();
+        assert_eq!(k, "forbidden", "{m}");
+        assert!(m.contains(&format!("uid {NOBODY}")), "{m}");
+    }
+    // The probes answer any local peer (curl as a real client).
+    let probe = run(
+        Command::new("setpriv")
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .args([
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&a.admin_socket)
+            .arg("http://castellan/healthz"),
+        WAIT,
+    );
+    assert_eq!(probe.stdout, "200", "{probe}");
+}
+
+#[test]
+fn an_auditor_cannot_revoke_and_the_certificate_stays_issued() {
+    let a = Appliance::start_with(Settings {
+        roles: format!(
+            "admin = [\"{}\"]\nauditor = [\"{NOBODY}\"]\n",
+            common::uid()
+        ),
+        ..Settings::default()
+    });
+    a.make_cas();
+    let serial = serial_of(a.issue_generated("leaf", "leaf.auditor.test"));
+    admit_nobody_to_the_socket(&a);
+
+    let out = a.ctl_as(
+        NOBODY,
+        NOBODY,
+        &["revoke", &serial, "--reason", "keyCompromise"],
+    );
+    assert_eq!(out.code, Some(77), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "forbidden", "{m}");
+    assert!(m.contains("auditor"), "{m}");
+
+    // An auditor reads; the certificate is as it was.
+    let v = a
+        .ctl_as(NOBODY, NOBODY, &["cert", "show", &serial])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "issued", "{v}");
+    let v = a.ctl(&["cert", "show", &serial]).ok().json();
+    assert_eq!(v["state"], "issued", "{v}");
+    assert!(v["revocation"].is_null(), "{v}");
+    assert!(
+        !a.events().iter().any(|e| kind(e) == "certificate-revoked"),
+        "a refused revocation leaves no revocation event"
+    );
+}
+
+fn error_kind(body: &[u8]) -> String {
+    let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not a JSON error body ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    format!("{:?}: {}", e.error.kind, e.error.message)
+}
+
+#[test]
+fn malformed_json_oversized_bodies_and_stalled_clients_get_clear_answers_and_castellan_stays_up() {
+    let mut a = Appliance::start_with(Settings {
+        admin: "max_body_bytes = 4096\nheader_timeout_ms = 500\nrequest_timeout_ms = 3000\n".into(),
+        ..Settings::default()
+    });
+    let client = AdminClient::new(&a.admin_socket);
+
+    // Malformed JSON: 400, saying what to send.
+    let r = client
+        .request("POST", "/v1/certificates", Some(b"{\"csr_pem\": "))
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let e = error_kind(&r.body);
+    assert!(
+        e.starts_with("BadRequest") && e.contains("send JSON like"),
+        "{e}"
+    );
+    let curl = run(
+        Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "-X", "POST"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                "{not json",
+            ])
+            .arg("--unix-socket")
+            .arg(&a.admin_socket)
+            .arg("http://castellan/v1/ceremonies"),
+        WAIT,
+    )
+    .ok();
+    let (body, code) = curl.stdout.rsplit_once('\n').expect("body and status");
+    assert_eq!(code, "400", "{curl}");
+    assert!(
+        error_kind(body.as_bytes()).starts_with("BadRequest"),
+        "{curl}"
+    );
+
+    // Bodies over the limit: 413, declared or streamed.
+    let big = vec![b' '; 64 * 1024];
+    let r = client
+        .request("POST", "/v1/certificates", Some(&big))
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(error_kind(&r.body).starts_with("TooLarge"));
+    let mut chunked = b"POST /v1/certificates HTTP/1.1\r\nHost: castellan\r\n\
+        Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+        Connection: close\r\n\r\n"
+        .to_vec();
+    for _ in 0..8 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 0x400]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = common::raw_exchange(&a.admin_socket, &chunked);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"too-large\""), "{answer}");
+
+    // Stalled clients: some mid-head, one mid-body.
+    let mut mid_head: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = UnixStream::connect(&a.admin_socket).unwrap();
+            s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: cas")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut mid_body = UnixStream::connect(&a.admin_socket).unwrap();
+    mid_body
+        .write_all(
+            b"POST /v1/certificates HTTP/1.1\r\nHost: castellan\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"csr_pem\": \"",
+        )
+        .unwrap();
+    // Others are served meanwhile.
+    let status = a.ctl(&["status"]).ok().json();
+    assert_eq!(status["role"], "admin", "{status}");
+    assert_eq!(client.request("GET", "/healthz", None).unwrap().status, 200);
+    // Then the stalled ones are cut off.
+    for s in &mut mid_head {
+        let rest = read_until_closed(s);
+        assert!(
+            !rest.contains(" 200 "),
+            "a stalled head was answered: {rest}"
+        );
+    }
+    mid_body.set_read_timeout(Some(WAIT)).unwrap();
+    let r = read_response(&mut BufReader::new(&mid_body))
+        .expect("an answer to the request whose body stalled");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(error_kind(&r.body).starts_with("BadRequest"));
+
+    // castellan is still up and serving.
+    assert!(a.daemon_running());
+    assert_eq!(client.request("GET", "/healthz", None).unwrap().status, 200);
+    a.ctl(&["audit", "verify"]).ok();
+}
