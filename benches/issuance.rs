@@ -2,8 +2,11 @@
 //! through the admin socket with the soft backend, 64 concurrent clients,
 //! with group commit against one commit per command, side by side in one
 //! run, plus the raw rate of durable 4 KiB append+fsync on the same disk
-//! (the ceiling of one commit per operation). Prints a table and where the
-//! time and CPU went; asserts nothing.
+//! (the ceiling of one commit per operation), probed just before each mode
+//! and at the end because a shared disk varies. A third row repeats group
+//! commit with `signer.connections = 64` (the default is 4), to show what
+//! the signer pool's width costs. Prints a table and where the time and CPU
+//! went; asserts nothing.
 //!
 //!     cargo build --release -p castellan-signer
 //!     cargo bench -p castellan --bench issuance
@@ -20,11 +23,10 @@
 //! Environment: `BENCH_SECONDS` (default 10) measured per mode after
 //! `BENCH_WARMUP` seconds (default 2); `BENCH_CLIENTS` (default 64);
 //! `BENCH_DIR` (default the system temp dir) for the state directories,
-//! which must be on the disk under test; `BENCH_SIGNER_CONNECTIONS` sets
-//! `signer.connections` (default: the daemon's default); `BENCH_PERF=DIR`
-//! records a `perf record -e cpu-clock` profile of daemon and signer over
-//! each window into DIR (`BENCH_PERF_CALLGRAPH=1` adds DWARF call graphs;
-//! profiling costs CPU, so rates measured with it are lower).
+//! which must be on the disk under test; `BENCH_PERF=DIR` records a
+//! `perf record -e cpu-clock` profile of daemon and signer over each window
+//! into DIR (`BENCH_PERF_CALLGRAPH=1` adds DWARF call graphs; profiling
+//! costs CPU, so rates measured with it are lower).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -267,6 +269,8 @@ struct Snapshot {
     cpu: [f64; 3],
     threads: [BTreeMap<String, (String, f64, f64)>; 2],
     machine: (f64, f64, f64),
+    /// /proc/pressure/io "some" total, µs.
+    io_some_us: f64,
 }
 
 fn metrics(client: &AdminClient) -> BTreeMap<String, f64> {
@@ -300,6 +304,7 @@ fn snapshot(client: &AdminClient, daemon: u32, signer: u32, tck: f64) -> Snapsho
     ];
     let threads = [threads(&d), threads(&s)];
     let machine = machine();
+    let io_some_us = io_pressure_some();
     let at = Instant::now();
     let metrics = metrics(client);
     Snapshot {
@@ -308,15 +313,68 @@ fn snapshot(client: &AdminClient, daemon: u32, signer: u32, tck: f64) -> Snapsho
         cpu,
         threads,
         machine,
+        io_some_us,
     }
+}
+
+/// Microseconds in which some task was stalled on I/O, since boot (NaN
+/// without PSI).
+fn io_pressure_some() -> f64 {
+    std::fs::read_to_string("/proc/pressure/io")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("some"))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 // ---------------------------------------------------------------------------
 // One mode: signer + daemon + ceremonies + load
 // ---------------------------------------------------------------------------
 
-struct Outcome {
+/// One daemon configuration under test.
+#[derive(Clone, Copy)]
+struct Mode {
     group_commit: bool,
+    /// `signer.connections`; `None` keeps the daemon's default.
+    signer_connections: Option<u32>,
+    label: &'static str,
+    /// Directory and perf file name.
+    tag: &'static str,
+}
+
+const MODES: [Mode; 3] = [
+    Mode {
+        group_commit: true,
+        signer_connections: None,
+        label: "group commit",
+        tag: "group",
+    },
+    Mode {
+        group_commit: false,
+        signer_connections: None,
+        label: "one commit per command",
+        tag: "single",
+    },
+    Mode {
+        group_commit: true,
+        signer_connections: Some(64),
+        label: "group commit, signer.connections = 64",
+        tag: "group-64",
+    },
+];
+
+struct Outcome {
+    mode: Mode,
+    /// 4 KiB append+fsync per second on the state directory's disk, probed
+    /// just before this mode.
+    disk_before: f64,
+    /// Share of the window in which some task of the machine was stalled
+    /// on I/O (/proc/pressure/io "some").
+    io_pressure: f64,
     load_before: String,
     load_after: String,
     issued: u64,
@@ -362,11 +420,7 @@ impl Outcome {
     }
 
     fn label(&self) -> &'static str {
-        if self.group_commit {
-            "group commit"
-        } else {
-            "one commit per command"
-        }
+        self.mode.label
     }
 }
 
@@ -432,8 +486,9 @@ fn ceremony(
     Ok(())
 }
 
-fn run_mode(s: &Setup, group_commit: bool) -> Result<Outcome, String> {
-    let dir = s.base.join(if group_commit { "group" } else { "single" });
+fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
+    let group_commit = mode.group_commit;
+    let dir = s.base.join(mode.tag);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let p = |name: &str| dir.join(name);
     let uid = nix::unistd::getuid().as_raw();
@@ -491,8 +546,9 @@ fn run_mode(s: &Setup, group_commit: bool) -> Result<Outcome, String> {
 
     // The daemon.
     let admin_sock = p("admin.sock");
-    let connections = std::env::var("BENCH_SIGNER_CONNECTIONS")
-        .map(|c| format!("connections = {}\n", c.trim()))
+    let connections = mode
+        .signer_connections
+        .map(|c| format!("connections = {c}\n"))
         .unwrap_or_default();
     std::fs::write(
         p("castellan.toml"),
@@ -584,6 +640,10 @@ fn run_mode(s: &Setup, group_commit: bool) -> Result<Outcome, String> {
         return Err(format!("first issuance answered oddly: {first:?}"));
     }
 
+    // The disk just before the load (the daemon and signer are idle).
+    let disk_before = append_sync(&dir, Duration::from_secs(3), false)
+        .map_err(|e| format!("4 KiB append+fsync in {}: {e}", dir.display()))?;
+
     // The load.
     let load_before = loadavg();
     let stop = Arc::new(AtomicBool::new(false));
@@ -602,10 +662,7 @@ fn run_mode(s: &Setup, group_commit: bool) -> Result<Outcome, String> {
     std::thread::sleep(s.warmup);
     let a = snapshot(&admin, daemon.pid(), signer.pid(), s.tck);
     let mut perf = s.perf.as_ref().map(|out| {
-        let data = out.join(format!(
-            "issuance-{}.perf.data",
-            if group_commit { "group" } else { "single" }
-        ));
+        let data = out.join(format!("issuance-{}.perf.data", mode.tag));
         (perf_record(&data, &[daemon.pid(), signer.pid()]), data)
     });
     std::thread::sleep(s.window);
@@ -711,7 +768,9 @@ fn run_mode(s: &Setup, group_commit: bool) -> Result<Outcome, String> {
         by_name
     });
     Ok(Outcome {
-        group_commit,
+        mode,
+        disk_before,
+        io_pressure: (b.io_some_us - a.io_some_us) / 1e6 / window,
         load_before,
         load_after,
         issued,
@@ -1067,12 +1126,9 @@ fn main() -> ExitCode {
     };
 
     let mut outcomes = Vec::new();
-    for group_commit in [true, false] {
-        println!(
-            "\n== group_commit = {group_commit} (load average {})",
-            loadavg()
-        );
-        match run_mode(&setup, group_commit) {
+    for mode in MODES {
+        println!("\n== {} (load average {})", mode.label, loadavg());
+        match run_mode(&setup, mode) {
             Ok(o) => {
                 println!(
                     "   {:.0} issuances/s, {} errors{}",
@@ -1087,7 +1143,7 @@ fn main() -> ExitCode {
                 outcomes.push(o);
             }
             Err(e) => {
-                eprintln!("group_commit = {group_commit}: {e}");
+                eprintln!("{}: {e}", mode.label);
                 return ExitCode::FAILURE;
             }
         }
@@ -1099,12 +1155,14 @@ fn main() -> ExitCode {
 
     println!("\n## Durable issuances per second ({clients} clients, soft backend)\n");
     println!(
-        "| mode | issued/s | p50 ms | p99 ms | mean ms | commits/s | batch (window) | batch (daemon) | log commands / issuance | signer RTT ms | errors | load avg before → after |"
+        "| mode | issued/s | p50 ms | p99 ms | mean ms | log commits/s | batch (window) | \
+         castellan_log_commit_batch_size_avg | log commands / issuance | signer RTT ms | \
+         disk: 4 KiB append+fsync/s just before | I/O pressure | errors | load avg before → after |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for o in &outcomes {
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} → {} |",
+            "| {} | **{:.0}** | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} % | {} | {} → {} |",
             o.label(),
             o.rate(),
             o.pct(0.50),
@@ -1115,6 +1173,8 @@ fn main() -> ExitCode {
             o.batch_daemon,
             o.commands_per_issue,
             o.signer_rtt_ms,
+            o.disk_before,
+            o.io_pressure * 100.0,
             o.errors,
             o.load_before,
             o.load_after
@@ -1125,14 +1185,14 @@ fn main() -> ExitCode {
         Err(e) => format!("failed: {e}"),
     };
     println!(
-        "| reference: 4 KiB append + fsync, one thread | {} | | | | | | | | | | {load_end} |",
+        "| reference, at the end: 4 KiB append + fsync, one thread | {} | | | | | | | | | | | | {load_end} |",
         show(&fsync)
     );
     println!(
-        "| reference: 4 KiB append + fdatasync, one thread | {} | | | | | | | | | | |",
+        "| reference, at the end: 4 KiB append + fdatasync, one thread | {} | | | | | | | | | | | | |",
         show(&fdatasync)
     );
-    if let [g, single] = &outcomes[..] {
+    if let [g, single, ..] = &outcomes[..] {
         println!(
             "\ngroup commit / one commit per command: {:.1}×; goal ≥ {GOAL:.0}/s with group commit: {}",
             g.rate() / single.rate(),

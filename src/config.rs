@@ -183,6 +183,11 @@ pub struct HttpConfig {
     /// Where CRLs and pre-signed OCSP responses are also written, for any
     /// web server or CDN to serve.
     pub publish_dir: Option<PathBuf>,
+    /// Lifetime of each delegated OCSP responder certificate (days, 1–90);
+    /// the daemon rotates one in when less than a third of it remains.
+    pub responder_validity_days: u32,
+    /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800).
+    pub ocsp_validity_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -792,6 +797,8 @@ struct RawHttp {
     enabled: Option<bool>,
     listen: Option<String>,
     publish_dir: Option<PathBuf>,
+    responder_validity_days: Option<u32>,
+    ocsp_validity_secs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1013,10 +1020,23 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
     if let Some(p) = &raw.http.publish_dir {
         check_abs_path("http.publish_dir", p)?;
     }
+    let responder_validity_days = raw.http.responder_validity_days.unwrap_or(7);
+    if !(1..=90).contains(&responder_validity_days) {
+        return cfg_err(
+            "http.responder_validity_days",
+            "must be 1 to 90 (the signer's limit for a delegated responder)",
+        );
+    }
+    let ocsp_validity_secs = raw.http.ocsp_validity_secs.unwrap_or(3600);
+    if !(60..=604_800).contains(&ocsp_validity_secs) {
+        return cfg_err("http.ocsp_validity_secs", "must be 60 to 604800 (7 days)");
+    }
     let http = HttpConfig {
         enabled,
         listen,
         publish_dir: raw.http.publish_dir,
+        responder_validity_days,
+        ocsp_validity_secs,
     };
     if let Some(h) = &admin.https
         && enabled

@@ -130,6 +130,12 @@ pub enum EventPayload {
         time: i64,
         signature: Vec<u8>,
     },
+    /// The signer certified a new delegated OCSP responder for `issuer`
+    /// (rotated automatically before the previous one expires).
+    ResponderRotated {
+        issuer: String,
+        certificate_der: Vec<u8>,
+    },
 }
 
 impl EventPayload {
@@ -150,6 +156,7 @@ impl EventPayload {
             EventPayload::IssuanceRecovered { .. } => "issuance-recovered",
             EventPayload::CertificateRevoked { .. } => "certificate-revoked",
             EventPayload::CheckpointSigned { .. } => "checkpoint-signed",
+            EventPayload::ResponderRotated { .. } => "responder-rotated",
         }
     }
 
@@ -162,6 +169,7 @@ impl EventPayload {
             | EventPayload::CeremonyExecuted { ceremony_id }
             | EventPayload::CeremonyFailed { ceremony_id, .. } => vec![hex::encode(ceremony_id)],
             EventPayload::CaRegistered { ca_id, .. } => vec![ca_id.clone()],
+            EventPayload::ResponderRotated { issuer, .. } => vec![issuer.clone()],
             EventPayload::IssuanceIntended {
                 request_id,
                 issuer,

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod events;
 pub mod ocsp;
 pub mod pem;
+pub mod public_http;
 pub mod service;
 pub mod signer_client;
 pub mod signer_pool;

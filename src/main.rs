@@ -218,6 +218,29 @@ async fn run(
         https = Some((tls, task));
     }
 
+    // The public listener (OCSP, CA certificates). A bind failure is logged
+    // and castellan runs on: the admin socket stays the control path.
+    let mut public = None;
+    if config.http.enabled {
+        match tokio::net::TcpListener::bind(config.http.listen).await {
+            Ok(listener) => {
+                tracing::info!(listen = %config.http.listen, "public HTTP (OCSP) listening");
+                let daemon = Arc::clone(&daemon);
+                let mut rx = shutdown_rx.clone();
+                public = Some(tokio::spawn(async move {
+                    castellan::public_http::serve(daemon, listener, async move {
+                        let _ = rx.changed().await;
+                    })
+                    .await
+                }));
+            }
+            Err(e) => tracing::error!(
+                "cannot listen on {} (http.listen): {e}; OCSP is not served",
+                config.http.listen
+            ),
+        }
+    }
+
     // Periodic checkpoints and reconciliation of intents left by a signer
     // outage.
     {
@@ -238,6 +261,9 @@ async fn run(
                 if let Err(e) = daemon.sync_signer().await {
                     tracing::warn!("signer sync: {e}");
                     continue;
+                }
+                if let Err(e) = daemon.ensure_responders().await {
+                    tracing::warn!("OCSP responders: {e}");
                 }
                 if let Err(e) = daemon.checkpoint(&system).await {
                     tracing::warn!("checkpoint: {e}");
@@ -300,6 +326,9 @@ async fn run(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     if let Some((_, task)) = https {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(task) = public {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(())

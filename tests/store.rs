@@ -304,6 +304,10 @@ fn rich_history(store: &Store) {
                 signature: vec![0xbb; 64],
             },
             ca("issuing", Some("root")),
+            EventPayload::ResponderRotated {
+                issuer: "issuing".into(),
+                certificate_der: vec![0x30, 0x00],
+            },
         ],
     );
     for (i, who) in ["web", "web", "db", "mail", "vpn", "pending"]
@@ -380,6 +384,11 @@ fn projections_answer_what_the_history_implies() {
     assert_eq!(c.opened_by, alice());
 
     assert_eq!(v.cas().len(), 2);
+    assert_eq!(
+        v.responder("issuing").map(|r| r.certificate_der),
+        Some(vec![0x30, 0x00])
+    );
+    assert!(v.responder("root").is_none());
     assert_eq!(v.ca("issuing").unwrap().parent.as_deref(), Some("root"));
     assert_eq!(v.children("ca:root"), vec!["ca:issuing".to_string()]);
     assert_eq!(

@@ -13,11 +13,11 @@ use crate::events::{Event, EventPayload};
 
 use super::records::{
     ApprovalRecord, CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState,
-    CheckpointRecord, IntentRecord, Revocation, SignerKeys,
+    CheckpointRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 use super::tables::{
-    BY_IDENTITY, BY_ISSUER, CAS, CEREMONIES, CERTS, CHECKPOINTS, GRAPH, INTENTS, REVOKED, SIGNER,
-    SIGNER_KEY, WriteTables, ca_node, checkpoint_key, compound,
+    BY_IDENTITY, BY_ISSUER, CAS, CEREMONIES, CERTS, CHECKPOINTS, GRAPH, INTENTS, RESPONDERS,
+    REVOKED, SIGNER, SIGNER_KEY, WriteTables, ca_node, checkpoint_key, compound,
 };
 
 fn enc<R: serde::Serialize>(r: &R) -> Result<Vec<u8>, String> {
@@ -310,5 +310,30 @@ pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
             };
             t.put(CHECKPOINTS, &checkpoint_key(ev.seq), &enc(&r)?)
         }
+        EventPayload::ResponderRotated {
+            issuer,
+            certificate_der,
+        } => {
+            let (not_before, not_after) = cert_validity(certificate_der).unwrap_or((0, 0));
+            let r = ResponderRecord {
+                issuer: issuer.clone(),
+                certificate_der: certificate_der.clone(),
+                not_before,
+                not_after,
+                seq: ev.seq,
+            };
+            t.put(RESPONDERS, issuer.as_bytes(), &enc(&r)?)
+        }
     }
+}
+
+/// (notBefore, notAfter) of a certificate, in Unix seconds.
+pub(crate) fn cert_validity(der: &[u8]) -> Option<(i64, i64)> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let v = cert.tbs_certificate().validity();
+    Some((
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    ))
 }

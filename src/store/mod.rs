@@ -79,7 +79,7 @@ use castellan_proto::CeremonyId;
 
 pub use records::{
     ApprovalRecord, CaRecord, CeremonyRecord, CeremonyStatus, CertFilter, CertRecord, CertState,
-    CheckpointRecord, IntentRecord, Revocation, SignerKeys,
+    CheckpointRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 pub use tables::LAYOUT_VERSION;
 pub use verify::VerifyReport;
@@ -113,6 +113,8 @@ pub trait ReadView {
     fn signer_keys(&self) -> Option<SignerKeys>;
     fn ca(&self, ca_id: &str) -> Option<CaRecord>;
     fn cas(&self) -> Vec<CaRecord>;
+    /// The current delegated OCSP responder of a CA.
+    fn responder(&self, issuer: &str) -> Option<ResponderRecord>;
     fn cert(&self, serial: &[u8]) -> Option<CertRecord>;
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord>;
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord>;
@@ -300,6 +302,9 @@ impl ReadView for Snapshot {
     }
     fn cas(&self) -> Vec<CaRecord> {
         self.tables.cas()
+    }
+    fn responder(&self, issuer: &str) -> Option<ResponderRecord> {
+        self.tables.responder(issuer)
     }
     fn cert(&self, serial: &[u8]) -> Option<CertRecord> {
         self.tables.cert(serial)

@@ -139,6 +139,18 @@ pub struct CheckpointRecord {
     pub seq: u64,
 }
 
+/// The current delegated OCSP responder of one CA (`ResponderRotated`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ResponderRecord {
+    pub issuer: String,
+    pub certificate_der: Vec<u8>,
+    /// Unix seconds, from the certificate (0 if it does not parse).
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Sequence number of the `ResponderRotated` event.
+    pub seq: u64,
+}
+
 /// Selects certificates in `ReadView::certs`. Every given field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertFilter {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::ReadView;
 use super::records::{
     CaRecord, CeremonyRecord, CertFilter, CertRecord, CertState, CheckpointRecord, IntentRecord,
-    SignerKeys,
+    ResponderRecord, SignerKeys,
 };
 use crate::events::{Event, RequestId};
 use castellan_proto::CeremonyId;
@@ -38,7 +38,8 @@ pub(crate) const INTENTS: usize = 6;
 pub(crate) const CEREMONIES: usize = 7;
 pub(crate) const CHECKPOINTS: usize = 8;
 pub(crate) const GRAPH: usize = 9;
-pub(crate) const N_PROJECTIONS: usize = 10;
+pub(crate) const RESPONDERS: usize = 10;
+pub(crate) const N_PROJECTIONS: usize = 11;
 
 /// Every projection table's name, in dump order. Adding one appends here.
 pub(crate) const NAMES: [&str; N_PROJECTIONS] = [
@@ -52,6 +53,7 @@ pub(crate) const NAMES: [&str; N_PROJECTIONS] = [
     "p.ceremonies",
     "p.checkpoints",
     "p.graph",
+    "p.responders",
 ];
 
 pub(crate) fn projection(t: usize) -> Raw {
@@ -359,6 +361,10 @@ where
 
     fn cas(&self) -> Vec<CaRecord> {
         self.all(CAS, b"")
+    }
+
+    fn responder(&self, issuer: &str) -> Option<ResponderRecord> {
+        self.get(RESPONDERS, issuer.as_bytes())
     }
 
     fn cert(&self, serial: &[u8]) -> Option<CertRecord> {

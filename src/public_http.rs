@@ -1,0 +1,347 @@
+//! The public HTTP listener for relying parties (`[http]`): OCSP (RFC 6960
+//! with the RFC 5019 profile) and CA certificates.
+//!
+//! - `POST /ocsp`, `POST /ocsp/{issuer}`: the DER request is the body (at
+//!   most [`MAX_BODY`] octets; more is `malformedRequest`).
+//! - `GET /ocsp/{base64}`, `GET /ocsp/{issuer}/{base64}`: the base64 may
+//!   itself contain `/`, so the first segment is taken as an issuer only
+//!   when it names a CA castellan holds.
+//! - OCSP answers are always `application/ocsp-response`, errors included
+//!   (an unsigned OCSPResponse with the error status), never HTML or JSON.
+//!   Successful GET answers carry the RFC 5019 caching headers
+//!   (`Cache-Control`, `Expires`, `Last-Modified`, `ETag`) and honour
+//!   `If-None-Match` with 304. For that to mean anything a GET answer is
+//!   remembered (see [`GetMemo`]) while the event log does not move, so the
+//!   same request gets the same bytes; POST answers are always signed anew.
+//! - `GET /ca/{issuer}.crt`: the CA certificate (DER, application/pkix-cert).
+//! - Anything else: 404, plain text.
+//!
+//! Connections: a header read timeout (also closes idle keep-alive
+//! connections), keep-alive, and at most [`MAX_CONNECTIONS`] at once (a
+//! further connection is closed at once). No handler panics: every failure
+//! becomes an answer.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::daemon::{Daemon, OCSP_MALFORMED, OcspAnswer, now_ms, ocsp_error_der};
+use crate::store::ReadView;
+
+/// Largest POST body; a larger one is answered `malformedRequest`.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send a request head (and an idle connection lives).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time one request may take (signing included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const OCSP_RESPONSE: &str = "application/ocsp-response";
+
+type Body = Full<Bytes>;
+
+/// Most GET answers remembered; the memo is emptied when it is full.
+const MEMO_ENTRIES: usize = 4096;
+
+/// Signed GET answers by (issuer segment, request DER), each with the
+/// event-log head it was computed at or after. An entry is used only while
+/// the head is unchanged and before its nextUpdate, so no answer older than
+/// the latest event (a revocation in particular) is ever served from it:
+/// every event, a revocation included, makes the next request sign anew.
+#[derive(Default)]
+struct GetMemo {
+    entries: std::sync::Mutex<HashMap<MemoKey, (u64, OcspAnswer)>>,
+}
+
+/// (issuer from the path, request DER).
+type MemoKey = (Option<String>, Vec<u8>);
+
+impl GetMemo {
+    fn get(&self, key: &MemoKey, head: u64) -> Option<OcspAnswer> {
+        let now = now_ms() / 1000;
+        let map = self.entries.lock().ok()?;
+        match map.get(key) {
+            Some((h, a)) if *h == head && a.cacheable.is_some_and(|(_, next)| now < next) => {
+                Some(a.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: MemoKey, head: u64, answer: &OcspAnswer) {
+        if answer.cacheable.is_none() {
+            return;
+        }
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() >= MEMO_ENTRIES {
+                map.clear();
+            }
+            map.insert(key, (head, answer.clone()));
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes.
+pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Future) {
+    let memo = Arc::new(GetMemo::default());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(max = MAX_CONNECTIONS, "public HTTP: connection limit reached");
+                        drop(stream);
+                        continue;
+                    };
+                    let daemon = Arc::clone(&daemon);
+                    let memo = Arc::clone(&memo);
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        connection(daemon, memo, stream).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "public HTTP: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    tasks.abort_all();
+}
+
+async fn connection(daemon: Arc<Daemon>, memo: Arc<GetMemo>, stream: tokio::net::TcpStream) {
+    let svc = service_fn(move |req| {
+        let daemon = Arc::clone(&daemon);
+        let memo = Arc::clone(&memo);
+        async move {
+            let r = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&daemon, &memo, req)).await {
+                Ok(r) => r,
+                Err(_) => ocsp_response(ocsp_error_der(crate::daemon::OCSP_TRY_LATER)),
+            };
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+        tracing::debug!(error = %e, "public HTTP connection ended");
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn ocsp_response(der: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(der)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(OCSP_RESPONSE),
+    );
+    r
+}
+
+async fn handle(daemon: &Daemon, memo: &GetMemo, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix("/ca/") {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        return ca_certificate(daemon, rest);
+    }
+    let rest = if path == "/ocsp" {
+        ""
+    } else if let Some(rest) = path.strip_prefix("/ocsp/") {
+        rest
+    } else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let rest = rest.to_string();
+    match *req.method() {
+        Method::POST => {
+            let issuer = match rest.as_str() {
+                "" => None,
+                s if s.contains('/') => return plain(StatusCode::NOT_FOUND, "not found\n"),
+                s => Some(s.to_string()),
+            };
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return ocsp_response(ocsp_error_der(OCSP_MALFORMED)),
+            };
+            let answer = daemon.ocsp(&body, issuer.as_deref()).await;
+            ocsp_response(answer.der)
+        }
+        Method::GET => {
+            if rest.is_empty() {
+                return ocsp_response(ocsp_error_der(OCSP_MALFORMED));
+            }
+            let (issuer, segment) = split_issuer(daemon, &rest);
+            let der = match crate::ocsp::decode_get_path(segment) {
+                Ok(d) => d,
+                Err(e) => return ocsp_response(ocsp_error_der(e.answer().code())),
+            };
+            // The head is read before answering: the answer reflects at
+            // least this position of the log.
+            let head = daemon.store().read().ok().map(|v| v.head().0);
+            let key = (issuer.map(str::to_string), der);
+            let cached = head.and_then(|h| memo.get(&key, h));
+            let answer = match cached {
+                Some(a) => a,
+                None => {
+                    let a = daemon.ocsp(&key.1, issuer).await;
+                    if let Some(h) = head {
+                        memo.put(key, h, &a);
+                    }
+                    a
+                }
+            };
+            let if_none_match = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            cached_get(answer, if_none_match.as_deref())
+        }
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
+/// `{issuer}/{base64}` or `{base64}` (which may contain `/`).
+fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str) {
+    if let Some((first, tail)) = rest.split_once('/')
+        && !tail.is_empty()
+        && daemon
+            .store()
+            .read()
+            .ok()
+            .and_then(|v| v.ca(first))
+            .is_some()
+    {
+        return (Some(first), tail);
+    }
+    (None, rest)
+}
+
+fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body> {
+    let Some((this_update, next_update)) = answer.cacheable else {
+        return ocsp_response(answer.der);
+    };
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &answer.der))
+    );
+    let now = now_ms() / 1000;
+    let max_age = (next_update - now).max(0);
+    let not_modified = if_none_match.is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim() == etag || t.trim() == "*" || t.trim() == format!("W/{etag}"))
+    });
+    let mut r = if not_modified {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        ocsp_response(answer.der)
+    };
+    let h = r.headers_mut();
+    let mut put = |name: header::HeaderName, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    put(
+        header::CACHE_CONTROL,
+        format!("max-age={max_age}, public, no-transform, must-revalidate"),
+    );
+    put(header::EXPIRES, http_date(next_update));
+    put(header::LAST_MODIFIED, http_date(this_update));
+    put(header::ETAG, etag);
+    r
+}
+
+fn ca_certificate(daemon: &Daemon, rest: &str) -> Response<Body> {
+    let Some(id) = rest.strip_suffix(".crt") else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let ca = daemon.store().read().ok().and_then(|v| v.ca(id));
+    let Some(ca) = ca else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let mut r = Response::new(Full::new(Bytes::from(ca.certificate_der)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-cert"),
+    );
+    r
+}
+
+/// IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_date;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(1_709_208_000), "Thu, 29 Feb 2024 12:00:00 GMT");
+    }
+}

@@ -1,0 +1,415 @@
+//! OCSP over HTTP with the real binaries: `castellan-signer`, `castellan`
+//! (public listener on a free port) and `castellanctl`, checked with the
+//! real `openssl ocsp` and `curl`.
+//!
+//! Build every binary first: `cargo build --workspace --bins`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Appliance, Out, Settings, WAIT, run};
+
+/// A bounded `openssl` run in `dir` (stdout and stderr joined: `openssl
+/// ocsp` says "Response verify OK" on stderr and exits 0 whatever the
+/// status).
+fn openssl(args: &[&str], dir: &Path) -> String {
+    openssl_exit(args, dir, 0)
+}
+
+/// As [`openssl`], expecting exit status `code`.
+fn openssl_exit(args: &[&str], dir: &Path, code: i32) -> String {
+    let out = run(
+        Command::new("timeout")
+            .arg("60")
+            .arg("openssl")
+            .args(args)
+            .current_dir(dir),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(code), "{out}");
+    format!("{}\n{}", out.stdout, out.stderr)
+}
+
+fn curl(args: &[&str], dir: &Path) -> Out {
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "60"])
+            .args(args)
+            .current_dir(dir),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An appliance whose public listener is on a free port, with root and
+/// `issuing` CAs and chain.pem (root + issuing).
+fn appliance() -> (Appliance, u16) {
+    let mut a = Appliance::prepare(Settings::default());
+    let port = free_port();
+    // The issuance URL templates follow http.listen by default.
+    let text = a.config_text(None).replace(
+        "[http]\nenabled = false\n",
+        &format!(
+            "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nocsp_validity_secs = 600\n"
+        ),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    a.start_signer();
+    a.start_daemon();
+    a.make_cas();
+    let mut chain = std::fs::read(a.path("root.pem")).unwrap();
+    chain.extend(std::fs::read(a.path("issuing.pem")).unwrap());
+    std::fs::write(a.path("chain.pem"), chain).unwrap();
+    wait_http(port);
+    (a, port)
+}
+
+fn wait_http(port: u16) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "castellan does not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn issue(a: &Appliance, tag: &str) -> String {
+    let v = a
+        .issue_generated(tag, &format!("{tag}.example"))
+        .ok()
+        .json();
+    v["serial"].as_str().expect("a serial").to_string()
+}
+
+#[test]
+fn ocsp_over_http_answers_good_revoked_unknown_and_errors_with_openssl_and_curl() {
+    let (a, port) = appliance();
+    let dir = a.dir.path();
+    let url = format!("http://127.0.0.1:{port}/ocsp");
+    let serial = issue(&a, "leaf");
+    issue(&a, "leaf2");
+
+    let ask = |extra: &[&str]| -> String {
+        let mut args = vec!["ocsp", "-issuer", "issuing.pem"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-url", &url, "-CAfile", "chain.pem", "-resp_text"]);
+        openssl(&args, dir)
+    };
+
+    // Good, signed by the delegated responder (rotated in on demand: the
+    // CAs were made after start-up), nonce echoed.
+    let t = ask(&["-cert", "leaf.pem"]);
+    assert!(t.contains("leaf.pem: good"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+    assert!(!t.contains("WARNING: no nonce"), "{t}");
+    assert!(!t.contains("Nonce Verify error"), "{t}");
+    let events = a.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| common::kind(e) == "responder-rotated"),
+        "no responder-rotated event"
+    );
+
+    // SHA-256 CertID, answered in SHA-256.
+    let t = ask(&["-sha256", "-cert", "leaf.pem"]);
+    assert!(t.contains("leaf.pem: good"), "{t}");
+    assert!(t.contains("Hash Algorithm: sha256"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+
+    // Two CertIDs, two answers.
+    let t = ask(&["-cert", "leaf.pem", "-cert", "leaf2.pem"]);
+    assert!(t.contains("leaf.pem: good"), "{t}");
+    assert!(t.contains("leaf2.pem: good"), "{t}");
+
+    // A serial castellan never issued.
+    let t = ask(&["-serial", "0x1234"]);
+    assert!(t.contains("0x1234: unknown"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+
+    // Revoked on the very next request.
+    let v = a
+        .ctl(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let t = ask(&["-cert", "leaf.pem"]);
+    assert!(t.contains("leaf.pem: revoked"), "{t}");
+    assert!(t.contains("Reason: keyCompromise"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+
+    // GET (RFC 5019), decoded by openssl, with caching headers and 304.
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf2.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+        dir,
+    );
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("req.der")).unwrap());
+    let enc = b64
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let get_url = format!("{url}/{enc}");
+    curl(&["-D", "headers.txt", "-o", "resp.der", &get_url], dir);
+    let t = openssl(
+        &["ocsp", "-respin", "resp.der", "-resp_text", "-noverify"],
+        dir,
+    );
+    assert!(t.contains("Cert Status: good"), "{t}");
+    let headers = std::fs::read_to_string(dir.join("headers.txt")).unwrap();
+    let lower = headers.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/ocsp-response"),
+        "{headers}"
+    );
+    assert!(
+        lower.contains("cache-control: max-age=")
+            && lower.contains("public, no-transform, must-revalidate"),
+        "{headers}"
+    );
+    for h in ["expires: ", "last-modified: ", "etag: \""] {
+        assert!(lower.contains(h), "{h} missing: {headers}");
+    }
+    let etag = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("etag:")
+                .then(|| l[5..].trim().to_string())
+        })
+        .unwrap();
+    let out = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+            &get_url,
+        ],
+        dir,
+    );
+    assert_eq!(out.stdout.trim(), "304", "{out}");
+
+    // GET with the issuer in the path, for the revoked one.
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-reqout",
+            "req2.der",
+        ],
+        dir,
+    );
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("req2.der")).unwrap());
+    curl(&["-o", "resp2.der", &format!("{url}/issuing/{b64}")], dir);
+    let t = openssl(
+        &["ocsp", "-respin", "resp2.der", "-resp_text", "-noverify"],
+        dir,
+    );
+    assert!(t.contains("Cert Status: revoked"), "{t}");
+
+    // Garbage → malformedRequest, as an OCSP response.
+    std::fs::write(dir.join("garbage"), b"this is not DER").unwrap();
+    curl(
+        &[
+            "-o",
+            "err.der",
+            "-H",
+            "Content-Type: application/ocsp-request",
+            "--data-binary",
+            "@garbage",
+            &url,
+        ],
+        dir,
+    );
+    assert_eq!(
+        std::fs::read(dir.join("err.der")).unwrap(),
+        [0x30, 0x03, 0x0a, 0x01, 0x01]
+    );
+
+    // A CA castellan does not hold → unauthorized.
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "foreign.key",
+            "-out",
+            "foreign.pem",
+            "-subj",
+            "/CN=foreign",
+            "-days",
+            "2",
+        ],
+        dir,
+    );
+    // openssl exits 1 on an error status.
+    let t = openssl_exit(
+        &[
+            "ocsp",
+            "-issuer",
+            "foreign.pem",
+            "-serial",
+            "0x1234",
+            "-url",
+            &url,
+            "-resp_text",
+        ],
+        dir,
+        1,
+    );
+    assert!(t.contains("unauthorized (6)"), "{t}");
+
+    // The CA certificate, and 404 elsewhere.
+    curl(
+        &[
+            "-o",
+            "issuing.der",
+            &format!("http://127.0.0.1:{port}/ca/issuing.crt"),
+        ],
+        dir,
+    );
+    let t = openssl(
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-in",
+            "issuing.der",
+            "-noout",
+            "-subject",
+        ],
+        dir,
+    );
+    assert!(t.contains("subject"), "{t}");
+    let out = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{port}/nope"),
+        ],
+        dir,
+    );
+    assert_eq!(out.stdout.trim(), "404", "{out}");
+}
+
+#[test]
+fn responders_are_rotated_at_start_up_and_the_root_answers_for_its_intermediate() {
+    let (mut a, port) = appliance();
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    // Restart: start-up gives every CA (root and issuing) a responder
+    // without any operator step.
+    a.stop_daemon();
+    a.start_daemon();
+    wait_http(port);
+    let rotated: Vec<Vec<String>> = a
+        .events()
+        .iter()
+        .filter(|e| common::kind(e) == "responder-rotated")
+        .map(common::subjects)
+        .collect();
+    for ca in ["root", "issuing"] {
+        assert!(
+            rotated.iter().any(|s| s.iter().any(|x| x == ca)),
+            "no responder for {ca}: {rotated:?}"
+        );
+    }
+    let t = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "root.pem",
+            "-cert",
+            "issuing.pem",
+            "-url",
+            &format!("http://127.0.0.1:{port}/ocsp/root"),
+            "-CAfile",
+            "root.pem",
+            "-resp_text",
+        ],
+        dir,
+    );
+    assert!(t.contains("issuing.pem: good"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+    // A request for issuing's certificates sent to /ocsp/root: unauthorized.
+    let t = openssl_exit(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            "0x1234",
+            "-url",
+            &format!("http://127.0.0.1:{port}/ocsp/root"),
+        ],
+        dir,
+        1,
+    );
+    assert!(t.contains("unauthorized (6)"), "{t}");
+}
+
+#[test]
+fn out_of_range_ocsp_settings_exit_64_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, key) in [
+        (
+            "responder_validity_days = 91",
+            "http.responder_validity_days",
+        ),
+        (
+            "responder_validity_days = 0",
+            "http.responder_validity_days",
+        ),
+        ("ocsp_validity_secs = 10", "http.ocsp_validity_secs"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, format!("[http]\n{line}\n")).unwrap();
+        let out = run(
+            Command::new(common::castellan_bin())
+                .arg("--config")
+                .arg(&path)
+                .arg("check-config"),
+            WAIT,
+        );
+        assert_eq!(out.code, Some(64), "{out}");
+        assert!(out.stderr.contains(key), "{out}");
+    }
+}
