@@ -294,21 +294,25 @@ fn leaf_spki() -> Vec<u8> {
 /// Prints "<raw sign/s> <signing path/s>".
 fn child(dir: &Path) {
     let cfg = Config::load(&dir.join("signer.toml")).expect("config");
-    let backend: Box<dyn Backend> = match &cfg.backend {
-        BackendConfig::Soft {
-            key_store,
-            passphrase,
-        } => {
-            Box::new(SoftBackend::open(key_store, &passphrase.read().expect("pass")).expect("soft"))
+    let open = || -> Box<dyn Backend> {
+        match &cfg.backend {
+            BackendConfig::Soft {
+                key_store,
+                passphrase,
+            } => Box::new(
+                SoftBackend::open(key_store, &passphrase.read().expect("pass")).expect("soft"),
+            ),
+            BackendConfig::Pkcs11 {
+                module,
+                token_label,
+                pin,
+            } => Box::new(
+                Pkcs11Backend::open(module, token_label, &pin.read().expect("pin"))
+                    .expect("pkcs11"),
+            ),
         }
-        BackendConfig::Pkcs11 {
-            module,
-            token_label,
-            pin,
-        } => Box::new(
-            Pkcs11Backend::open(module, token_label, &pin.read().expect("pin")).expect("pkcs11"),
-        ),
     };
+    let backend = open();
     backend
         .generate("bench-raw", Algorithm::EcdsaP256)
         .expect("generate");
@@ -321,21 +325,7 @@ fn child(dir: &Path) {
     drop(backend);
     // A fresh open for the signing path (the raw backend above is dropped
     // so the store's lock is free).
-    let backend: Box<dyn Backend> = match &cfg.backend {
-        BackendConfig::Soft {
-            key_store,
-            passphrase,
-        } => {
-            Box::new(SoftBackend::open(key_store, &passphrase.read().expect("pass")).expect("soft"))
-        }
-        BackendConfig::Pkcs11 {
-            module,
-            token_label,
-            pin,
-        } => Box::new(
-            Pkcs11Backend::open(module, token_label, &pin.read().expect("pin")).expect("pkcs11"),
-        ),
-    };
+    let backend = open();
     let signer = Arc::new(
         InProcessSigner::open(&cfg.state_dir, backend, cfg.profiles.clone()).expect("signer"),
     );

@@ -494,32 +494,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
-    let mut attrs = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            usage(format!(
-                "subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)"
-            ))
-        })?;
-        let v = v.trim().to_string();
-        attrs.push(match k.trim().to_ascii_uppercase().as_str() {
-            "CN" => NameAttribute::CommonName(v),
-            "O" => NameAttribute::Organization(v),
-            "OU" => NameAttribute::OrganizationalUnit(v),
-            "C" => NameAttribute::Country(v),
-            "L" => NameAttribute::Locality(v),
-            "ST" => NameAttribute::State(v),
-            "SERIALNUMBER" => NameAttribute::SerialNumber(v),
-            "DC" => NameAttribute::DomainComponent(v),
-            other => return Err(usage(format!("subject attribute {other:?} is not supported; use CN, O, OU, C, L, ST, serialNumber, DC"))),
-        });
-    }
-    if attrs.is_empty() {
-        return Err(usage(
-            "the subject is empty; e.g. --subject \"CN=Example Root CA,O=Example\"".into(),
-        ));
-    }
-    Ok(DistinguishedName(attrs))
+    castellan::names::parse_subject(s).map_err(usage)
 }
 
 fn now() -> i64 {
@@ -1057,22 +1032,6 @@ fn read_custodian_pub(spec: &str) -> Result<(String, [u8; 32]), Failure> {
     Ok((name.to_string(), key))
 }
 
-fn format_dn(dn: &DistinguishedName) -> String {
-    dn.0.iter()
-        .map(|a| match a {
-            NameAttribute::CommonName(v) => format!("CN={v}"),
-            NameAttribute::Organization(v) => format!("O={v}"),
-            NameAttribute::OrganizationalUnit(v) => format!("OU={v}"),
-            NameAttribute::Country(v) => format!("C={v}"),
-            NameAttribute::Locality(v) => format!("L={v}"),
-            NameAttribute::State(v) => format!("ST={v}"),
-            NameAttribute::SerialNumber(v) => format!("serialNumber={v}"),
-            NameAttribute::DomainComponent(v) => format!("DC={v}"),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn validity_line(v: &Validity) -> String {
     format!(
         "{} to {} ({} days)",
@@ -1110,7 +1069,10 @@ fn op_details(op: &CeremonyOp) -> Vec<String> {
             if let Some(parent) = &p.parent {
                 out.push(format!("signed by:     {parent}"));
             }
-            out.push(format!("subject:       {}", format_dn(&p.subject)));
+            out.push(format!(
+                "subject:       {}",
+                castellan::names::format_subject(&p.subject)
+            ));
             out.push(format!("key algorithm: {} (new key)", p.algorithm.as_str()));
             out.push(format!("validity:      {}", validity_line(&p.validity)));
             out.push(format!("path length:   {}", path_len(p.path_len)));
@@ -1122,7 +1084,10 @@ fn op_details(op: &CeremonyOp) -> Vec<String> {
                 "CA:            {} → new CA id {}",
                 r.ca_id, r.new_ca_id
             ));
-            out.push(format!("subject:       {}", format_dn(&r.subject)));
+            out.push(format!(
+                "subject:       {}",
+                castellan::names::format_subject(&r.subject)
+            ));
             out.push(format!("key algorithm: {} (new key)", r.algorithm.as_str()));
             out.push(format!("validity:      {}", validity_line(&r.validity)));
             out.push(format!("path length:   {}", path_len(r.path_len)));

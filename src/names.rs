@@ -1,0 +1,49 @@
+//! Distinguished names as operators type them ("CN=Example Root CA,O=Example")
+//! and as castellan prints them, shared by the daemon and castellanctl.
+
+use castellan_proto::{DistinguishedName, NameAttribute};
+
+pub fn parse_subject(s: &str) -> Result<DistinguishedName, String> {
+    let mut attrs = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)")
+        })?;
+        let v = v.trim().to_string();
+        attrs.push(match k.trim().to_ascii_uppercase().as_str() {
+            "CN" => NameAttribute::CommonName(v),
+            "O" => NameAttribute::Organization(v),
+            "OU" => NameAttribute::OrganizationalUnit(v),
+            "C" => NameAttribute::Country(v),
+            "L" => NameAttribute::Locality(v),
+            "ST" => NameAttribute::State(v),
+            "SERIALNUMBER" => NameAttribute::SerialNumber(v),
+            "DC" => NameAttribute::DomainComponent(v),
+            other => {
+                return Err(format!(
+                    "subject attribute {other:?} is not supported; use CN, O, OU, C, L, ST, serialNumber, DC"
+                ));
+            }
+        });
+    }
+    if attrs.is_empty() {
+        return Err("the subject is empty; e.g. \"CN=Example Root CA,O=Example\"".into());
+    }
+    Ok(DistinguishedName(attrs))
+}
+
+pub fn format_subject(dn: &DistinguishedName) -> String {
+    dn.0.iter()
+        .map(|a| match a {
+            NameAttribute::CommonName(v) => format!("CN={v}"),
+            NameAttribute::Organization(v) => format!("O={v}"),
+            NameAttribute::OrganizationalUnit(v) => format!("OU={v}"),
+            NameAttribute::Country(v) => format!("C={v}"),
+            NameAttribute::Locality(v) => format!("L={v}"),
+            NameAttribute::State(v) => format!("ST={v}"),
+            NameAttribute::SerialNumber(v) => format!("serialNumber={v}"),
+            NameAttribute::DomainComponent(v) => format!("DC={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
