@@ -108,36 +108,6 @@ fn format_san(s: &SubjectAltName) -> String {
     }
 }
 
-fn describe_op(op: &CeremonyOp) -> String {
-    match op {
-        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => format!(
-            "create CA {:?} ({}, parent {}, {} days, pathLen {}) subject {}",
-            p.ca_id,
-            p.algorithm.as_str(),
-            p.parent.as_deref().unwrap_or("none: self-signed root"),
-            (p.validity.not_after - p.validity.not_before) / 86_400,
-            p.path_len.map_or("none".into(), |v| v.to_string()),
-            format_subject(&p.subject)
-        ),
-        CeremonyOp::Rotate(r) => format!(
-            "rotate CA {:?} to a new {} key as CA {:?}",
-            r.ca_id,
-            r.algorithm.as_str(),
-            r.new_ca_id
-        ),
-        CeremonyOp::CrossSign(c) => format!("cross-sign a CA certificate with {:?}", c.issuer),
-        CeremonyOp::ChangeCustodians(s) => format!(
-            "replace the custodian set with {} of [{}]",
-            s.threshold,
-            s.custodians
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 fn hex_id(s: &str) -> Result<CeremonyId, ApiError> {
     hex::decode(s)
         .ok()
@@ -233,7 +203,7 @@ fn ceremony_view(r: &CeremonyRecord, threshold: usize, ca: Option<CaView>) -> Ce
     CeremonyView {
         id: hex::encode(r.ceremony_id),
         purpose: r.op.purpose().as_str().into(),
-        description: describe_op(&r.op),
+        description: crate::names::describe_ceremony(&r.op),
         op: serde_json::to_value(&r.op).unwrap_or(serde_json::Value::Null),
         parameters_sha256: hex::encode(statement_digest(&r.op)),
         opened_by: r.opened_by.describe(),

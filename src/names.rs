@@ -1,7 +1,7 @@
 //! Distinguished names as operators type them ("CN=Example Root CA,O=Example")
 //! and as castellan prints them, shared by the daemon and castellanctl.
 
-use castellan_proto::{DistinguishedName, NameAttribute};
+use castellan_proto::{CeremonyOp, DistinguishedName, NameAttribute};
 
 pub fn parse_subject(s: &str) -> Result<DistinguishedName, String> {
     let mut attrs = Vec::new();
@@ -46,4 +46,35 @@ pub fn format_subject(dn: &DistinguishedName) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// One line saying what a ceremony would do, for custodians and logs.
+pub fn describe_ceremony(op: &CeremonyOp) -> String {
+    match op {
+        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => format!(
+            "create CA {:?} ({}, parent {}, {} days, pathLen {}) subject {}",
+            p.ca_id,
+            p.algorithm.as_str(),
+            p.parent.as_deref().unwrap_or("none: self-signed root"),
+            (p.validity.not_after - p.validity.not_before) / 86_400,
+            p.path_len.map_or("none".into(), |v| v.to_string()),
+            format_subject(&p.subject)
+        ),
+        CeremonyOp::Rotate(r) => format!(
+            "rotate CA {:?} to a new {} key as CA {:?}",
+            r.ca_id,
+            r.algorithm.as_str(),
+            r.new_ca_id
+        ),
+        CeremonyOp::CrossSign(c) => format!("cross-sign a CA certificate with {:?}", c.issuer),
+        CeremonyOp::ChangeCustodians(s) => format!(
+            "replace the custodian set with {} of [{}]",
+            s.threshold,
+            s.custodians
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

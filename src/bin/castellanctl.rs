@@ -536,33 +536,6 @@ fn write_out(path: &Path, content: &str) -> Result<(), Failure> {
         .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
 }
 
-fn describe(op: &CeremonyOp) -> String {
-    match op {
-        CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => format!(
-            "create CA {:?} ({}, parent {}, {} days, pathLen {:?}) subject {:?}",
-            p.ca_id,
-            p.algorithm.as_str(),
-            p.parent.as_deref().unwrap_or("none: self-signed root"),
-            (p.validity.not_after - p.validity.not_before) / 86_400,
-            p.path_len,
-            p.subject.0
-        ),
-        CeremonyOp::Rotate(r) => {
-            format!("rotate CA {:?} to a new key as {:?}", r.ca_id, r.new_ca_id)
-        }
-        CeremonyOp::CrossSign(c) => format!("cross-sign a CA certificate with {:?}", c.issuer),
-        CeremonyOp::ChangeCustodians(s) => format!(
-            "replace the custodian set with {} of [{}]",
-            s.threshold,
-            s.custodians
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failure> {
     match command {
         SignerCmd::Status => {
@@ -761,7 +734,7 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             println!(
                 "ceremony {} ({}) written to {}",
                 file.ceremony_id,
-                describe(&file.op),
+                castellan::names::describe_ceremony(&file.op),
                 out.display()
             );
             Ok(())
@@ -776,7 +749,11 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                     "approvals": f.approvals.iter().map(|a| serde_json::json!({"name": a.name, "custodian": a.custodian})).collect::<Vec<_>>()})
                 );
             } else {
-                println!("ceremony {}: {}", hex::encode(id), describe(&f.op));
+                println!(
+                    "ceremony {}: {}",
+                    hex::encode(id),
+                    castellan::names::describe_ceremony(&f.op)
+                );
                 println!(
                     "  parameters sha256: {}",
                     hex::encode(statement_digest(&f.op))
@@ -814,7 +791,7 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                 "{} approved ceremony {}: {}",
                 k.name,
                 hex::encode(id),
-                describe(&f.op)
+                castellan::names::describe_ceremony(&f.op)
             );
             Ok(())
         }
