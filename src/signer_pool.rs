@@ -237,6 +237,24 @@ impl SignerPool {
         )
     }
 
+    /// Signs a CRL: builds, signs and returns its DER.
+    ///
+    /// Callers must serialize CRL generation per issuer (see the chunked
+    /// version of this method for why).
+    pub async fn sign_crl(
+        &self,
+        request: castellan_proto::CrlRequest,
+    ) -> Result<Vec<u8>, PoolError> {
+        match self.call(Request::SignCrl(request)).await? {
+            Response::Crl { der } => Ok(der),
+            r => Err(PoolError::Protocol(format!(
+                "the signer at {} answered a sign-crl request with {}; run the same castellan release on both sides",
+                self.inner.socket.display(),
+                response_kind(&r)
+            ))),
+        }
+    }
+
     pub fn stats(&self) -> PoolStats {
         let c = &self.inner.counters;
         PoolStats {
