@@ -20,6 +20,8 @@
 //! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor | list of [`CertView`] |
 //! | GET  | /v1/certificates/{serial} | auditor | [`CertView`] |
 //! | POST | /v1/certificates/{serial}/revoke | operator | [`RevokeRequest`] → [`CertView`] |
+//! | GET  | /v1/crls/{issuer} | auditor | [`CrlView`] of the current CRL |
+//! | POST | /v1/crls/{issuer}/publish | operator | [`PublishCrl`] → [`CrlView`] |
 //! | GET  | /v1/audit/verify | auditor | [`VerifyView`] |
 //! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor | list of [`EventView`] |
 //! | POST | /v1/audit/checkpoint | operator | → [`CheckpointView`] |
@@ -250,6 +252,45 @@ pub struct CertView {
     pub state: String,
     pub revocation: Option<RevocationView>,
     pub certificate_pem: Option<String>,
+    /// What OCSP answers for it now (absent where revocation is not
+    /// served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp: Option<String>,
+    /// Whether the CA's current CRL lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<String>,
+}
+
+/// The current CRL of a CA.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrlView {
+    pub issuer: String,
+    pub crl_number: u64,
+    pub this_update: String,
+    pub next_update: String,
+    /// Revoked certificates listed.
+    pub entries: u64,
+    /// Of the DER.
+    pub sha256: String,
+    /// Set while emergency mode is on: every CRL is published with this
+    /// validity.
+    pub emergency_validity_secs: Option<i64>,
+    /// Where relying parties fetch it (the CRL distribution point).
+    pub url: String,
+    /// Sequence number of the `CrlPublished` event.
+    pub seq: u64,
+}
+
+/// `POST /v1/crls/{issuer}/publish`: publish a new CRL now.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishCrl {
+    /// Emergency mode: nextUpdate this many seconds after thisUpdate (60 s
+    /// to 7 days), kept for every later CRL until `end_emergency`.
+    #[serde(default)]
+    pub emergency_next_update_secs: Option<i64>,
+    /// End emergency mode (publish with the configured validity).
+    #[serde(default)]
+    pub end_emergency: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -100,6 +100,7 @@ pub struct Config {
     pub signer: SignerConfig,
     pub admin: AdminConfig,
     pub http: HttpConfig,
+    pub crl: CrlConfig,
     pub issuance: IssuanceConfig,
     pub profiles: BTreeMap<String, Profile>,
 }
@@ -183,11 +184,23 @@ pub struct HttpConfig {
     /// Where CRLs and pre-signed OCSP responses are also written, for any
     /// web server or CDN to serve.
     pub publish_dir: Option<PathBuf>,
-    /// Lifetime of each delegated OCSP responder certificate (days, 1–90);
-    /// the daemon rotates one in when less than a third of it remains.
-    pub responder_validity_days: u32,
+    /// Lifetime of each delegated OCSP responder certificate (seconds, 30
+    /// to 90 days); the daemon rotates one in when less than a third of it
+    /// remains.
+    pub responder_validity_secs: u32,
     /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800).
     pub ocsp_validity_secs: u32,
+}
+
+/// `[crl]`: the full CRL each CA publishes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrlConfig {
+    /// nextUpdate − thisUpdate (seconds, 300 to 30 days). A new CRL is
+    /// published after revocations and when half of this has passed.
+    pub validity_secs: u32,
+    /// Revocations arriving within this window after the first share one
+    /// new CRL (milliseconds, 0–60000).
+    pub coalesce_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -745,6 +758,8 @@ struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
+    crl: RawCrl,
+    #[serde(default)]
     issuance: RawIssuance,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
@@ -797,8 +812,15 @@ struct RawHttp {
     enabled: Option<bool>,
     listen: Option<String>,
     publish_dir: Option<PathBuf>,
-    responder_validity_days: Option<u32>,
+    responder_validity_secs: Option<u32>,
     ocsp_validity_secs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrl {
+    validity_secs: Option<u32>,
+    coalesce_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1020,11 +1042,11 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
     if let Some(p) = &raw.http.publish_dir {
         check_abs_path("http.publish_dir", p)?;
     }
-    let responder_validity_days = raw.http.responder_validity_days.unwrap_or(7);
-    if !(1..=90).contains(&responder_validity_days) {
+    let responder_validity_secs = raw.http.responder_validity_secs.unwrap_or(7 * 86_400);
+    if !(30..=90 * 86_400).contains(&responder_validity_secs) {
         return cfg_err(
-            "http.responder_validity_days",
-            "must be 1 to 90 (the signer's limit for a delegated responder)",
+            "http.responder_validity_secs",
+            "must be 30 to 7776000 (90 days, the signer's limit for a delegated responder)",
         );
     }
     let ocsp_validity_secs = raw.http.ocsp_validity_secs.unwrap_or(3600);
@@ -1035,8 +1057,24 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
         enabled,
         listen,
         publish_dir: raw.http.publish_dir,
-        responder_validity_days,
+        responder_validity_secs,
         ocsp_validity_secs,
+    };
+    let crl = CrlConfig {
+        validity_secs: bounded(
+            "crl.validity_secs",
+            raw.crl.validity_secs.map(u64::from),
+            86_400,
+            300,
+            30 * 86_400,
+        )? as u32,
+        coalesce_ms: bounded(
+            "crl.coalesce_ms",
+            raw.crl.coalesce_ms.map(u64::from),
+            1_000,
+            0,
+            60_000,
+        )? as u32,
     };
     if let Some(h) = &admin.https
         && enabled
@@ -1082,6 +1120,7 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
         signer,
         admin,
         http,
+        crl,
         issuance,
         profiles,
     })

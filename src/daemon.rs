@@ -9,6 +9,13 @@
 //! journal and, if the journal shows a signature, recorded as possibly
 //! issued — revocable and listed.
 
+mod revocation;
+
+pub use revocation::{
+    CrlMode, OCSP_INTERNAL_ERROR, OCSP_MALFORMED, OCSP_TRY_LATER, OCSP_UNAUTHORIZED, OcspAnswer,
+    PublishedCrl, ocsp_error_der,
+};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -53,6 +60,8 @@ pub struct Daemon {
     /// Serialises responder rotations, so that concurrent OCSP requests
     /// meeting an expired responder rotate it once.
     responder_lock: tokio::sync::Mutex<()>,
+    /// Pre-signed OCSP answers, CRLs, the publish directory.
+    rev: Arc<revocation::RevocationState>,
 }
 
 fn err(kind: ErrorKind, m: impl Into<String>) -> ApiError {
@@ -184,6 +193,8 @@ fn cert_view(r: &CertRecord) -> CertView {
             .certificate_der
             .as_ref()
             .map(|d| crate::pem::encode("CERTIFICATE", d)),
+        ocsp: None,
+        crl: None,
     }
 }
 
@@ -247,6 +258,7 @@ impl Daemon {
             metrics: Metrics::default(),
             rng: ring::rand::SystemRandom::new(),
             responder_lock: tokio::sync::Mutex::new(()),
+            rev: Arc::new(revocation::RevocationState::new()),
         }
     }
 
@@ -303,6 +315,7 @@ impl Daemon {
         } else if let Err(e) = self.ensure_responders().await {
             tracing::warn!("OCSP responder rotation at start-up: {e}");
         }
+        self.load_crls().await;
         Ok(())
     }
 
@@ -466,6 +479,12 @@ impl Daemon {
             "counter",
             "Certificates revoked.",
             m.revoked.load(Ordering::Relaxed) as f64,
+        );
+        metric(
+            "castellan_ocsp_cached_answers",
+            "gauge",
+            "Pre-signed OCSP answers (and revocation tombstones) held.",
+            self.rev.cached_entries() as f64,
         );
         metric(
             "castellan_requests_refused_total",
@@ -982,6 +1001,9 @@ impl Daemon {
             .await
             .map_err(exec_err)?;
         self.metrics.issued.fetch_add(1, Ordering::Relaxed);
+        if self.serves_revocation() {
+            self.rev.note_issued(&issuer, &serial);
+        }
         let chain_pem = {
             let v = self
                 .store
@@ -1050,6 +1072,8 @@ impl Daemon {
                     state: "possibly-issued".into(),
                     revocation: None,
                     certificate_pem: None,
+                    ocsp: None,
+                    crl: None,
                 });
             }
         }
@@ -1062,12 +1086,16 @@ impl Daemon {
             .store
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        v.cert(&serial).map(|r| cert_view(&r)).ok_or_else(|| {
+        let record = v.cert(&serial).ok_or_else(|| {
             err(
                 ErrorKind::NotFound,
                 format!("castellan never issued serial {}", hex::encode(&serial)),
             )
-        })
+        })?;
+        drop(v);
+        let mut view = cert_view(&record);
+        (view.ocsp, view.crl) = self.revocation_words(&record);
+        Ok(view)
     }
 
     pub async fn revoke(
@@ -1106,7 +1134,8 @@ impl Daemon {
         };
         let revoked_at = now_ms() / 1000;
         let s2 = serial.clone();
-        self.store
+        let revoked = self
+            .store
             .execute(c.actor.clone(), move |v: &dyn ReadView| {
                 let Some(cert) = v.cert(&s2) else {
                     return Decision::Refuse {
@@ -1128,18 +1157,27 @@ impl Daemon {
                 Decision::Commit {
                     events: vec![EventPayload::CertificateRevoked {
                         serial: s2.clone(),
-                        issuer: cert.issuer,
+                        issuer: cert.issuer.clone(),
                         reason,
                         revoked_at,
                         invalidity_date,
                     }],
-                    output: (),
+                    // The event's sequence number is the head before it.
+                    output: (cert.issuer, v.head().0),
                 }
             })
             .await
             .map_err(exec_err)?;
         self.metrics.revoked.fetch_add(1, Ordering::Relaxed);
-        self.certificate(c, &hex::encode(&serial)).await
+        // Acknowledged only once OCSP answers `revoked` (or, with the signer
+        // down, no longer answers `good`).
+        let (issuer, seq) = revoked;
+        let ocsp_now = self.after_revoke(&issuer, &serial, seq + 1).await;
+        let mut view = self.certificate(c, &hex::encode(&serial)).await?;
+        if self.serves_revocation() {
+            view.ocsp = Some(ocsp_now);
+        }
+        Ok(view)
     }
 
     pub async fn audit_verify(&self, _c: &Caller) -> Result<VerifyView, ApiError> {
@@ -1385,346 +1423,4 @@ fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
             })
         }
     })
-}
-
-// ---------------------------------------------------------------------------
-// OCSP
-
-/// One OCSP answer: the DER OCSPResponse (successful and signed, or an
-/// unsigned error status) and, for a signed one, (thisUpdate, nextUpdate)
-/// in Unix seconds for HTTP caching.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OcspAnswer {
-    pub der: Vec<u8>,
-    pub cacheable: Option<(i64, i64)>,
-}
-
-/// OCSPResponseStatus values (RFC 6960 §4.2.1) used for unsigned errors.
-pub const OCSP_MALFORMED: u8 = 1;
-pub const OCSP_INTERNAL_ERROR: u8 = 2;
-pub const OCSP_TRY_LATER: u8 = 3;
-pub const OCSP_UNAUTHORIZED: u8 = 6;
-
-/// `OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED }` with no
-/// responseBytes: the whole of an error answer.
-pub fn ocsp_error_der(status: u8) -> Vec<u8> {
-    vec![0x30, 0x03, 0x0a, 0x01, status]
-}
-
-impl OcspAnswer {
-    fn error(status: u8) -> OcspAnswer {
-        OcspAnswer {
-            der: ocsp_error_der(status),
-            cacheable: None,
-        }
-    }
-}
-
-/// (subject Name DER, subjectPublicKey bits) of a CA certificate: what
-/// CertID hashes are computed over.
-fn issuer_keys(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    use der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    let tbs = cert.tbs_certificate();
-    let name = tbs.subject().to_der().ok()?;
-    let key = tbs
-        .subject_public_key_info()
-        .subject_public_key
-        .raw_bytes()
-        .to_vec();
-    Some((name, key))
-}
-
-/// Whether a signer refusal says the responder is missing or not valid now
-/// (the daemon then rotates one in and tries once more).
-fn responder_refusal(e: &PoolError) -> bool {
-    matches!(e, PoolError::Refused(s) if s.message.contains("responder"))
-}
-
-impl Daemon {
-    /// Every CA (active or retired) gets a delegated OCSP responder valid
-    /// for at least a third of its lifetime (`http.responder_validity_days`):
-    /// one is rotated in when there is none or less than that remains. Runs
-    /// at start-up and from the periodic task; no operator step.
-    ///
-    /// With `http.enabled = false` (an offline root host, nothing serves
-    /// OCSP) nothing is rotated: the CA keys sign no responder certificates
-    /// that no one would use.
-    pub async fn ensure_responders(&self) -> Result<(), ApiError> {
-        if !self.config().http.enabled {
-            return Ok(());
-        }
-        let cas = self
-            .store
-            .read()
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
-            .cas();
-        let mut first_error = None;
-        for ca in cas {
-            if let Err(e) = self.rotate_responder_if_needed(&ca.ca_id, None).await {
-                tracing::warn!(ca = %ca.ca_id, "OCSP responder rotation: {e}");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Rotates the responder of `ca_id` when it is missing or due, or —
-    /// with `stale_seq` — when the record with that sequence number is still
-    /// the current one (the signer refused it).
-    async fn rotate_responder_if_needed(
-        &self,
-        ca_id: &str,
-        stale_seq: Option<u64>,
-    ) -> Result<(), ApiError> {
-        let _guard = self.responder_lock.lock().await;
-        let view = self
-            .store
-            .read()
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let Some(ca) = view.ca(ca_id) else {
-            return Err(bad(format!("no CA {ca_id:?}")));
-        };
-        let now = now_ms() / 1000;
-        let current = view.responder(ca_id);
-        drop(view);
-        let due = match &current {
-            None => true,
-            Some(r) if stale_seq == Some(r.seq) => true,
-            Some(r) => {
-                let lifetime = (r.not_after - r.not_before).max(0);
-                r.not_after - now < lifetime / 3 || now < r.not_before
-            }
-        };
-        if !due {
-            return Ok(());
-        }
-        let (ca_nb, ca_na) = x509_facts(&ca.certificate_der)
-            .map(|(_, a, b)| (a, b))
-            .ok_or_else(|| err(ErrorKind::Internal, "the CA certificate does not parse"))?;
-        let days = i64::from(self.config().http.responder_validity_days);
-        let not_before = (now - 60).max(ca_nb);
-        let not_after = (now + days * 86_400).min(ca_na);
-        if not_after <= now + 60 {
-            return Err(refused(format!(
-                "CA {ca_id:?} expires too soon for an OCSP responder"
-            )));
-        }
-        let algorithm = match ca.algorithm {
-            Algorithm::EcdsaP384 => Algorithm::EcdsaP384,
-            _ => Algorithm::EcdsaP256,
-        };
-        let Response::Responder(info) = self
-            .signer(Request::RotateOcspResponder(
-                castellan_proto::ResponderParams {
-                    issuer: ca_id.to_string(),
-                    validity: Validity {
-                        not_before,
-                        not_after,
-                    },
-                    algorithm,
-                },
-            ))
-            .await?
-        else {
-            return Err(err(
-                ErrorKind::Internal,
-                "unexpected answer to RotateOcspResponder",
-            ));
-        };
-        self.store
-            .execute(Actor::System, move |_| Decision::Commit {
-                events: vec![EventPayload::ResponderRotated {
-                    issuer: info.issuer,
-                    certificate_der: info.certificate_der,
-                }],
-                output: (),
-            })
-            .await
-            .map_err(exec_err)?;
-        tracing::info!(ca = %ca_id, not_after, "OCSP responder rotated");
-        Ok(())
-    }
-
-    /// Answers one OCSPRequest (DER). `issuer_hint` (from `/ocsp/{issuer}`)
-    /// restricts matching to that CA.
-    ///
-    /// - Malformed request → malformedRequest; a CertID in a hash other
-    ///   than SHA-1/SHA-256, or matching no CA castellan holds →
-    ///   unauthorized.
-    /// - All CertIDs of one request must name one issuer: one delegated
-    ///   responder signs one response, and each CA has its own. A request
-    ///   mixing issuers → unauthorized (clients ask per issuer in practice).
-    /// - Status from the event-log projections: a serial this CA never
-    ///   issued → unknown; issued → good; revoked → revoked with time and
-    ///   reason. A possibly-issued certificate (recovered from the signer's
-    ///   journal after a crash, DER unknown) → good unless revoked: the
-    ///   signer did sign it, so it exists, and `unknown` would invite a
-    ///   relying party to fall back to other checks.
-    /// - Signer unreachable → tryLater; anything else → internalError.
-    ///
-    /// There is no pre-signed cache in this version: every answer is signed
-    /// on demand from the projections as they are now, so a revocation is
-    /// reflected by the very next request (correct, only slower than a
-    /// cache).
-    pub async fn ocsp(&self, body: &[u8], issuer_hint: Option<&str>) -> OcspAnswer {
-        let req = match crate::ocsp::parse_request(body) {
-            Ok(r) => r,
-            Err(e) => return OcspAnswer::error(e.answer().code()),
-        };
-        let view = match self.store.read() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!("OCSP: reading the store: {e}");
-                return OcspAnswer::error(OCSP_INTERNAL_ERROR);
-            }
-        };
-        let cas: Vec<CaRecord> = match issuer_hint {
-            Some(h) => view.ca(h).into_iter().collect(),
-            None => view.cas(),
-        };
-        let keys: Vec<(String, Vec<u8>, Vec<u8>)> = cas
-            .iter()
-            .filter_map(|c| issuer_keys(&c.certificate_der).map(|(n, k)| (c.ca_id.clone(), n, k)))
-            .collect();
-        let mut issuer: Option<&str> = None;
-        for id in &req.cert_ids {
-            let Some((ca_id, _, _)) = keys
-                .iter()
-                .find(|(_, n, k)| crate::ocsp::cert_id_matches(id, n, k))
-            else {
-                return OcspAnswer::error(OCSP_UNAUTHORIZED);
-            };
-            match issuer {
-                None => issuer = Some(ca_id),
-                Some(i) if i == ca_id => {}
-                Some(_) => return OcspAnswer::error(OCSP_UNAUTHORIZED),
-            }
-        }
-        let Some(issuer) = issuer.map(str::to_string) else {
-            return OcspAnswer::error(OCSP_MALFORMED);
-        };
-        let now = now_ms() / 1000;
-        let this_update = now - 60;
-        let next_update = this_update + i64::from(self.config().http.ocsp_validity_secs);
-        let singles: Vec<castellan_proto::SingleStatus> = req
-            .cert_ids
-            .iter()
-            .map(|id| castellan_proto::SingleStatus {
-                hash: id.hash.into(),
-                serial: id.serial.clone(),
-                status: cert_status(&view, &issuer, &id.serial),
-                this_update,
-                next_update: Some(next_update),
-            })
-            .collect();
-        let stale_seq = view.responder(&issuer).map(|r| r.seq);
-        drop(view);
-        let batch = castellan_proto::OcspBatch {
-            issuer: issuer.clone(),
-            produced_at: now,
-            responses: vec![castellan_proto::OcspTemplate {
-                singles,
-                nonce: req.nonce,
-            }],
-        };
-        let mut result = self.pool.call(Request::SignOcsp(batch.clone())).await;
-        if let Err(e) = &result
-            && responder_refusal(e)
-        {
-            tracing::info!(ca = %issuer, "OCSP: the signer refused the responder ({e}); rotating");
-            match self.rotate_responder_if_needed(&issuer, stale_seq).await {
-                Ok(()) => result = self.pool.call(Request::SignOcsp(batch)).await,
-                Err(e) => tracing::warn!(ca = %issuer, "OCSP responder rotation: {e}"),
-            }
-        }
-        match result {
-            Ok(Response::Ocsp { mut responses }) if responses.len() == 1 => OcspAnswer {
-                der: responses.remove(0),
-                cacheable: Some((this_update, next_update)),
-            },
-            Ok(_) => {
-                tracing::warn!("OCSP: unexpected answer from the signer");
-                OcspAnswer::error(OCSP_INTERNAL_ERROR)
-            }
-            Err(e @ (PoolError::Unavailable(_) | PoolError::Timeout(_))) => {
-                tracing::warn!("OCSP: signer unavailable: {e}");
-                OcspAnswer::error(OCSP_TRY_LATER)
-            }
-            Err(e) => {
-                tracing::warn!("OCSP: signing failed: {e}");
-                OcspAnswer::error(OCSP_INTERNAL_ERROR)
-            }
-        }
-    }
-}
-
-/// The status of `serial` (a DER INTEGER magnitude) under `issuer`.
-fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> castellan_proto::CertStatus {
-    use castellan_proto::CertStatus;
-    // Serials are stored as the signer drew them (16 octets, possibly with
-    // leading zero octets that DER drops).
-    let record = view.cert(serial).or_else(|| {
-        (serial.len() < 16).then(|| {
-            let mut padded = vec![0u8; 16 - serial.len()];
-            padded.extend_from_slice(serial);
-            view.cert(&padded)
-        })?
-    });
-    match record {
-        Some(c) if c.issuer == issuer => match &c.revocation {
-            Some(r) => CertStatus::Revoked {
-                at: r.revoked_at,
-                reason: Some(r.reason),
-            },
-            None => CertStatus::Good,
-        },
-        Some(_) => CertStatus::Unknown,
-        // A CA certificate (an intermediate, a cross-signature) is not in
-        // the certificates table: good if a CA castellan holds has this
-        // parent and serial. (CA revocation goes through the CRL, not here.)
-        None if view.cas().iter().any(|ca| {
-            ca.parent.as_deref() == Some(issuer) && ca_serial(&ca.certificate_der) == Some(serial)
-        }) =>
-        {
-            CertStatus::Good
-        }
-        None => CertStatus::Unknown,
-    }
-}
-
-/// The serial number magnitude (no leading zero octets) of a certificate.
-fn ca_serial(der: &[u8]) -> Option<&[u8]> {
-    // Certificate ::= SEQUENCE { tbs SEQUENCE { [0] version, serial INTEGER … } }
-    fn header(d: &[u8]) -> Option<(u8, usize, usize)> {
-        let tag = *d.first()?;
-        let l0 = *d.get(1)? as usize;
-        if l0 < 0x80 {
-            return Some((tag, 2, l0));
-        }
-        let n = l0 & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in d.get(2..2 + n)? {
-            len = (len << 8) | *b as usize;
-        }
-        Some((tag, 2 + n, len))
-    }
-    let (_, h, _) = header(der)?;
-    let tbs = der.get(h..)?;
-    let (_, h, _) = header(tbs)?;
-    let mut rest = tbs.get(h..)?;
-    let (tag, h, len) = header(rest)?;
-    if tag == 0xa0 {
-        rest = rest.get(h + len..)?;
-    }
-    let (tag, h, len) = header(rest)?;
-    if tag != 0x02 {
-        return None;
-    }
-    let value = rest.get(h..h + len)?;
-    let start = value.iter().position(|b| *b != 0).unwrap_or(value.len());
-    Some(&value[start..])
 }

@@ -136,6 +136,20 @@ pub enum EventPayload {
         issuer: String,
         certificate_der: Vec<u8>,
     },
+    /// The signer signed CRL `crl_number` of `issuer`, listing `entries`
+    /// revocations committed before log position `as_of`; `sha256` is the
+    /// hash of its DER. `emergency_validity`: published in emergency mode
+    /// (`castellanctl crl emergency`) with that validity in seconds.
+    CrlPublished {
+        issuer: String,
+        crl_number: u64,
+        this_update: i64,
+        next_update: i64,
+        entries: u64,
+        sha256: [u8; 32],
+        as_of: u64,
+        emergency_validity: Option<i64>,
+    },
 }
 
 impl EventPayload {
@@ -157,6 +171,7 @@ impl EventPayload {
             EventPayload::CertificateRevoked { .. } => "certificate-revoked",
             EventPayload::CheckpointSigned { .. } => "checkpoint-signed",
             EventPayload::ResponderRotated { .. } => "responder-rotated",
+            EventPayload::CrlPublished { .. } => "crl-published",
         }
     }
 
@@ -169,7 +184,8 @@ impl EventPayload {
             | EventPayload::CeremonyExecuted { ceremony_id }
             | EventPayload::CeremonyFailed { ceremony_id, .. } => vec![hex::encode(ceremony_id)],
             EventPayload::CaRegistered { ca_id, .. } => vec![ca_id.clone()],
-            EventPayload::ResponderRotated { issuer, .. } => vec![issuer.clone()],
+            EventPayload::ResponderRotated { issuer, .. }
+            | EventPayload::CrlPublished { issuer, .. } => vec![issuer.clone()],
             EventPayload::IssuanceIntended {
                 request_id,
                 issuer,

@@ -218,28 +218,28 @@ async fn run(
         https = Some((tls, task));
     }
 
-    // The public listener (OCSP, CA certificates). A bind failure is logged
-    // and castellan runs on: the admin socket stays the control path.
+    // The public listener (OCSP, CRLs, CA certificates). Bound before
+    // castellan reports ready: an address in use fails the start (and
+    // systemd's restart) instead of leaving relying parties without OCSP.
     let mut public = None;
     if config.http.enabled {
-        match tokio::net::TcpListener::bind(config.http.listen).await {
-            Ok(listener) => {
-                tracing::info!(listen = %config.http.listen, "public HTTP (OCSP) listening");
-                let daemon = Arc::clone(&daemon);
-                let mut rx = shutdown_rx.clone();
-                public = Some(tokio::spawn(async move {
-                    castellan::public_http::serve(daemon, listener, async move {
-                        let _ = rx.changed().await;
-                    })
-                    .await
-                }));
-            }
-            Err(e) => tracing::error!(
-                "cannot listen on {} (http.listen): {e}; OCSP is not served",
-                config.http.listen
-            ),
-        }
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (http.listen): {e}", config.http.listen))?;
+        tracing::info!(listen = %config.http.listen, "public HTTP (OCSP, CRL) listening");
+        let daemon = Arc::clone(&daemon);
+        let mut rx = shutdown_rx.clone();
+        public = Some(tokio::spawn(async move {
+            castellan::public_http::serve(daemon, listener, async move {
+                let _ = rx.changed().await;
+            })
+            .await
+        }));
     }
+    // Responders, pre-signed OCSP answers and CRLs, kept current in the
+    // background.
+    tokio::spawn(Arc::clone(&daemon).ocsp_task());
+    tokio::spawn(Arc::clone(&daemon).crl_task());
 
     // Periodic checkpoints and reconciliation of intents left by a signer
     // outage.
@@ -261,9 +261,6 @@ async fn run(
                 if let Err(e) = daemon.sync_signer().await {
                     tracing::warn!("signer sync: {e}");
                     continue;
-                }
-                if let Err(e) = daemon.ensure_responders().await {
-                    tracing::warn!("OCSP responders: {e}");
                 }
                 if let Err(e) = daemon.checkpoint(&system).await {
                     tracing::warn!("checkpoint: {e}");

@@ -10,9 +10,14 @@
 //!   (an unsigned OCSPResponse with the error status), never HTML or JSON.
 //!   Successful GET answers carry the RFC 5019 caching headers
 //!   (`Cache-Control`, `Expires`, `Last-Modified`, `ETag`) and honour
-//!   `If-None-Match` with 304. For that to mean anything a GET answer is
-//!   remembered (see [`GetMemo`]) while the event log does not move, so the
-//!   same request gets the same bytes; POST answers are always signed anew.
+//!   `If-None-Match` with 304. Single-CertID requests without nonce are
+//!   answered from the pre-signed cache (see `daemon::revocation`), so the
+//!   same request gets the same bytes until the status or the answer's
+//!   half-life changes.
+//! - `GET /crl/{issuer}.crl` (DER, application/pkix-crl) and
+//!   `GET /crl/{issuer}.pem`: the current full CRL, with the same caching
+//!   headers (max-age at most [`CRL_MAX_AGE`]: a CRL changes after every
+//!   burst of revocations).
 //! - `GET /ca/{issuer}.crt`: the CA certificate (DER, application/pkix-cert).
 //! - Anything else: 404, plain text.
 //!
@@ -21,7 +26,6 @@
 //! further connection is closed at once). No handler panics: every failure
 //! becomes an answer.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,50 +57,11 @@ const OCSP_RESPONSE: &str = "application/ocsp-response";
 
 type Body = Full<Bytes>;
 
-/// Most GET answers remembered; the memo is emptied when it is full.
-const MEMO_ENTRIES: usize = 4096;
-
-/// Signed GET answers by (issuer segment, request DER), each with the
-/// event-log head it was computed at or after. An entry is used only while
-/// the head is unchanged and before its nextUpdate, so no answer older than
-/// the latest event (a revocation in particular) is ever served from it:
-/// every event, a revocation included, makes the next request sign anew.
-#[derive(Default)]
-struct GetMemo {
-    entries: std::sync::Mutex<HashMap<MemoKey, (u64, OcspAnswer)>>,
-}
-
-/// (issuer from the path, request DER).
-type MemoKey = (Option<String>, Vec<u8>);
-
-impl GetMemo {
-    fn get(&self, key: &MemoKey, head: u64) -> Option<OcspAnswer> {
-        let now = now_ms() / 1000;
-        let map = self.entries.lock().ok()?;
-        match map.get(key) {
-            Some((h, a)) if *h == head && a.cacheable.is_some_and(|(_, next)| now < next) => {
-                Some(a.clone())
-            }
-            _ => None,
-        }
-    }
-
-    fn put(&self, key: MemoKey, head: u64, answer: &OcspAnswer) {
-        if answer.cacheable.is_none() {
-            return;
-        }
-        if let Ok(mut map) = self.entries.lock() {
-            if map.len() >= MEMO_ENTRIES {
-                map.clear();
-            }
-            map.insert(key, (head, answer.clone()));
-        }
-    }
-}
+/// Longest `max-age` given for a CRL.
+pub const CRL_MAX_AGE: i64 = 300;
 
 /// Serves `listener` until `shutdown` completes.
 pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Future) {
-    let memo = Arc::new(GetMemo::default());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -112,10 +77,9 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
                         continue;
                     };
                     let daemon = Arc::clone(&daemon);
-                    let memo = Arc::clone(&memo);
                     tasks.spawn(async move {
                         let _permit = permit;
-                        connection(daemon, memo, stream).await;
+                        connection(daemon, stream).await;
                     });
                 }
                 Err(e) => {
@@ -128,12 +92,11 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
     tasks.abort_all();
 }
 
-async fn connection(daemon: Arc<Daemon>, memo: Arc<GetMemo>, stream: tokio::net::TcpStream) {
+async fn connection(daemon: Arc<Daemon>, stream: tokio::net::TcpStream) {
     let svc = service_fn(move |req| {
         let daemon = Arc::clone(&daemon);
-        let memo = Arc::clone(&memo);
         async move {
-            let r = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&daemon, &memo, req)).await {
+            let r = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&daemon, req)).await {
                 Ok(r) => r,
                 Err(_) => ocsp_response(ocsp_error_der(crate::daemon::OCSP_TRY_LATER)),
             };
@@ -161,8 +124,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-fn ocsp_response(der: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(der)));
+fn ocsp_response(der: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(der.into()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(OCSP_RESPONSE),
@@ -170,13 +133,24 @@ fn ocsp_response(der: Vec<u8>) -> Response<Body> {
     r
 }
 
-async fn handle(daemon: &Daemon, memo: &GetMemo, req: Request<Incoming>) -> Response<Body> {
+async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    let if_none_match = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if let Some(rest) = path.strip_prefix("/ca/") {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         return ca_certificate(daemon, rest);
+    }
+    if let Some(rest) = path.strip_prefix("/crl/") {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        return crl(daemon, rest, if_none_match.as_deref());
     }
     let rest = if path == "/ocsp" {
         ""
@@ -209,26 +183,7 @@ async fn handle(daemon: &Daemon, memo: &GetMemo, req: Request<Incoming>) -> Resp
                 Ok(d) => d,
                 Err(e) => return ocsp_response(ocsp_error_der(e.answer().code())),
             };
-            // The head is read before answering: the answer reflects at
-            // least this position of the log.
-            let head = daemon.store().read().ok().map(|v| v.head().0);
-            let key = (issuer.map(str::to_string), der);
-            let cached = head.and_then(|h| memo.get(&key, h));
-            let answer = match cached {
-                Some(a) => a,
-                None => {
-                    let a = daemon.ocsp(&key.1, issuer).await;
-                    if let Some(h) = head {
-                        memo.put(key, h, &a);
-                    }
-                    a
-                }
-            };
-            let if_none_match = req
-                .headers()
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let answer = daemon.ocsp(&der, issuer).await;
             cached_get(answer, if_none_match.as_deref())
         }
         _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
@@ -252,25 +207,43 @@ fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str
 }
 
 fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body> {
-    let Some((this_update, next_update)) = answer.cacheable else {
+    let (Some((this_update, next_update)), Some(etag)) = (answer.cacheable, answer.etag) else {
         return ocsp_response(answer.der);
     };
-    let etag = format!(
-        "\"{}\"",
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, &answer.der))
-    );
     let now = now_ms() / 1000;
     let max_age = (next_update - now).max(0);
+    cacheable(
+        ocsp_response(answer.der),
+        &etag,
+        if_none_match,
+        max_age,
+        this_update,
+        next_update,
+    )
+}
+
+/// RFC 5019 §6 headers on `r`, or 304 when `If-None-Match` names `etag`.
+fn cacheable(
+    r: Response<Body>,
+    etag: &str,
+    if_none_match: Option<&str>,
+    max_age: i64,
+    last_modified: i64,
+    expires: i64,
+) -> Response<Body> {
     let not_modified = if_none_match.is_some_and(|v| {
         v.split(',')
             .any(|t| t.trim() == etag || t.trim() == "*" || t.trim() == format!("W/{etag}"))
     });
     let mut r = if not_modified {
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
+        let mut nm = Response::new(Full::new(Bytes::new()));
+        *nm.status_mut() = StatusCode::NOT_MODIFIED;
+        if let Some(ct) = r.headers().get(header::CONTENT_TYPE) {
+            nm.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        }
+        nm
     } else {
-        ocsp_response(answer.der)
+        r
     };
     let h = r.headers_mut();
     let mut put = |name: header::HeaderName, value: String| {
@@ -282,10 +255,46 @@ fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body>
         header::CACHE_CONTROL,
         format!("max-age={max_age}, public, no-transform, must-revalidate"),
     );
-    put(header::EXPIRES, http_date(next_update));
-    put(header::LAST_MODIFIED, http_date(this_update));
-    put(header::ETAG, etag);
+    put(header::EXPIRES, http_date(expires));
+    put(header::LAST_MODIFIED, http_date(last_modified));
+    put(header::ETAG, etag.to_string());
     r
+}
+
+/// `{issuer}.crl` (DER) or `{issuer}.pem`.
+fn crl(daemon: &Daemon, rest: &str, if_none_match: Option<&str>) -> Response<Body> {
+    let (issuer, pem) = if let Some(i) = rest.strip_suffix(".crl") {
+        (i, false)
+    } else if let Some(i) = rest.strip_suffix(".pem") {
+        (i, true)
+    } else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Some(c) = daemon.published_crl(issuer) else {
+        return plain(StatusCode::NOT_FOUND, "no CRL of this CA is published\n");
+    };
+    let (body, ctype, etag) = if pem {
+        (
+            c.pem.clone(),
+            "application/x-pem-file",
+            format!("{}-pem\"", c.etag.trim_end_matches('"')),
+        )
+    } else {
+        (c.der.clone(), "application/pkix-crl", c.etag.clone())
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    let now = now_ms() / 1000;
+    let max_age = (c.record.next_update - now).clamp(0, CRL_MAX_AGE);
+    cacheable(
+        r,
+        &etag,
+        if_none_match,
+        max_age,
+        c.record.this_update,
+        c.record.next_update,
+    )
 }
 
 fn ca_certificate(daemon: &Daemon, rest: &str) -> Response<Body> {

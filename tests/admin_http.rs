@@ -770,6 +770,8 @@ fn cert_view(pem: &str, state: &str) -> Value {
         state: state.into(),
         revocation: None,
         certificate_pem: Some(pem.into()),
+        ocsp: None,
+        crl: None,
     })
     .unwrap()
 }

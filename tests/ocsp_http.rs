@@ -6,99 +6,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use base64::Engine;
-use common::{Appliance, Out, Settings, WAIT, run};
-
-/// A bounded `openssl` run in `dir` (stdout and stderr joined: `openssl
-/// ocsp` says "Response verify OK" on stderr and exits 0 whatever the
-/// status).
-fn openssl(args: &[&str], dir: &Path) -> String {
-    openssl_exit(args, dir, 0)
-}
-
-/// As [`openssl`], expecting exit status `code`.
-fn openssl_exit(args: &[&str], dir: &Path, code: i32) -> String {
-    let out = run(
-        Command::new("timeout")
-            .arg("60")
-            .arg("openssl")
-            .args(args)
-            .current_dir(dir),
-        WAIT,
-    );
-    assert_eq!(out.code, Some(code), "{out}");
-    format!("{}\n{}", out.stdout, out.stderr)
-}
-
-fn curl(args: &[&str], dir: &Path) -> Out {
-    let out = run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "60"])
-            .args(args)
-            .current_dir(dir),
-        WAIT,
-    );
-    assert_eq!(out.code, Some(0), "{out}");
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An appliance whose public listener is on a free port, with root and
-/// `issuing` CAs and chain.pem (root + issuing).
-fn appliance() -> (Appliance, u16) {
-    let mut a = Appliance::prepare(Settings::default());
-    let port = free_port();
-    // The issuance URL templates follow http.listen by default.
-    let text = a.config_text(None).replace(
-        "[http]\nenabled = false\n",
-        &format!(
-            "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nocsp_validity_secs = 600\n"
-        ),
-    );
-    std::fs::write(&a.config, text).unwrap();
-    a.start_signer();
-    a.start_daemon();
-    a.make_cas();
-    let mut chain = std::fs::read(a.path("root.pem")).unwrap();
-    chain.extend(std::fs::read(a.path("issuing.pem")).unwrap());
-    std::fs::write(a.path("chain.pem"), chain).unwrap();
-    wait_http(port);
-    (a, port)
-}
-
-fn wait_http(port: u16) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "castellan does not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn issue(a: &Appliance, tag: &str) -> String {
-    let v = a
-        .issue_generated(tag, &format!("{tag}.example"))
-        .ok()
-        .json();
-    v["serial"].as_str().expect("a serial").to_string()
-}
+use common::{WAIT, curl, issue, openssl, openssl_exit, public_appliance, run, wait_http};
 
 #[test]
 fn ocsp_over_http_answers_good_revoked_unknown_and_errors_with_openssl_and_curl() {
-    let (a, port) = appliance();
+    let (a, port) = public_appliance("", "");
     let dir = a.dir.path();
     let url = format!("http://127.0.0.1:{port}/ocsp");
     let serial = issue(&a, "leaf");
@@ -332,7 +247,7 @@ fn ocsp_over_http_answers_good_revoked_unknown_and_errors_with_openssl_and_curl(
 
 #[test]
 fn responders_are_rotated_at_start_up_and_the_root_answers_for_its_intermediate() {
-    let (mut a, port) = appliance();
+    let (mut a, port) = public_appliance("", "");
     let dir = a.dir.path().to_path_buf();
     let dir = dir.as_path();
     // Restart: start-up gives every CA (root and issuing) a responder
@@ -391,17 +306,20 @@ fn out_of_range_ocsp_settings_exit_64_and_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (line, key) in [
         (
-            "responder_validity_days = 91",
-            "http.responder_validity_days",
+            "[http]\nresponder_validity_secs = 7776001",
+            "http.responder_validity_secs",
         ),
         (
-            "responder_validity_days = 0",
-            "http.responder_validity_days",
+            "[http]\nresponder_validity_secs = 29",
+            "http.responder_validity_secs",
         ),
-        ("ocsp_validity_secs = 10", "http.ocsp_validity_secs"),
+        ("[http]\nocsp_validity_secs = 10", "http.ocsp_validity_secs"),
+        ("[crl]\nvalidity_secs = 299", "crl.validity_secs"),
+        ("[crl]\ncoalesce_ms = 60001", "crl.coalesce_ms"),
+        ("[crl]\nvalidity = 3600", "crl.validity_secs"),
     ] {
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, format!("[http]\n{line}\n")).unwrap();
+        std::fs::write(&path, format!("{line}\n")).unwrap();
         let out = run(
             Command::new(common::castellan_bin())
                 .arg("--config")

@@ -28,6 +28,8 @@
 //! | GET  | /v1/audit/verify | auditor |
 //! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor |
 //! | POST | /v1/audit/checkpoint | operator |
+//! | GET  | /v1/crls/{issuer} | auditor |
+//! | POST | /v1/crls/{issuer}/publish | operator |
 //!
 //! `/healthz` and `/readyz` answer any local peer, known uid or not: a
 //! monitoring agent needs no role, and the answers say nothing but "up" and
@@ -200,6 +202,13 @@ pub enum Call {
     AuditVerify,
     AuditLog(LogQuery),
     Checkpoint,
+    Crl {
+        issuer: String,
+    },
+    PublishCrl {
+        issuer: String,
+        request: PublishCrl,
+    },
 }
 
 /// What the HTTP layer needs from the domain. [`Daemon`] implements it; tests
@@ -248,6 +257,10 @@ impl AdminBackend for Daemon {
             Call::AuditVerify => to_json(self.audit_verify(c).await),
             Call::AuditLog(q) => to_json(self.audit_log(c, q).await),
             Call::Checkpoint => to_json(self.checkpoint(c).await),
+            Call::Crl { issuer } => to_json(self.crl_status(&issuer)),
+            Call::PublishCrl { issuer, request } => {
+                to_json(self.publish_crl_now(c, &issuer, request).await)
+            }
         }
     }
 
@@ -298,6 +311,8 @@ enum Endpoint {
     AuditVerify,
     AuditLog,
     Checkpoint,
+    Crl,
+    PublishCrl,
 }
 
 struct Route {
@@ -380,6 +395,13 @@ const ROUTES: &[Route] = &[
         ..route(Get, "/v1/audit/log", AUDITOR, Endpoint::AuditLog)
     },
     route(Post, "/v1/audit/checkpoint", OPERATOR, Endpoint::Checkpoint),
+    route(Get, "/v1/crls/{issuer}", AUDITOR, Endpoint::Crl),
+    route(
+        Post,
+        "/v1/crls/{issuer}/publish",
+        OPERATOR,
+        Endpoint::PublishCrl,
+    ),
 ];
 
 /// The least role a route needs: `Some(None)` for the open probes, `None`
@@ -434,6 +456,7 @@ fn body_example(e: Endpoint) -> &'static str {
         Endpoint::Revoke => {
             r#"{"reason": "keyCompromise", "invalidity_date": "2025-01-31T00:00:00Z"}"#
         }
+        Endpoint::PublishCrl => r#"{"emergency_next_update_secs": 3600}"#,
         _ => "{}",
     }
 }
@@ -833,6 +856,11 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
             })
         }
         Endpoint::Checkpoint => Call::Checkpoint,
+        Endpoint::Crl => Call::Crl { issuer: param(0) },
+        Endpoint::PublishCrl => Call::PublishCrl {
+            issuer: param(0),
+            request: parse_json(&body, "a PublishCrl", route.endpoint)?,
+        },
     };
     let Some(caller) = caller else {
         // Only the probes have no role, and they answered above.

@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use castellan::admin_client::{self, AdminClient, encode_component, query_string};
 use castellan::api::{
-    ApiError, ApproveCeremony, CaView, CeremonyView, CertView, CheckpointView, ErrorBody,
-    ErrorKind, EventView, IssueRequest, IssuedView, OpenCeremony, RevokeRequest, StatusView,
-    VerifyView,
+    ApiError, ApproveCeremony, CaView, CeremonyView, CertView, CheckpointView, CrlView, ErrorBody,
+    ErrorKind, EventView, IssueRequest, IssuedView, OpenCeremony, PublishCrl, RevokeRequest,
+    StatusView, VerifyView,
 };
 use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
@@ -82,6 +82,11 @@ enum Command {
         /// Since when the key is suspect (RFC 3339, e.g. 2025-01-31T00:00:00Z).
         #[arg(long)]
         invalidity_date: Option<String>,
+    },
+    /// CRLs: see the current one, publish one now, emergency mode.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCmd,
     },
     /// The event log: verify the hash chain, read it, checkpoint it.
     Audit {
@@ -231,6 +236,33 @@ enum CertCmd {
         identity: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCmd {
+    /// The CA's current CRL: number, validity, entries, URL.
+    Show {
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Publish a new CRL of the CA now.
+    Publish {
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Publish a CRL with a short nextUpdate at once, and keep that short
+    /// validity for every later CRL until `--end` (relying parties then
+    /// fetch it again soon).
+    Emergency {
+        #[arg(long)]
+        issuer: String,
+        /// e.g. 1h, 30m, 2h30m, 3600s (60 s to 7 days).
+        #[arg(long, required_unless_present = "end", conflicts_with = "end")]
+        next_update: Option<String>,
+        /// Leave emergency mode: publish with the configured validity.
+        #[arg(long)]
+        end: bool,
     },
 }
 
@@ -452,6 +484,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             reason,
             invalidity_date,
         } => revoke_cmd(&admin(), &serial, &reason, invalidity_date),
+        Command::Crl { command } => crl_cmd(&admin(), command),
         Command::Audit { command } => audit_cmd(&admin(), command),
         Command::Custodian {
             command:
@@ -1712,6 +1745,12 @@ fn print_cert(c: &CertView) {
              revoke it if in doubt"
         );
     }
+    if let Some(o) = &c.ocsp {
+        println!("  OCSP:      {o}");
+    }
+    if let Some(l) = &c.crl {
+        println!("  CRL:       {l}");
+    }
 }
 
 fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
@@ -1814,10 +1853,105 @@ fn revoke_cmd(
         None => println!("revoked {} ({})", c.serial, r.as_str()),
     }
     println!("  subject: {}  issuer: {}", c.subject, c.issuer);
+    if let Some(o) = &c.ocsp {
+        println!("  OCSP now answers: {o}");
+    }
+    if c.crl.is_some() {
+        println!(
+            "  the next CRL of {} lists it (published within a second or two: castellanctl crl show --issuer {})",
+            c.issuer, c.issuer
+        );
+    }
     println!(
         "  to see it in the log: castellanctl audit log --subject {}",
         c.serial
     );
+    Ok(())
+}
+
+// ----- CRLs
+
+/// `1h`, `30m`, `2h30m`, `90s`, `1d`, or plain seconds.
+fn parse_duration_secs(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i64>() {
+        return Some(n);
+    }
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    for ch in t.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        let n: i64 = digits.parse().ok()?;
+        digits.clear();
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    digits.is_empty().then_some(total)
+}
+
+fn print_crl(c: &CrlView) {
+    println!("CRL {} of {}", c.crl_number, c.issuer);
+    println!("  thisUpdate:  {}", c.this_update);
+    println!("  nextUpdate:  {}", c.next_update);
+    println!("  revoked:     {}", c.entries);
+    println!("  SHA-256:     {}", c.sha256);
+    println!("  URL:         {}", c.url);
+    if let Some(s) = c.emergency_validity_secs {
+        println!(
+            "  EMERGENCY MODE: every CRL valid {s} s; end with: castellanctl crl emergency --issuer {} --end",
+            c.issuer
+        );
+    }
+}
+
+fn crl_cmd(ctx: &Ctx, command: CrlCmd) -> Result<(), Failure> {
+    let (issuer, request) = match command {
+        CrlCmd::Show { issuer } => {
+            let c: CrlView = ctx.get(&format!("/v1/crls/{}", seg(&issuer)))?;
+            if ctx.json {
+                return print_json(&c);
+            }
+            print_crl(&c);
+            return Ok(());
+        }
+        CrlCmd::Publish { issuer } => (issuer, PublishCrl::default()),
+        CrlCmd::Emergency {
+            issuer,
+            next_update,
+            end,
+        } => {
+            let secs = match next_update {
+                None => None,
+                Some(t) => Some(parse_duration_secs(&t).ok_or_else(|| {
+                    usage(format!(
+                        "--next-update {t:?}: use a duration such as 1h, 30m, 2h30m or 3600s"
+                    ))
+                })?),
+            };
+            (
+                issuer,
+                PublishCrl {
+                    emergency_next_update_secs: secs,
+                    end_emergency: end,
+                },
+            )
+        }
+    };
+    let c: CrlView = ctx.post(&format!("/v1/crls/{}/publish", seg(&issuer)), &request)?;
+    if ctx.json {
+        return print_json(&c);
+    }
+    println!("published:");
+    print_crl(&c);
     Ok(())
 }
 

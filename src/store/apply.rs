@@ -13,10 +13,10 @@ use crate::events::{Event, EventPayload};
 
 use super::records::{
     ApprovalRecord, CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState,
-    CheckpointRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
+    CheckpointRecord, CrlRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 use super::tables::{
-    BY_IDENTITY, BY_ISSUER, CAS, CEREMONIES, CERTS, CHECKPOINTS, GRAPH, INTENTS, RESPONDERS,
+    BY_IDENTITY, BY_ISSUER, CAS, CEREMONIES, CERTS, CHECKPOINTS, CRLS, GRAPH, INTENTS, RESPONDERS,
     REVOKED, SIGNER, SIGNER_KEY, WriteTables, ca_node, checkpoint_key, compound,
 };
 
@@ -286,14 +286,16 @@ pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
                 return Ok(());
             }
             c.state = CertState::Revoked;
-            c.revocation = Some(Revocation {
+            let revocation = Revocation {
                 reason: *reason,
                 revoked_at: *revoked_at,
                 invalidity_date: *invalidity_date,
                 seq: ev.seq,
-            });
+            };
+            let entry = enc(&revocation)?;
+            c.revocation = Some(revocation);
             t.put(CERTS, serial, &enc(&c)?)?;
-            t.put(REVOKED, &compound(&c.issuer, serial), &[])
+            t.put(REVOKED, &compound(&c.issuer, serial), &entry)
         }
         EventPayload::CheckpointSigned {
             sequence,
@@ -323,6 +325,29 @@ pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
                 seq: ev.seq,
             };
             t.put(RESPONDERS, issuer.as_bytes(), &enc(&r)?)
+        }
+        EventPayload::CrlPublished {
+            issuer,
+            crl_number,
+            this_update,
+            next_update,
+            entries,
+            sha256,
+            as_of,
+            emergency_validity,
+        } => {
+            let r = CrlRecord {
+                issuer: issuer.clone(),
+                crl_number: *crl_number,
+                this_update: *this_update,
+                next_update: *next_update,
+                entries: *entries,
+                sha256: *sha256,
+                as_of: *as_of,
+                emergency_validity: *emergency_validity,
+                seq: ev.seq,
+            };
+            t.put(CRLS, issuer.as_bytes(), &enc(&r)?)
         }
     }
 }

@@ -79,7 +79,7 @@ use castellan_proto::CeremonyId;
 
 pub use records::{
     ApprovalRecord, CaRecord, CeremonyRecord, CeremonyStatus, CertFilter, CertRecord, CertState,
-    CheckpointRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
+    CheckpointRecord, CrlRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 pub use tables::LAYOUT_VERSION;
 pub use verify::VerifyReport;
@@ -126,6 +126,11 @@ pub trait ReadView {
     /// Every revoked certificate of an issuer, in serial order.
     /// (`certs` with an issuer lists in issuance order.)
     fn revoked(&self, issuer: &str) -> Vec<CertRecord>;
+    /// (serial, revocation) of every revoked certificate of an issuer, in
+    /// serial order: what a CRL lists, without reading the certificates.
+    fn revocations(&self, issuer: &str) -> Vec<(Vec<u8>, Revocation)>;
+    /// The latest CRL published for a CA.
+    fn crl(&self, issuer: &str) -> Option<CrlRecord>;
     fn latest_checkpoint(&self) -> Option<CheckpointRecord>;
     /// Credential graph: `ca:<id>` → child CAs (`ca:<id>`), then its
     /// certificates in issuance order (`cert:<serial hex>`);
@@ -329,6 +334,12 @@ impl ReadView for Snapshot {
     }
     fn revoked(&self, issuer: &str) -> Vec<CertRecord> {
         self.tables.revoked(issuer)
+    }
+    fn revocations(&self, issuer: &str) -> Vec<(Vec<u8>, Revocation)> {
+        self.tables.revocations(issuer)
+    }
+    fn crl(&self, issuer: &str) -> Option<CrlRecord> {
+        self.tables.crl(issuer)
     }
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
         self.tables.latest_checkpoint()

@@ -151,6 +151,28 @@ pub struct ResponderRecord {
     pub seq: u64,
 }
 
+/// The latest CRL of one CA (`CrlPublished`). The DER itself is kept as a
+/// file beside the database and in the publish directory; this record says
+/// which bytes (`sha256`) are current.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    pub issuer: String,
+    pub crl_number: u64,
+    /// Unix seconds.
+    pub this_update: i64,
+    pub next_update: i64,
+    /// Revoked certificates listed.
+    pub entries: u64,
+    pub sha256: [u8; 32],
+    /// The revocations listed are those committed before this log position.
+    pub as_of: u64,
+    /// Emergency mode: every CRL is published with this short validity
+    /// (seconds) until the operator ends it.
+    pub emergency_validity: Option<i64>,
+    /// Sequence number of the `CrlPublished` event.
+    pub seq: u64,
+}
+
 /// Selects certificates in `ReadView::certs`. Every given field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertFilter {

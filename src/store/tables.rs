@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::ReadView;
 use super::records::{
-    CaRecord, CeremonyRecord, CertFilter, CertRecord, CertState, CheckpointRecord, IntentRecord,
-    ResponderRecord, SignerKeys,
+    CaRecord, CeremonyRecord, CertFilter, CertRecord, CertState, CheckpointRecord, CrlRecord,
+    IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 use crate::events::{Event, RequestId};
 use castellan_proto::CeremonyId;
@@ -39,7 +39,8 @@ pub(crate) const CEREMONIES: usize = 7;
 pub(crate) const CHECKPOINTS: usize = 8;
 pub(crate) const GRAPH: usize = 9;
 pub(crate) const RESPONDERS: usize = 10;
-pub(crate) const N_PROJECTIONS: usize = 11;
+pub(crate) const CRLS: usize = 11;
+pub(crate) const N_PROJECTIONS: usize = 12;
 
 /// Every projection table's name, in dump order. Adding one appends here.
 pub(crate) const NAMES: [&str; N_PROJECTIONS] = [
@@ -54,6 +55,7 @@ pub(crate) const NAMES: [&str; N_PROJECTIONS] = [
     "p.checkpoints",
     "p.graph",
     "p.responders",
+    "p.crls",
 ];
 
 pub(crate) fn projection(t: usize) -> Raw {
@@ -438,6 +440,51 @@ where
 
     fn revoked(&self, issuer: &str) -> Vec<CertRecord> {
         self.certs_from_index(REVOKED, issuer, |_| true, usize::MAX)
+    }
+
+    fn revocations(&self, issuer: &str) -> Vec<(Vec<u8>, Revocation)> {
+        let prefix = lp(issuer);
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        let mut bad = None;
+        self.scan(REVOKED, &prefix, |k, v| {
+            let serial = k.get(prefix.len()..).unwrap_or_default().to_vec();
+            if v.is_empty() {
+                // Written before the index carried the revocation: read it
+                // from the certificate record.
+                missing.push(serial);
+                return true;
+            }
+            match decode::<Revocation>(v) {
+                Ok(r) => {
+                    out.push((serial, r));
+                    true
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = bad {
+            self.fail(format!(
+                "a record of p.revoked_by_issuer does not decode ({e}); rebuild the projections"
+            ));
+        }
+        for serial in missing {
+            match self.get::<CertRecord>(CERTS, &serial).and_then(|c| c.revocation) {
+                Some(r) => out.push((serial, r)),
+                None => self.fail(format!(
+                    "p.revoked_by_issuer lists serial {} which is not revoked in p.certs; rebuild the projections",
+                    hex::encode(&serial)
+                )),
+            }
+        }
+        out
+    }
+
+    fn crl(&self, issuer: &str) -> Option<CrlRecord> {
+        self.get(CRLS, issuer.as_bytes())
     }
 
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {

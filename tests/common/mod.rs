@@ -631,3 +631,107 @@ pub fn kind(event: &Value) -> &str {
 pub fn seq(event: &Value) -> u64 {
     event["seq"].as_u64().expect("an event has a seq")
 }
+
+// ---------------------------------------------------------------------------
+// Relying-party tools and the public listener
+
+/// A bounded `openssl` run in `dir` (stdout and stderr joined: `openssl
+/// ocsp` says "Response verify OK" on stderr and exits 0 whatever the
+/// status).
+pub fn openssl(args: &[&str], dir: &Path) -> String {
+    openssl_exit(args, dir, 0)
+}
+
+/// As [`openssl`], expecting exit status `code`.
+pub fn openssl_exit(args: &[&str], dir: &Path, code: i32) -> String {
+    let out = run(
+        Command::new("timeout")
+            .arg("60")
+            .arg("openssl")
+            .args(args)
+            .current_dir(dir),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(code), "{out}");
+    format!("{}\n{}", out.stdout, out.stderr)
+}
+
+/// A bounded `curl -sS` run in `dir` that must succeed.
+pub fn curl(args: &[&str], dir: &Path) -> Out {
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "60"])
+            .args(args)
+            .current_dir(dir),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    out
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_http(port: u16) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "castellan does not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An appliance whose public listener is on a free port (`http_extra`:
+/// more lines for `[http]`; `extra`: more tables appended), with root and
+/// `issuing` CAs and chain.pem (root + issuing).
+pub fn public_appliance(http_extra: &str, extra: &str) -> (Appliance, u16) {
+    let mut a = Appliance::prepare(Settings::default());
+    let port = free_port();
+    // The issuance URL templates follow http.listen by default.
+    let text = a.config_text(None).replace(
+        "[http]\nenabled = false\n",
+        &format!(
+            "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nocsp_validity_secs = 600\n{http_extra}\n{extra}\n"
+        ),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    a.start_signer();
+    a.start_daemon();
+    a.make_cas();
+    let mut chain = std::fs::read(a.path("root.pem")).unwrap();
+    chain.extend(std::fs::read(a.path("issuing.pem")).unwrap());
+    std::fs::write(a.path("chain.pem"), chain).unwrap();
+    wait_http(port);
+    (a, port)
+}
+
+/// Issues a certificate for `{tag}.example` (key and PEM in `{tag}.*`);
+/// returns its serial (hex).
+pub fn issue(a: &Appliance, tag: &str) -> String {
+    let v = a
+        .issue_generated(tag, &format!("{tag}.example"))
+        .ok()
+        .json();
+    v["serial"].as_str().expect("a serial").to_string()
+}
+
+/// Polls `f` until it gives a value (at most [`WAIT`]; panics naming
+/// `what` after that). For things that happen in the background — a CRL
+/// being published, a responder being rotated — never for timing.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

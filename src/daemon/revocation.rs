@@ -1,0 +1,1485 @@
+//! Revocation serving: the delegated OCSP responders, the pre-signed OCSP
+//! cache, the full CRL of every CA, and the publish directory.
+//!
+//! **Pre-signed OCSP.** Every certificate that has not expired has a current
+//! signed answer for its SHA-1 CertID (what browsers and most TLS stacks
+//! send) in [`OcspCache`], re-signed when half of its validity has passed
+//! or when the responder rotates. Each entry carries the event-log position
+//! its status was read at, and an entry only ever replaces one read at the
+//! same or an earlier position: an answer can never be older than the
+//! revocation state it replaces. A revocation first puts a tombstone at its
+//! own position (nothing older can be served from then on), then signs the
+//! `revoked` answers, and only then is acknowledged.
+//!
+//! Answers with a nonce, several CertIDs, or a CertID not cached are signed
+//! on demand (and single SHA-1/SHA-256 ones are kept). `unknown` answers are
+//! never kept: the serial could be issued a moment later.
+//!
+//! **CRLs.** One full CRL per CA (no IssuingDistributionPoint: NSS refuses a
+//! CRL that carries one and fails the whole chain). A revocation marks its
+//! issuer dirty; the CRL task waits `crl.coalesce_ms` for more, then
+//! publishes one CRL for all of them. A CRL is also published when half of
+//! its validity has passed, and at once by `castellanctl crl emergency`
+//! (which keeps a short validity until ended). The CRL number comes from the
+//! log (`CrlPublished`) and the signer refuses any number not above the last
+//! one it signed, so numbers only increase, across restarts too.
+//!
+//! **Publish directory** (`http.publish_dir`): `crl/{ca}.crl` (DER),
+//! `crl/{ca}.pem`, `ca/{ca}.crt` and `ocsp/{ca}/{base64 request}` (the
+//! standard base64 of the DER request of one SHA-1 CertID without nonce,
+//! its `/` characters being directory separators) — the same bytes the HTTP
+//! listener serves for the same paths, written atomically (temporary file,
+//! fsync, rename, fsync of the directory).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use castellan_proto::{
+    Algorithm, CertIdHash, CertStatus, CrlEntry, CrlRequest, OcspBatch, OcspTemplate, Request,
+    Response, RevocationReason, SingleStatus, Validity,
+};
+
+use super::{Daemon, bad, err, exec_err, now_ms, refused, x509_facts};
+use crate::api::{ApiError, CrlView, ErrorKind, PublishCrl};
+use crate::events::{Actor, EventPayload};
+use crate::ocsp::HashAlg;
+use crate::signer_pool::PoolError;
+use crate::store::records::{CaRecord, CertRecord, CertState, CrlRecord};
+use crate::store::{CertFilter, Decision, ReadView};
+
+// ---------------------------------------------------------------------------
+// Answers
+
+/// One OCSP answer: the DER OCSPResponse (successful and signed, or an
+/// unsigned error status) and, for a signed one, (thisUpdate, nextUpdate)
+/// in Unix seconds and an entity tag for HTTP caching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspAnswer {
+    pub der: Bytes,
+    pub cacheable: Option<(i64, i64)>,
+    pub etag: Option<String>,
+}
+
+/// OCSPResponseStatus values (RFC 6960 §4.2.1) used for unsigned errors.
+pub const OCSP_MALFORMED: u8 = 1;
+pub const OCSP_INTERNAL_ERROR: u8 = 2;
+pub const OCSP_TRY_LATER: u8 = 3;
+pub const OCSP_UNAUTHORIZED: u8 = 6;
+
+/// `OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED }` with no
+/// responseBytes: the whole of an error answer.
+pub fn ocsp_error_der(status: u8) -> Vec<u8> {
+    vec![0x30, 0x03, 0x0a, 0x01, status]
+}
+
+impl OcspAnswer {
+    fn error(status: u8) -> OcspAnswer {
+        OcspAnswer {
+            der: Bytes::from(ocsp_error_der(status)),
+            cacheable: None,
+            etag: None,
+        }
+    }
+}
+
+fn etag_of(der: &[u8]) -> String {
+    format!(
+        "\"{}\"",
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+    )
+}
+
+// ---------------------------------------------------------------------------
+// State
+
+/// Serial octets as an OCSP CertID carries them: no leading zero octets.
+fn magnitude(serial: &[u8]) -> Vec<u8> {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    let m = &serial[start..];
+    if m.is_empty() { vec![0] } else { m.to_vec() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OcspKey {
+    issuer: String,
+    /// Magnitude (see [`magnitude`]).
+    serial: Vec<u8>,
+    hash: HashAlg,
+}
+
+/// One pre-signed answer, or a tombstone (`der` empty) that only blocks
+/// older answers.
+#[derive(Debug)]
+struct CachedOcsp {
+    der: Bytes,
+    etag: String,
+    this_update: i64,
+    next_update: i64,
+    /// Event-log position (number of events) the status was read at.
+    log_pos: u64,
+    /// Sequence number of the responder record that signed it.
+    responder_seq: u64,
+    status: Option<CertStatus>,
+}
+
+impl CachedOcsp {
+    fn servable(&self, now: i64) -> bool {
+        !self.der.is_empty() && now < self.next_update
+    }
+}
+
+/// A CA's CertID hashes, precomputed.
+struct CaKeys {
+    ca_id: String,
+    sha1: (Vec<u8>, Vec<u8>),
+    sha256: (Vec<u8>, Vec<u8>),
+}
+
+impl CaKeys {
+    fn matches(&self, id: &crate::ocsp::CertId) -> bool {
+        let (name, key) = match id.hash {
+            HashAlg::Sha1 => &self.sha1,
+            HashAlg::Sha256 => &self.sha256,
+        };
+        ct_eq(&id.issuer_name_hash, name) & ct_eq(&id.issuer_key_hash, key)
+    }
+}
+
+/// Equality without an early exit on the first differing octet.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// The last CRL of a CA, as served.
+#[derive(Debug)]
+pub struct PublishedCrl {
+    pub record: CrlRecord,
+    pub der: Bytes,
+    pub pem: Bytes,
+    pub etag: String,
+}
+
+/// Everything revocation serving keeps in memory.
+pub(crate) struct RevocationState {
+    ocsp: RwLock<HashMap<OcspKey, Arc<CachedOcsp>>>,
+    cas: RwLock<(Instant, Arc<Vec<CaKeys>>)>,
+    crls: RwLock<HashMap<String, Arc<PublishedCrl>>>,
+    /// Certificates issued since the OCSP task last ran: pre-sign them.
+    pending: Mutex<Vec<(String, Vec<u8>)>>,
+    crl_dirty: Mutex<BTreeSet<String>>,
+    pub(crate) ocsp_wake: tokio::sync::Notify,
+    pub(crate) crl_wake: tokio::sync::Notify,
+    /// One CRL is produced at a time (the CRL number is read, then used).
+    crl_lock: tokio::sync::Mutex<()>,
+    /// Serialises writes into the publish directory, so the file left is the
+    /// one of the newest entry.
+    publish_lock: Mutex<()>,
+    /// Set once the start-up pre-signing pass has run.
+    warmed: std::sync::atomic::AtomicBool,
+}
+
+impl RevocationState {
+    pub(crate) fn new() -> RevocationState {
+        RevocationState {
+            ocsp: RwLock::new(HashMap::new()),
+            cas: RwLock::new((Instant::now(), Arc::new(Vec::new()))),
+            crls: RwLock::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            crl_dirty: Mutex::new(BTreeSet::new()),
+            ocsp_wake: tokio::sync::Notify::new(),
+            crl_wake: tokio::sync::Notify::new(),
+            crl_lock: tokio::sync::Mutex::new(()),
+            publish_lock: Mutex::new(()),
+            warmed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn get(&self, key: &OcspKey) -> Option<Arc<CachedOcsp>> {
+        self.ocsp.read().ok()?.get(key).cloned()
+    }
+
+    /// Puts `entry` unless the cache holds one read at a later log position.
+    /// Returns whether it was put.
+    fn put(&self, key: OcspKey, entry: CachedOcsp) -> bool {
+        let Ok(mut map) = self.ocsp.write() else {
+            return false;
+        };
+        if let Some(old) = map.get(&key)
+            && old.log_pos > entry.log_pos
+        {
+            return false;
+        }
+        map.insert(key, Arc::new(entry));
+        true
+    }
+
+    pub(crate) fn note_issued(&self, issuer: &str, serial: &[u8]) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((issuer.to_string(), serial.to_vec()));
+        }
+        self.ocsp_wake.notify_one();
+    }
+
+    fn mark_crl_dirty(&self, issuer: &str) {
+        if let Ok(mut d) = self.crl_dirty.lock() {
+            d.insert(issuer.to_string());
+        }
+        self.crl_wake.notify_one();
+    }
+
+    pub fn crl(&self, issuer: &str) -> Option<Arc<PublishedCrl>> {
+        self.crls.read().ok()?.get(issuer).cloned()
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.ocsp.read().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// (subject Name DER, subjectPublicKey bits) of a CA certificate: what
+/// CertID hashes are computed over.
+fn issuer_keys(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    use der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let tbs = cert.tbs_certificate();
+    let name = tbs.subject().to_der().ok()?;
+    let key = tbs
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
+    Some((name, key))
+}
+
+fn ca_keys(cas: &[CaRecord]) -> Vec<CaKeys> {
+    cas.iter()
+        .filter_map(|c| {
+            let (name, key) = issuer_keys(&c.certificate_der)?;
+            Some(CaKeys {
+                ca_id: c.ca_id.clone(),
+                sha1: crate::ocsp::issuer_hashes(&name, &key, &HashAlg::Sha1),
+                sha256: crate::ocsp::issuer_hashes(&name, &key, &HashAlg::Sha256),
+            })
+        })
+        .collect()
+}
+
+/// Whether a signer refusal says the responder is missing or not valid now
+/// (the daemon then rotates one in and tries once more).
+fn responder_refusal(e: &PoolError) -> bool {
+    matches!(e, PoolError::Refused(s) if s.message.contains("responder"))
+}
+
+/// Why an OCSP signing round failed, as the OCSP status to answer.
+fn failure_status(e: &PoolError) -> u8 {
+    match e {
+        PoolError::Unavailable(_) | PoolError::Timeout(_) => OCSP_TRY_LATER,
+        _ => OCSP_INTERNAL_ERROR,
+    }
+}
+
+/// One answer signed by [`Daemon::sign_answers`].
+struct Signed {
+    der: Vec<u8>,
+    this_update: i64,
+    next_update: i64,
+    statuses: Vec<CertStatus>,
+}
+
+/// The result of one signing round: the answers, the log position the
+/// statuses were read at and the responder that signed.
+struct Round {
+    answers: Vec<Signed>,
+    log_pos: u64,
+    responder_seq: u64,
+}
+
+/// The status of `serial` (a DER INTEGER magnitude) under `issuer`.
+fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> CertStatus {
+    // Serials are stored as the signer drew them (16 octets, possibly with
+    // leading zero octets that DER drops).
+    let record = view.cert(serial).or_else(|| {
+        (serial.len() < 16).then(|| {
+            let mut padded = vec![0u8; 16 - serial.len()];
+            padded.extend_from_slice(serial);
+            view.cert(&padded)
+        })?
+    });
+    match record {
+        Some(c) if c.issuer == issuer => match &c.revocation {
+            Some(r) => CertStatus::Revoked {
+                at: r.revoked_at,
+                reason: Some(r.reason),
+            },
+            None => CertStatus::Good,
+        },
+        Some(_) => CertStatus::Unknown,
+        // A CA certificate (an intermediate, a cross-signature) is not in
+        // the certificates table: good if a CA castellan holds has this
+        // parent and serial. (CA revocation goes through the CRL, not here.)
+        None if view.cas().iter().any(|ca| {
+            ca.parent.as_deref() == Some(issuer)
+                && ca_serial(&ca.certificate_der).is_some_and(|s| magnitude(&s) == serial)
+        }) =>
+        {
+            CertStatus::Good
+        }
+        None => CertStatus::Unknown,
+    }
+}
+
+/// The serial number octets of a certificate.
+fn ca_serial(der: &[u8]) -> Option<Vec<u8>> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().serial_number().as_bytes().to_vec())
+}
+
+/// What a status says, in words.
+fn status_words(s: &CertStatus) -> String {
+    match s {
+        CertStatus::Good => "good".into(),
+        CertStatus::Unknown => "unknown".into(),
+        CertStatus::Revoked { at, reason } => format!(
+            "revoked at {} ({})",
+            castellan_proto::time::rfc3339(*at),
+            reason.map_or("no reason", |r| r.as_str())
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// DER of the canonical GET request
+
+fn der_len(n: usize, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes = (n as u64).to_be_bytes();
+        let skip = bytes.iter().position(|b| *b != 0).unwrap_or(7);
+        out.push(0x80 | (8 - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 4);
+    out.push(tag);
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+/// The DER OCSPRequest a client sends for one SHA-1 CertID without nonce
+/// (sha1 AlgorithmIdentifier with NULL parameters, as OpenSSL and NSS
+/// encode it): its base64 is the GET path of the published answer.
+fn canonical_request(keys: &CaKeys, serial: &[u8]) -> Vec<u8> {
+    const SHA1_ALG: [u8; 11] = [
+        0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00,
+    ];
+    let mut int = serial.to_vec();
+    if int.first().is_some_and(|b| b & 0x80 != 0) {
+        int.insert(0, 0);
+    }
+    let mut cert_id = SHA1_ALG.to_vec();
+    cert_id.extend(der_tlv(0x04, &keys.sha1.0));
+    cert_id.extend(der_tlv(0x04, &keys.sha1.1));
+    cert_id.extend(der_tlv(0x02, &int));
+    let request = der_tlv(0x30, &der_tlv(0x30, &cert_id));
+    let list = der_tlv(0x30, &request);
+    der_tlv(0x30, &der_tlv(0x30, &list))
+}
+
+/// `ocsp/{ca}/{standard base64}` of the canonical request.
+fn published_ocsp_path(keys: &CaKeys, serial: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(canonical_request(keys, serial));
+    format!("ocsp/{}/{b64}", keys.ca_id)
+}
+
+// ---------------------------------------------------------------------------
+// Publish directory
+
+/// Writes `bytes` to `dir/rel` atomically: temporary file, fsync, rename,
+/// fsync of the directory.
+pub(crate) fn write_atomically(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(rel);
+    let parent = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.to_path_buf());
+    std::fs::create_dir_all(&parent)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&parent)?.sync_all()
+}
+
+fn pem_crl(der: &[u8]) -> String {
+    crate::pem::encode("X509 CRL", der)
+}
+
+// ---------------------------------------------------------------------------
+// The daemon's side
+
+/// How [`Daemon::publish_crl`] was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlMode {
+    /// After revocations or when due; keeps emergency mode if it is on.
+    Regular,
+    /// Publish now with this validity (seconds) and keep it until ended.
+    Emergency(i64),
+    /// Publish now with the configured validity; emergency mode ends.
+    EndEmergency,
+}
+
+/// The OCSP task's period.
+const OCSP_TICK: Duration = Duration::from_secs(2);
+/// The CRL task's period (due CRLs, missing CRLs).
+const CRL_TICK: Duration = Duration::from_secs(5);
+/// Answers per signer request when pre-signing.
+const PRESIGN_BATCH: usize = 256;
+/// How often an OCSP request for an issuer castellan does not know may make
+/// it re-read the CAs (a new CA is served within this time at most).
+const CA_REFRESH: Duration = Duration::from_secs(1);
+
+impl Daemon {
+    /// Whether this daemon serves revocation at all: a public listener or a
+    /// publish directory. (An offline root host with neither signs no CRLs
+    /// and no responders unless asked.)
+    pub fn serves_revocation(&self) -> bool {
+        let c = self.config();
+        c.http.enabled || c.http.publish_dir.is_some()
+    }
+
+    fn publish_dir(&self) -> Option<PathBuf> {
+        self.config().http.publish_dir.clone()
+    }
+
+    /// The CAs' CertID hashes; re-read from the store when `refresh` and
+    /// the copy is older than [`CA_REFRESH`].
+    fn ca_index(&self, refresh: bool) -> Arc<Vec<CaKeys>> {
+        if let Ok(g) = self.rev.cas.read()
+            && (!refresh || g.0.elapsed() < CA_REFRESH)
+            && !(refresh && g.1.is_empty())
+        {
+            return Arc::clone(&g.1);
+        }
+        self.reload_ca_index()
+    }
+
+    fn reload_ca_index(&self) -> Arc<Vec<CaKeys>> {
+        let cas = match self.store.read() {
+            Ok(v) => v.cas(),
+            Err(e) => {
+                tracing::warn!("OCSP: reading the CAs: {e}");
+                return self
+                    .rev
+                    .cas
+                    .read()
+                    .map(|g| Arc::clone(&g.1))
+                    .unwrap_or_default();
+            }
+        };
+        let keys = Arc::new(ca_keys(&cas));
+        if let Ok(mut g) = self.rev.cas.write() {
+            *g = (Instant::now(), Arc::clone(&keys));
+        }
+        keys
+    }
+
+    // -- responders ---------------------------------------------------------
+
+    /// Every CA (active or retired) gets a delegated OCSP responder valid
+    /// for at least a third of its lifetime (`http.responder_validity_secs`):
+    /// one is rotated in when there is none or less than that remains. Runs
+    /// at start-up and from the OCSP task; no operator step.
+    ///
+    /// With `http.enabled = false` (an offline root host, nothing serves
+    /// OCSP) nothing is rotated: the CA keys sign no responder certificates
+    /// that no one would use.
+    pub async fn ensure_responders(&self) -> Result<(), ApiError> {
+        if !self.config().http.enabled {
+            return Ok(());
+        }
+        let cas = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .cas();
+        let mut first_error = None;
+        for ca in cas {
+            if let Err(e) = self.rotate_responder_if_needed(&ca.ca_id, None).await {
+                tracing::warn!(ca = %ca.ca_id, "OCSP responder rotation: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Rotates the responder of `ca_id` when it is missing or due, or —
+    /// with `stale_seq` — when the record with that sequence number is still
+    /// the current one (the signer refused it).
+    async fn rotate_responder_if_needed(
+        &self,
+        ca_id: &str,
+        stale_seq: Option<u64>,
+    ) -> Result<(), ApiError> {
+        let _guard = self.responder_lock.lock().await;
+        let view = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let Some(ca) = view.ca(ca_id) else {
+            return Err(bad(format!("no CA {ca_id:?}")));
+        };
+        let now = now_ms() / 1000;
+        let current = view.responder(ca_id);
+        drop(view);
+        let (ca_nb, ca_na) = x509_facts(&ca.certificate_der)
+            .map(|(_, a, b)| (a, b))
+            .ok_or_else(|| err(ErrorKind::Internal, "the CA certificate does not parse"))?;
+        if ca_na <= now {
+            // An expired CA gets no new responder; its answers stay as
+            // they are until they expire.
+            return Ok(());
+        }
+        let secs = i64::from(self.config().http.responder_validity_secs);
+        let due = match &current {
+            None => true,
+            Some(r) if stale_seq == Some(r.seq) => true,
+            // A third of the configured lifetime left (unless the CA itself
+            // ends first: a new responder would end at the same time).
+            Some(r) => (r.not_after - now < secs / 3 && r.not_after < ca_na) || now < r.not_before,
+        };
+        if !due {
+            return Ok(());
+        }
+        let not_before = (now - 60).max(ca_nb);
+        let not_after = (now + secs).min(ca_na);
+        if not_after <= now + 10 {
+            return Err(refused(format!(
+                "CA {ca_id:?} expires too soon for an OCSP responder"
+            )));
+        }
+        let algorithm = match ca.algorithm {
+            Algorithm::EcdsaP384 => Algorithm::EcdsaP384,
+            _ => Algorithm::EcdsaP256,
+        };
+        let Response::Responder(info) = self
+            .signer(Request::RotateOcspResponder(
+                castellan_proto::ResponderParams {
+                    issuer: ca_id.to_string(),
+                    validity: Validity {
+                        not_before,
+                        not_after,
+                    },
+                    algorithm,
+                },
+            ))
+            .await?
+        else {
+            return Err(err(
+                ErrorKind::Internal,
+                "unexpected answer to RotateOcspResponder",
+            ));
+        };
+        self.store
+            .execute(Actor::System, move |_| Decision::Commit {
+                events: vec![EventPayload::ResponderRotated {
+                    issuer: info.issuer,
+                    certificate_der: info.certificate_der,
+                }],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        tracing::info!(ca = %ca_id, not_after, "OCSP responder rotated");
+        // Every answer signed by the old responder is re-signed now.
+        self.rev.ocsp_wake.notify_one();
+        Ok(())
+    }
+
+    // -- signing ------------------------------------------------------------
+
+    /// Signs one OCSP answer per element of `requests` (each a list of
+    /// (serial magnitude, CertID hash)), with the statuses as of now. A
+    /// nonce goes into every answer. Rotates the responder once if the
+    /// signer refuses it.
+    async fn sign_answers(
+        &self,
+        issuer: &str,
+        requests: &[Vec<(Vec<u8>, HashAlg)>],
+        nonce: Option<Vec<u8>>,
+    ) -> Result<Round, PoolError> {
+        let mut rotated = false;
+        loop {
+            let view = self
+                .store
+                .read()
+                .map_err(|e| PoolError::Unavailable(format!("reading the store: {e}")))?;
+            let log_pos = view.head().0;
+            let responder = view.responder(issuer);
+            let now = now_ms() / 1000;
+            let this_update = now - 60;
+            let mut next_update = this_update + i64::from(self.config().http.ocsp_validity_secs);
+            if let Some(r) = &responder
+                && r.not_after > now
+            {
+                // An answer is never valid longer than the certificate that
+                // verifies it.
+                next_update = next_update.min(r.not_after);
+            }
+            let templates: Vec<OcspTemplate> = requests
+                .iter()
+                .map(|singles| OcspTemplate {
+                    singles: singles
+                        .iter()
+                        .map(|(serial, hash)| SingleStatus {
+                            hash: CertIdHash::from(*hash),
+                            serial: serial.clone(),
+                            status: cert_status(&view, issuer, serial),
+                            this_update,
+                            next_update: Some(next_update),
+                        })
+                        .collect(),
+                    nonce: nonce.clone(),
+                })
+                .collect();
+            drop(view);
+            let statuses: Vec<Vec<CertStatus>> = templates
+                .iter()
+                .map(|t| t.singles.iter().map(|s| s.status).collect())
+                .collect();
+            let batch = OcspBatch {
+                issuer: issuer.to_string(),
+                produced_at: now,
+                responses: templates,
+            };
+            let result = self.pool.call(Request::SignOcsp(batch)).await;
+            match result {
+                Ok(Response::Ocsp { responses }) if responses.len() == statuses.len() => {
+                    return Ok(Round {
+                        answers: responses
+                            .into_iter()
+                            .zip(statuses)
+                            .map(|(der, statuses)| Signed {
+                                der,
+                                this_update,
+                                next_update,
+                                statuses,
+                            })
+                            .collect(),
+                        log_pos,
+                        responder_seq: responder.map_or(0, |r| r.seq),
+                    });
+                }
+                Ok(_) => {
+                    return Err(PoolError::Protocol(
+                        "unexpected answer to SignOcsp".to_string(),
+                    ));
+                }
+                Err(e) if !rotated && responder_refusal(&e) => {
+                    tracing::info!(ca = %issuer, "OCSP: the signer refused the responder ({e}); rotating");
+                    rotated = true;
+                    if let Err(e) = self
+                        .rotate_responder_if_needed(issuer, responder.map(|r| r.seq))
+                        .await
+                    {
+                        tracing::warn!(ca = %issuer, "OCSP responder rotation: {e}");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Keeps the single-CertID answers of a round in the cache (statuses
+    /// other than `unknown`) and publishes the SHA-1 ones.
+    async fn keep(&self, issuer: &str, keys: &[(Vec<u8>, HashAlg)], round: Round) {
+        let mut published = Vec::new();
+        let index = self.ca_index(false);
+        let ca = index.iter().find(|k| k.ca_id == issuer);
+        for ((serial, hash), signed) in keys.iter().zip(round.answers) {
+            let Some(status) = signed.statuses.first().copied() else {
+                continue;
+            };
+            if status == CertStatus::Unknown {
+                continue;
+            }
+            let der = Bytes::from(signed.der);
+            let key = OcspKey {
+                issuer: issuer.to_string(),
+                serial: serial.clone(),
+                hash: *hash,
+            };
+            let put = self.rev.put(
+                key.clone(),
+                CachedOcsp {
+                    etag: etag_of(&der),
+                    der,
+                    this_update: signed.this_update,
+                    next_update: signed.next_update,
+                    log_pos: round.log_pos,
+                    responder_seq: round.responder_seq,
+                    status: Some(status),
+                },
+            );
+            if put
+                && *hash == HashAlg::Sha1
+                && let Some(ca) = ca
+            {
+                published.push((key, published_ocsp_path(ca, serial)));
+            }
+        }
+        self.publish_ocsp(published).await;
+    }
+
+    /// Writes the current cache entries of `items` into the publish
+    /// directory (the entry is read again under the lock, so the file left
+    /// behind is always the newest answer).
+    async fn publish_ocsp(&self, items: Vec<(OcspKey, String)>) {
+        let Some(dir) = self.publish_dir() else {
+            return;
+        };
+        if items.is_empty() {
+            return;
+        }
+        let rev = Arc::clone(&self.rev);
+        let r = tokio::task::spawn_blocking(move || {
+            let _g = rev.publish_lock.lock();
+            for (key, rel) in items {
+                let Some(entry) = rev.get(&key) else { continue };
+                if entry.der.is_empty() {
+                    continue;
+                }
+                if let Err(e) = write_atomically(&dir, &rel, &entry.der) {
+                    tracing::warn!(path = %dir.join(&rel).display(), "publishing an OCSP answer: {e}");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::warn!("publishing OCSP answers: {e}");
+        }
+    }
+
+    /// Answers one OCSPRequest (DER). `issuer_hint` (from `/ocsp/{issuer}`)
+    /// restricts matching to that CA.
+    ///
+    /// - Malformed request → malformedRequest; a CertID in a hash other
+    ///   than SHA-1/SHA-256, or matching no CA castellan holds →
+    ///   unauthorized.
+    /// - All CertIDs of one request must name one issuer: one delegated
+    ///   responder signs one response, and each CA has its own. A request
+    ///   mixing issuers → unauthorized (clients ask per issuer in practice).
+    /// - One CertID, no nonce: the pre-signed answer when there is a
+    ///   current one; otherwise signed now (and kept).
+    /// - Status: a serial this CA never issued → unknown; issued → good;
+    ///   revoked → revoked with time and reason. A possibly-issued
+    ///   certificate (recovered from the signer's journal after a crash,
+    ///   DER unknown) → good unless revoked: the signer did sign it.
+    /// - Signer unreachable and nothing cached → tryLater.
+    pub async fn ocsp(&self, body: &[u8], issuer_hint: Option<&str>) -> OcspAnswer {
+        let req = match crate::ocsp::parse_request(body) {
+            Ok(r) => r,
+            Err(e) => return OcspAnswer::error(e.answer().code()),
+        };
+        let mut issuer: Option<String> = None;
+        for refresh in [false, true] {
+            let index = self.ca_index(refresh);
+            issuer = None;
+            let mut ok = true;
+            for id in &req.cert_ids {
+                let Some(ca) = index
+                    .iter()
+                    .filter(|k| issuer_hint.is_none_or(|h| h == k.ca_id))
+                    .find(|k| k.matches(id))
+                else {
+                    ok = false;
+                    break;
+                };
+                match &issuer {
+                    None => issuer = Some(ca.ca_id.clone()),
+                    Some(i) if *i == ca.ca_id => {}
+                    Some(_) => return OcspAnswer::error(OCSP_UNAUTHORIZED),
+                }
+            }
+            if ok {
+                break;
+            }
+            issuer = None;
+        }
+        let Some(issuer) = issuer else {
+            return OcspAnswer::error(OCSP_UNAUTHORIZED);
+        };
+        let keys: Vec<(Vec<u8>, HashAlg)> = req
+            .cert_ids
+            .iter()
+            .map(|id| (magnitude(&id.serial), id.hash))
+            .collect();
+        let single = keys.len() == 1 && req.nonce.is_none();
+        if single {
+            let key = OcspKey {
+                issuer: issuer.clone(),
+                serial: keys[0].0.clone(),
+                hash: keys[0].1,
+            };
+            if let Some(e) = self.rev.get(&key)
+                && e.servable(now_ms() / 1000)
+            {
+                return OcspAnswer {
+                    der: e.der.clone(),
+                    cacheable: Some((e.this_update, e.next_update)),
+                    etag: Some(e.etag.clone()),
+                };
+            }
+        }
+        let requests = [keys.clone()];
+        match self.sign_answers(&issuer, &requests, req.nonce).await {
+            Ok(mut round) => {
+                let Some(first) = round.answers.first() else {
+                    return OcspAnswer::error(OCSP_INTERNAL_ERROR);
+                };
+                let answer = OcspAnswer {
+                    der: Bytes::from(first.der.clone()),
+                    cacheable: Some((first.this_update, first.next_update)),
+                    etag: Some(etag_of(&first.der)),
+                };
+                if single {
+                    round.answers.truncate(1);
+                    self.keep(&issuer, &keys, round).await;
+                }
+                answer
+            }
+            Err(e) => {
+                tracing::warn!(ca = %issuer, "OCSP: signing failed: {e}");
+                OcspAnswer::error(failure_status(&e))
+            }
+        }
+    }
+
+    /// After a revocation committed at log position `pos`: no answer read
+    /// before it is served any more, and the `revoked` answers (SHA-1 and
+    /// SHA-256 CertIDs) are signed and cached. Returns what OCSP answers
+    /// now, for the operator.
+    pub(crate) async fn after_revoke(&self, issuer: &str, serial: &[u8], pos: u64) -> String {
+        self.rev.mark_crl_dirty(issuer);
+        if !self.serves_revocation() {
+            return "not served (http.enabled = false and no publish_dir)".into();
+        }
+        let m = magnitude(serial);
+        for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+            self.rev.put(
+                OcspKey {
+                    issuer: issuer.to_string(),
+                    serial: m.clone(),
+                    hash,
+                },
+                CachedOcsp {
+                    der: Bytes::new(),
+                    etag: String::new(),
+                    this_update: 0,
+                    next_update: 0,
+                    log_pos: pos,
+                    responder_seq: 0,
+                    status: None,
+                },
+            );
+        }
+        let keys = vec![(m.clone(), HashAlg::Sha1), (m, HashAlg::Sha256)];
+        let requests: Vec<Vec<(Vec<u8>, HashAlg)>> = keys.iter().map(|k| vec![k.clone()]).collect();
+        match self.sign_answers(issuer, &requests, None).await {
+            Ok(round) => {
+                let words = round
+                    .answers
+                    .first()
+                    .and_then(|a| a.statuses.first())
+                    .map(status_words)
+                    .unwrap_or_default();
+                self.keep(issuer, &keys, round).await;
+                format!("{words} (pre-signed, served from now on)")
+            }
+            Err(e) => {
+                tracing::warn!(ca = %issuer, "OCSP: signing the revoked answer: {e}");
+                format!(
+                    "not yet signed ({e}); OCSP answers tryLater for this certificate until the signer is back, never good"
+                )
+            }
+        }
+    }
+
+    /// What OCSP and the CRL say about a certificate now (for `cert show`).
+    pub(crate) fn revocation_words(&self, cert: &CertRecord) -> (Option<String>, Option<String>) {
+        if !self.serves_revocation() {
+            return (None, None);
+        }
+        let now = now_ms() / 1000;
+        let key = OcspKey {
+            issuer: cert.issuer.clone(),
+            serial: magnitude(&cert.serial),
+            hash: HashAlg::Sha1,
+        };
+        let ocsp = match self.rev.get(&key) {
+            Some(e) if e.servable(now) => format!(
+                "{} (pre-signed {}, next update {})",
+                e.status.as_ref().map(status_words).unwrap_or_default(),
+                castellan_proto::time::rfc3339(e.this_update),
+                castellan_proto::time::rfc3339(e.next_update)
+            ),
+            _ => "not pre-signed yet: signed on request".to_string(),
+        };
+        let crl = match self.rev.crl(&cert.issuer) {
+            None => "no CRL published yet".to_string(),
+            Some(c) => {
+                let listed = cert
+                    .revocation
+                    .as_ref()
+                    .is_some_and(|r| r.seq < c.record.as_of);
+                format!(
+                    "{} CRL {} of {} (published {}, next update {})",
+                    if listed { "listed in" } else { "not listed in" },
+                    c.record.crl_number,
+                    cert.issuer,
+                    castellan_proto::time::rfc3339(c.record.this_update),
+                    castellan_proto::time::rfc3339(c.record.next_update)
+                )
+            }
+        };
+        (Some(ocsp), Some(crl))
+    }
+
+    // -- the OCSP task ------------------------------------------------------
+
+    /// Runs forever: rotates responders, pre-signs answers for new
+    /// certificates and re-signs the ones that are half-way to their
+    /// nextUpdate or signed by a rotated responder.
+    pub async fn ocsp_task(self: Arc<Self>) {
+        loop {
+            if self.config().http.enabled {
+                if let Err(e) = self.ensure_responders().await {
+                    tracing::debug!("OCSP responders: {e}");
+                }
+                self.reload_ca_index();
+                if let Err(e) = self.presign_round().await {
+                    tracing::warn!("OCSP pre-signing: {e}");
+                }
+            }
+            tokio::select! {
+                _ = self.rev.ocsp_wake.notified() => {}
+                _ = tokio::time::sleep(OCSP_TICK) => {}
+            }
+        }
+    }
+
+    /// One pre-signing pass. The first pass after start-up covers every
+    /// certificate that has not expired.
+    async fn presign_round(&self) -> Result<(), PoolError> {
+        let now = now_ms() / 1000;
+        let validity = i64::from(self.config().http.ocsp_validity_secs);
+        let mut work: HashMap<String, BTreeSet<Vec<u8>>> = HashMap::new();
+        let first = !self.rev.warmed.load(std::sync::atomic::Ordering::Relaxed);
+        let pending = self
+            .rev
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        let view = self
+            .store
+            .read()
+            .map_err(|e| PoolError::Unavailable(format!("reading the store: {e}")))?;
+        let responders: HashMap<String, u64> = view
+            .cas()
+            .iter()
+            .filter_map(|c| view.responder(&c.ca_id).map(|r| (c.ca_id.clone(), r.seq)))
+            .collect();
+        if first {
+            for ca in view.cas() {
+                for c in view.certs(&CertFilter {
+                    issuer: Some(ca.ca_id.clone()),
+                    ..CertFilter::default()
+                }) {
+                    if c.not_after > now && c.state != CertState::PossiblyIssued {
+                        work.entry(c.issuer.clone())
+                            .or_default()
+                            .insert(magnitude(&c.serial));
+                    }
+                }
+            }
+        }
+        drop(view);
+        for (issuer, serial) in pending {
+            work.entry(issuer).or_default().insert(magnitude(&serial));
+        }
+        if let Ok(map) = self.rev.ocsp.read() {
+            for (k, e) in map.iter() {
+                if k.hash != HashAlg::Sha1 && e.der.is_empty() {
+                    continue;
+                }
+                let stale = e.next_update - now < validity / 2
+                    || responders
+                        .get(&k.issuer)
+                        .is_some_and(|seq| *seq != e.responder_seq && !e.der.is_empty());
+                // A tombstone left by a revocation the signer could not
+                // sign yet is retried too.
+                if stale && (e.status.is_some() || e.der.is_empty()) {
+                    work.entry(k.issuer.clone())
+                        .or_default()
+                        .insert(k.serial.clone());
+                }
+            }
+        }
+        for (issuer, serials) in work {
+            if !responders.contains_key(&issuer) {
+                continue;
+            }
+            let serials: Vec<Vec<u8>> = serials.into_iter().collect();
+            for chunk in serials.chunks(PRESIGN_BATCH) {
+                let keys: Vec<(Vec<u8>, HashAlg)> =
+                    chunk.iter().map(|s| (s.clone(), HashAlg::Sha1)).collect();
+                let requests: Vec<Vec<(Vec<u8>, HashAlg)>> =
+                    keys.iter().map(|k| vec![k.clone()]).collect();
+                let round = self.sign_answers(&issuer, &requests, None).await?;
+                self.keep(&issuer, &keys, round).await;
+            }
+        }
+        if first {
+            self.rev
+                .warmed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    // -- CRLs ---------------------------------------------------------------
+
+    fn crl_file(&self, issuer: &str) -> PathBuf {
+        self.config()
+            .state_dir
+            .join("crl")
+            .join(format!("{issuer}.crl"))
+    }
+
+    /// At start-up: the last CRL of every CA from its file (if the file is
+    /// what the log says was published), and the publish directory brought
+    /// up to date.
+    pub(crate) async fn load_crls(&self) {
+        let Ok(view) = self.store.read() else { return };
+        let cas = view.cas();
+        let records: Vec<CrlRecord> = cas.iter().filter_map(|c| view.crl(&c.ca_id)).collect();
+        drop(view);
+        for record in records {
+            let path = self.crl_file(&record.issuer);
+            let der = match std::fs::read(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "the last CRL is not readable ({e}); publishing a new one");
+                    self.rev.mark_crl_dirty(&record.issuer);
+                    continue;
+                }
+            };
+            if ring::digest::digest(&ring::digest::SHA256, &der).as_ref() != record.sha256 {
+                tracing::warn!(path = %path.display(), "the last CRL file is not the one the log recorded; publishing a new one");
+                self.rev.mark_crl_dirty(&record.issuer);
+                continue;
+            }
+            let issuer = record.issuer.clone();
+            self.install_crl(record, der).await;
+            if let Some(ca) = cas.iter().find(|c| c.ca_id == issuer) {
+                self.publish_ca(ca).await;
+            }
+        }
+    }
+
+    async fn publish_ca(&self, ca: &CaRecord) {
+        let Some(dir) = self.publish_dir() else {
+            return;
+        };
+        let rel = format!("ca/{}.crt", ca.ca_id);
+        let der = ca.certificate_der.clone();
+        let r = tokio::task::spawn_blocking(move || write_atomically(&dir, &rel, &der)).await;
+        if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+            tracing::warn!(ca = %ca.ca_id, "publishing the CA certificate: {e}");
+        }
+    }
+
+    async fn install_crl(&self, record: CrlRecord, der: Vec<u8>) {
+        let pem = pem_crl(&der);
+        let issuer = record.issuer.clone();
+        let published = Arc::new(PublishedCrl {
+            etag: etag_of(&der),
+            record,
+            der: Bytes::from(der),
+            pem: Bytes::from(pem),
+        });
+        if let Some(dir) = self.publish_dir() {
+            let p = Arc::clone(&published);
+            let rev = Arc::clone(&self.rev);
+            let r = tokio::task::spawn_blocking(move || {
+                let _g = rev.publish_lock.lock();
+                write_atomically(&dir, &format!("crl/{}.crl", p.record.issuer), &p.der)?;
+                write_atomically(&dir, &format!("crl/{}.pem", p.record.issuer), &p.pem)
+            })
+            .await;
+            if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+                tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
+            }
+        }
+        if let Ok(mut m) = self.rev.crls.write() {
+            m.insert(issuer, published);
+        }
+    }
+
+    /// `POST /v1/crls/{issuer}/publish`: a new CRL now, optionally
+    /// entering or leaving emergency mode (seed runbook 004: "short
+    /// validity!").
+    pub async fn publish_crl_now(
+        &self,
+        c: &super::Caller,
+        issuer: &str,
+        r: PublishCrl,
+    ) -> Result<CrlView, ApiError> {
+        let mode = match (r.emergency_next_update_secs, r.end_emergency) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "give either an emergency nextUpdate or end_emergency, not both",
+                ));
+            }
+            (Some(s), false) if !(60..=7 * 86_400).contains(&s) => {
+                return Err(bad(format!(
+                    "emergency nextUpdate of {s} s: must be 60 s to 7 days (e.g. 1h)"
+                )));
+            }
+            (Some(s), false) => CrlMode::Emergency(s),
+            (None, true) => CrlMode::EndEmergency,
+            (None, false) => CrlMode::Regular,
+        };
+        self.publish_crl(issuer, mode, c.actor.clone()).await
+    }
+
+    /// Publishes a new full CRL of `issuer` now.
+    pub async fn publish_crl(
+        &self,
+        issuer: &str,
+        mode: CrlMode,
+        actor: Actor,
+    ) -> Result<CrlView, ApiError> {
+        let _g = self.rev.crl_lock.lock().await;
+        let view = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let Some(ca) = view.ca(issuer) else {
+            let known: Vec<String> = view.cas().into_iter().map(|c| c.ca_id).collect();
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "no CA {issuer:?}; known CAs: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        let last = view.crl(issuer);
+        let as_of = view.head().0;
+        let revocations = view.revocations(issuer);
+        if let Some(e) = view.error() {
+            return Err(err(ErrorKind::Internal, e));
+        }
+        drop(view);
+        let emergency_validity = match mode {
+            CrlMode::Regular => last.as_ref().and_then(|l| l.emergency_validity),
+            CrlMode::Emergency(s) => Some(s),
+            CrlMode::EndEmergency => None,
+        };
+        let validity =
+            emergency_validity.unwrap_or_else(|| i64::from(self.config().crl.validity_secs));
+        let this_update = now_ms() / 1000;
+        let next_update = this_update + validity;
+        let entries: Vec<CrlEntry> = revocations
+            .iter()
+            .map(|(serial, r)| CrlEntry {
+                serial: magnitude(serial),
+                revoked_at: r.revoked_at,
+                // RFC 5280 §5.3.1: the code unspecified should be absent.
+                reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
+                invalidity_date: r.invalidity_date,
+            })
+            .collect();
+        let count = entries.len() as u64;
+        let mut number = last.as_ref().map_or(1, |l| l.crl_number + 1);
+        let mut request = CrlRequest {
+            issuer: issuer.to_string(),
+            crl_number: number,
+            this_update,
+            next_update,
+            entries,
+        };
+        let der = match self.pool.sign_crl(request.clone()).await {
+            Ok(d) => d,
+            Err(PoolError::Refused(s)) if s.message.contains("CRL numbers only increase") => {
+                // The signer signed a later CRL the log does not know of
+                // (the daemon stopped between the two): continue after it.
+                let signed = last_signed_number(&s.message).ok_or_else(|| {
+                    err(
+                        ErrorKind::Internal,
+                        format!("the signer refused the CRL number: {}", s.message),
+                    )
+                })?;
+                number = signed + 1;
+                request.crl_number = number;
+                self.pool.sign_crl(request).await.map_err(super::pool_err)?
+            }
+            Err(e) => return Err(super::pool_err(e)),
+        };
+        let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .try_into()
+            .map_err(|_| err(ErrorKind::Internal, "SHA-256 is 32 octets"))?;
+        let path = self.crl_file(issuer);
+        let (file_der, state_dir) = (der.clone(), self.config().state_dir.clone());
+        let rel = format!("crl/{issuer}.crl");
+        tokio::task::spawn_blocking(move || write_atomically(&state_dir, &rel, &file_der))
+            .await
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .map_err(|e| {
+                err(
+                    ErrorKind::Internal,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+        let record = self
+            .store
+            .execute(actor, {
+                let issuer = issuer.to_string();
+                move |v: &dyn ReadView| {
+                    let seq = v.head().0;
+                    let record = CrlRecord {
+                        issuer: issuer.clone(),
+                        crl_number: number,
+                        this_update,
+                        next_update,
+                        entries: count,
+                        sha256,
+                        as_of,
+                        emergency_validity,
+                        seq,
+                    };
+                    Decision::Commit {
+                        events: vec![EventPayload::CrlPublished {
+                            issuer,
+                            crl_number: number,
+                            this_update,
+                            next_update,
+                            entries: count,
+                            sha256,
+                            as_of,
+                            emergency_validity,
+                        }],
+                        output: record,
+                    }
+                }
+            })
+            .await
+            .map_err(exec_err)?;
+        tracing::info!(ca = %issuer, crl_number = number, entries = count, next_update, "CRL published");
+        self.install_crl(record.clone(), der).await;
+        self.publish_ca(&ca).await;
+        Ok(crl_view(&record, &self.config()))
+    }
+
+    /// The CRL the public listener serves for `issuer`.
+    pub fn published_crl(&self, issuer: &str) -> Option<Arc<PublishedCrl>> {
+        self.rev.crl(issuer)
+    }
+
+    /// The last CRL of a CA.
+    pub fn crl_status(&self, issuer: &str) -> Result<CrlView, ApiError> {
+        let view = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        if view.ca(issuer).is_none() {
+            return Err(err(ErrorKind::NotFound, format!("no CA {issuer:?}")));
+        }
+        view.crl(issuer)
+            .map(|r| crl_view(&r, &self.config()))
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    format!("no CRL of {issuer:?} has been published yet"),
+                )
+            })
+    }
+
+    /// Runs forever: publishes the CRLs of issuers with new revocations
+    /// (after `crl.coalesce_ms`), and every CRL that is missing or half-way
+    /// to its nextUpdate.
+    pub async fn crl_task(self: Arc<Self>) {
+        let mut woken = false;
+        loop {
+            if woken {
+                let ms = u64::from(self.config().crl.coalesce_ms);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if self.serves_revocation() {
+                self.crl_round().await;
+            }
+            woken = tokio::select! {
+                _ = self.rev.crl_wake.notified() => true,
+                _ = tokio::time::sleep(CRL_TICK) => false,
+            };
+        }
+    }
+
+    async fn crl_round(&self) {
+        let dirty = self
+            .rev
+            .crl_dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        let Ok(view) = self.store.read() else { return };
+        let now = now_ms() / 1000;
+        let mut due = Vec::new();
+        for ca in view.cas() {
+            let expired = x509_facts(&ca.certificate_der).is_none_or(|(_, _, na)| na <= now);
+            if expired {
+                continue;
+            }
+            let record = view.crl(&ca.ca_id);
+            let stale = match &record {
+                None => true,
+                Some(r) => now >= r.this_update + (r.next_update - r.this_update) / 2,
+            };
+            let loaded = self.rev.crl(&ca.ca_id).is_some();
+            if dirty.contains(&ca.ca_id) || stale || !loaded {
+                due.push(ca.ca_id);
+            }
+        }
+        drop(view);
+        for issuer in due {
+            if let Err(e) = self
+                .publish_crl(&issuer, CrlMode::Regular, Actor::System)
+                .await
+            {
+                tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
+                // Try again on the next round.
+                if let Ok(mut d) = self.rev.crl_dirty.lock() {
+                    d.insert(issuer);
+                }
+            }
+        }
+    }
+}
+
+/// The number in the signer's refusal "… is not above the last one signed
+/// (N); CRL numbers only increase".
+fn last_signed_number(message: &str) -> Option<u64> {
+    let (_, rest) = message.split_once("last one signed (")?;
+    let (n, _) = rest.split_once(')')?;
+    n.parse().ok()
+}
+
+fn crl_view(r: &CrlRecord, config: &crate::config::Config) -> CrlView {
+    CrlView {
+        issuer: r.issuer.clone(),
+        crl_number: r.crl_number,
+        this_update: castellan_proto::time::rfc3339(r.this_update),
+        next_update: castellan_proto::time::rfc3339(r.next_update),
+        entries: r.entries,
+        sha256: hex::encode(r.sha256),
+        emergency_validity_secs: r.emergency_validity,
+        url: config.issuance.urls.crl.replace("{issuer}", &r.issuer),
+        seq: r.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_request_is_what_the_parser_reads_back() {
+        let keys = CaKeys {
+            ca_id: "issuing".into(),
+            sha1: (vec![1; 20], vec![2; 20]),
+            sha256: (vec![3; 32], vec![4; 32]),
+        };
+        for serial in [vec![0x01], vec![0x80, 0x01], vec![0x7f; 16]] {
+            let der = canonical_request(&keys, &serial);
+            let req = crate::ocsp::parse_request(&der).expect("parses");
+            assert_eq!(req.cert_ids.len(), 1);
+            assert_eq!(req.nonce, None);
+            assert_eq!(req.cert_ids[0].serial, serial);
+            assert!(keys.matches(&req.cert_ids[0]));
+        }
+    }
+
+    #[test]
+    fn the_signer_refusal_names_its_last_crl_number() {
+        assert_eq!(
+            last_signed_number(
+                "CRL number 3 for \"issuing\" is not above the last one signed (7); CRL numbers only increase"
+            ),
+            Some(7)
+        );
+        assert_eq!(last_signed_number("something else"), None);
+    }
+
+    #[test]
+    fn magnitudes_drop_leading_zeros() {
+        assert_eq!(magnitude(&[0, 0, 5, 0]), vec![5, 0]);
+        assert_eq!(magnitude(&[0, 0]), vec![0]);
+    }
+
+    #[test]
+    fn an_entry_read_earlier_never_replaces_a_later_one() {
+        let s = RevocationState::new();
+        let key = OcspKey {
+            issuer: "i".into(),
+            serial: vec![1],
+            hash: HashAlg::Sha1,
+        };
+        let entry = |pos: u64, der: &'static [u8]| CachedOcsp {
+            der: Bytes::from_static(der),
+            etag: String::new(),
+            this_update: 0,
+            next_update: i64::MAX,
+            log_pos: pos,
+            responder_seq: 0,
+            status: Some(CertStatus::Good),
+        };
+        assert!(s.put(key.clone(), entry(5, b"revoked")));
+        assert!(!s.put(key.clone(), entry(4, b"good")));
+        assert_eq!(
+            s.get(&key).map(|e| e.der.clone()),
+            Some(Bytes::from_static(b"revoked"))
+        );
+        assert!(s.put(key.clone(), entry(5, b"revoked-again")));
+    }
+}
