@@ -237,22 +237,141 @@ impl SignerPool {
         )
     }
 
-    /// Signs a CRL: builds, signs and returns its DER.
+    /// Has the signer build, check, sign and journal a CRL, and returns its
+    /// DER, of any size (up to [`castellan_proto::MAX_STAGED_CRL_ENTRIES`]
+    /// entries) although one frame carries at most 16 MiB.
     ///
-    /// Callers must serialize CRL generation per issuer (see the chunked
-    /// version of this method for why).
+    /// * A CRL whose entries fit one frame (see
+    ///   [`castellan_proto::crl_chunks`]: at most 200,000 entries and 8 MiB)
+    ///   is one `SignCrl`. A larger one is staged in such chunks, in order
+    ///   (`StageCrlEntries`, each naming how many entries precede it), and
+    ///   signed by a final `SignStagedCrl` carrying the last chunk and the
+    ///   staged count. The signer refuses a chunk or a signature that does
+    ///   not line up with what it holds, so nothing else can be signed.
+    /// * A DER too large for one frame is answered with its length and
+    ///   SHA-256 and read back in parts of 8 MiB (`ReadCrl`); the reassembled
+    ///   DER is checked against both before it is returned.
+    ///
+    /// **Callers must serialize CRL generation per issuer.** The signer
+    /// keeps one staging area and one large signed CRL per issuer (any
+    /// connection reaches them, so chunks may travel on any connection of
+    /// the pool), and starting another CRL for the same issuer while one is
+    /// being staged or read discards the first: it then fails with a
+    /// refusal, never signs a mixture. A CRL number consumed by a CRL that
+    /// could not be read back (the signer restarted in between) is not
+    /// reused: sign again with a higher number.
     pub async fn sign_crl(
         &self,
         request: castellan_proto::CrlRequest,
     ) -> Result<Vec<u8>, PoolError> {
-        match self.call(Request::SignCrl(request)).await? {
-            Response::Crl { der } => Ok(der),
-            r => Err(PoolError::Protocol(format!(
-                "the signer at {} answered a sign-crl request with {}; run the same castellan release on both sides",
-                self.inner.socket.display(),
-                response_kind(&r)
-            ))),
+        use castellan_proto::{CrlChunk, MAX_CRL_PART, StagedCrlRequest, crl_chunks};
+        let socket = self.inner.socket.display().to_string();
+        let unexpected = |what: &str, r: &Response| {
+            PoolError::Protocol(format!(
+                "the signer at {socket} answered {what} with {}; run the same castellan release on both sides",
+                response_kind(r)
+            ))
+        };
+        let castellan_proto::CrlRequest {
+            issuer,
+            crl_number,
+            this_update,
+            next_update,
+            entries,
+        } = request;
+        // Chunks move the entries (no copy of each serial); each names how
+        // many entries precede it.
+        let sizes: Vec<usize> = crl_chunks(&entries).iter().map(|c| c.len()).collect();
+        let mut entries = entries.into_iter();
+        let mut staged = 0u64;
+        for &size in &sizes[..sizes.len().saturating_sub(1)] {
+            let chunk: Vec<_> = entries.by_ref().take(size).collect();
+            let r = self
+                .call(Request::StageCrlEntries(CrlChunk {
+                    issuer: issuer.clone(),
+                    crl_number,
+                    offset: staged,
+                    entries: chunk,
+                }))
+                .await?;
+            let want = staged + size as u64;
+            match r {
+                Response::CrlStaged {
+                    crl_number: n,
+                    staged: s,
+                } if n == crl_number && s == want => staged = want,
+                r => return Err(unexpected("a chunk of CRL entries", &r)),
+            }
         }
+        let last = castellan_proto::CrlRequest {
+            issuer: issuer.clone(),
+            crl_number,
+            this_update,
+            next_update,
+            entries: entries.collect(),
+        };
+        let answer = if sizes.len() > 1 {
+            self.call(Request::SignStagedCrl(StagedCrlRequest {
+                crl: last,
+                staged,
+            }))
+            .await?
+        } else {
+            self.call(Request::SignCrl(last)).await?
+        };
+        let (length, sha256) = match answer {
+            Response::Crl { der } => return Ok(der),
+            Response::CrlStored {
+                crl_number: n,
+                length,
+                sha256,
+            } if n == crl_number => (length, sha256),
+            r => return Err(unexpected("a CRL signing request", &r)),
+        };
+        let corrupt = |why: String| {
+            PoolError::Protocol(format!(
+                "CRL {crl_number} for {issuer:?} read back from the signer at {socket} {why}; it was signed and journaled but must not be published; sign a new CRL with a higher number"
+            ))
+        };
+        let total =
+            usize::try_from(length).map_err(|_| corrupt(format!("claims {length} octets")))?;
+        let mut der = Vec::new();
+        der.try_reserve_exact(total)
+            .map_err(|_| corrupt(format!("of {length} octets does not fit in memory")))?;
+        while der.len() < total {
+            let part = (total - der.len()).min(MAX_CRL_PART as usize);
+            let r = self
+                .call(Request::ReadCrl {
+                    issuer: issuer.clone(),
+                    crl_number,
+                    offset: der.len() as u64,
+                    length: part as u32,
+                })
+                .await?;
+            match r {
+                Response::CrlPart { bytes } if bytes.len() == part => der.extend_from_slice(&bytes),
+                Response::CrlPart { bytes } => {
+                    return Err(corrupt(format!(
+                        "came in a part of {} octets where {part} were asked for",
+                        bytes.len()
+                    )));
+                }
+                r => return Err(unexpected("a request to read a CRL", &r)),
+            }
+        }
+        // Tens of megabytes: hashed off the runtime's worker threads.
+        let (der, matches) = tokio::task::spawn_blocking(move || {
+            let matches = ring::digest::digest(&ring::digest::SHA256, &der).as_ref() == sha256;
+            (der, matches)
+        })
+        .await
+        .map_err(|e| corrupt(format!("could not be hashed ({e})")))?;
+        if !matches {
+            return Err(corrupt(
+                "does not match the SHA-256 the signer announced".into(),
+            ));
+        }
+        Ok(der)
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -311,7 +430,11 @@ fn answers(request: &Request, response: &Response) -> bool {
         Request::PublicKeys => matches!(response, Response::PublicKeys(_)),
         Request::IssueCertificate(_) => matches!(response, Response::Certificate(_)),
         Request::Ceremony { .. } => matches!(response, Response::Ceremony(_)),
-        Request::SignCrl(_) => matches!(response, Response::Crl { .. }),
+        Request::SignCrl(_) | Request::SignStagedCrl(_) => {
+            matches!(response, Response::Crl { .. } | Response::CrlStored { .. })
+        }
+        Request::StageCrlEntries(_) => matches!(response, Response::CrlStaged { .. }),
+        Request::ReadCrl { .. } => matches!(response, Response::CrlPart { .. }),
         Request::SignOcsp(_) => matches!(response, Response::Ocsp { .. }),
         Request::RotateOcspResponder(_) => matches!(response, Response::Responder(_)),
         Request::SignCheckpoint(_) => matches!(response, Response::Checkpoint(_)),
@@ -498,6 +621,9 @@ fn response_kind(r: &Response) -> &'static str {
         Response::Responder(_) => "a responder certificate",
         Response::Checkpoint(_) => "a checkpoint",
         Response::Journal { .. } => "journal records",
+        Response::CrlStaged { .. } => "a count of staged CRL entries",
+        Response::CrlStored { .. } => "a stored CRL's length and digest",
+        Response::CrlPart { .. } => "part of a CRL",
     }
 }
 

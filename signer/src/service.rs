@@ -9,10 +9,11 @@ use std::sync::{Mutex, RwLock};
 
 use castellan_proto::{
     Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome,
-    CertificateTemplate, CheckpointRequest, CrlRequest, CrossSignParams, CustodianSet, ErrorKind,
-    IssuedCertificate, JournalWindow, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
+    CertificateTemplate, CheckpointRequest, CrlChunk, CrlEntry, CrlRequest, CrossSignParams,
+    CustodianSet, ErrorKind, IssuedCertificate, JournalWindow, MAX_CRL_PART, MAX_INLINE_CRL,
+    MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
     ResponderParams, Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject,
-    SignerError, StatusInfo, checkpoint_message,
+    SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
 };
 use ring::rand::SystemRandom;
 
@@ -22,8 +23,8 @@ use crate::journal::{Journal, JournalError, NewRecord};
 use crate::quorum;
 use crate::state::{JOURNAL_FILE, State, StoredCa, StoredResponder};
 use crate::x509::{
-    self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntrySpec, IssuerKey, OcspIssuer, Signed,
-    SingleSpec,
+    self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntries, CrlEntrySpec, IssuerKey,
+    OcspIssuer, Signed, SingleSpec,
 };
 
 /// Longest validity of a delegated OCSP responder certificate.
@@ -78,6 +79,37 @@ impl From<JournalError> for SignerError {
     }
 }
 
+/// Entries of one CRL received so far, already checked and written as DER.
+struct CrlStaging {
+    crl_number: u64,
+    entries: CrlEntries,
+}
+
+/// A signed CRL answered with `CrlStored`: held until the issuer's next CRL
+/// or a restart.
+struct StoredCrl {
+    crl_number: u64,
+    der: Vec<u8>,
+}
+
+fn crl_entry_spec(e: &CrlEntry) -> CrlEntrySpec<'_> {
+    CrlEntrySpec {
+        serial: &e.serial,
+        revoked_at: e.revoked_at,
+        reason_code: e.reason.map(|x| x.code()),
+        invalidity_date: e.invalidity_date,
+    }
+}
+
+fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>, SignerError> {
+    m.lock().map_err(|_| {
+        err(
+            ErrorKind::Internal,
+            format!("{what} lock poisoned; restart the signer"),
+        )
+    })
+}
+
 /// A CA as the signer uses it at run time.
 #[derive(Debug, Clone)]
 struct Ca {
@@ -114,6 +146,12 @@ pub struct Signer {
     writer: Mutex<()>,
     /// Last CRL number signed per issuer; held across sign + journal.
     crl_numbers: Mutex<HashMap<String, u64>>,
+    /// The CRL being staged in chunks per issuer (`StageCrlEntries`).
+    /// Taken after `crl_numbers` when both are held.
+    crl_staging: Mutex<HashMap<String, CrlStaging>>,
+    /// The last CRL per issuer too large to answer inline, for `ReadCrl`.
+    /// Taken after `crl_numbers` when both are held.
+    crl_stored: Mutex<HashMap<String, StoredCrl>>,
     rng: SystemRandom,
     seccomp: AtomicBool,
 }
@@ -247,6 +285,8 @@ impl Signer {
             }),
             writer: Mutex::new(()),
             crl_numbers: Mutex::new(crl_numbers),
+            crl_staging: Mutex::new(HashMap::new()),
+            crl_stored: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             seccomp: AtomicBool::new(false),
         })
@@ -284,7 +324,15 @@ impl Signer {
             Request::PublicKeys => self.public_keys().map(Response::PublicKeys),
             Request::IssueCertificate(t) => self.issue(&t).map(Response::Certificate),
             Request::Ceremony { op, proof } => self.ceremony(&op, &proof).map(Response::Ceremony),
-            Request::SignCrl(r) => self.sign_crl(&r).map(|der| Response::Crl { der }),
+            Request::SignCrl(r) => self.sign_crl(&r),
+            Request::StageCrlEntries(c) => self.stage_crl(&c),
+            Request::SignStagedCrl(r) => self.sign_staged_crl(&r),
+            Request::ReadCrl {
+                issuer,
+                crl_number,
+                offset,
+                length,
+            } => self.read_crl(&issuer, crl_number, offset, length),
             Request::SignOcsp(b) => self
                 .sign_ocsp(&b)
                 .map(|responses| Response::Ocsp { responses }),
@@ -706,17 +754,151 @@ impl Signer {
         })
     }
 
-    fn sign_crl(&self, r: &CrlRequest) -> Result<Vec<u8>, SignerError> {
+    /// A CRL in one request: its entries are all in `r`.
+    fn sign_crl(&self, r: &CrlRequest) -> Result<Response, SignerError> {
+        let mut entries = CrlEntries::new();
+        entries.reserve(r.entries.len());
+        for (i, e) in r.entries.iter().enumerate() {
+            entries
+                .push(&crl_entry_spec(e))
+                .map_err(|e| bad(format!("CRL entry #{i}: {e}")))?;
+        }
+        self.sign_crl_entries(r, entries)
+    }
+
+    fn last_crl_number(&self, issuer: &str) -> Result<Option<u64>, SignerError> {
+        Ok(lock(&self.crl_numbers, "CRL number")?.get(issuer).copied())
+    }
+
+    /// Appends a chunk to the issuer's staged CRL (a chunk at offset 0
+    /// starts a new one). A chunk that does not continue what is staged is
+    /// refused and changes nothing; a chunk with a bad entry discards the
+    /// staging, since what follows it cannot be trusted to line up.
+    fn stage_crl(&self, c: &CrlChunk) -> Result<Response, SignerError> {
+        self.issuer_any_status(&c.issuer)?;
+        if let Some(last) = self.last_crl_number(&c.issuer)?
+            && c.crl_number <= last
+        {
+            return Err(policy(format!(
+                "CRL number {} for {:?} is not above the last one signed ({last}); CRL numbers only increase; stage the CRL under a higher number",
+                c.crl_number, c.issuer
+            )));
+        }
+        let mut staging = lock(&self.crl_staging, "CRL staging")?;
+        if c.offset == 0 {
+            staging.insert(
+                c.issuer.clone(),
+                CrlStaging {
+                    crl_number: c.crl_number,
+                    entries: CrlEntries::new(),
+                },
+            );
+        }
+        let st = match staging.get_mut(&c.issuer) {
+            Some(st) if st.crl_number == c.crl_number && st.entries.len() == c.offset => st,
+            other => {
+                return Err(bad(format!(
+                    "a chunk of CRL {} for {:?} at offset {} does not continue what is staged ({}); nothing was changed; stage the whole CRL again from offset 0",
+                    c.crl_number,
+                    c.issuer,
+                    c.offset,
+                    describe_staging(other.map(|s| &*s))
+                )));
+            }
+        };
+        let total = st.entries.len().saturating_add(c.entries.len() as u64);
+        if total > MAX_STAGED_CRL_ENTRIES {
+            staging.remove(&c.issuer);
+            return Err(bad(format!(
+                "CRL {} for {:?} would have {total} entries, more than the {MAX_STAGED_CRL_ENTRIES} a CRL may have; the staged entries were discarded; partition the issuer's revocations",
+                c.crl_number, c.issuer
+            )));
+        }
+        st.entries.reserve(c.entries.len());
+        for (i, e) in c.entries.iter().enumerate() {
+            if let Err(e) = st.entries.push(&crl_entry_spec(e)) {
+                staging.remove(&c.issuer);
+                return Err(bad(format!(
+                    "CRL entry #{} of CRL {} for {:?}: {e}; the staged entries were discarded; fix the entry and stage the CRL again from offset 0",
+                    c.offset.saturating_add(i as u64),
+                    c.crl_number,
+                    c.issuer
+                )));
+            }
+        }
+        Ok(Response::CrlStaged {
+            crl_number: c.crl_number,
+            staged: total,
+        })
+    }
+
+    /// Signs the staged entries of (issuer, CRL number) followed by the
+    /// request's own. The staging of that CRL ends here, signed or refused.
+    fn sign_staged_crl(&self, r: &StagedCrlRequest) -> Result<Response, SignerError> {
+        let crl = &r.crl;
+        let st = {
+            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            match staging.get(&crl.issuer) {
+                Some(st) if st.crl_number == crl.crl_number => staging.remove(&crl.issuer),
+                _ => None,
+            }
+        };
+        let mut st = match st {
+            Some(st) if st.entries.len() == r.staged => st,
+            other => {
+                let held = match &other {
+                    Some(st) => describe_staging(Some(st)),
+                    None => {
+                        describe_staging(lock(&self.crl_staging, "CRL staging")?.get(&crl.issuer))
+                    }
+                };
+                return Err(bad(format!(
+                    "CRL {} for {:?} was to be signed with {} staged entries, but the signer holds {held}{}; stage the whole CRL again from offset 0",
+                    crl.crl_number,
+                    crl.issuer,
+                    r.staged,
+                    if other.is_some() {
+                        " (now discarded)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
+        let total = st.entries.len().saturating_add(crl.entries.len() as u64);
+        if total > MAX_STAGED_CRL_ENTRIES {
+            return Err(bad(format!(
+                "CRL {} for {:?} would have {total} entries, more than the {MAX_STAGED_CRL_ENTRIES} a CRL may have; the staged entries were discarded; partition the issuer's revocations",
+                crl.crl_number, crl.issuer
+            )));
+        }
+        st.entries.reserve(crl.entries.len());
+        for (i, e) in crl.entries.iter().enumerate() {
+            st.entries.push(&crl_entry_spec(e)).map_err(|e| {
+                bad(format!(
+                    "CRL entry #{} of CRL {} for {:?}: {e}; the staged entries were discarded; fix the entry and stage the CRL again from offset 0",
+                    r.staged.saturating_add(i as u64),
+                    crl.crl_number,
+                    crl.issuer
+                ))
+            })?;
+        }
+        self.sign_crl_entries(crl, st.entries)
+    }
+
+    /// Policy, build, check, sign, verify and journal, once, for a CRL
+    /// whose entries are written; a CRL too large for one frame is kept for
+    /// `ReadCrl` and answered with `CrlStored`.
+    fn sign_crl_entries(
+        &self,
+        r: &CrlRequest,
+        entries: CrlEntries,
+    ) -> Result<Response, SignerError> {
         let ca = self.issuer_any_status(&r.issuer)?;
         if r.next_update <= r.this_update {
             return Err(bad("nextUpdate must be after thisUpdate"));
         }
-        let mut numbers = self.crl_numbers.lock().map_err(|_| {
-            err(
-                ErrorKind::Internal,
-                "CRL number lock poisoned; restart the signer",
-            )
-        })?;
+        let mut numbers = lock(&self.crl_numbers, "CRL number")?;
         let last = numbers.get(&r.issuer).copied();
         if let Some(last) = last
             && r.crl_number <= last
@@ -726,26 +908,106 @@ impl Signer {
                 r.crl_number, r.issuer
             )));
         }
-        let entries: Vec<CrlEntrySpec<'_>> = r
-            .entries
-            .iter()
-            .map(|e| CrlEntrySpec {
-                serial: &e.serial,
-                revoked_at: e.revoked_at,
-                reason_code: e.reason.map(|x| x.code()),
-                invalidity_date: e.invalidity_date,
-            })
-            .collect();
-        let tbs = x509::build_crl(
-            &ca.key,
-            r.crl_number,
-            r.this_update,
-            r.next_update,
-            &entries,
-        )?;
-        let (signed, _) = self.sign_and_journal(tbs, &ca.key, None)?;
+        let tbs =
+            x509::build_crl_from(&ca.key, r.crl_number, r.this_update, r.next_update, entries)?;
+        let signed = tbs.sign(self.backend.as_ref(), &ca.key)?;
+        let inline = signed.der.len() <= MAX_INLINE_CRL;
+        // The digest a large CRL is read back against is computed while the
+        // journal record is written and synced.
+        let (journaled, sha256) = std::thread::scope(|s| {
+            let digest = (!inline).then(|| s.spawn(|| x509::sha256(&signed.der)));
+            let journaled = self.journal.append(NewRecord {
+                kind: signed.kind,
+                key_id: ca.key.key_id.clone(),
+                subject: signed.subject.clone(),
+                tbs_sha256: signed.tbs_sha256,
+                ceremony_id: None,
+            });
+            (journaled, digest.map(|d| d.join()))
+        });
+        journaled?;
         numbers.insert(r.issuer.clone(), r.crl_number);
-        Ok(signed.der)
+        // A staging of this number or below can never be signed now.
+        {
+            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            if staging
+                .get(&r.issuer)
+                .is_some_and(|st| st.crl_number <= r.crl_number)
+            {
+                staging.remove(&r.issuer);
+            }
+        }
+        let mut stored = lock(&self.crl_stored, "stored CRL")?;
+        let sha256 = match sha256 {
+            None => {
+                stored.remove(&r.issuer);
+                return Ok(Response::Crl { der: signed.der });
+            }
+            Some(Ok(d)) => d,
+            Some(Err(_)) => {
+                stored.remove(&r.issuer);
+                return Err(err(
+                    ErrorKind::Internal,
+                    format!(
+                        "CRL {} for {:?} was signed and journaled but hashing it failed; sign a new CRL with a higher number",
+                        r.crl_number, r.issuer
+                    ),
+                ));
+            }
+        };
+        let length = signed.der.len() as u64;
+        stored.insert(
+            r.issuer.clone(),
+            StoredCrl {
+                crl_number: r.crl_number,
+                der: signed.der,
+            },
+        );
+        Ok(Response::CrlStored {
+            crl_number: r.crl_number,
+            length,
+            sha256,
+        })
+    }
+
+    fn read_crl(
+        &self,
+        issuer: &str,
+        crl_number: u64,
+        offset: u64,
+        length: u32,
+    ) -> Result<Response, SignerError> {
+        let stored = lock(&self.crl_stored, "stored CRL")?;
+        let crl = stored
+            .get(issuer)
+            .filter(|s| s.crl_number == crl_number)
+            .ok_or_else(|| {
+                let held = match stored.get(issuer) {
+                    Some(s) => format!("it holds CRL {} for it", s.crl_number),
+                    None => "it holds none for it".to_string(),
+                };
+                bad(format!(
+                    "the signer holds no CRL {crl_number} for {issuer:?} to read ({held}); it keeps only the last CRL per issuer that was too large to answer in one frame, in memory, until the issuer's next CRL or a restart; sign a new CRL with a higher number"
+                ))
+            })?;
+        if length == 0 || length > MAX_CRL_PART {
+            return Err(bad(format!(
+                "a ReadCrl may ask for 1 to {MAX_CRL_PART} octets, not {length}"
+            )));
+        }
+        let total = crl.der.len() as u64;
+        let end = offset.saturating_add(u64::from(length));
+        if end > total {
+            return Err(bad(format!(
+                "octets {offset}..{end} are beyond the end of CRL {crl_number} for {issuer:?}, which has {total} octets; read at most {} octets at offset {offset}",
+                total.saturating_sub(offset)
+            )));
+        }
+        // In range of a Vec held in memory, so both fit a usize.
+        let (start, end) = (offset as usize, end as usize);
+        Ok(Response::CrlPart {
+            bytes: crl.der[start..end].to_vec(),
+        })
     }
 
     fn sign_ocsp(&self, b: &OcspBatch) -> Result<Vec<Vec<u8>>, SignerError> {
@@ -910,6 +1172,17 @@ impl Signer {
             return Err(bad("the export window's end must be after its start"));
         }
         Ok(self.journal.export(w)?)
+    }
+}
+
+fn describe_staging(st: Option<&CrlStaging>) -> String {
+    match st {
+        Some(st) => format!(
+            "CRL {} with {} entries staged",
+            st.crl_number,
+            st.entries.len()
+        ),
+        None => "nothing staged for this issuer".to_string(),
     }
 }
 

@@ -16,11 +16,12 @@ use std::process::Command;
 
 use castellan_proto::frame::{HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 use castellan_proto::{
-    Algorithm, CeremonyOp, CeremonyOutcome, CertIdHash, CertStatus, CheckpointRequest, CrlEntry,
-    CrlRequest, ErrorKind, FrameError, JournalRecord, JournalWindow, OcspBatch, OcspTemplate,
-    QuorumProof, Request, RequestFrame, ResponderParams, Response, ResponseFrame, RevocationReason,
-    SignatureKind, SignedSubject, SignerError, SingleStatus, checkpoint_message, decode_frame,
-    encode_frame, read_frame,
+    Algorithm, CeremonyOp, CeremonyOutcome, CertIdHash, CertStatus, CheckpointRequest, CrlChunk,
+    CrlEntry, CrlRequest, ErrorKind, FrameError, JournalRecord, JournalWindow, MAX_CRL_PART,
+    MAX_INLINE_CRL, OcspBatch, OcspTemplate, QuorumProof, Request, RequestFrame, ResponderParams,
+    Response, ResponseFrame, RevocationReason, SignatureKind, SignedSubject, SignerError,
+    SingleStatus, StagedCrlRequest, checkpoint_message, crl_chunks, decode_frame, encode_frame,
+    read_frame,
 };
 use common::{
     Backend, Conn, SignerProcess, all_text, approval, ceremony_id, describe, intermediate_params,
@@ -58,6 +59,8 @@ per_backend!(
     issuance_outside_policy_is_refused_and_signs_nothing,
     crl_numbers_only_increase_and_openssl_checks_revocation_against_the_crl,
     crl_numbers_stay_monotonic_across_a_restart,
+    a_crl_too_large_for_one_frame_is_staged_signed_once_and_read_back_whole,
+    a_staged_crl_that_does_not_line_up_is_refused_and_says_what_to_do,
     ocsp_responses_for_good_and_revoked_leaves_verify_with_openssl,
     an_ocsp_cert_id_asked_in_sha256_is_answered_in_sha256,
     every_signature_is_journaled_exactly_once,
@@ -347,15 +350,19 @@ fn issuance_outside_policy_is_refused_and_signs_nothing(b: Backend) {
 
 // -------------------------------------------------------------------- 4. CRL
 
-fn crl(issuer: &str, number: u64, entries: Vec<CrlEntry>) -> Request {
+fn crl_request(issuer: &str, number: u64, entries: Vec<CrlEntry>) -> CrlRequest {
     let t = now();
-    Request::SignCrl(CrlRequest {
+    CrlRequest {
         issuer: issuer.to_string(),
         crl_number: number,
         this_update: t - 60,
         next_update: t + 7 * 86_400,
         entries,
-    })
+    }
+}
+
+fn crl(issuer: &str, number: u64, entries: Vec<CrlEntry>) -> Request {
+    Request::SignCrl(crl_request(issuer, number, entries))
 }
 
 fn crl_der(r: Response) -> Vec<u8> {
@@ -499,6 +506,523 @@ fn crl_numbers_stay_monotonic_across_a_restart(b: Backend) {
         "root CRL 5 after 7 and a restart",
     );
     crl_der(s.ok(crl("inter", 3, vec![])));
+}
+
+/// `n` entries with 16-octet random serials, distinct revocation times,
+/// reason codes and (on every 7th) an invalidity date.
+fn many_entries(n: usize) -> Vec<CrlEntry> {
+    let mut random = vec![0u8; n * 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .expect("randomness");
+    let t = now();
+    random
+        .chunks_exact(16)
+        .enumerate()
+        .map(|(i, r)| {
+            let mut serial = r.to_vec();
+            serial[0] = (serial[0] & 0x7f) | 0x40;
+            CrlEntry {
+                serial,
+                revoked_at: t - 86_400 - i as i64,
+                reason: Some(RevocationReason::ALL[i % 7]),
+                invalidity_date: (i % 7 == 0).then_some(t - 2 * 86_400),
+            }
+        })
+        .collect()
+}
+
+/// What the daemon's `SignerPool::sign_crl` does: stages the entries in
+/// chunks, signs, and reads a large answer back in parts, checking its
+/// SHA-256. Returns the DER and how many frames carried entries.
+fn sign_crl_in_chunks(s: &mut SignerProcess, r: CrlRequest) -> (Vec<u8>, usize) {
+    let chunks: Vec<Vec<CrlEntry>> = crl_chunks(&r.entries)
+        .into_iter()
+        .map(<[CrlEntry]>::to_vec)
+        .collect();
+    let (last, staged) = chunks.split_last().expect("one chunk at least");
+    let mut offset = 0;
+    for chunk in staged {
+        let answer = s.ok(Request::StageCrlEntries(CrlChunk {
+            issuer: r.issuer.clone(),
+            crl_number: r.crl_number,
+            offset,
+            entries: chunk.clone(),
+        }));
+        offset += chunk.len() as u64;
+        assert_eq!(
+            answer,
+            Response::CrlStaged {
+                crl_number: r.crl_number,
+                staged: offset
+            }
+        );
+    }
+    let last = CrlRequest {
+        entries: last.clone(),
+        ..r.clone()
+    };
+    let answer = if staged.is_empty() {
+        s.ok(Request::SignCrl(last))
+    } else {
+        s.ok(Request::SignStagedCrl(StagedCrlRequest {
+            crl: last,
+            staged: offset,
+        }))
+    };
+    let der = match answer {
+        Response::Crl { der } => der,
+        Response::CrlStored {
+            crl_number,
+            length,
+            sha256,
+        } => {
+            assert_eq!(crl_number, r.crl_number);
+            let mut der = Vec::new();
+            while (der.len() as u64) < length {
+                let part = (length - der.len() as u64).min(u64::from(MAX_CRL_PART)) as u32;
+                match s.ok(read_crl(&r.issuer, r.crl_number, der.len() as u64, part)) {
+                    Response::CrlPart { bytes } => {
+                        assert_eq!(bytes.len(), part as usize);
+                        der.extend_from_slice(&bytes);
+                    }
+                    other => panic!("ReadCrl answered with {other:?}"),
+                }
+            }
+            assert_eq!(
+                ring::digest::digest(&ring::digest::SHA256, &der).as_ref(),
+                sha256,
+                "the CRL read back does not match the SHA-256 the signer announced"
+            );
+            der
+        }
+        other => panic!("signing the CRL answered with {other:?}"),
+    };
+    (der, chunks.len())
+}
+
+fn read_crl(issuer: &str, crl_number: u64, offset: u64, length: u32) -> Request {
+    Request::ReadCrl {
+        issuer: issuer.to_string(),
+        crl_number,
+        offset,
+        length,
+    }
+}
+
+fn a_crl_too_large_for_one_frame_is_staged_signed_once_and_read_back_whole(b: Backend) {
+    // 400,000 entries: two frames of entries, about 20 MB of DER, more
+    // than one frame can answer.
+    const N: usize = 400_000;
+    let mut s = SignerProcess::start(b);
+    let leaves = pki_with_two_leaves(&mut s);
+    let dir = s.dir.path().to_path_buf();
+    let mut entries = many_entries(N - 1);
+    entries.insert(
+        N / 2,
+        CrlEntry {
+            serial: leaves.revoked.serial.clone(),
+            revoked_at: now() - 120,
+            reason: Some(RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        },
+    );
+    let before = s.status().journal_records;
+    let (der, frames) = sign_crl_in_chunks(&mut s, crl_request("inter", 5, entries.clone()));
+    assert_eq!(frames, 2, "400,000 entries travel in two frames");
+    assert!(der.len() > MAX_INLINE_CRL, "{} octets", der.len());
+    assert_eq!(
+        s.status().journal_records,
+        before + 1,
+        "a staged CRL is one signature, journaled once"
+    );
+    let records = export(&mut s, 0, i64::MAX);
+    let last = records.last().expect("a journal record");
+    assert_eq!(
+        (last.kind, &last.subject),
+        (SignatureKind::Crl, &SignedSubject::CrlNumber(5))
+    );
+
+    // Every entry, in order, with its time and reason, as x509-cert reads it.
+    {
+        use der::Decode;
+        let crl =
+            x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
+                .expect("x509-cert parses the CRL");
+        let listed = crl.tbs_cert_list.revoked_certificates.unwrap_or_default();
+        assert_eq!(listed.len(), N);
+        for (i, (got, want)) in listed.iter().zip(&entries).enumerate() {
+            assert_eq!(
+                got.serial_number
+                    .as_bytes()
+                    .iter()
+                    .skip_while(|b| **b == 0)
+                    .collect::<Vec<_>>(),
+                want.serial
+                    .iter()
+                    .skip_while(|b| **b == 0)
+                    .collect::<Vec<_>>(),
+                "serial of entry #{i}"
+            );
+            assert_eq!(
+                got.revocation_date.to_unix_duration().as_secs() as i64,
+                want.revoked_at,
+                "revocation date of entry #{i}"
+            );
+        }
+    }
+
+    // openssl parses it all, verifies its signature, lists every serial
+    // and refuses the revoked leaf with it.
+    s.write_file("big.der", &der);
+    let out = openssl(
+        &dir,
+        &["crl", "-inform", "DER", "-in", "big.der", "-noout", "-text"],
+    );
+    assert!(
+        out.status.success(),
+        "openssl crl -text\n{}",
+        describe(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .collect();
+    assert_eq!(listed.len(), N, "openssl lists every serial once");
+    for e in &entries {
+        assert!(
+            listed.contains(serial_hex(&e.serial).as_str()),
+            "openssl does not list {}",
+            serial_hex(&e.serial)
+        );
+    }
+    let out = openssl(
+        &dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "big.der",
+            "-out",
+            "big.pem",
+            "-CAfile",
+            "chain.pem",
+        ],
+    );
+    assert!(
+        all_text(&out).contains("verify OK"),
+        "the large CRL's signature does not verify against the intermediate\n{}",
+        describe(&out)
+    );
+    let out = openssl(
+        &dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            "big.pem",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "inter.pem",
+            "revoked.pem",
+        ],
+    );
+    assert!(
+        !out.status.success() && all_text(&out).contains("certificate revoked"),
+        "openssl accepted the leaf revoked in the large CRL\n{}",
+        describe(&out)
+    );
+
+    // Reading is bounded by the CRL and by MAX_CRL_PART.
+    let len = der.len() as u64;
+    let e = s.refused(read_crl("inter", 5, len - 10, 11));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "beyond the end",
+        "ReadCrl past the end",
+    );
+    assert!(
+        e.message.contains("read at most 10 octets"),
+        "{}",
+        e.message
+    );
+    let e = s.refused(read_crl("inter", 5, len, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "beyond the end",
+        "ReadCrl at the end",
+    );
+    let e = s.refused(read_crl("inter", 5, u64::MAX, MAX_CRL_PART));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "beyond the end",
+        "ReadCrl at 2^64-1",
+    );
+    let e = s.refused(read_crl("inter", 5, 0, 0));
+    expect_kind(&e, ErrorKind::BadRequest, "1 to", "ReadCrl of nothing");
+    let e = s.refused(read_crl("inter", 5, 0, MAX_CRL_PART + 1));
+    expect_kind(&e, ErrorKind::BadRequest, "1 to", "ReadCrl of too much");
+    let e = s.refused(read_crl("inter", 4, 0, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "holds CRL 5",
+        "ReadCrl of another number",
+    );
+    let e = s.refused(read_crl("root", 5, 0, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "holds none",
+        "ReadCrl of another issuer",
+    );
+    match s.ok(read_crl("inter", 5, len - 3, 3)) {
+        Response::CrlPart { bytes } => assert_eq!(bytes, der[der.len() - 3..]),
+        other => panic!("ReadCrl of the last octets: {other:?}"),
+    }
+
+    // Numbers still only increase, staged or not.
+    let e = s.refused(crl("inter", 5, vec![]));
+    expect_kind(
+        &e,
+        ErrorKind::Policy,
+        "not above the last one signed (5)",
+        "CRL 5 again",
+    );
+    let e = s.refused(Request::StageCrlEntries(CrlChunk {
+        issuer: "inter".into(),
+        crl_number: 4,
+        offset: 0,
+        entries: many_entries(2),
+    }));
+    expect_kind(
+        &e,
+        ErrorKind::Policy,
+        "not above the last one signed (5)",
+        "staging CRL 4",
+    );
+    crl_der(s.ok(crl("inter", 6, vec![])));
+    // The next CRL replaced the large one.
+    let e = s.refused(read_crl("inter", 5, 0, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "holds none",
+        "ReadCrl after the next CRL",
+    );
+}
+
+fn a_staged_crl_that_does_not_line_up_is_refused_and_says_what_to_do(b: Backend) {
+    let mut s = SignerProcess::start(b);
+    s.pki(P256, P256);
+    crl_der(s.ok(crl("inter", 9, vec![])));
+    let journal = s.status().journal_records;
+    let chunk = |number: u64, offset: u64, n: usize| {
+        Request::StageCrlEntries(CrlChunk {
+            issuer: "inter".into(),
+            crl_number: number,
+            offset,
+            entries: many_entries(n),
+        })
+    };
+    let staged = |number: u64, n: u64| {
+        Request::SignStagedCrl(StagedCrlRequest {
+            crl: crl_request("inter", number, many_entries(1)),
+            staged: n,
+        })
+    };
+
+    let e = s.refused(chunk(10, 5, 3));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "does not continue what is staged (nothing staged for this issuer)",
+        "a chunk with nothing staged",
+    );
+    assert!(e.message.contains("from offset 0"), "{}", e.message);
+    assert_eq!(
+        s.ok(chunk(10, 0, 3)),
+        Response::CrlStaged {
+            crl_number: 10,
+            staged: 3
+        }
+    );
+    // A repeated or skipped chunk changes nothing.
+    let e = s.refused(chunk(10, 2, 3));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "(CRL 10 with 3 entries staged)",
+        "an overlapping chunk",
+    );
+    let e = s.refused(chunk(11, 3, 3));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "(CRL 10 with 3 entries staged)",
+        "a chunk of another CRL",
+    );
+    assert_eq!(
+        s.ok(chunk(10, 3, 4)),
+        Response::CrlStaged {
+            crl_number: 10,
+            staged: 7
+        }
+    );
+    // Signing with the wrong count discards the staging.
+    let e = s.refused(staged(10, 6));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "holds CRL 10 with 7 entries staged (now discarded)",
+        "signing 6 of 7",
+    );
+    let e = s.refused(staged(10, 7));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "nothing staged for this issuer",
+        "signing after a discard",
+    );
+    // A bad entry discards the staging and names the entry.
+    assert_eq!(
+        s.ok(chunk(10, 0, 2)),
+        Response::CrlStaged {
+            crl_number: 10,
+            staged: 2
+        }
+    );
+    let mut bad = many_entries(3);
+    bad[1].serial = vec![0x11; 21];
+    let e = s.refused(Request::StageCrlEntries(CrlChunk {
+        issuer: "inter".into(),
+        crl_number: 10,
+        offset: 2,
+        entries: bad,
+    }));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "CRL entry #3 of CRL 10",
+        "a 21-octet serial",
+    );
+    assert!(
+        e.message.contains("discarded") && e.message.contains("1 to 20 octets"),
+        "{}",
+        e.message
+    );
+    let e = s.refused(chunk(10, 2, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "nothing staged",
+        "a chunk after a bad one",
+    );
+    // A CRL signed meanwhile makes an older staging stale.
+    assert_eq!(
+        s.ok(chunk(12, 0, 2)),
+        Response::CrlStaged {
+            crl_number: 12,
+            staged: 2
+        }
+    );
+    crl_der(s.ok(crl("inter", 13, vec![])));
+    let e = s.refused(chunk(12, 2, 1));
+    expect_kind(
+        &e,
+        ErrorKind::Policy,
+        "not above the last one signed (13)",
+        "a chunk of a stale CRL",
+    );
+    let e = s.refused(staged(12, 2));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "nothing staged",
+        "signing a stale CRL",
+    );
+    // A new chunk at offset 0 starts the CRL afresh; the staging does not
+    // survive a restart.
+    assert_eq!(
+        s.ok(chunk(14, 0, 2)),
+        Response::CrlStaged {
+            crl_number: 14,
+            staged: 2
+        }
+    );
+    assert_eq!(
+        s.ok(chunk(15, 0, 1)),
+        Response::CrlStaged {
+            crl_number: 15,
+            staged: 1
+        }
+    );
+    let e = s.refused(staged(14, 2));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "CRL 15 with 1 entries staged",
+        "signing a replaced staging",
+    );
+    s.restart();
+    let e = s.refused(staged(15, 1));
+    expect_kind(
+        &e,
+        ErrorKind::BadRequest,
+        "nothing staged",
+        "signing after a restart",
+    );
+    assert_eq!(
+        s.status().journal_records,
+        journal + 1,
+        "nothing refused was signed (CRL 13 was)"
+    );
+
+    // A small staged CRL is answered inline and lists the staged entries
+    // first.
+    let first = many_entries(3);
+    assert_eq!(
+        s.ok(Request::StageCrlEntries(CrlChunk {
+            issuer: "inter".into(),
+            crl_number: 16,
+            offset: 0,
+            entries: first.clone(),
+        })),
+        Response::CrlStaged {
+            crl_number: 16,
+            staged: 3
+        }
+    );
+    let rest = many_entries(2);
+    let der = crl_der(s.ok(Request::SignStagedCrl(StagedCrlRequest {
+        crl: crl_request("inter", 16, rest.clone()),
+        staged: 3,
+    })));
+    use der::Decode;
+    let parsed = x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&der)
+        .expect("x509-cert parses the staged CRL");
+    let serials: Vec<Vec<u8>> = parsed
+        .tbs_cert_list
+        .revoked_certificates
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.serial_number.as_bytes().to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = first
+        .iter()
+        .chain(&rest)
+        .map(|e| e.serial.clone())
+        .collect();
+    assert_eq!(
+        serials, want,
+        "staged entries first, then the final ones, in order"
+    );
+    assert_eq!(s.status().journal_records, journal + 2);
 }
 
 // ------------------------------------------------------------------- 5. OCSP

@@ -18,7 +18,8 @@ use serde::{Serialize, de::DeserializeOwned};
 pub const MAGIC: [u8; 4] = *b"CSTL";
 pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 10;
-/// Hard upper bound of one payload. Large CRLs are sent in several requests.
+/// Hard upper bound of one payload. Large CRLs are sent in several requests
+/// (`StageCrlEntries`) and read back in parts (`ReadCrl`).
 pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,51 @@ pub mod ceremony;
 pub mod frame;
 pub mod time;
 
+/// `Vec<u8>` fields that can be large or numerous (CRL DER, CRL serials)
+/// go through serde's bytes methods instead of one call per octet. postcard
+/// writes a byte string and a sequence of `u8` identically (a varint length,
+/// then the octets), so this changes no octet on the wire; the golden
+/// encodings check that.
+mod octets {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Octets)
+    }
+
+    struct Octets;
+
+    impl<'de> Visitor<'de> for Octets {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("octets")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // Bounded by what the frame holds, not by the announced size.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 pub use ceremony::{checkpoint_message, statement, statement_digest};
@@ -335,6 +380,7 @@ impl RevocationReason {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CrlEntry {
     /// Serial number, big-endian unsigned magnitude as in the certificate.
+    #[serde(with = "octets")]
     pub serial: Vec<u8>,
     pub revoked_at: UnixSeconds,
     pub reason: Option<RevocationReason>,
@@ -349,6 +395,102 @@ pub struct CrlRequest {
     pub this_update: UnixSeconds,
     pub next_update: UnixSeconds,
     pub entries: Vec<CrlEntry>,
+}
+
+/// Most entries one CRL may have when staged in chunks
+/// ([`Request::StageCrlEntries`] plus the final [`Request::SignStagedCrl`]).
+pub const MAX_STAGED_CRL_ENTRIES: u64 = 20_000_000;
+
+/// Largest CRL DER answered inline as [`Response::Crl`]; a larger one is
+/// answered with [`Response::CrlStored`] and read back with
+/// [`Request::ReadCrl`]. Leaves room for the frame's id, tags and lengths.
+pub const MAX_INLINE_CRL: usize = frame::MAX_PAYLOAD as usize - 64 * 1024;
+
+/// Most octets one [`Request::ReadCrl`] may ask for.
+pub const MAX_CRL_PART: u32 = 8 * 1024 * 1024;
+
+/// Most entries per chunk of a staged CRL (see [`crl_chunks`]).
+pub const CRL_CHUNK_ENTRIES: usize = 200_000;
+
+/// Most octets of encoded entries per chunk of a staged CRL, half of
+/// [`frame::MAX_PAYLOAD`] (see [`crl_chunks`]).
+pub const CRL_CHUNK_OCTETS: usize = frame::MAX_PAYLOAD as usize / 2;
+
+/// Octets of a varint of `v` in postcard.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// Octets of an entry's postcard encoding: the serial with its length, the
+/// revocation time (a zigzag varint), the reason and the invalidity date
+/// with their option tags (a reason's variant index is one octet).
+pub fn crl_entry_encoded_len(e: &CrlEntry) -> usize {
+    varint_len(e.serial.len() as u64)
+        + e.serial.len()
+        + varint_len(zigzag(e.revoked_at))
+        + if e.reason.is_some() { 2 } else { 1 }
+        + 1
+        + e.invalidity_date.map_or(0, |t| varint_len(zigzag(t)))
+}
+
+/// Splits a CRL's entries, in order, into chunks of at most
+/// [`CRL_CHUNK_ENTRIES`] entries and [`CRL_CHUNK_OCTETS`] of encoded entries
+/// each, so every chunk's frame stays well under [`frame::MAX_PAYLOAD`] (an
+/// entry whose serial alone is larger than that gets a chunk of its own,
+/// which the signer refuses anyway). Returns at least one chunk, possibly empty:
+/// one chunk means the CRL fits one `SignCrl` request.
+pub fn crl_chunks(entries: &[CrlEntry]) -> Vec<&[CrlEntry]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut octets = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        let bound = crl_entry_encoded_len(e);
+        if i > start
+            && (i - start >= CRL_CHUNK_ENTRIES || octets.saturating_add(bound) > CRL_CHUNK_OCTETS)
+        {
+            out.push(&entries[start..i]);
+            start = i;
+            octets = 0;
+        }
+        octets = octets.saturating_add(bound);
+    }
+    out.push(&entries[start..]);
+    out
+}
+
+/// One chunk of a large CRL's entries, for [`Request::StageCrlEntries`].
+///
+/// Large CRLs cannot travel in one frame (see [`frame::MAX_PAYLOAD`]): the
+/// daemon stages their entries in chunks, in order, then sends the rest with
+/// [`Request::SignStagedCrl`]. The signer keeps one staging area per issuer,
+/// in memory; it is lost when the signer restarts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CrlChunk {
+    pub issuer: CaId,
+    /// The number of the CRL being staged; must be above the last CRL
+    /// number the signer signed for this issuer.
+    pub crl_number: u64,
+    /// How many entries of this CRL the sender staged before this chunk.
+    /// 0 starts the CRL afresh and discards whatever the issuer had staged;
+    /// any other value must equal what the signer holds for this
+    /// (issuer, CRL number), so a lost, repeated or interleaved chunk is
+    /// refused instead of signed.
+    pub offset: u64,
+    pub entries: Vec<CrlEntry>,
+}
+
+/// The final request of a staged CRL: signs the staged entries followed by
+/// `crl.entries`, in order, and ends the staging whatever the outcome.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StagedCrlRequest {
+    pub crl: CrlRequest,
+    /// How many entries the sender staged for (`crl.issuer`,
+    /// `crl.crl_number`); must equal what the signer holds.
+    pub staged: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -422,12 +564,30 @@ pub enum Request {
     Status,
     PublicKeys,
     IssueCertificate(CertificateTemplate),
-    Ceremony { op: CeremonyOp, proof: QuorumProof },
+    Ceremony {
+        op: CeremonyOp,
+        proof: QuorumProof,
+    },
     SignCrl(CrlRequest),
     SignOcsp(OcspBatch),
     RotateOcspResponder(ResponderParams),
     SignCheckpoint(CheckpointRequest),
     ExportJournal(JournalWindow),
+    /// Appends a chunk of a large CRL's entries to the issuer's staging
+    /// area; answered with [`Response::CrlStaged`].
+    StageCrlEntries(CrlChunk),
+    /// Signs a staged CRL; answered like `SignCrl`.
+    SignStagedCrl(StagedCrlRequest),
+    /// Reads `length` octets (1 to [`MAX_CRL_PART`], not beyond the end)
+    /// at `offset` of the CRL a `SignCrl` or `SignStagedCrl` answered with
+    /// [`Response::CrlStored`]; answered with [`Response::CrlPart`]. The
+    /// signer holds only the last such CRL per issuer, until it restarts.
+    ReadCrl {
+        issuer: CaId,
+        crl_number: u64,
+        offset: u64,
+        length: u32,
+    },
 }
 
 impl Request {
@@ -442,6 +602,9 @@ impl Request {
             Request::RotateOcspResponder(_) => "rotate-ocsp-responder",
             Request::SignCheckpoint(_) => "sign-checkpoint",
             Request::ExportJournal(_) => "export-journal",
+            Request::StageCrlEntries(_) => "stage-crl-entries",
+            Request::SignStagedCrl(_) => "sign-staged-crl",
+            Request::ReadCrl { .. } => "read-crl",
         }
     }
 }
@@ -603,6 +766,9 @@ pub struct SignedCheckpoint {
 }
 
 /// Answers, one per request. Append-only.
+///
+/// `SignCrl` and `SignStagedCrl` are answered with `Crl` when the DER is at
+/// most [`MAX_INLINE_CRL`] octets, with `CrlStored` otherwise.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Error(SignerError),
@@ -610,11 +776,35 @@ pub enum Response {
     PublicKeys(PublicKeySet),
     Certificate(IssuedCertificate),
     Ceremony(CeremonyOutcome),
-    Crl { der: Vec<u8> },
-    Ocsp { responses: Vec<Vec<u8>> },
+    Crl {
+        #[serde(with = "octets")]
+        der: Vec<u8>,
+    },
+    Ocsp {
+        responses: Vec<Vec<u8>>,
+    },
     Responder(ResponderInfo),
     Checkpoint(SignedCheckpoint),
-    Journal { records: Vec<JournalRecord> },
+    Journal {
+        records: Vec<JournalRecord>,
+    },
+    /// Entries of a CRL staged so far (the total, this chunk included).
+    CrlStaged {
+        crl_number: u64,
+        staged: u64,
+    },
+    /// The CRL was signed (and journaled) but its DER is larger than
+    /// [`MAX_INLINE_CRL`]: the signer holds it in memory, as the issuer's
+    /// last large CRL, to be read with [`Request::ReadCrl`].
+    CrlStored {
+        crl_number: u64,
+        length: u64,
+        sha256: [u8; 32],
+    },
+    CrlPart {
+        #[serde(with = "octets")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// A request as sent on the wire: the id is echoed in the response so a

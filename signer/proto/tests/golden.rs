@@ -309,6 +309,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         reason: None,
         invalidity_date: None,
     });
+    let staged_entries = entries.clone();
     out.push((
         "request_sign_crl",
         Request::SignCrl(CrlRequest {
@@ -374,6 +375,38 @@ fn requests() -> Vec<(&'static str, Request)> {
             since: 1_767_225_600_000,
             until: 1_767_312_000_000,
         }),
+    ));
+    out.push((
+        "request_stage_crl_entries",
+        Request::StageCrlEntries(CrlChunk {
+            issuer: "issuing-2026".into(),
+            crl_number: 18,
+            // More than one varint octet.
+            offset: 400_000,
+            entries: staged_entries[..3].to_vec(),
+        }),
+    ));
+    out.push((
+        "request_sign_staged_crl",
+        Request::SignStagedCrl(StagedCrlRequest {
+            crl: CrlRequest {
+                issuer: "issuing-2026".into(),
+                crl_number: 18,
+                this_update: 1_767_500_000,
+                next_update: 1_767_586_400,
+                entries: staged_entries[3..].to_vec(),
+            },
+            staged: 400_003,
+        }),
+    ));
+    out.push((
+        "request_read_crl",
+        Request::ReadCrl {
+            issuer: "issuing-2026".into(),
+            crl_number: 18,
+            offset: 8_388_608,
+            length: 8_388_608,
+        },
     ));
     out
 }
@@ -481,6 +514,27 @@ fn responses() -> Vec<(&'static str, Response)> {
         "response_journal",
         Response::Journal {
             records: journal_records(),
+        },
+    ));
+    out.push((
+        "response_crl_staged",
+        Response::CrlStaged {
+            crl_number: 18,
+            staged: 400_003,
+        },
+    ));
+    out.push((
+        "response_crl_stored",
+        Response::CrlStored {
+            crl_number: 18,
+            length: 45_000_123,
+            sha256: [0x5e; 32],
+        },
+    ));
+    out.push((
+        "response_crl_part",
+        Response::CrlPart {
+            bytes: vec![0x30, 0x84, 0x02, 0xae, 0xa5, 0x40],
         },
     ));
     out

@@ -213,8 +213,8 @@ fn reason() -> impl Strategy<Value = RevocationReason> {
     proptest::sample::select(RevocationReason::ALL.to_vec())
 }
 
-fn crl_request() -> impl Strategy<Value = CrlRequest> {
-    let entry = (
+fn crl_entry() -> impl Strategy<Value = CrlEntry> {
+    (
         octets(),
         any::<i64>(),
         option::of(reason()),
@@ -225,13 +225,27 @@ fn crl_request() -> impl Strategy<Value = CrlRequest> {
             revoked_at,
             reason,
             invalidity_date,
-        });
+        })
+}
+
+fn crl_chunk() -> impl Strategy<Value = CrlChunk> {
+    (text(), any::<u64>(), any::<u64>(), vec(crl_entry(), 0..4)).prop_map(
+        |(issuer, crl_number, offset, entries)| CrlChunk {
+            issuer,
+            crl_number,
+            offset,
+            entries,
+        },
+    )
+}
+
+fn crl_request() -> impl Strategy<Value = CrlRequest> {
     (
         text(),
         any::<u64>(),
         any::<i64>(),
         any::<i64>(),
-        vec(entry, 0..4),
+        vec(crl_entry(), 0..4),
     )
         .prop_map(
             |(issuer, crl_number, this_update, next_update, entries)| CrlRequest {
@@ -310,6 +324,17 @@ fn request() -> impl Strategy<Value = Request> {
         checkpoint_request().prop_map(Request::SignCheckpoint),
         (any::<i64>(), any::<i64>())
             .prop_map(|(since, until)| Request::ExportJournal(JournalWindow { since, until })),
+        crl_chunk().prop_map(Request::StageCrlEntries),
+        (crl_request(), any::<u64>())
+            .prop_map(|(crl, staged)| Request::SignStagedCrl(StagedCrlRequest { crl, staged })),
+        (text(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+            |(issuer, crl_number, offset, length)| Request::ReadCrl {
+                issuer,
+                crl_number,
+                offset,
+                length,
+            }
+        ),
     ]
 }
 
@@ -465,6 +490,16 @@ fn response() -> impl Strategy<Value = Response> {
             SignedCheckpoint { request, signature }
         )),
         vec(journal_record(), 0..3).prop_map(|records| Response::Journal { records }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(crl_number, staged)| Response::CrlStaged { crl_number, staged }),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(crl_number, length, sha256)| {
+            Response::CrlStored {
+                crl_number,
+                length,
+                sha256,
+            }
+        }),
+        octets().prop_map(|bytes| Response::CrlPart { bytes }),
     ]
 }
 
