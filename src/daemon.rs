@@ -357,6 +357,7 @@ impl Daemon {
             })
             .await
             .map_err(exec_err)?;
+        self.rev.invalidate_cas();
         self.reconcile_intents().await
     }
 
@@ -760,6 +761,7 @@ impl Daemon {
             })
             .await
             .map_err(exec_err)?;
+        self.rev.invalidate_cas();
         // A rotation retires the old CA and a custodian change replaces the
         // set: take the signer's view of both into the log.
         if let Err(e) = self.sync_signer().await {

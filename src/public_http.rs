@@ -133,7 +133,7 @@ fn ocsp_response(der: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn handle(daemon: &Daemon, req: Request<Incoming>) -> Response<Body> {
+async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let if_none_match = req
         .headers()

@@ -175,6 +175,8 @@ pub(crate) struct RevocationState {
     /// Certificates issued since the OCSP task last ran: pre-sign them.
     pending: Mutex<Vec<(String, Vec<u8>)>>,
     crl_dirty: Mutex<BTreeSet<String>>,
+    /// Cache misses waiting to be signed, per issuer.
+    misses: Mutex<HashMap<String, MissQueue>>,
     pub(crate) ocsp_wake: tokio::sync::Notify,
     pub(crate) crl_wake: tokio::sync::Notify,
     /// One CRL is produced at a time (the CRL number is read, then used).
@@ -184,6 +186,9 @@ pub(crate) struct RevocationState {
     publish_lock: Mutex<()>,
     /// Set once the start-up pre-signing pass has run.
     warmed: std::sync::atomic::AtomicBool,
+    /// A CA was registered or changed: re-read the CAs before the next
+    /// OCSP answer.
+    cas_stale: std::sync::atomic::AtomicBool,
 }
 
 impl RevocationState {
@@ -194,11 +199,13 @@ impl RevocationState {
             crls: RwLock::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             crl_dirty: Mutex::new(BTreeSet::new()),
+            misses: Mutex::new(HashMap::new()),
             ocsp_wake: tokio::sync::Notify::new(),
             crl_wake: tokio::sync::Notify::new(),
             crl_lock: tokio::sync::Mutex::new(()),
             publish_lock: Mutex::new(()),
             warmed: std::sync::atomic::AtomicBool::new(false),
+            cas_stale: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -219,6 +226,11 @@ impl RevocationState {
         }
         map.insert(key, Arc::new(entry));
         true
+    }
+
+    pub(crate) fn invalidate_cas(&self) {
+        self.cas_stale
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn note_issued(&self, issuer: &str, serial: &[u8]) {
@@ -293,6 +305,49 @@ struct Signed {
     next_update: i64,
     statuses: Vec<CertStatus>,
 }
+
+/// One OCSP request to sign: (serial magnitude, CertID hash) of each
+/// CertID, and the nonce to echo.
+type Template = (Vec<(Vec<u8>, HashAlg)>, Option<Vec<u8>>);
+
+/// A cache miss waiting for a signer request.
+struct Miss {
+    request: Template,
+    reply: tokio::sync::oneshot::Sender<Result<SignedAt, u8>>,
+}
+
+/// The misses of one issuer and how many signing rounds run for them.
+#[derive(Default)]
+struct MissQueue {
+    waiting: Vec<Miss>,
+    rounds: usize,
+}
+
+/// One answer of a round with the round's log position and responder.
+struct SignedAt {
+    der: Vec<u8>,
+    this_update: i64,
+    next_update: i64,
+    statuses: Vec<CertStatus>,
+    log_pos: u64,
+    responder_seq: u64,
+}
+
+impl From<SignedAt> for Signed {
+    fn from(s: SignedAt) -> Signed {
+        Signed {
+            der: s.der,
+            this_update: s.this_update,
+            next_update: s.next_update,
+            statuses: s.statuses,
+        }
+    }
+}
+
+/// Signing rounds for cache misses running at once per issuer.
+const MISS_ROUNDS: usize = 4;
+/// Most cache misses signed in one signer request.
+const MISS_BATCH: usize = 64;
 
 /// The result of one signing round: the answers, the log position the
 /// statuses were read at and the responder that signed.
@@ -479,6 +534,13 @@ impl Daemon {
     /// The CAs' CertID hashes; re-read from the store when `refresh` and
     /// the copy is older than [`CA_REFRESH`].
     fn ca_index(&self, refresh: bool) -> Arc<Vec<CaKeys>> {
+        if self
+            .rev
+            .cas_stale
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return self.reload_ca_index();
+        }
         if let Ok(g) = self.rev.cas.read()
             && (!refresh || g.0.elapsed() < CA_REFRESH)
             && !(refresh && g.1.is_empty())
@@ -623,15 +685,10 @@ impl Daemon {
     // -- signing ------------------------------------------------------------
 
     /// Signs one OCSP answer per element of `requests` (each a list of
-    /// (serial magnitude, CertID hash)), with the statuses as of now. A
-    /// nonce goes into every answer. Rotates the responder once if the
-    /// signer refuses it.
-    async fn sign_answers(
-        &self,
-        issuer: &str,
-        requests: &[Vec<(Vec<u8>, HashAlg)>],
-        nonce: Option<Vec<u8>>,
-    ) -> Result<Round, PoolError> {
+    /// (serial magnitude, CertID hash) and a nonce to echo), with the
+    /// statuses as of now, in one signer request. Rotates the responder
+    /// once if the signer refuses it.
+    async fn sign_answers(&self, issuer: &str, requests: &[Template]) -> Result<Round, PoolError> {
         let mut rotated = false;
         loop {
             let view = self
@@ -652,7 +709,7 @@ impl Daemon {
             }
             let templates: Vec<OcspTemplate> = requests
                 .iter()
-                .map(|singles| OcspTemplate {
+                .map(|(singles, nonce)| OcspTemplate {
                     singles: singles
                         .iter()
                         .map(|(serial, hash)| SingleStatus {
@@ -800,7 +857,7 @@ impl Daemon {
     ///   certificate (recovered from the signer's journal after a crash,
     ///   DER unknown) → good unless revoked: the signer did sign it.
     /// - Signer unreachable and nothing cached → tryLater.
-    pub async fn ocsp(&self, body: &[u8], issuer_hint: Option<&str>) -> OcspAnswer {
+    pub async fn ocsp(self: &Arc<Self>, body: &[u8], issuer_hint: Option<&str>) -> OcspAnswer {
         let req = match crate::ocsp::parse_request(body) {
             Ok(r) => r,
             Err(e) => return OcspAnswer::error(e.answer().code()),
@@ -855,26 +912,90 @@ impl Daemon {
                 };
             }
         }
-        let requests = [keys.clone()];
-        match self.sign_answers(&issuer, &requests, req.nonce).await {
-            Ok(mut round) => {
-                let Some(first) = round.answers.first() else {
-                    return OcspAnswer::error(OCSP_INTERNAL_ERROR);
-                };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = match self.rev.misses.lock() {
+            Ok(mut m) => {
+                let q = m.entry(issuer.clone()).or_default();
+                q.waiting.push(Miss {
+                    request: (keys.clone(), req.nonce),
+                    reply: tx,
+                });
+                let lead = q.rounds < MISS_ROUNDS;
+                if lead {
+                    q.rounds += 1;
+                }
+                lead
+            }
+            Err(_) => return OcspAnswer::error(OCSP_INTERNAL_ERROR),
+        };
+        if lead {
+            // In its own task: a client that goes away must not strand the
+            // requests queued behind it.
+            tokio::spawn(Arc::clone(self).sign_misses(issuer.clone()));
+        }
+        match rx.await {
+            Ok(Ok(signed)) => {
                 let answer = OcspAnswer {
-                    der: Bytes::from(first.der.clone()),
-                    cacheable: Some((first.this_update, first.next_update)),
-                    etag: Some(etag_of(&first.der)),
+                    der: Bytes::from(signed.der.clone()),
+                    cacheable: Some((signed.this_update, signed.next_update)),
+                    etag: Some(etag_of(&signed.der)),
                 };
                 if single {
-                    round.answers.truncate(1);
+                    let (log_pos, responder_seq) = (signed.log_pos, signed.responder_seq);
+                    let round = Round {
+                        answers: vec![signed.into()],
+                        log_pos,
+                        responder_seq,
+                    };
                     self.keep(&issuer, &keys, round).await;
                 }
                 answer
             }
-            Err(e) => {
-                tracing::warn!(ca = %issuer, "OCSP: signing failed: {e}");
-                OcspAnswer::error(failure_status(&e))
+            Ok(Err(status)) => OcspAnswer::error(status),
+            Err(_) => OcspAnswer::error(OCSP_INTERNAL_ERROR),
+        }
+    }
+
+    /// Signs the queued cache misses of `issuer`, up to [`MISS_BATCH`] per
+    /// signer request, until none is left. At most [`MISS_ROUNDS`] run per
+    /// issuer at once; requests arriving meanwhile wait and share the next
+    /// signer request (the busier, the larger the batches).
+    async fn sign_misses(self: Arc<Self>, issuer: String) {
+        loop {
+            let batch: Vec<Miss> = match self.rev.misses.lock() {
+                Ok(mut m) => {
+                    let Some(q) = m.get_mut(&issuer) else { return };
+                    if q.waiting.is_empty() {
+                        q.rounds = q.rounds.saturating_sub(1);
+                        return;
+                    }
+                    let n = q.waiting.len().min(MISS_BATCH);
+                    q.waiting.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            let (requests, replies): (Vec<Template>, Vec<_>) =
+                batch.into_iter().map(|m| (m.request, m.reply)).unzip();
+            match self.sign_answers(&issuer, &requests).await {
+                Ok(round) => {
+                    for (signed, reply) in round.answers.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(SignedAt {
+                            der: signed.der,
+                            this_update: signed.this_update,
+                            next_update: signed.next_update,
+                            statuses: signed.statuses,
+                            log_pos: round.log_pos,
+                            responder_seq: round.responder_seq,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(ca = %issuer, "OCSP: signing failed: {e}");
+                    let status = failure_status(&e);
+                    for reply in replies {
+                        let _ = reply.send(Err(status));
+                    }
+                }
             }
         }
     }
@@ -908,8 +1029,8 @@ impl Daemon {
             );
         }
         let keys = vec![(m.clone(), HashAlg::Sha1), (m, HashAlg::Sha256)];
-        let requests: Vec<Vec<(Vec<u8>, HashAlg)>> = keys.iter().map(|k| vec![k.clone()]).collect();
-        match self.sign_answers(issuer, &requests, None).await {
+        let requests: Vec<Template> = keys.iter().map(|k| (vec![k.clone()], None)).collect();
+        match self.sign_answers(issuer, &requests).await {
             Ok(round) => {
                 let words = round
                     .answers
@@ -1058,9 +1179,9 @@ impl Daemon {
             for chunk in serials.chunks(PRESIGN_BATCH) {
                 let keys: Vec<(Vec<u8>, HashAlg)> =
                     chunk.iter().map(|s| (s.clone(), HashAlg::Sha1)).collect();
-                let requests: Vec<Vec<(Vec<u8>, HashAlg)>> =
-                    keys.iter().map(|k| vec![k.clone()]).collect();
-                let round = self.sign_answers(&issuer, &requests, None).await?;
+                let requests: Vec<Template> =
+                    keys.iter().map(|k| (vec![k.clone()], None)).collect();
+                let round = self.sign_answers(&issuer, &requests).await?;
                 self.keep(&issuer, &keys, round).await;
             }
         }
