@@ -33,6 +33,36 @@ fn ocsp_over_http_answers_good_revoked_unknown_and_errors_with_openssl_and_curl(
     assert!(t.contains("Response verify OK"), "{t}");
     assert!(!t.contains("WARNING: no nonce"), "{t}");
     assert!(!t.contains("Nonce Verify error"), "{t}");
+    // The responder certificate printed in the response, trusted directly
+    // with -VAfile (no chain needed).
+    let begin = t
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("the responder certificate in the response");
+    let end = t[begin..]
+        .find("-----END CERTIFICATE-----")
+        .expect("the end of the responder certificate")
+        + begin
+        + "-----END CERTIFICATE-----".len();
+    std::fs::write(dir.join("responder.pem"), format!("{}\n", &t[begin..end])).unwrap();
+    let v = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-url",
+            &url,
+            "-VAfile",
+            "responder.pem",
+        ],
+        dir,
+    );
+    assert!(v.contains("leaf.pem: good"), "{v}");
+    assert!(v.contains("Response verify OK"), "{v}");
+    let text = openssl(&["x509", "-in", "responder.pem", "-noout", "-text"], dir);
+    assert!(text.contains("OCSP Signing"), "{text}");
+    assert!(text.contains("OCSP No Check"), "{text}");
     let events = a.events();
     assert!(
         events

@@ -1249,7 +1249,9 @@ impl Daemon {
         let pem = pem_crl(&der);
         let issuer = record.issuer.clone();
         let published = Arc::new(PublishedCrl {
-            etag: etag_of(&der),
+            // The entity tag of a DER answer is the SHA-256 of its bytes,
+            // which the record already holds.
+            etag: format!("\"{}\"", hex::encode(record.sha256)),
             record,
             der: Bytes::from(der),
             pem: Bytes::from(pem),
