@@ -2,14 +2,16 @@
 # castellan demo on embedded defaults, in a temporary directory: start
 # castellan-signer (soft key store, seccomp on) and the castellan daemon,
 # create a root and an intermediate CA by 2-of-3 custodian ceremonies, issue
-# a server certificate from an `openssl req` CSR, `openssl verify` it, revoke
-# it, and verify the hash-chained event log with a signed checkpoint.
+# a server certificate from an `openssl req` CSR, `openssl verify` it, ask
+# OCSP about it, revoke it, watch `openssl ocsp` and `openssl verify
+# -crl_check` see the revocation, and verify the hash-chained event log with
+# a signed checkpoint.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 : "${CARGO_TARGET_DIR:=$here/target}"
 bin="$CARGO_TARGET_DIR/debug"
-if ! command -v openssl >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl curl >/dev/null
 fi
 if [ -z "${CASTELLAN_NO_BUILD:-}" ]; then
   (cd "$here" && cargo build --quiet --workspace --bins)
@@ -46,13 +48,20 @@ TOML
 "$bin/castellan-signer" run --config "$work/signer.toml" 2> "$work/signer.log" & pids+=($!)
 wait_for "$work/signer.sock"
 
-step "castellan daemon: event log in $work/state, admin socket $work/admin.sock"
+# A free port for OCSP and CRLs (8080 by default, the next free one if taken).
+port=8080
+while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+
+step "castellan daemon: event log in $work/state, admin socket $work/admin.sock, OCSP/CRL on 127.0.0.1:$port"
 cat > "$work/castellan.toml" <<TOML
 state_dir = "$work/state"
 [signer]
 socket = "$work/signer.sock"
 [admin]
 socket = "$work/admin.sock"
+[http]
+listen = "127.0.0.1:$port"
+publish_dir = "$work/publish"
 TOML
 "$bin/castellan" --config "$work/castellan.toml" 2> "$work/castellan.log" & pids+=($!)
 wait_for "$work/admin.sock"
@@ -86,9 +95,34 @@ openssl x509 -in "$work/web.pem" -noout -subject -issuer -ext subjectAltName,ext
 step "openssl verify: leaf -> issuing -> root"
 openssl verify -CAfile "$work/root.pem" -untrusted "$work/chain.pem" -purpose sslserver "$work/web.pem"
 
-step "revoke it (key compromise)"
+cat "$work/issuing.pem" "$work/root.pem" > "$work/cas.pem"
+ocsp() {
+  openssl ocsp -issuer "$work/issuing.pem" -cert "$work/web.pem" \
+    -url "http://127.0.0.1:$port/ocsp/issuing" -CAfile "$work/cas.pem" 2>&1
+}
+step "openssl ocsp asks castellan's responder (delegated responder certificate, rotated automatically)"
+ocsp
+
+step "revoke it (key compromise): acknowledged once OCSP already answers revoked"
 ctl revoke "$serial" --reason keyCompromise
+step "openssl ocsp, the very next request"
+ocsp
+step "the CRL (published within a second of the revocation) and openssl verify -crl_check"
+for _ in $(seq 100); do
+  ctl --json crl show --issuer issuing 2>/dev/null | grep -q '"entries": *[1-9]' && break
+  sleep 0.1
+done
+ctl crl show --issuer issuing
+curl -sS -o "$work/issuing.crl" "http://127.0.0.1:$port/crl/issuing.crl"
+openssl crl -inform DER -in "$work/issuing.crl" -noout -text | grep -E -A1 "CRL Number|Next Update|Serial Number|Reason Code" | grep -v '^--' || true
+openssl crl -inform DER -in "$work/issuing.crl" -out "$work/issuing-crl.pem"
+if openssl verify -crl_check -CAfile "$work/cas.pem" -CRLfile "$work/issuing-crl.pem" "$work/web.pem"; then
+  echo "ERROR: openssl accepted a revoked certificate"; exit 1
+fi
+echo "(refused: the certificate is revoked)"
 ctl cert show "$serial"
+echo "the publish directory for nginx or a CDN: $work/publish"
+find "$work/publish" -maxdepth 2 | sort | head -8
 
 step "audit: checkpoint signed by the signer's audit key, then re-walk the hash chain"
 ctl audit checkpoint

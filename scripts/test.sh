@@ -31,4 +31,7 @@ for demo in demo demo-offline-root; do
   CASTELLAN_NO_BUILD=1 ./scripts/$demo.sh > "target/$demo.log" 2>&1 || { cat "target/$demo.log"; echo "$demo FAILED"; exit 1; }
   grep -q ': OK$' "target/$demo.log" || { cat "target/$demo.log"; echo "$demo: openssl verify did not say OK"; exit 1; }
 done
+for seen in 'web.pem: good' 'web.pem: revoked' 'lookup: certificate revoked'; do
+  grep -q "$seen" target/demo.log || { cat target/demo.log; echo "demo: openssl did not say \"$seen\""; exit 1; }
+done
 echo "== all tests passed"
