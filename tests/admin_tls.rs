@@ -203,6 +203,7 @@ impl Appliance {
         format!(
             "state_dir = \"{d}/state\"\n[signer]\nsocket = \"{d}/signer.sock\"\n\
              [admin]\nsocket = \"{d}/admin.sock\"\n\
+             [http]\nenabled = false\n\
              [profiles.server]\nallowed_ips = [\"127.0.0.1/32\"]\n{https}{extra}",
             d = self.dir.path().display(),
         )

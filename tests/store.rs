@@ -308,6 +308,16 @@ fn rich_history(store: &Store) {
                 issuer: "issuing".into(),
                 certificate_der: vec![0x30, 0x00],
             },
+            EventPayload::CrlPublished {
+                issuer: "issuing".into(),
+                crl_number: 7,
+                this_update: 1_700_000_000,
+                next_update: 1_700_086_400,
+                entries: 0,
+                sha256: [0x5a; 32],
+                as_of: 9,
+                emergency_validity: Some(3600),
+            },
         ],
     );
     for (i, who) in ["web", "web", "db", "mail", "vpn", "pending"]
@@ -414,6 +424,14 @@ fn projections_answer_what_the_history_implies() {
         serials(v.revoked("issuing")),
         vec![vec![0x10, 0x01], vec![0x10, 0x04]]
     );
+    // What a CRL lists, from the index alone, agrees with the records.
+    let listed: Vec<(Vec<u8>, castellan::store::records::Revocation)> = v
+        .revoked("issuing")
+        .into_iter()
+        .map(|c| (c.serial, c.revocation.expect("a revocation")))
+        .collect();
+    assert_eq!(v.revocations("issuing"), listed);
+    assert_eq!(v.crl("issuing").map(|c| c.crl_number), Some(7));
     assert_eq!(
         serials(v.certs_by_identity("web")),
         vec![vec![0x10, 0x01], vec![0x10, 0x02]]
