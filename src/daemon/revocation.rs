@@ -48,8 +48,8 @@ use crate::api::{ApiError, CrlView, ErrorKind, PublishCrl};
 use crate::events::{Actor, EventPayload};
 use crate::ocsp::HashAlg;
 use crate::signer_pool::PoolError;
-use crate::store::records::{CaRecord, CertRecord, CertState, CrlRecord};
-use crate::store::{CertFilter, Decision, ReadView};
+use crate::store::records::{CaRecord, CertRecord, CrlRecord};
+use crate::store::{Decision, ReadView};
 
 // ---------------------------------------------------------------------------
 // Answers
@@ -514,6 +514,8 @@ const OCSP_TICK: Duration = Duration::from_secs(2);
 const CRL_TICK: Duration = Duration::from_secs(5);
 /// Answers per signer request when pre-signing.
 const PRESIGN_BATCH: usize = 256;
+/// Pre-signing requests in flight at once.
+const PRESIGN_PARALLEL: usize = 4;
 /// How often an OCSP request for an issuer castellan does not know may make
 /// it re-read the CAs (a new CA is served within this time at most).
 const CA_REFRESH: Duration = Duration::from_secs(1);
@@ -1115,7 +1117,7 @@ impl Daemon {
 
     /// One pre-signing pass. The first pass after start-up covers every
     /// certificate that has not expired.
-    async fn presign_round(&self) -> Result<(), PoolError> {
+    async fn presign_round(self: &Arc<Self>) -> Result<(), PoolError> {
         let now = now_ms() / 1000;
         let validity = i64::from(self.config().http.ocsp_validity_secs);
         let mut work: HashMap<String, BTreeSet<Vec<u8>>> = HashMap::new();
@@ -1137,16 +1139,10 @@ impl Daemon {
             .collect();
         if first {
             for ca in view.cas() {
-                for c in view.certs(&CertFilter {
-                    issuer: Some(ca.ca_id.clone()),
-                    ..CertFilter::default()
-                }) {
-                    if c.not_after > now && c.state != CertState::PossiblyIssued {
-                        work.entry(c.issuer.clone())
-                            .or_default()
-                            .insert(magnitude(&c.serial));
-                    }
-                }
+                let serials = view.unexpired_serials(&ca.ca_id, now);
+                work.entry(ca.ca_id)
+                    .or_default()
+                    .extend(serials.iter().map(|s| magnitude(s)));
             }
         }
         drop(view);
@@ -1171,19 +1167,57 @@ impl Daemon {
                 }
             }
         }
+        // A failing CA (expired, signer refusing) does not hold up the
+        // others; its answers are retried on the next round.
+        let mut failed = None;
         for (issuer, serials) in work {
             if !responders.contains_key(&issuer) {
                 continue;
             }
             let serials: Vec<Vec<u8>> = serials.into_iter().collect();
-            for chunk in serials.chunks(PRESIGN_BATCH) {
-                let keys: Vec<(Vec<u8>, HashAlg)> =
-                    chunk.iter().map(|s| (s.clone(), HashAlg::Sha1)).collect();
-                let requests: Vec<Template> =
-                    keys.iter().map(|k| (vec![k.clone()], None)).collect();
-                let round = self.sign_answers(&issuer, &requests).await?;
-                self.keep(&issuer, &keys, round).await;
+            let mut chunks = serials.chunks(PRESIGN_BATCH);
+            loop {
+                // PRESIGN_PARALLEL signer requests at once: the signer
+                // serves each connection on its own thread.
+                let mut set = tokio::task::JoinSet::new();
+                for chunk in chunks.by_ref().take(PRESIGN_PARALLEL) {
+                    let keys: Vec<(Vec<u8>, HashAlg)> =
+                        chunk.iter().map(|s| (s.clone(), HashAlg::Sha1)).collect();
+                    let daemon = Arc::clone(self);
+                    let issuer = issuer.clone();
+                    set.spawn(async move {
+                        let requests: Vec<Template> =
+                            keys.iter().map(|k| (vec![k.clone()], None)).collect();
+                        let round = daemon.sign_answers(&issuer, &requests).await?;
+                        daemon.keep(&issuer, &keys, round).await;
+                        Ok::<(), PoolError>(())
+                    });
+                }
+                if set.is_empty() {
+                    break;
+                }
+                let mut ok = true;
+                while let Some(r) = set.join_next().await {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(ca = %issuer, "OCSP pre-signing: {e}");
+                            ok = false;
+                            failed.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            tracing::warn!(ca = %issuer, "OCSP pre-signing task: {e}");
+                            ok = false;
+                        }
+                    }
+                }
+                if !ok {
+                    break;
+                }
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if first {
             self.rev

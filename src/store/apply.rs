@@ -44,9 +44,15 @@ fn insert_cert(t: &mut WriteTables<'_>, c: &CertRecord) -> Result<(), String> {
     // The graph's CA → certificate and certificate → identity edges are
     // this index and the record itself (see `ReadView::children`), not
     // stored twice.
+    // The value is notAfter (i64 big-endian): which certificates still
+    // need OCSP answers is read from this index alone.
     let mut rest = c.issued_seq.to_be_bytes().to_vec();
     rest.extend_from_slice(&c.serial);
-    t.put(BY_ISSUER, &compound(&c.issuer, &rest), &[])
+    t.put(
+        BY_ISSUER,
+        &compound(&c.issuer, &rest),
+        &c.not_after.to_be_bytes(),
+    )
 }
 
 fn cert_from_intent(

@@ -131,6 +131,9 @@ pub trait ReadView {
     fn revocations(&self, issuer: &str) -> Vec<(Vec<u8>, Revocation)>;
     /// The latest CRL published for a CA.
     fn crl(&self, issuer: &str) -> Option<CrlRecord>;
+    /// Serials of the certificates of `issuer` whose notAfter is after
+    /// `now` (Unix seconds), from the issuer index alone, in issuance order.
+    fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>>;
     fn latest_checkpoint(&self) -> Option<CheckpointRecord>;
     /// Credential graph: `ca:<id>` → child CAs (`ca:<id>`), then its
     /// certificates in issuance order (`cert:<serial hex>`);
@@ -340,6 +343,9 @@ impl ReadView for Snapshot {
     }
     fn crl(&self, issuer: &str) -> Option<CrlRecord> {
         self.tables.crl(issuer)
+    }
+    fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>> {
+        self.tables.unexpired_serials(issuer, now)
     }
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
         self.tables.latest_checkpoint()

@@ -487,6 +487,22 @@ where
         self.get(CRLS, issuer.as_bytes())
     }
 
+    fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>> {
+        let prefix = lp(issuer);
+        let skip = prefix.len() + 8;
+        let mut out = Vec::new();
+        self.scan(BY_ISSUER, &prefix, |k, v| {
+            // An entry without notAfter (written by an earlier version)
+            // counts as unexpired.
+            let live = <[u8; 8]>::try_from(v).map_or(true, |b| i64::from_be_bytes(b) > now);
+            if live {
+                out.push(k.get(skip..).unwrap_or_default().to_vec());
+            }
+            true
+        });
+        out
+    }
+
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
         match self.p[CHECKPOINTS].last() {
             Ok(Some((_, v))) => match decode(v.value()) {
