@@ -468,6 +468,13 @@ pub fn crl_chunks(entries: &[CrlEntry]) -> Vec<&[CrlEntry]> {
 /// daemon stages their entries in chunks, in order, then sends the rest with
 /// [`Request::SignStagedCrl`]. The signer keeps one staging area per issuer,
 /// in memory; it is lost when the signer restarts.
+///
+/// Why chunks rather than shards of the CRL: one full CRL per issuer keeps
+/// one CRL-number sequence and needs no issuing distribution point (which
+/// NSS refuses), and every certificate keeps one CRL URL; the frame bound
+/// holds (a chunk is at most half a frame, see [`crl_chunks`]) while the
+/// signer still builds and checks the whole CRL it signs, writing each
+/// entry's DER as its chunk arrives. Figures: `signer/benches/crl.rs`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CrlChunk {
     pub issuer: CaId,
