@@ -187,7 +187,20 @@ pub fn x509_time(unix: i64) -> Vec<u8> {
 /// `YYYYMMDDHHMMSSZ` otherwise or when `generalized` is asked. `None` for a
 /// year outside 0..=9999, which GeneralizedTime cannot carry.
 pub fn time_text(unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> {
-    let (y, mo, d, h, mi, s) = ymdhms(unix);
+    let day = unix.div_euclid(86_400);
+    let (y, mo, d) = civil_from_days(day);
+    time_text_of(y, mo, d, (unix - day * 86_400) as u32, generalized)
+}
+
+/// [`time_text`] of a civil date and the seconds into that day, for callers
+/// that already know the date.
+pub fn time_text_of(
+    y: i64,
+    mo: u32,
+    d: u32,
+    seconds: u32,
+    generalized: bool,
+) -> Option<(u8, [u8; 15], usize)> {
     if !(0..=9999).contains(&y) {
         return None;
     }
@@ -195,10 +208,19 @@ pub fn time_text(unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> 
     let y = y as u32;
     let mut out = [0u8; 15];
     let mut i = 0;
-    let values = [y / 100, y % 100, mo, d, h, mi, s];
-    for v in &values[usize::from(!generalized)..] {
-        out[i] = b'0' + (v / 10) as u8;
-        out[i + 1] = b'0' + (v % 10) as u8;
+    let values = [
+        y / 100,
+        y % 100,
+        mo,
+        d,
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+    ];
+    for &v in &values[usize::from(!generalized)..] {
+        // v < 100: two digits from the table.
+        let v = v as usize % 100 * 2;
+        out[i..i + 2].copy_from_slice(&DIGIT_PAIRS[v..v + 2]);
         i += 2;
     }
     out[i] = b'Z';
@@ -209,6 +231,13 @@ pub fn time_text(unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> 
     };
     Some((tag, out, i + 1))
 }
+
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// A strict reader of DER: definite, minimal lengths of at most four octets,
 /// single-octet tags. It checks structure the signer wrote before it signs,
@@ -329,6 +358,17 @@ pub fn non_negative_integer(content: &[u8]) -> Result<&[u8], &'static str> {
 /// UTCTime is required through 2049 and GeneralizedTime from 2050
 /// (RFC 5280 §4.1.2.5).
 pub fn parse_time(tag: u8, text: &[u8], x509_rule: bool) -> Result<i64, &'static str> {
+    let (year, mo, d, seconds) = check_time(tag, text, x509_rule)?;
+    Ok(days_from_civil(i64::from(year), mo, d) * 86_400 + i64::from(seconds))
+}
+
+/// Checks a time as [`parse_time`] does; returns its year, month, day and
+/// the seconds into that day.
+pub fn check_time(
+    tag: u8,
+    text: &[u8],
+    x509_rule: bool,
+) -> Result<(u32, u32, u32, u32), &'static str> {
     fn digits(s: &[u8]) -> Result<u32, &'static str> {
         s.iter().try_fold(0u32, |v, c| {
             if c.is_ascii_digit() {
@@ -370,8 +410,7 @@ pub fn parse_time(tag: u8, text: &[u8], x509_rule: bool) -> Result<i64, &'static
     if x509_rule && (tag == TAG_UTC_TIME) != (1950..2050).contains(&year) {
         return Err("time in the wrong type (UTCTime through 2049, GeneralizedTime after)");
     }
-    let days = days_from_civil(i64::from(year), mo, d);
-    Ok(days * 86_400 + i64::from(h * 3600 + mi * 60 + s))
+    Ok((year, mo, d, h * 3600 + mi * 60 + s))
 }
 
 /// Splits one TLV off the front of `input`: (tag, content, rest). Only used

@@ -711,6 +711,38 @@ fn valid_reason_code(code: u8) -> bool {
 pub struct CrlEntries {
     der: Vec<u8>,
     count: u64,
+    dates: DateCache,
+}
+
+/// Civil dates of recently seen days, direct-mapped: a CRL's revocation
+/// times fall on a few hundred distinct days, and the calendar arithmetic
+/// is a good part of writing an entry.
+#[derive(Debug)]
+struct DateCache(Box<[(i64, i64, u32, u32); 1024]>);
+
+impl Default for DateCache {
+    fn default() -> Self {
+        // Day i64::MIN is never looked up (unix / 86,400 cannot reach it).
+        DateCache(Box::new([(i64::MIN, 0, 0, 0); 1024]))
+    }
+}
+
+impl DateCache {
+    fn time_text(&mut self, unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> {
+        let day = unix.div_euclid(86_400);
+        let slot = &mut self.0[day.rem_euclid(1024) as usize];
+        if slot.0 != day {
+            let (y, m, d) = civil_from_days(day);
+            *slot = (day, y, m, d);
+        }
+        time_text_of(
+            slot.1,
+            slot.2,
+            slot.3,
+            (unix - day * 86_400) as u32,
+            generalized,
+        )
+    }
 }
 
 impl CrlEntries {
@@ -741,13 +773,14 @@ impl CrlEntries {
         let magnitude = &e.serial[skip..];
         let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
         let int_len = magnitude.len() + usize::from(pad);
-        let (date_tag, date, date_len) = time_text(e.revoked_at, false).ok_or_else(|| {
-            BuildError::Invalid(
-                "a CRL entry's revocation time must lie in the years 0 to 9999".into(),
-            )
-        })?;
+        let (date_tag, date, date_len) =
+            self.dates.time_text(e.revoked_at, false).ok_or_else(|| {
+                BuildError::Invalid(
+                    "a CRL entry's revocation time must lie in the years 0 to 9999".into(),
+                )
+            })?;
         let invalidity = match e.invalidity_date {
-            Some(t) => Some(time_text(t, true).ok_or_else(|| {
+            Some(t) => Some(self.dates.time_text(t, true).ok_or_else(|| {
                 BuildError::Invalid(
                     "a CRL entry's invalidity date must lie in the years 0 to 9999".into(),
                 )
@@ -841,18 +874,21 @@ pub fn build_crl_from(
         header_len(revoked_len) + revoked_len
     };
     let body = head.iter().map(Vec::len).sum::<usize>() + revoked_tlv + crl_exts.len();
-    let mut tbs = Vec::with_capacity(header_len(body) + body);
-    push_header(&mut tbs, TAG_SEQUENCE, body);
+    let mut prefix = Vec::with_capacity(header_len(body) + body - revoked_len - crl_exts.len());
+    push_header(&mut prefix, TAG_SEQUENCE, body);
     for part in &head {
-        tbs.extend_from_slice(part);
+        prefix.extend_from_slice(part);
     }
     if !entries.is_empty() {
-        push_header(&mut tbs, TAG_SEQUENCE, revoked_len);
-        tbs.extend_from_slice(&entries.der);
+        push_header(&mut prefix, TAG_SEQUENCE, revoked_len);
     }
-    tbs.extend_from_slice(&crl_exts);
     let expected = entries.len();
-    drop(entries);
+    // The entries' buffer becomes the TBS: the head is moved in front of
+    // them in place, so tens of megabytes are not copied to a new buffer.
+    let mut tbs = entries.der;
+    tbs.reserve_exact(prefix.len() + crl_exts.len());
+    tbs.splice(0..0, prefix);
+    tbs.extend_from_slice(&crl_exts);
 
     let found = check_crl_tbs(
         &tbs,
@@ -973,7 +1009,7 @@ fn check_crl_entry(
         return Err("serial longer than 20 octets");
     }
     let date = e.read()?;
-    parse_time(date.tag, date.content, true)?;
+    check_time(date.tag, date.content, true)?;
     if e.is_empty() {
         return Ok(());
     }
@@ -1003,7 +1039,7 @@ fn check_crl_entry(
             if t.tag != TAG_GENERALIZED_TIME {
                 return Err("invalidityDate is not a GeneralizedTime");
             }
-            parse_time(t.tag, t.content, false)?;
+            check_time(t.tag, t.content, false)?;
         } else {
             return Err("an entry extension other than one reasonCode and one invalidityDate");
         }
