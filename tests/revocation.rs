@@ -299,7 +299,10 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers too (SIGKILL would leave
+        // them running).
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
 }
@@ -564,5 +567,88 @@ fn the_responder_rotates_on_its_own_and_ocsp_keeps_verifying() {
         (responder_id(&t) != first).then_some(t)
     });
     assert!(t.contains("leaf.pem: good"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+}
+
+#[test]
+fn with_the_signer_down_cached_answers_are_served_and_a_revoked_certificate_is_never_good() {
+    let (mut a, port) = public_appliance("", "");
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let stays = issue(&a, "stays");
+    let goes = issue(&a, "goes");
+    for serial in [&stays, &goes] {
+        eventually("the answers to be pre-signed", || {
+            let v = a.ctl(&["cert", "show", serial]).ok().json();
+            v["ocsp"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("good (pre-signed"))
+                .then_some(())
+        });
+    }
+    a.kill_signer();
+
+    // Pre-signed answers need no signer — also for a request with a nonce
+    // (openssl's default), answered without it rather than tryLater.
+    let t = ocsp_text(dir, port, "stays.pem");
+    assert!(t.contains("stays.pem: good"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+    assert!(t.contains("WARNING: no nonce in response"), "{t}");
+
+    // The revocation is recorded; OCSP stops saying good at once and
+    // says tryLater until it can sign `revoked`.
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    assert!(
+        v["ocsp"].as_str().unwrap().starts_with("not yet signed"),
+        "{v}"
+    );
+    let t = openssl_exit(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "goes.pem",
+            "-url",
+            &format!("http://127.0.0.1:{port}/ocsp/issuing"),
+        ],
+        dir,
+        1,
+    );
+    assert!(t.to_lowercase().contains("trylater"), "{t}");
+    assert!(!t.contains("goes.pem: good"), "{t}");
+    let t = ocsp_text(dir, port, "stays.pem");
+    assert!(t.contains("stays.pem: good"), "{t}");
+
+    // The signer is back: the revoked answer is signed on its own.
+    a.start_signer();
+    let t = eventually("OCSP to say revoked once the signer is back", || {
+        if let Some(status) = a.signer_exited() {
+            panic!("castellan-signer ended: {status:?}");
+        }
+        let out = run(
+            Command::new("openssl")
+                .args([
+                    "ocsp",
+                    "-issuer",
+                    "issuing.pem",
+                    "-cert",
+                    "goes.pem",
+                    "-url",
+                    &format!("http://127.0.0.1:{port}/ocsp/issuing"),
+                    "-CAfile",
+                    "chain.pem",
+                ])
+                .current_dir(dir),
+            WAIT,
+        );
+        let t = format!("{}\n{}", out.stdout, out.stderr);
+        assert!(!t.contains("goes.pem: good"), "{t}");
+        t.contains("goes.pem: revoked").then_some(t)
+    });
     assert!(t.contains("Response verify OK"), "{t}");
 }

@@ -898,21 +898,27 @@ impl Daemon {
             .map(|id| (magnitude(&id.serial), id.hash))
             .collect();
         let single = keys.len() == 1 && req.nonce.is_none();
-        if single {
+        // The current pre-signed answer for a one-CertID request, if any.
+        let cached = || -> Option<OcspAnswer> {
+            if keys.len() != 1 {
+                return None;
+            }
             let key = OcspKey {
                 issuer: issuer.clone(),
                 serial: keys[0].0.clone(),
                 hash: keys[0].1,
             };
-            if let Some(e) = self.rev.get(&key)
-                && e.servable(now_ms() / 1000)
-            {
-                return OcspAnswer {
+            self.rev
+                .get(&key)
+                .filter(|e| e.servable(now_ms() / 1000))
+                .map(|e| OcspAnswer {
                     der: e.der.clone(),
                     cacheable: Some((e.this_update, e.next_update)),
                     etag: Some(e.etag.clone()),
-                };
-            }
+                })
+        };
+        if single && let Some(answer) = cached() {
+            return answer;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = match self.rev.misses.lock() {
@@ -952,6 +958,12 @@ impl Daemon {
                     self.keep(&issuer, &keys, round).await;
                 }
                 answer
+            }
+            // The signer cannot sign the nonce in: the pre-signed answer
+            // (without the nonce, as RFC 5019 responders answer) is still
+            // signed and current, and better than tryLater.
+            Ok(Err(OCSP_TRY_LATER)) => {
+                cached().unwrap_or_else(|| OcspAnswer::error(OCSP_TRY_LATER))
             }
             Ok(Err(status)) => OcspAnswer::error(status),
             Err(_) => OcspAnswer::error(OCSP_INTERNAL_ERROR),

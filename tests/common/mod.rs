@@ -350,6 +350,13 @@ impl Appliance {
         self.wait_listening(&socket, false);
     }
 
+    /// The signer's exit status if it has ended (None while it runs).
+    pub fn signer_exited(&mut self) -> Option<ExitStatus> {
+        self.signer
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("waiting for castellan-signer"))
+    }
+
     /// SIGKILL: the signer's socket file stays behind, as after a crash.
     pub fn kill_signer(&mut self) {
         kill_child(self.signer.take().expect("the signer is running"));
