@@ -194,12 +194,7 @@ async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> 
 fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str) {
     if let Some((first, tail)) = rest.split_once('/')
         && !tail.is_empty()
-        && daemon
-            .store()
-            .read()
-            .ok()
-            .and_then(|v| v.ca(first))
-            .is_some()
+        && daemon.holds_ca(first)
     {
         return (Some(first), tail);
     }

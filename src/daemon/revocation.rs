@@ -1481,6 +1481,12 @@ impl Daemon {
         Ok(crl_view(&record, &self.config()))
     }
 
+    /// Whether `ca_id` names a CA castellan holds (from the in-memory CA
+    /// index, without a store read).
+    pub fn holds_ca(&self, ca_id: &str) -> bool {
+        self.ca_index(false).iter().any(|k| k.ca_id == ca_id)
+    }
+
     /// The CRL the public listener serves for `issuer`.
     pub fn published_crl(&self, issuer: &str) -> Option<Arc<PublishedCrl>> {
         self.rev.crl(issuer)
