@@ -536,10 +536,13 @@ impl Daemon {
     /// The CAs' CertID hashes; re-read from the store when `refresh` and
     /// the copy is older than [`CA_REFRESH`].
     fn ca_index(&self, refresh: bool) -> Arc<Vec<CaKeys>> {
-        if self
-            .rev
-            .cas_stale
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        // A plain load first: the swap writes a shared cache line, which
+        // every OCSP request would otherwise contend on.
+        if self.rev.cas_stale.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .rev
+                .cas_stale
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             return self.reload_ca_index();
         }
