@@ -441,7 +441,7 @@ impl Daemon {
             signer_reachable: reachable,
             signer_backend: backend,
             cas: v.cas().len(),
-            certificates: v.certs(&CertFilter::default()).len(),
+            certificates: v.cert_count() as usize,
             pending_intents: v.pending_intents().len(),
             last_checkpoint: v.latest_checkpoint().map(|c| c.sequence),
             actor: c.actor.describe(),

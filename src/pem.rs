@@ -3,6 +3,19 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+/// [`encode`] as bytes, written in one pass (CRLs run to tens of MiB).
+pub fn encode_bytes(label: &str, der: &[u8]) -> Vec<u8> {
+    let b64 = STANDARD.encode(der);
+    let mut out = Vec::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.extend_from_slice(format!("-----BEGIN {label}-----\n").as_bytes());
+    for chunk in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(chunk);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
+    out
+}
+
 pub fn encode(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");

@@ -465,6 +465,42 @@ fn published_ocsp_path(keys: &CaKeys, serial: &[u8]) -> String {
 /// Writes `bytes` to `dir/rel` atomically: temporary file, fsync, rename,
 /// fsync of the directory.
 pub(crate) fn write_atomically(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let parent = write_renamed(dir, rel, bytes)?;
+    std::fs::File::open(&parent)?.sync_all()
+}
+
+/// Writes every (path, bytes) of `items` below `dir` as
+/// [`write_atomically`] does, with one fsync per directory rather than per
+/// file. Returns the first error; the other files are still written.
+fn write_all_atomically<'a>(
+    dir: &Path,
+    items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> std::io::Result<()> {
+    let mut parents = BTreeSet::new();
+    let mut first = Ok(());
+    for (rel, bytes) in items {
+        match write_renamed(dir, rel, bytes) {
+            Ok(p) => {
+                parents.insert(p);
+            }
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", dir.join(rel).display()),
+                    ));
+                }
+            }
+        }
+    }
+    for p in parents {
+        std::fs::File::open(&p)?.sync_all()?;
+    }
+    first
+}
+
+/// Temporary file, fsync, rename; returns the directory to fsync.
+fn write_renamed(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write;
     let path = dir.join(rel);
     let parent = path
@@ -487,11 +523,11 @@ pub(crate) fn write_atomically(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&parent)?.sync_all()
+    Ok(parent)
 }
 
-fn pem_crl(der: &[u8]) -> String {
-    crate::pem::encode("X509 CRL", der)
+fn pem_crl(der: &[u8]) -> Vec<u8> {
+    crate::pem::encode_bytes("X509 CRL", der)
 }
 
 // ---------------------------------------------------------------------------
@@ -538,7 +574,10 @@ impl Daemon {
     fn ca_index(&self, refresh: bool) -> Arc<Vec<CaKeys>> {
         // A plain load first: the swap writes a shared cache line, which
         // every OCSP request would otherwise contend on.
-        if self.rev.cas_stale.load(std::sync::atomic::Ordering::Acquire)
+        if self
+            .rev
+            .cas_stale
+            .load(std::sync::atomic::Ordering::Acquire)
             && self
                 .rev
                 .cas_stale
@@ -830,14 +869,18 @@ impl Daemon {
         let rev = Arc::clone(&self.rev);
         let r = tokio::task::spawn_blocking(move || {
             let _g = rev.publish_lock.lock();
-            for (key, rel) in items {
-                let Some(entry) = rev.get(&key) else { continue };
-                if entry.der.is_empty() {
-                    continue;
-                }
-                if let Err(e) = write_atomically(&dir, &rel, &entry.der) {
-                    tracing::warn!(path = %dir.join(&rel).display(), "publishing an OCSP answer: {e}");
-                }
+            let current: Vec<(String, Bytes)> = items
+                .into_iter()
+                .filter_map(|(key, rel)| {
+                    let entry = rev.get(&key)?;
+                    (!entry.der.is_empty()).then(|| (rel, entry.der.clone()))
+                })
+                .collect();
+            let files = current
+                .iter()
+                .map(|(rel, der)| (rel.as_str(), der.as_ref()));
+            if let Err(e) = write_all_atomically(&dir, files) {
+                tracing::warn!("publishing OCSP answers: {e}");
             }
         })
         .await;
@@ -1294,33 +1337,52 @@ impl Daemon {
         }
     }
 
+    /// Serves `der` as the CRL of its issuer from now on, and writes it
+    /// (DER and PEM) into the publish directory in the background: the file
+    /// left there is always the newest CRL's, whatever order writes finish.
     async fn install_crl(&self, record: CrlRecord, der: Vec<u8>) {
-        let pem = pem_crl(&der);
         let issuer = record.issuer.clone();
-        let published = Arc::new(PublishedCrl {
-            // The entity tag of a DER answer is the SHA-256 of its bytes,
-            // which the record already holds.
-            etag: format!("\"{}\"", hex::encode(record.sha256)),
-            record,
-            der: Bytes::from(der),
-            pem: Bytes::from(pem),
-        });
-        if let Some(dir) = self.publish_dir() {
-            let p = Arc::clone(&published);
-            let rev = Arc::clone(&self.rev);
-            let r = tokio::task::spawn_blocking(move || {
-                let _g = rev.publish_lock.lock();
-                write_atomically(&dir, &format!("crl/{}.crl", p.record.issuer), &p.der)?;
-                write_atomically(&dir, &format!("crl/{}.pem", p.record.issuer), &p.pem)
+        let built = tokio::task::spawn_blocking(move || {
+            let pem = pem_crl(&der);
+            Arc::new(PublishedCrl {
+                // The entity tag of a DER answer is the SHA-256 of its
+                // bytes, which the record already holds.
+                etag: format!("\"{}\"", hex::encode(record.sha256)),
+                record,
+                der: Bytes::from(der),
+                pem: Bytes::from(pem),
             })
-            .await;
-            if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+        })
+        .await;
+        let published = match built {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(ca = %issuer, "preparing the CRL: {e}");
+                return;
+            }
+        };
+        if let Ok(mut m) = self.rev.crls.write() {
+            m.insert(issuer.clone(), Arc::clone(&published));
+        }
+        let Some(dir) = self.publish_dir() else {
+            return;
+        };
+        let rev = Arc::clone(&self.rev);
+        tokio::task::spawn_blocking(move || {
+            let _g = rev.publish_lock.lock();
+            let current = rev
+                .crl(&issuer)
+                .is_some_and(|c| c.record.crl_number == published.record.crl_number);
+            if !current {
+                return;
+            }
+            let p = &published;
+            let r = write_atomically(&dir, &format!("crl/{issuer}.crl"), &p.der)
+                .and_then(|()| write_atomically(&dir, &format!("crl/{issuer}.pem"), &p.pem));
+            if let Err(e) = r {
                 tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
             }
-        }
-        if let Ok(mut m) = self.rev.crls.write() {
-            m.insert(issuer, published);
-        }
+        });
     }
 
     /// `POST /v1/crls/{issuer}/publish`: a new CRL now, optionally
@@ -1358,31 +1420,14 @@ impl Daemon {
         actor: Actor,
     ) -> Result<CrlView, ApiError> {
         let _g = self.rev.crl_lock.lock().await;
-        let view = self
-            .store
-            .read()
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let Some(ca) = view.ca(issuer) else {
-            let known: Vec<String> = view.cas().into_iter().map(|c| c.ca_id).collect();
-            return Err(err(
-                ErrorKind::NotFound,
-                format!(
-                    "no CA {issuer:?}; known CAs: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        };
-        let last = view.crl(issuer);
-        let as_of = view.head().0;
-        let revocations = view.revocations(issuer);
-        if let Some(e) = view.error() {
-            return Err(err(ErrorKind::Internal, e));
-        }
-        drop(view);
+        // Reading a million revocations is CPU work: off the async runtime,
+        // so OCSP answers keep flowing meanwhile.
+        let store = self.store.clone();
+        let id = issuer.to_string();
+        let (ca, last, as_of, entries) =
+            tokio::task::spawn_blocking(move || read_crl_entries(&store, &id))
+                .await
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
         let emergency_validity = match mode {
             CrlMode::Regular => last.as_ref().and_then(|l| l.emergency_validity),
             CrlMode::Emergency(s) => Some(s),
@@ -1392,26 +1437,18 @@ impl Daemon {
             emergency_validity.unwrap_or_else(|| i64::from(self.config().crl.validity_secs));
         let this_update = now_ms() / 1000;
         let next_update = this_update + validity;
-        let entries: Vec<CrlEntry> = revocations
-            .iter()
-            .map(|(serial, r)| CrlEntry {
-                serial: magnitude(serial),
-                revoked_at: r.revoked_at,
-                // RFC 5280 §5.3.1: the code unspecified should be absent.
-                reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
-                invalidity_date: r.invalidity_date,
-            })
-            .collect();
         let count = entries.len() as u64;
         let mut number = last.as_ref().map_or(1, |l| l.crl_number + 1);
-        let mut request = CrlRequest {
+        let request = CrlRequest {
             issuer: issuer.to_string(),
             crl_number: number,
             this_update,
             next_update,
             entries,
         };
-        let der = match self.pool.sign_crl(request.clone()).await {
+        // Only a refused number needs the entries twice; the check is
+        // cheap next to cloning a million entries up front.
+        let der = match self.pool.sign_crl(request).await {
             Ok(d) => d,
             Err(PoolError::Refused(s)) if s.message.contains("CRL numbers only increase") => {
                 // The signer signed a later CRL the log does not know of
@@ -1423,27 +1460,50 @@ impl Daemon {
                     )
                 })?;
                 number = signed + 1;
-                request.crl_number = number;
+                let store = self.store.clone();
+                let id = issuer.to_string();
+                let (_, _, _, entries) =
+                    tokio::task::spawn_blocking(move || read_crl_entries(&store, &id))
+                        .await
+                        .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+                if entries.len() as u64 != count {
+                    return Err(err(
+                        ErrorKind::Refused,
+                        "revocations arrived while the CRL number was being recovered; the next CRL follows at once",
+                    ));
+                }
+                let request = CrlRequest {
+                    issuer: issuer.to_string(),
+                    crl_number: number,
+                    this_update,
+                    next_update,
+                    entries,
+                };
                 self.pool.sign_crl(request).await.map_err(super::pool_err)?
             }
             Err(e) => return Err(super::pool_err(e)),
         };
-        let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &der)
-            .as_ref()
-            .try_into()
-            .map_err(|_| err(ErrorKind::Internal, "SHA-256 is 32 octets"))?;
+        // Hash and keep the DER beside the database (fsync) off the
+        // runtime; the event below names the hash.
         let path = self.crl_file(issuer);
-        let (file_der, state_dir) = (der.clone(), self.config().state_dir.clone());
+        let state_dir = self.config().state_dir.clone();
         let rel = format!("crl/{issuer}.crl");
-        tokio::task::spawn_blocking(move || write_atomically(&state_dir, &rel, &file_der))
-            .await
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
-            .map_err(|e| {
-                err(
-                    ErrorKind::Internal,
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            })?;
+        let (der, sha256) = tokio::task::spawn_blocking(move || {
+            let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &der)
+                .as_ref()
+                .try_into()
+                .map_err(|_| std::io::Error::other("SHA-256 is 32 octets"))?;
+            write_atomically(&state_dir, &rel, &der)?;
+            Ok::<_, std::io::Error>((der, sha256))
+        })
+        .await
+        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| {
+            err(
+                ErrorKind::Internal,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
         let record = self
             .store
             .execute(actor, {
@@ -1573,6 +1633,52 @@ impl Daemon {
             }
         }
     }
+}
+
+/// What a CRL of `issuer` lists now: (the CA, its last CRL, the log
+/// position read, the entries in serial order).
+fn read_crl_entries(
+    store: &crate::store::Store,
+    issuer: &str,
+) -> Result<(CaRecord, Option<CrlRecord>, u64, Vec<CrlEntry>), ApiError> {
+    let view = store
+        .read()
+        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+    let Some(ca) = view.ca(issuer) else {
+        let known: Vec<String> = view.cas().into_iter().map(|c| c.ca_id).collect();
+        return Err(err(
+            ErrorKind::NotFound,
+            format!(
+                "no CA {issuer:?}; known CAs: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    let last = view.crl(issuer);
+    let as_of = view.head().0;
+    let entries: Vec<CrlEntry> = view
+        .revocations(issuer)
+        .into_iter()
+        .map(|(serial, r)| CrlEntry {
+            serial: if serial.first() == Some(&0) {
+                magnitude(&serial)
+            } else {
+                serial
+            },
+            revoked_at: r.revoked_at,
+            // RFC 5280 §5.3.1: the code unspecified should be absent.
+            reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
+            invalidity_date: r.invalidity_date,
+        })
+        .collect();
+    if let Some(e) = view.error() {
+        return Err(err(ErrorKind::Internal, e));
+    }
+    Ok((ca, last, as_of, entries))
 }
 
 /// The number in the signer's refusal "… is not above the last one signed

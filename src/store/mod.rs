@@ -134,6 +134,9 @@ pub trait ReadView {
     /// Serials of the certificates of `issuer` whose notAfter is after
     /// `now` (Unix seconds), from the issuer index alone, in issuance order.
     fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>>;
+    /// How many certificate records there are (issued, revoked, possibly
+    /// issued), without reading them.
+    fn cert_count(&self) -> u64;
     fn latest_checkpoint(&self) -> Option<CheckpointRecord>;
     /// Credential graph: `ca:<id>` → child CAs (`ca:<id>`), then its
     /// certificates in issuance order (`cert:<serial hex>`);
@@ -346,6 +349,9 @@ impl ReadView for Snapshot {
     }
     fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>> {
         self.tables.unexpired_serials(issuer, now)
+    }
+    fn cert_count(&self) -> u64 {
+        self.tables.cert_count()
     }
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
         self.tables.latest_checkpoint()

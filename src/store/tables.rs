@@ -487,6 +487,16 @@ where
         self.get(CRLS, issuer.as_bytes())
     }
 
+    fn cert_count(&self) -> u64 {
+        match self.p[CERTS].len() {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(format!("reading p.certs: {e}"));
+                0
+            }
+        }
+    }
+
     fn unexpired_serials(&self, issuer: &str, now: i64) -> Vec<Vec<u8>> {
         let prefix = lp(issuer);
         let skip = prefix.len() + 8;
