@@ -380,10 +380,13 @@ fn the_publish_directory_holds_what_the_listener_serves_and_nginx_serves_it_to_o
         ("/crl/issuing.pem", "crl/issuing.pem"),
         ("/ca/issuing.crt", "ca/issuing.crt"),
     ] {
-        let served = fetch(&a, port, path, "served.bin");
-        let published =
-            std::fs::read(root.join(file)).unwrap_or_else(|e| panic!("{file} not published: {e}"));
-        assert_eq!(served, published, "{path} differs from {file}");
+        // The publish directory is written right after the CRL is
+        // installed for the listener.
+        eventually(&format!("{file} to hold what {path} serves"), || {
+            let served = fetch(&a, port, path, "served.bin");
+            let published = std::fs::read(root.join(file)).ok()?;
+            (served == published).then_some(())
+        });
     }
     for cert in ["kept.pem", "gone.pem"] {
         let enc = get_path(dir, cert);
