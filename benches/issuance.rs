@@ -28,6 +28,8 @@
 //! into DIR (`BENCH_PERF_CALLGRAPH=1` adds DWARF call graphs; profiling
 //! costs CPU, so rates measured with it are lower).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -36,6 +38,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use common::{Proc, env_num, loadavg};
 
 use bytes::Bytes;
 use castellan::admin_client::AdminClient;
@@ -47,63 +51,9 @@ const GOAL: f64 = 5_000.0;
 /// Distinct CSRs (keys and names) the clients cycle through.
 const CSRS: usize = 256;
 
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={s:?} is not a number; using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!(
-                "{} did not stop on SIGTERM within 10 s; killing it",
-                self.name
-            );
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd

@@ -41,14 +41,18 @@
 //! Environment: `BENCH_SECONDS` (default 10) per run; `BENCH_CERTS` (default
 //! 1000); `BENCH_WRK_THREADS` (default 2).
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use common::{Proc, env_num, loadavg};
 
 use base64::Engine;
 use castellan::admin_client::{AdminClient, encode_component};
@@ -64,22 +68,6 @@ const ISSUERS: usize = 16;
 const GOAL_VS_NGINX: f64 = 0.9;
 const GOAL_VS_OPENSSL: f64 = 50.0;
 const GOAL_P99_MS: f64 = 2.0;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={s:?} is not a number; using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
 
 /// `name` on PATH, or in the sbin directories (nginx lives there).
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -99,55 +87,6 @@ fn free_port() -> Result<u16, String> {
 
 // ---------------------------------------------------------------------------
 // Processes
-
-/// A child stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Proc, String> {
-        let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Proc { name, child })
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn stop(&mut self) {
-        if self.running() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if !self.running() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!(
-                "{} did not stop on SIGTERM within 10 s; killing it",
-                self.name
-            );
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Runs `cmd` to completion (killed after `bound`); stdout, or an error
 /// with everything it said.

@@ -69,6 +69,8 @@
 //! `loadavg`, `Proc`, `run`, `wait_for`, `binaries`, `newest`, `json_id`,
 //! `ceremony`, the signer/daemon start-up sequence and `metrics`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -77,6 +79,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Proc, env_num, loadavg};
 
 use base64::Engine;
 use castellan::admin_client::AdminClient;
@@ -117,16 +121,6 @@ const REASONS: [RevocationReason; 7] = [
 // Small things
 // ---------------------------------------------------------------------------
 
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(s) => s.trim().replace('_', "").parse().unwrap_or_else(|_| {
-            eprintln!("{name}={s:?} is not a number; using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     match std::env::var(name) {
         Ok(s) => {
@@ -144,12 +138,6 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         }
         Err(_) => default.to_vec(),
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn now_secs() -> i64 {
@@ -227,44 +215,6 @@ fn rss_words(name: &str, pid: u32) -> String {
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 20 s.
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!(
-                "{} did not stop on SIGTERM within 20 s; killing it",
-                self.name
-            );
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Runs a command to completion within `limit`; its stdout, or an error
 /// with its output.
