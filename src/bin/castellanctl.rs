@@ -243,11 +243,13 @@ enum CertCmd {
 enum CrlCmd {
     /// The CA's current CRL: number, validity, entries, URL.
     Show {
+        /// The CA's id, as `castellanctl ca list` shows it.
         #[arg(long)]
         issuer: String,
     },
     /// Publish a new CRL of the CA now.
     Publish {
+        /// The CA's id, as `castellanctl ca list` shows it.
         #[arg(long)]
         issuer: String,
     },
@@ -255,6 +257,7 @@ enum CrlCmd {
     /// validity for every later CRL until `--end` (relying parties then
     /// fetch it again soon).
     Emergency {
+        /// The CA's id, as `castellanctl ca list` shows it.
         #[arg(long)]
         issuer: String,
         /// e.g. 1h, 30m, 2h30m, 3600s (60 s to 7 days).
