@@ -1376,9 +1376,12 @@ mod tests {
         fill(&path, 8);
         let good = std::fs::read(&path).unwrap();
         let starts = record_starts(&good);
-        let damaged_path = dir.path().join("damaged.journal");
         for pos in 0..good.len() {
             for mask in [0x01u8, 0x80] {
+                // A new file (inode) each time: a child process another test
+                // forks in between may briefly share the open file
+                // description, and with it the previous file's lock.
+                let damaged_path = dir.path().join(format!("damaged-{pos}-{mask}.journal"));
                 let mut bad = good.clone();
                 bad[pos] ^= mask;
                 std::fs::write(&damaged_path, &bad).unwrap();
@@ -1398,6 +1401,7 @@ mod tests {
                     Err(other) => panic!("flip at {pos}: {other:?}"),
                     Ok(_) => panic!("flip at {pos}: damaged journal opened"),
                 }
+                let _ = std::fs::remove_file(&damaged_path);
             }
         }
     }
