@@ -37,9 +37,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use common::{Proc, env_num, loadavg};
+use common::{Bins, Proc, binaries, env_num, loadavg, wait_for};
 
 use bytes::Bytes;
 use castellan::admin_client::AdminClient;
@@ -50,6 +50,8 @@ use hyper_util::rt::TokioIo;
 const GOAL: f64 = 5_000.0;
 /// Distinct CSRs (keys and names) the clients cycle through.
 const CSRS: usize = 256;
+/// How long the signer and the daemon have to create their sockets.
+const WAIT_READY: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -69,73 +71,6 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for(path: &Path, what: &str, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("{what} did not create {}:\n{log}", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-struct Bins {
-    castellan: PathBuf,
-    ctl: PathBuf,
-    signer: PathBuf,
-}
-
-/// The newest modification time of the files under `dir`.
-fn newest(dir: &Path) -> Option<SystemTime> {
-    let mut best = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest(&p)
-        } else {
-            e.metadata().and_then(|m| m.modified()).ok()
-        };
-        best = best.max(t);
-    }
-    best
-}
-
-fn binaries() -> Result<Bins, String> {
-    let castellan = PathBuf::from(env!("CARGO_BIN_EXE_castellan"));
-    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_castellanctl"));
-    let dir = castellan
-        .parent()
-        .ok_or("the castellan binary has no directory")?;
-    let signer = dir.join("castellan-signer");
-    if !signer.is_file() {
-        return Err(format!(
-            "castellan-signer is missing: expected {} (next to castellan).\n\
-             Build it first, with the same CARGO_TARGET_DIR:\n\
-             \n    cargo build --release -p castellan-signer\n",
-            signer.display()
-        ));
-    }
-    let built = std::fs::metadata(&signer).and_then(|m| m.modified()).ok();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest(&root.join("signer/src")).max(newest(&root.join("signer/proto/src")));
-    if let (Some(b), Some(s)) = (built, sources)
-        && s > b
-    {
-        eprintln!(
-            "warning: {} is older than the signer's sources; rebuild it with \
-             `cargo build --release -p castellan-signer` if the protocol changed",
-            signer.display()
-        );
-    }
-    Ok(Bins {
-        castellan,
-        ctl,
-        signer,
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -492,7 +427,7 @@ fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
             .spawn()
             .map_err(|e| format!("castellan-signer run: {e}"))?,
     };
-    wait_for(&signer_sock, "castellan-signer", &signer_log)?;
+    wait_for(&signer_sock, "castellan-signer", &signer_log, WAIT_READY)?;
 
     // The daemon.
     let admin_sock = p("admin.sock");
@@ -524,7 +459,7 @@ fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
             .spawn()
             .map_err(|e| format!("castellan: {e}"))?,
     };
-    wait_for(&admin_sock, "castellan", &daemon_log)?;
+    wait_for(&admin_sock, "castellan", &daemon_log, WAIT_READY)?;
     let admin = AdminClient::new(&admin_sock).with_timeout(Duration::from_secs(60));
     let status: StatusView = admin
         .get("/v1/status")

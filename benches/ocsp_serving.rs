@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proc, env_num, loadavg};
+use common::{Bins, Proc, binaries, env_num, loadavg};
 
 use base64::Engine;
 use castellan::admin_client::{AdminClient, encode_component};
@@ -325,35 +325,6 @@ struct Castellan {
     daemon: Proc,
     addr: SocketAddr,
     admin: AdminClient,
-}
-
-struct Bins {
-    castellan: PathBuf,
-    ctl: PathBuf,
-    signer: PathBuf,
-}
-
-fn binaries() -> Result<Bins, String> {
-    let castellan = PathBuf::from(env!("CARGO_BIN_EXE_castellan"));
-    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_castellanctl"));
-    let dir = castellan
-        .parent()
-        .ok_or("the castellan binary has no directory")?;
-    let signer = dir.join("castellan-signer");
-    for b in [&castellan, &ctl, &signer] {
-        if !b.is_file() {
-            return Err(format!(
-                "{} is missing. Build the release binaries first, with the same \
-                 CARGO_TARGET_DIR:\n\n    cargo build --release --workspace --bins\n",
-                b.display()
-            ));
-        }
-    }
-    Ok(Bins {
-        castellan,
-        ctl,
-        signer,
-    })
 }
 
 fn ctl(bins: &Bins, sock: &Path, args: &[&str]) -> Result<String, String> {

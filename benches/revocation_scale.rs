@@ -80,7 +80,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Proc, env_num, loadavg};
+use common::{Bins, Proc, env_num, loadavg, wait_for};
 
 use base64::Engine;
 use castellan::admin_client::AdminClient;
@@ -267,66 +267,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     run_limited(cmd, what, CMD_LIMIT)
 }
 
-fn wait_for(path: &Path, what: &str, log: &Path, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("{what} did not create {}:\n{log}", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-struct Bins {
-    castellan: PathBuf,
-    ctl: PathBuf,
-    signer: PathBuf,
-}
-
-/// The newest modification time of the files under `dir`.
-fn newest(dir: &Path) -> Option<SystemTime> {
-    let mut best = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest(&p)
-        } else {
-            e.metadata().and_then(|m| m.modified()).ok()
-        };
-        best = best.max(t);
-    }
-    best
-}
-
 fn binaries() -> Result<Bins, String> {
-    let castellan = PathBuf::from(env!("CARGO_BIN_EXE_castellan"));
-    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_castellanctl"));
-    let dir = castellan
-        .parent()
-        .ok_or("the castellan binary has no directory")?;
-    let signer = dir.join("castellan-signer");
-    if !signer.is_file() {
-        return Err(format!(
-            "castellan-signer is missing: expected {} (next to castellan).\n\
-             Build the binaries first, with the same CARGO_TARGET_DIR:\n\
-             \n    cargo build --release --workspace --bins\n",
-            signer.display()
-        ));
-    }
-    let built = std::fs::metadata(&signer).and_then(|m| m.modified()).ok();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest(&root.join("signer/src")).max(newest(&root.join("signer/proto/src")));
-    if let (Some(b), Some(s)) = (built, sources)
-        && s > b
-    {
-        eprintln!(
-            "warning: {} is older than the signer's sources; rebuild it with \
-             `cargo build --release --workspace --bins` if the protocol changed",
-            signer.display()
-        );
-    }
+    let bins = common::binaries()?;
     for tool in ["openssl", "wrk"] {
         if Command::new(tool)
             .arg("--version")
@@ -338,11 +280,7 @@ fn binaries() -> Result<Bins, String> {
             return Err(format!("`{tool}` is not installed (it is needed on PATH)"));
         }
     }
-    Ok(Bins {
-        castellan,
-        ctl,
-        signer,
-    })
+    Ok(bins)
 }
 
 fn perf_record(data: &Path, pids: &[u32]) -> std::io::Result<Child> {

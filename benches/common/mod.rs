@@ -3,9 +3,9 @@
 //! (SIGTERM, then SIGKILL) when dropped.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// `name` from the environment as a number (`1_000_000` allowed), or
 /// `default` (saying so when the value is not a number).
@@ -85,4 +85,78 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until `path` exists (a socket a child creates once ready); after
+/// `limit`, an error carrying the child's log.
+pub fn wait_for(path: &Path, what: &str, log: &Path, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{what} did not create {}:\n{log}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The three binaries a benchmark starts.
+pub struct Bins {
+    pub castellan: PathBuf,
+    pub ctl: PathBuf,
+    pub signer: PathBuf,
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<SystemTime> {
+    let mut best = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        best = best.max(t);
+    }
+    best
+}
+
+/// `castellan` and `castellanctl` as cargo built them for this bench, and
+/// `castellan-signer` next to them (another package: it must have been
+/// built first; a warning if it is older than the signer's sources).
+pub fn binaries() -> Result<Bins, String> {
+    let castellan = PathBuf::from(env!("CARGO_BIN_EXE_castellan"));
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_castellanctl"));
+    let dir = castellan
+        .parent()
+        .ok_or("the castellan binary has no directory")?;
+    let signer = dir.join("castellan-signer");
+    for b in [&castellan, &ctl, &signer] {
+        if !b.is_file() {
+            return Err(format!(
+                "{} is missing. Build the binaries first, with the same \
+                 CARGO_TARGET_DIR:\n\n    cargo build --release --workspace --bins\n",
+                b.display()
+            ));
+        }
+    }
+    let built = std::fs::metadata(&signer).and_then(|m| m.modified()).ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest(&root.join("signer/src")).max(newest(&root.join("signer/proto/src")));
+    if let (Some(b), Some(s)) = (built, sources)
+        && s > b
+    {
+        eprintln!(
+            "warning: {} is older than the signer's sources; rebuild it with \
+             `cargo build --release --workspace --bins` if the protocol changed",
+            signer.display()
+        );
+    }
+    Ok(Bins {
+        castellan,
+        ctl,
+        signer,
+    })
 }
