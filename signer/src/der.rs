@@ -122,12 +122,13 @@ pub fn enumerated(v: u8) -> Vec<u8> {
 /// OIDs of this crate; a malformed constant is a programming error caught by
 /// the unit tests.
 pub fn oid(dotted: &str) -> Vec<u8> {
-    let arcs: Vec<u64> = dotted.split('.').filter_map(|a| a.parse().ok()).collect();
-    let mut content = Vec::new();
-    if arcs.len() >= 2 {
-        push_base128(&mut content, arcs[0] * 40 + arcs[1]);
-        for a in &arcs[2..] {
-            push_base128(&mut content, *a);
+    // Several OIDs go into every certificate: no list of arcs is collected.
+    let mut arcs = dotted.split('.').filter_map(|a| a.parse::<u64>().ok());
+    let mut content = Vec::with_capacity(dotted.len());
+    if let (Some(a0), Some(a1)) = (arcs.next(), arcs.next()) {
+        push_base128(&mut content, a0 * 40 + a1);
+        for a in arcs {
+            push_base128(&mut content, a);
         }
     }
     tlv(TAG_OID, &content)

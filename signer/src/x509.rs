@@ -173,45 +173,48 @@ pub fn signature_algorithm(alg: Algorithm) -> Vec<u8> {
 /// The subjectPublicKey BIT STRING value (without the unused-bits octet) of
 /// a DER SubjectPublicKeyInfo, and the algorithm it is for.
 pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
+    use der::asn1::ObjectIdentifier as Oid;
+    // Compared as OIDs, not as dotted text: this runs several times per
+    // certificate, and the text is only needed to name a refused one.
+    const EC_PUBLIC_KEY: Oid = Oid::new_unwrap(oids::EC_PUBLIC_KEY);
+    const RSA_ENCRYPTION: Oid = Oid::new_unwrap(oids::RSA_ENCRYPTION);
+    const P256: Oid = Oid::new_unwrap(oids::P256);
+    const P384: Oid = Oid::new_unwrap(oids::P384);
     let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).map_err(|e| {
         BuildError::Invalid(format!("public key is not a DER SubjectPublicKeyInfo: {e}"))
     })?;
     let key = spki
         .subject_public_key
         .as_bytes()
-        .ok_or_else(|| BuildError::Invalid("public key bit string has unused bits".into()))?
-        .to_vec();
-    let alg_oid = spki.algorithm.oid.to_string();
-    let alg = match alg_oid.as_str() {
-        oids::EC_PUBLIC_KEY => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
-                .map(|o| o.to_string());
-            match curve.as_deref() {
-                Some(oids::P256) if key.len() == 65 && key[0] == 4 => Algorithm::EcdsaP256,
-                Some(oids::P384) if key.len() == 97 && key[0] == 4 => Algorithm::EcdsaP384,
-                Some(c) => {
-                    return invalid(format!(
-                        "EC public key on curve {c} (or in compressed form) is not accepted; use P-256 or P-384"
-                    ));
-                }
-                None => return invalid("EC public key without a named curve"),
-            }
-        }
-        oids::RSA_ENCRYPTION => {
-            let bits = rsa_modulus_bits(&key)?;
-            if bits < 2048 {
+        .ok_or_else(|| BuildError::Invalid("public key bit string has unused bits".into()))?;
+    let alg_oid = spki.algorithm.oid;
+    let alg = if alg_oid == EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<Oid>().ok());
+        match curve {
+            Some(c) if c == P256 && key.len() == 65 && key[0] == 4 => Algorithm::EcdsaP256,
+            Some(c) if c == P384 && key.len() == 97 && key[0] == 4 => Algorithm::EcdsaP384,
+            Some(c) => {
                 return invalid(format!(
-                    "RSA key of {bits} bits is too weak; at least 2048 bits are required"
+                    "EC public key on curve {c} (or in compressed form) is not accepted; use P-256 or P-384"
                 ));
             }
-            Algorithm::Rsa3072
+            None => return invalid("EC public key without a named curve"),
         }
-        other => return invalid(format!("public key algorithm {other} is not accepted")),
+    } else if alg_oid == RSA_ENCRYPTION {
+        let bits = rsa_modulus_bits(key)?;
+        if bits < 2048 {
+            return invalid(format!(
+                "RSA key of {bits} bits is too weak; at least 2048 bits are required"
+            ));
+        }
+        Algorithm::Rsa3072
+    } else {
+        return invalid(format!("public key algorithm {alg_oid} is not accepted"));
     };
-    Ok((alg, key))
+    Ok((alg, key.to_vec()))
 }
 
 fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
@@ -230,9 +233,14 @@ fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
 /// method everywhere, so an issuer's SKI always equals its children's AKI.
 pub fn key_identifier(spki_der: &[u8]) -> Result<Vec<u8>, BuildError> {
     let (_, key) = spki_parts(spki_der)?;
-    Ok(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &key)
+    Ok(key_identifier_of(&key))
+}
+
+/// [`key_identifier`] of the subjectPublicKey bits from [`spki_parts`].
+fn key_identifier_of(key: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, key)
         .as_ref()
-        .to_vec())
+        .to_vec()
 }
 
 fn attr_oid(a: &NameAttribute) -> (&'static str, &str, u8) {
@@ -434,12 +442,14 @@ impl CheckedTbs {
             ]),
             Shape::Ocsp => ocsp_wrap(&self.tbs, issuer, &sig),
         };
-        // The bytes handed out must contain exactly the checked TBS.
+        // The bytes handed out must contain exactly the checked TBS. For a
+        // certificate, read with the strict DER reader: the TBS itself was
+        // parsed with x509-cert and linted when it was built, and what is
+        // around it here is only the algorithm and the verified signature,
+        // so parsing the whole certificate again with x509-cert (and
+        // re-encoding its TBS to compare) checked nothing more.
         let carried = match self.shape {
-            Shape::Certificate => x509_cert::Certificate::from_der(&der)
-                .ok()
-                .and_then(|c| der::Encode::to_der(c.tbs_certificate()).ok())
-                .is_some_and(|t| t == self.tbs),
+            Shape::Certificate => signed_carries(&der, &self.tbs, issuer.algorithm, &sig),
             Shape::Crl => {
                 // Read structurally (a large CRL is tens of megabytes; the
                 // TBS inside was checked field by field when it was built),
@@ -531,8 +541,8 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
     if spec.not_before >= spec.not_after {
         return invalid("notBefore must be before notAfter");
     }
-    let (_, _) = spki_parts(spec.subject_spki_der)?;
-    let ski = key_identifier(spec.subject_spki_der)?;
+    let (_, subject_key) = spki_parts(spec.subject_spki_der)?;
+    let ski = key_identifier_of(&subject_key);
     let aki = key_identifier(&spec.issuer.spki_der)?;
 
     let mut exts: Vec<Vec<u8>> = Vec::new();
