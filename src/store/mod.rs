@@ -631,7 +631,7 @@ fn append(
         let ev = Event::new(head.next_seq, time_ms, actor.clone(), payload, head.hash);
         let bytes = postcard::to_stdvec(&ev).map_err(|e| format!("encoding an event: {e}"))?;
         tables
-            .events
+            .events_mut()?
             .insert(ev.seq, bytes.as_slice())
             .map_err(|e| format!("appending event {}: {e}", ev.seq))?;
         apply::apply(tables, &ev)?;
@@ -763,8 +763,9 @@ fn init(path: &Path, db: &Database) -> Result<Head, StoreError> {
     txn.set_durability(Durability::Immediate)
         .map_err(|e| storage("setting durability", e))?;
     let head = {
-        let tables = WriteTables::open(&txn).map_err(|e| storage("opening the tables", e))?;
-        let head = match tables.events.last() {
+        let mut tables = WriteTables::open(&txn).map_err(|e| storage("opening the tables", e))?;
+        let events = tables.events_mut().map_err(StoreError::Storage)?;
+        let head = match events.last() {
             Ok(None) => Head {
                 next_seq: 0,
                 hash: [0; 32],
@@ -914,14 +915,17 @@ impl Store {
     }
 
     /// A consistent read-only view of the committed state.
+    /// Tables are opened as the view's calls need them; an error opening
+    /// one is reported like any other read error (see [`Snapshot::error`]).
     pub fn read(&self) -> Result<Snapshot, StoreError> {
         let txn = self
             .inner
             .db
             .begin_read()
             .map_err(|e| storage("beginning a read transaction", e))?;
-        let tables = ReadTables::open(&txn).map_err(|e| storage("opening the tables", e))?;
-        Ok(Snapshot { tables })
+        Ok(Snapshot {
+            tables: ReadTables::lazy(txn),
+        })
     }
 
     /// Events matching `filter`, in sequence order.
@@ -1014,7 +1018,8 @@ impl Store {
             loop {
                 let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
                 let range = tables
-                    .events
+                    .events_mut()
+                    .map_err(StoreError::Storage)?
                     .range(next..)
                     .map_err(|e| storage("reading events", e))?;
                 for item in range.take(REPLAY_CHUNK) {

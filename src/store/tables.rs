@@ -2,7 +2,7 @@
 //! [`ReadView`] shared by the writer (inside its write transaction) and by
 //! snapshots (read transactions).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use redb::{
     ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableError,
@@ -114,14 +114,40 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, String> {
 /// The open tables of one transaction. `B` is a projection table, `E` the
 /// events table: `Table` in the writer, `ReadOnlyTable` in a snapshot.
 ///
+/// The writer opens every table at once (one transaction per batch). A
+/// snapshot opens a table when a `ReadView` call first needs it: most
+/// readers touch one or two of the thirteen tables, and opening one costs a
+/// lookup in redb's table tree.
+///
 /// `ReadView` returns plain values; a storage or decoding error met while
 /// answering is kept in `error` (and logged), and whoever ran the view
 /// checks it: the writer then aborts the batch, since a command decided on
 /// a partial view must not be committed.
 pub(crate) struct Tables<B, E> {
-    pub(crate) events: E,
-    pub(crate) p: [B; N_PROJECTIONS],
+    events: OnceLock<E>,
+    p: [OnceLock<B>; N_PROJECTIONS],
+    opener: Option<Box<dyn OpenTables<B, E>>>,
     error: Mutex<Option<String>>,
+}
+
+/// Opens the tables of a snapshot on first use.
+pub(crate) trait OpenTables<B, E>: Send + Sync {
+    fn projection(&self, t: usize) -> Result<B, TableError>;
+    fn events(&self) -> Result<E, TableError>;
+}
+
+impl OpenTables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<u64, &'static [u8]>>
+    for ReadTransaction
+{
+    fn projection(
+        &self,
+        t: usize,
+    ) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, TableError> {
+        self.open_table(projection(t))
+    }
+    fn events(&self) -> Result<ReadOnlyTable<u64, &'static [u8]>, TableError> {
+        self.open_table(EVENTS)
+    }
 }
 
 pub(crate) type WriteTables<'txn> =
@@ -129,37 +155,44 @@ pub(crate) type WriteTables<'txn> =
 pub(crate) type ReadTables =
     Tables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<u64, &'static [u8]>>;
 
-fn into_array<B>(v: Vec<B>) -> Result<[B; N_PROJECTIONS], TableError> {
-    v.try_into().map_err(|_| {
-        TableError::Storage(redb::StorageError::Corrupted(
-            "projection table count".to_string(),
-        ))
-    })
-}
+const NOT_OPEN: &str = "internal: a table of the write transaction is not open";
 
 impl<'txn> WriteTables<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<WriteTables<'txn>, TableError> {
-        let events = txn.open_table(EVENTS)?;
-        let mut p = Vec::with_capacity(N_PROJECTIONS);
-        for t in 0..N_PROJECTIONS {
-            p.push(txn.open_table(projection(t))?);
+        let events = OnceLock::from(txn.open_table(EVENTS)?);
+        let p = std::array::from_fn(|_| OnceLock::new());
+        for (t, cell) in p.iter().enumerate() {
+            let _ = cell.set(txn.open_table(projection(t))?);
         }
         Ok(Tables {
             events,
-            p: into_array(p)?,
+            p,
+            opener: None,
             error: Mutex::new(None),
         })
     }
 
+    /// The events table, to append to.
+    pub(crate) fn events_mut(&mut self) -> Result<&mut Table<'txn, u64, &'static [u8]>, String> {
+        self.events.get_mut().ok_or_else(|| NOT_OPEN.to_string())
+    }
+
+    fn table_mut(
+        &mut self,
+        t: usize,
+    ) -> Result<&mut Table<'txn, &'static [u8], &'static [u8]>, String> {
+        self.p[t].get_mut().ok_or_else(|| NOT_OPEN.to_string())
+    }
+
     pub(crate) fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> Result<(), String> {
-        self.p[t]
+        self.table_mut(t)?
             .insert(key, value)
             .map(|_| ())
             .map_err(|e| format!("writing {}: {e}", NAMES[t]))
     }
 
     pub(crate) fn del(&mut self, t: usize, key: &[u8]) -> Result<(), String> {
-        self.p[t]
+        self.table_mut(t)?
             .remove(key)
             .map(|_| ())
             .map_err(|e| format!("writing {}: {e}", NAMES[t]))
@@ -173,7 +206,8 @@ impl<'txn> WriteTables<'txn> {
         key: &[u8],
     ) -> Result<Option<R>, String> {
         let name = NAMES[t];
-        match self.p[t].get(key) {
+        let table = self.p[t].get().ok_or_else(|| NOT_OPEN.to_string())?;
+        match table.get(key) {
             Ok(Some(v)) => decode(v.value()).map(Some).map_err(|e| {
                 format!(
                     "a record of {name} does not decode ({e}); rebuild the projections with \
@@ -187,17 +221,14 @@ impl<'txn> WriteTables<'txn> {
 }
 
 impl ReadTables {
-    pub(crate) fn open(txn: &ReadTransaction) -> Result<ReadTables, TableError> {
-        let events = txn.open_table(EVENTS)?;
-        let mut p = Vec::with_capacity(N_PROJECTIONS);
-        for t in 0..N_PROJECTIONS {
-            p.push(txn.open_table(projection(t))?);
-        }
-        Ok(Tables {
-            events,
-            p: into_array(p)?,
+    /// A snapshot's tables, opened from `txn` as they are first needed.
+    pub(crate) fn lazy(txn: ReadTransaction) -> ReadTables {
+        Tables {
+            events: OnceLock::new(),
+            p: std::array::from_fn(|_| OnceLock::new()),
+            opener: Some(Box::new(txn)),
             error: Mutex::new(None),
-        })
+        }
     }
 }
 
@@ -224,9 +255,60 @@ where
         self.error.lock().ok().and_then(|slot| slot.clone())
     }
 
+    /// Projection table `t`, opened now if this is its first use; `None`
+    /// (with the error recorded) if it cannot be opened.
+    fn table(&self, t: usize) -> Option<&B> {
+        if let Some(b) = self.p[t].get() {
+            return Some(b);
+        }
+        let opened = match &self.opener {
+            Some(o) => o.projection(t),
+            None => {
+                self.fail(NOT_OPEN.to_string());
+                return None;
+            }
+        };
+        match opened {
+            Ok(b) => {
+                // Another thread may have opened it meanwhile: either copy
+                // is a view of the same transaction.
+                let _ = self.p[t].set(b);
+                self.p[t].get()
+            }
+            Err(e) => {
+                self.fail(format!("opening {}: {e}", NAMES[t]));
+                None
+            }
+        }
+    }
+
+    /// The events table, opened now if this is its first use.
+    pub(crate) fn events(&self) -> Option<&E> {
+        if let Some(e) = self.events.get() {
+            return Some(e);
+        }
+        let opened = match &self.opener {
+            Some(o) => o.events(),
+            None => {
+                self.fail(NOT_OPEN.to_string());
+                return None;
+            }
+        };
+        match opened {
+            Ok(e) => {
+                let _ = self.events.set(e);
+                self.events.get()
+            }
+            Err(e) => {
+                self.fail(format!("opening events: {e}"));
+                None
+            }
+        }
+    }
+
     fn get<R: DeserializeOwned>(&self, t: usize, key: &[u8]) -> Option<R> {
         let name = NAMES[t];
-        match self.p[t].get(key) {
+        match self.table(t)?.get(key) {
             Ok(Some(v)) => match decode(v.value()) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -248,7 +330,8 @@ where
     /// `prefix`, in key order, until `f` returns false.
     fn scan(&self, t: usize, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
         let name = NAMES[t];
-        let range = match self.p[t].range::<&[u8]>(prefix..) {
+        let Some(table) = self.table(t) else { return };
+        let range = match table.range::<&[u8]>(prefix..) {
             Ok(r) => r,
             Err(e) => return self.fail(format!("reading {name}: {e}")),
         };
@@ -332,7 +415,10 @@ where
     E: ReadableTable<u64, &'static [u8]>,
 {
     fn head(&self) -> (u64, [u8; 32]) {
-        match self.events.last() {
+        let Some(events) = self.events() else {
+            return (0, [0; 32]);
+        };
+        match events.last() {
             Ok(None) => (0, [0; 32]),
             Ok(Some((k, v))) => {
                 let seq = k.value();
@@ -488,7 +574,10 @@ where
     }
 
     fn cert_count(&self) -> u64 {
-        match self.p[CERTS].len() {
+        let Some(certs) = self.table(CERTS) else {
+            return 0;
+        };
+        match certs.len() {
             Ok(n) => n,
             Err(e) => {
                 self.fail(format!("reading p.certs: {e}"));
@@ -514,7 +603,7 @@ where
     }
 
     fn latest_checkpoint(&self) -> Option<CheckpointRecord> {
-        match self.p[CHECKPOINTS].last() {
+        match self.table(CHECKPOINTS)?.last() {
             Ok(Some((_, v))) => match decode(v.value()) {
                 Ok(r) => Some(r),
                 Err(e) => {
