@@ -842,23 +842,25 @@ impl Daemon {
                 )
                 .await);
         }
-        let issuer = {
+        // One read for the issuer and its chain: a CA keeps its
+        // certificate under its id (a rotation registers a new id), so the
+        // chain read before signing is the one that goes with the
+        // certificate.
+        let (issuer, chain_pem) = {
             let v = self
                 .store
                 .read()
                 .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-            let active: Vec<CaRecord> = v
-                .cas()
-                .into_iter()
-                .filter(|c| c.status == castellan_proto::CaStatus::Active)
-                .collect();
             let chosen = r
                 .issuer
                 .clone()
                 .or_else(|| config.issuance.default_issuer.clone());
-            match chosen {
+            let issuer = match chosen {
                 Some(i) => {
-                    if !active.iter().any(|c| c.ca_id == i) {
+                    if !v
+                        .ca(&i)
+                        .is_some_and(|c| c.status == castellan_proto::CaStatus::Active)
+                    {
                         return Err(refused(format!(
                             "issuer {i:?} is not an active CA; see `castellanctl ca list`"
                         )));
@@ -866,6 +868,11 @@ impl Daemon {
                     i
                 }
                 None => {
+                    let active: Vec<CaRecord> = v
+                        .cas()
+                        .into_iter()
+                        .filter(|c| c.status == castellan_proto::CaStatus::Active)
+                        .collect();
                     // Leaf issuance defaults to the only active CA without
                     // children of its own… keep it explicit when ambiguous.
                     let issuing: Vec<&CaRecord> = active
@@ -894,7 +901,22 @@ impl Daemon {
                         }
                     }
                 }
+            };
+            let mut pem = String::new();
+            let mut next = Some(issuer.clone());
+            while let Some(id) = next {
+                match v.ca(&id) {
+                    Some(ca) if ca.parent.is_some() => {
+                        pem.push_str(&crate::pem::encode("CERTIFICATE", &ca.certificate_der));
+                        next = ca.parent;
+                    }
+                    _ => next = None,
+                }
             }
+            if let Some(e) = v.error() {
+                return Err(err(ErrorKind::Internal, format!("event log: {e}")));
+            }
+            (issuer, pem)
         };
         let identity = r.identity.clone().unwrap_or_else(|| {
             parsed
@@ -1006,24 +1028,6 @@ impl Daemon {
         if self.serves_revocation() {
             self.rev.note_issued(&issuer, &serial);
         }
-        let chain_pem = {
-            let v = self
-                .store
-                .read()
-                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-            let mut pem = String::new();
-            let mut next = Some(issuer.clone());
-            while let Some(id) = next {
-                match v.ca(&id) {
-                    Some(ca) if ca.parent.is_some() => {
-                        pem.push_str(&crate::pem::encode("CERTIFICATE", &ca.certificate_der));
-                        next = ca.parent.clone();
-                    }
-                    _ => next = None,
-                }
-            }
-            pem
-        };
         Ok(IssuedView {
             serial: hex::encode(&serial),
             issuer,

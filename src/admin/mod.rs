@@ -220,10 +220,36 @@ pub trait AdminBackend: Send + Sync + 'static {
         caller: &Caller,
         call: Call,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// `call`, answered as the JSON text of the view. The default encodes
+    /// `call`'s value; a backend that can write its views directly
+    /// overrides it, so that an answer is not built twice (as a
+    /// `serde_json::Value` and then as text) on the hot routes.
+    fn call_encoded(
+        &self,
+        caller: &Caller,
+        call: Call,
+    ) -> impl Future<Output = Result<Vec<u8>, ApiError>> + Send {
+        async move { encode_view(&self.call(caller, call).await?) }
+    }
     /// (signer reachable, log writable)
     fn ready(&self) -> impl Future<Output = (bool, bool)> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
+}
+
+/// The JSON text of an answer, with the final newline of every answer.
+fn encode_view<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v)
+        .map(|mut bytes| {
+            bytes.push(b'\n');
+            bytes
+        })
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("the answer could not be encoded: {e}"),
+            )
+        })
 }
 
 fn to_json<T: Serialize>(r: Result<T, ApiError>) -> Result<serde_json::Value, ApiError> {
@@ -237,31 +263,48 @@ fn to_json<T: Serialize>(r: Result<T, ApiError>) -> Result<serde_json::Value, Ap
     })
 }
 
-impl AdminBackend for Daemon {
-    async fn call(&self, c: &Caller, call: Call) -> Result<serde_json::Value, ApiError> {
-        match call {
-            Call::Status => to_json(self.status(c).await),
-            Call::Ceremonies => to_json(self.ceremonies(c).await),
-            Call::OpenCeremony(r) => to_json(self.open_ceremony(c, r).await),
-            Call::Ceremony { id } => to_json(self.ceremony(c, &id).await),
+fn to_text<T: Serialize>(r: Result<T, ApiError>) -> Result<Vec<u8>, ApiError> {
+    r.and_then(|v| encode_view(&v))
+}
+
+/// Performs a call with the daemon and hands its view to `$out` (`to_json`
+/// or `to_text`): one list of routes for both forms of the answer.
+macro_rules! daemon_call {
+    ($d:expr, $c:expr, $call:expr, $out:ident) => {{
+        let (d, c): (&Daemon, &Caller) = ($d, $c);
+        match $call {
+            Call::Status => $out(d.status(c).await),
+            Call::Ceremonies => $out(d.ceremonies(c).await),
+            Call::OpenCeremony(r) => $out(d.open_ceremony(c, r).await),
+            Call::Ceremony { id } => $out(d.ceremony(c, &id).await),
             Call::ApproveCeremony { id, approval } => {
-                to_json(self.approve_ceremony(c, &id, approval).await)
+                $out(d.approve_ceremony(c, &id, approval).await)
             }
-            Call::ExecuteCeremony { id } => to_json(self.execute_ceremony(c, &id).await),
-            Call::Cas => to_json(self.cas(c).await),
-            Call::Ca { id } => to_json(self.ca(c, &id).await),
-            Call::Issue(r) => to_json(self.issue(c, r).await),
-            Call::Certificates(q) => to_json(self.certificates(c, q).await),
-            Call::Certificate { serial } => to_json(self.certificate(c, &serial).await),
-            Call::Revoke { serial, request } => to_json(self.revoke(c, &serial, request).await),
-            Call::AuditVerify => to_json(self.audit_verify(c).await),
-            Call::AuditLog(q) => to_json(self.audit_log(c, q).await),
-            Call::Checkpoint => to_json(self.checkpoint(c).await),
-            Call::Crl { issuer } => to_json(self.crl_status(&issuer)),
+            Call::ExecuteCeremony { id } => $out(d.execute_ceremony(c, &id).await),
+            Call::Cas => $out(d.cas(c).await),
+            Call::Ca { id } => $out(d.ca(c, &id).await),
+            Call::Issue(r) => $out(d.issue(c, r).await),
+            Call::Certificates(q) => $out(d.certificates(c, q).await),
+            Call::Certificate { serial } => $out(d.certificate(c, &serial).await),
+            Call::Revoke { serial, request } => $out(d.revoke(c, &serial, request).await),
+            Call::AuditVerify => $out(d.audit_verify(c).await),
+            Call::AuditLog(q) => $out(d.audit_log(c, q).await),
+            Call::Checkpoint => $out(d.checkpoint(c).await),
+            Call::Crl { issuer } => $out(d.crl_status(&issuer)),
             Call::PublishCrl { issuer, request } => {
-                to_json(self.publish_crl_now(c, &issuer, request).await)
+                $out(d.publish_crl_now(c, &issuer, request).await)
             }
         }
+    }};
+}
+
+impl AdminBackend for Daemon {
+    async fn call(&self, c: &Caller, call: Call) -> Result<serde_json::Value, ApiError> {
+        daemon_call!(self, c, call, to_json)
+    }
+
+    async fn call_encoded(&self, c: &Caller, call: Call) -> Result<Vec<u8>, ApiError> {
+        daemon_call!(self, c, call, to_text)
     }
 
     async fn ready(&self) -> (bool, bool) {
@@ -868,9 +911,9 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
     };
 
     // Run to completion in its own task: see the module doc.
-    let task = tokio::spawn(async move { backend.call(&caller, call).await });
+    let task = tokio::spawn(async move { backend.call_encoded(&caller, call).await });
     match tokio::time::timeout_at(deadline, task).await {
-        Ok(Ok(Ok(value))) => Ok(json_response(StatusCode::OK, &value)),
+        Ok(Ok(Ok(text))) => Ok(respond(StatusCode::OK, "application/json", text)),
         Ok(Ok(Err(e))) => Err(e),
         Ok(Err(join)) => {
             tracing::error!(error = %join, route = route.path, "admin operation panicked");
