@@ -26,7 +26,9 @@
 //! which must be on the disk under test; `BENCH_PERF=DIR` records a
 //! `perf record -e cpu-clock` profile of daemon and signer over each window
 //! into DIR (`BENCH_PERF_CALLGRAPH=1` adds DWARF call graphs; profiling
-//! costs CPU, so rates measured with it are lower).
+//! costs CPU, so rates measured with it are lower); `BENCH_MODES` (default
+//! all) a comma-separated subset of the modes' tags `group`, `single`,
+//! `group-64`, to compare one configuration before and after a change.
 
 mod common;
 
@@ -1010,8 +1012,21 @@ fn main() -> ExitCode {
         perf: std::env::var_os("BENCH_PERF").map(PathBuf::from),
     };
 
+    let selected = std::env::var("BENCH_MODES").ok();
+    let modes: Vec<Mode> = MODES
+        .into_iter()
+        .filter(|m| {
+            selected
+                .as_deref()
+                .is_none_or(|s| s.split(',').any(|t| t.trim() == m.tag))
+        })
+        .collect();
+    if modes.is_empty() {
+        eprintln!("BENCH_MODES selects none of the modes group, single, group-64");
+        return ExitCode::from(2);
+    }
     let mut outcomes = Vec::new();
-    for mode in MODES {
+    for mode in modes {
         println!("\n== {} (load average {})", mode.label, loadavg());
         match run_mode(&setup, mode) {
             Ok(o) => {
@@ -1077,7 +1092,10 @@ fn main() -> ExitCode {
         "| reference, at the end: 4 KiB append + fdatasync, one thread | {} | | | | | | | | | | | | |",
         show(&fdatasync)
     );
-    if let [g, single, ..] = &outcomes[..] {
+    if let [g, single, ..] = &outcomes[..]
+        && g.mode.tag == "group"
+        && single.mode.tag == "single"
+    {
         println!(
             "\ngroup commit / one commit per command: {:.1}×; goal ≥ {GOAL:.0}/s with group commit: {}",
             g.rate() / single.rate(),
