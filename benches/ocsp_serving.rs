@@ -39,7 +39,9 @@
 //! certificate, GET and POST, are checked with `openssl ocsp -respin`.
 //!
 //! Environment: `BENCH_SECONDS` (default 10) per run; `BENCH_CERTS` (default
-//! 1000); `BENCH_WRK_THREADS` (default 2).
+//! 1000); `BENCH_WRK_THREADS` (default 2); `BENCH_HOLD` (default 0): before
+//! the load, keep castellan and nginx warmed and idle for that many seconds
+//! and print their wrk scripts, for loading and profiling them by hand.
 
 mod common;
 
@@ -997,6 +999,38 @@ fn wrk_script(target: Target, method: Method, addr: SocketAddr, certs: &[Cert]) 
     s
 }
 
+/// `BENCH_HOLD` seconds with castellan and nginx warmed and idle, their
+/// wrk scripts written, for loading and profiling them by hand.
+fn hold_for_profiling(
+    dir: &Path,
+    c: &Castellan,
+    nginx: SocketAddr,
+    certs: &[Cert],
+    secs: u64,
+) -> Result<(), String> {
+    println!(
+        "\n== holding {secs} s (BENCH_HOLD): castellan http://{} (pid {}), nginx http://{nginx}",
+        c.addr,
+        c.daemon.pid()
+    );
+    for (t, addr) in [(Target::Castellan, c.addr), (Target::Nginx, nginx)] {
+        for m in [Method::Post, Method::Get] {
+            let script = dir.join(format!(
+                "wrk-{}-{}.lua",
+                format!("{t:?}").to_lowercase(),
+                m.name()
+            ));
+            std::fs::write(&script, wrk_script(t, m, addr, certs)).map_err(|e| e.to_string())?;
+            println!(
+                "   wrk -t2 -c32 -d5s --latency -s {} http://{addr}/",
+                script.display()
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(())
+}
+
 /// Who generated the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Client {
@@ -1333,6 +1367,11 @@ fn bench(wrk: &Path, nginx: &Path) -> Result<(), String> {
         let (_responder, addr) = target(t)?;
         check_target(dir, t, addr, &certs)?;
         println!("   {}: answers checked with openssl ocsp -respin", t.name());
+    }
+
+    let hold = env_num("BENCH_HOLD", 0);
+    if hold > 0 {
+        hold_for_profiling(dir, &c, nginx_addr, &certs, hold)?;
     }
 
     // Interleaved, so that what else runs on the machine weighs on every
