@@ -328,5 +328,6 @@ async fn run(
     if let Some(task) = public {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    daemon.finish_writes().await;
     Ok(())
 }

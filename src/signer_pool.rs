@@ -83,6 +83,18 @@ impl Default for PoolConfig {
     }
 }
 
+/// A CRL for [`SignerPool::sign_crl`]: the entries are shared with the
+/// caller, which keeps them for the next CRL; each chunk is copied as it
+/// is sent.
+#[derive(Debug, Clone)]
+pub struct CrlToSign {
+    pub issuer: String,
+    pub crl_number: u64,
+    pub this_update: i64,
+    pub next_update: i64,
+    pub entries: Arc<Vec<castellan_proto::CrlEntry>>,
+}
+
 /// Why a call did not get an answer — or got a refusal. Every message but
 /// `Refused`'s is complete and names the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,10 +272,7 @@ impl SignerPool {
     /// refusal, never signs a mixture. A CRL number consumed by a CRL that
     /// could not be read back (the signer restarted in between) is not
     /// reused: sign again with a higher number.
-    pub async fn sign_crl(
-        &self,
-        request: castellan_proto::CrlRequest,
-    ) -> Result<Vec<u8>, PoolError> {
+    pub async fn sign_crl(&self, crl: CrlToSign) -> Result<(Vec<u8>, [u8; 32]), PoolError> {
         use castellan_proto::{CrlChunk, MAX_CRL_PART, StagedCrlRequest, crl_chunks};
         let socket = self.inner.socket.display().to_string();
         let unexpected = |what: &str, r: &Response| {
@@ -272,29 +281,64 @@ impl SignerPool {
                 response_kind(r)
             ))
         };
-        let castellan_proto::CrlRequest {
+        let CrlToSign {
             issuer,
             crl_number,
             this_update,
             next_update,
             entries,
-        } = request;
-        // Chunks move the entries (no copy of each serial); each names how
-        // many entries precede it.
+        } = crl;
+        let started = Instant::now();
+        let counters = &self.inner.counters;
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = Decrement(&counters.in_flight);
+        // Each chunk names how many entries precede it. All of them and
+        // the final request go down one connection back to back: the
+        // signer stages one chunk while the next is copied and encoded, and
+        // a refusal of any stops the rest (a chunk that does not continue
+        // the staging is refused).
         let sizes: Vec<usize> = crl_chunks(&entries).iter().map(|c| c.len()).collect();
-        let mut entries = entries.into_iter();
-        let mut staged = 0u64;
-        for &size in &sizes[..sizes.len().saturating_sub(1)] {
-            let chunk: Vec<_> = entries.by_ref().take(size).collect();
-            let r = self
-                .call(Request::StageCrlEntries(CrlChunk {
+        let chunks = sizes.len();
+        let mut offset = 0usize;
+        let requests = (0..chunks).map(|i| {
+            let size = sizes[i];
+            let part = entries[offset..offset + size].to_vec();
+            let at = offset as u64;
+            offset += size;
+            if chunks == 1 {
+                Request::SignCrl(castellan_proto::CrlRequest {
                     issuer: issuer.clone(),
                     crl_number,
-                    offset: staged,
-                    entries: chunk,
-                }))
-                .await?;
-            let want = staged + size as u64;
+                    this_update,
+                    next_update,
+                    entries: part,
+                })
+            } else if i + 1 < chunks {
+                Request::StageCrlEntries(CrlChunk {
+                    issuer: issuer.clone(),
+                    crl_number,
+                    offset: at,
+                    entries: part,
+                })
+            } else {
+                Request::SignStagedCrl(StagedCrlRequest {
+                    crl: castellan_proto::CrlRequest {
+                        issuer: issuer.clone(),
+                        crl_number,
+                        this_update,
+                        next_update,
+                        entries: part,
+                    },
+                    staged: at,
+                })
+            }
+        });
+        let mut answers = self.counted(self.inner.pipeline(requests, started).await)?;
+        let answer = answers.pop();
+        let mut staged = 0u64;
+        for (r, size) in answers.into_iter().zip(&sizes) {
+            let want = staged + *size as u64;
             match r {
                 Response::CrlStaged {
                     crl_number: n,
@@ -303,30 +347,32 @@ impl SignerPool {
                 r => return Err(unexpected("a chunk of CRL entries", &r)),
             }
         }
-        let last = castellan_proto::CrlRequest {
-            issuer: issuer.clone(),
-            crl_number,
-            this_update,
-            next_update,
-            entries: entries.collect(),
-        };
-        let answer = if sizes.len() > 1 {
-            self.call(Request::SignStagedCrl(StagedCrlRequest {
-                crl: last,
-                staged,
-            }))
-            .await?
-        } else {
-            self.call(Request::SignCrl(last)).await?
+        let hash = |der: Vec<u8>| async move {
+            tokio::task::spawn_blocking(move || {
+                let d = ring::digest::digest(&ring::digest::SHA256, &der);
+                let mut sha256 = [0u8; 32];
+                sha256.copy_from_slice(d.as_ref());
+                (der, sha256)
+            })
+            .await
         };
         let (length, sha256) = match answer {
-            Response::Crl { der } => return Ok(der),
-            Response::CrlStored {
+            Some(Response::Crl { der }) => {
+                return hash(der).await.map_err(|e| {
+                    PoolError::Protocol(format!("hashing CRL {crl_number} for {issuer:?}: {e}"))
+                });
+            }
+            Some(Response::CrlStored {
                 crl_number: n,
                 length,
                 sha256,
-            } if n == crl_number => (length, sha256),
-            r => return Err(unexpected("a CRL signing request", &r)),
+            }) if n == crl_number => (length, sha256),
+            Some(r) => return Err(unexpected("a CRL signing request", &r)),
+            None => {
+                return Err(PoolError::Protocol(format!(
+                    "the signer at {socket} gave no answer to CRL {crl_number} for {issuer:?}"
+                )));
+            }
         };
         let corrupt = |why: String| {
             PoolError::Protocol(format!(
@@ -338,16 +384,20 @@ impl SignerPool {
         let mut der = Vec::new();
         der.try_reserve_exact(total)
             .map_err(|_| corrupt(format!("of {length} octets does not fit in memory")))?;
-        while der.len() < total {
+        // Every part asked for at once, on one connection.
+        let parts = (0..total.div_ceil(MAX_CRL_PART as usize)).map(|i| {
+            let from = i * MAX_CRL_PART as usize;
+            Request::ReadCrl {
+                issuer: issuer.clone(),
+                crl_number,
+                offset: from as u64,
+                length: (total - from).min(MAX_CRL_PART as usize) as u32,
+            }
+        });
+        let started = Instant::now();
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        for r in self.counted(self.inner.pipeline(parts, started).await)? {
             let part = (total - der.len()).min(MAX_CRL_PART as usize);
-            let r = self
-                .call(Request::ReadCrl {
-                    issuer: issuer.clone(),
-                    crl_number,
-                    offset: der.len() as u64,
-                    length: part as u32,
-                })
-                .await?;
             match r {
                 Response::CrlPart { bytes } if bytes.len() == part => der.extend_from_slice(&bytes),
                 Response::CrlPart { bytes } => {
@@ -359,19 +409,32 @@ impl SignerPool {
                 r => return Err(unexpected("a request to read a CRL", &r)),
             }
         }
+        if der.len() != total {
+            return Err(corrupt(format!(
+                "came to {} octets, not the {total} announced",
+                der.len()
+            )));
+        }
         // Tens of megabytes: hashed off the runtime's worker threads.
-        let (der, matches) = tokio::task::spawn_blocking(move || {
-            let matches = ring::digest::digest(&ring::digest::SHA256, &der).as_ref() == sha256;
-            (der, matches)
-        })
-        .await
-        .map_err(|e| corrupt(format!("could not be hashed ({e})")))?;
-        if !matches {
+        let (der, got) = hash(der)
+            .await
+            .map_err(|e| corrupt(format!("could not be hashed ({e})")))?;
+        if got != sha256 {
             return Err(corrupt(
                 "does not match the SHA-256 the signer announced".into(),
             ));
         }
-        Ok(der)
+        Ok((der, sha256))
+    }
+
+    /// Counts a pipelined call's outcome as [`SignerPool::call`] does.
+    fn counted<T>(&self, result: Result<T, PoolError>) -> Result<T, PoolError> {
+        if let Err(e) = &result
+            && !matches!(e, PoolError::Refused(_))
+        {
+            self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -425,20 +488,26 @@ impl Drop for Decrement<'_> {
 /// Whether the answer is of the kind the request asks for. Exhaustive on
 /// purpose: a new request kind must say what answers it.
 fn answers(request: &Request, response: &Response) -> bool {
+    answer_check(request)(response)
+}
+
+/// [`answers`] for `request`, kept without the request (whose payload may
+/// be large).
+fn answer_check(request: &Request) -> fn(&Response) -> bool {
     match request {
-        Request::Status => matches!(response, Response::Status(_)),
-        Request::PublicKeys => matches!(response, Response::PublicKeys(_)),
-        Request::IssueCertificate(_) => matches!(response, Response::Certificate(_)),
-        Request::Ceremony { .. } => matches!(response, Response::Ceremony(_)),
+        Request::Status => |r| matches!(r, Response::Status(_)),
+        Request::PublicKeys => |r| matches!(r, Response::PublicKeys(_)),
+        Request::IssueCertificate(_) => |r| matches!(r, Response::Certificate(_)),
+        Request::Ceremony { .. } => |r| matches!(r, Response::Ceremony(_)),
         Request::SignCrl(_) | Request::SignStagedCrl(_) => {
-            matches!(response, Response::Crl { .. } | Response::CrlStored { .. })
+            |r| matches!(r, Response::Crl { .. } | Response::CrlStored { .. })
         }
-        Request::StageCrlEntries(_) => matches!(response, Response::CrlStaged { .. }),
-        Request::ReadCrl { .. } => matches!(response, Response::CrlPart { .. }),
-        Request::SignOcsp(_) => matches!(response, Response::Ocsp { .. }),
-        Request::RotateOcspResponder(_) => matches!(response, Response::Responder(_)),
-        Request::SignCheckpoint(_) => matches!(response, Response::Checkpoint(_)),
-        Request::ExportJournal(_) => matches!(response, Response::Journal { .. }),
+        Request::StageCrlEntries(_) => |r| matches!(r, Response::CrlStaged { .. }),
+        Request::ReadCrl { .. } => |r| matches!(r, Response::CrlPart { .. }),
+        Request::SignOcsp(_) => |r| matches!(r, Response::Ocsp { .. }),
+        Request::RotateOcspResponder(_) => |r| matches!(r, Response::Responder(_)),
+        Request::SignCheckpoint(_) => |r| matches!(r, Response::Checkpoint(_)),
+        Request::ExportJournal(_) => |r| matches!(r, Response::Journal { .. }),
     }
 }
 
@@ -455,31 +524,114 @@ impl Inner {
         ))
     }
 
+    /// A permit to send, waiting at most until `started + request_timeout`.
+    async fn permit(
+        &self,
+        kind: &str,
+        started: Instant,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, PoolError> {
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, self.permits.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(self.unavailable("the pool is shut down")),
+            Err(_) => Err(PoolError::Timeout(format!(
+                "{} requests to the signer at {} were already in flight for {:?}; the {kind} request was not sent",
+                self.slots.len() * self.max_in_flight,
+                self.socket.display(),
+                self.request_timeout
+            ))),
+        }
+    }
+
+    /// Sends `requests` in order on one connection without waiting between
+    /// them (the signer answers a connection in order, so each is carried
+    /// out after the one before it), then collects the answers in order.
+    /// The first refusal or failure is the result; requests sent after it
+    /// were still carried out or refused by the signer. One round trip for
+    /// the lot, and the signer works on one request while the next is being
+    /// encoded.
+    async fn pipeline(
+        &self,
+        requests: impl Iterator<Item = Request>,
+        started: Instant,
+    ) -> Result<Vec<Response>, PoolError> {
+        let remaining = || self.request_timeout.saturating_sub(started.elapsed());
+        let _permit = self.permit("pipelined", started).await?;
+        let (slot, _load) = self.pick();
+        let mut conn = self.connection(slot, started).await?;
+        let mut waiters = Vec::new();
+        let mut retried = false;
+        for request in requests {
+            let kind = request.kind();
+            let check = answer_check(&request);
+            let mut request = request;
+            let waiter = loop {
+                match conn.send(request).await {
+                    Ok((w, _)) => break w,
+                    // Nothing of the sequence reached the signer yet: a new
+                    // connection, once.
+                    Err((Unsent::Closed(_), r)) if waiters.is_empty() && !retried => {
+                        retried = true;
+                        request = r;
+                        conn = self.connection(slot, started).await?;
+                    }
+                    Err((Unsent::Closed(e) | Unsent::Fatal(e), _)) => return Err(e),
+                }
+            };
+            waiters.push((kind, check, waiter));
+        }
+        let mut out = Vec::with_capacity(waiters.len());
+        for (kind, check, waiter) in waiters {
+            let answer = match tokio::time::timeout(remaining(), waiter.rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(self.unavailable(
+                    "the connection was dropped before the answer came; the request may have been carried out",
+                )),
+                Err(_) => {
+                    let e = self.timeout(kind);
+                    conn.shared.close(e.clone());
+                    return Err(e);
+                }
+            };
+            drop(waiter.guard);
+            match answer? {
+                Response::Error(e) => return Err(PoolError::Refused(e)),
+                r if check(&r) => out.push(r),
+                r => {
+                    let e = PoolError::Protocol(format!(
+                        "the signer at {} answered a {kind} request with {}; the connection was closed; run the same castellan release on both sides",
+                        self.socket.display(),
+                        response_kind(&r)
+                    ));
+                    conn.shared.close(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn call(&self, request: Request, started: Instant) -> Result<Response, PoolError> {
         let kind = request.kind();
         let remaining = || self.request_timeout.saturating_sub(started.elapsed());
-        let _permit = match tokio::time::timeout(remaining(), self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(self.unavailable("the pool is shut down")),
-            Err(_) => {
-                return Err(PoolError::Timeout(format!(
-                    "{} requests to the signer at {} were already in flight for {:?}; the {kind} request was not sent",
-                    self.slots.len() * self.max_in_flight,
-                    self.socket.display(),
-                    self.request_timeout
-                )));
-            }
-        };
+        let _permit = self.permit(kind, started).await?;
         let (slot, _load) = self.pick();
         // A connection found closed before anything was sent on it is
         // replaced once: nothing of this request reached the signer.
         let mut retried = false;
+        let mut request = request;
         let (conn, waiter) = loop {
             let conn = self.connection(slot, started).await?;
-            match conn.send(&request).await {
-                Ok(w) => break (conn, w),
-                Err(Unsent::Closed(_)) if !retried => retried = true,
-                Err(Unsent::Closed(e)) | Err(Unsent::Fatal(e)) => return Err(e),
+            match conn.send(request).await {
+                Ok((w, r)) => {
+                    request = r;
+                    break (conn, w);
+                }
+                Err((Unsent::Closed(_), r)) if !retried => {
+                    retried = true;
+                    request = r;
+                }
+                Err((Unsent::Closed(e) | Unsent::Fatal(e), _)) => return Err(e),
             }
         };
         let answer = match tokio::time::timeout(remaining(), waiter.rx).await {
@@ -694,25 +846,30 @@ impl Drop for Registered {
 }
 
 impl Conn {
-    /// Registers and queues one request. Cancel-safe: a caller dropped here
-    /// leaves at most a whole frame queued, never half of one on the socket.
-    async fn send(&self, request: &Request) -> Result<Waiter, Unsent> {
+    /// Registers and queues one request; hands the request back (it is
+    /// encoded in place, never copied: a CRL chunk holds 200,000 entries).
+    /// Cancel-safe: a caller dropped here leaves at most a whole frame
+    /// queued, never half of one on the socket.
+    async fn send(&self, request: Request) -> Result<(Waiter, Request), (Unsent, Request)> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = castellan_proto::encode_frame(&RequestFrame {
-            id,
-            request: request.clone(),
-        })
-        .map_err(|e| {
-            Unsent::Fatal(PoolError::Protocol(format!(
-                "the {} request cannot be sent to the signer: {e}",
-                request.kind()
-            )))
-        })?;
+        let frame = RequestFrame { id, request };
+        let encoded = castellan_proto::encode_frame(&frame);
+        let request = frame.request;
+        let encoded = match encoded {
+            Ok(f) => f,
+            Err(e) => {
+                let e = PoolError::Protocol(format!(
+                    "the {} request cannot be sent to the signer: {e}",
+                    request.kind()
+                ));
+                return Err((Unsent::Fatal(e), request));
+            }
+        };
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.shared.pending);
             if let Some(e) = &pending.closed {
-                return Err(Unsent::Closed(e.clone()));
+                return Err((Unsent::Closed(e.clone()), request));
             }
             pending.waiting.insert(id, tx);
         }
@@ -720,13 +877,14 @@ impl Conn {
             shared: Arc::clone(&self.shared),
             id,
         };
-        if self.tx.send(frame).await.is_err() {
+        if self.tx.send(encoded).await.is_err() {
             let e = lock(&self.shared.pending).closed.clone();
-            return Err(Unsent::Closed(e.unwrap_or_else(|| {
+            let e = e.unwrap_or_else(|| {
                 unavailable(&self.shared.socket, "the connection's writer stopped")
-            })));
+            });
+            return Err((Unsent::Closed(e), request));
         }
-        Ok(Waiter { rx, guard })
+        Ok((Waiter { rx, guard }, request))
     }
 }
 

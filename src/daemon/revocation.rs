@@ -39,15 +39,15 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use castellan_proto::{
-    Algorithm, CertIdHash, CertStatus, CrlEntry, CrlRequest, OcspBatch, OcspTemplate, Request,
-    Response, RevocationReason, SingleStatus, Validity,
+    Algorithm, CertIdHash, CertStatus, CrlEntry, OcspBatch, OcspTemplate, Request, Response,
+    RevocationReason, SingleStatus, Validity,
 };
 
 use super::{Daemon, bad, err, exec_err, now_ms, refused, x509_facts};
 use crate::api::{ApiError, CrlView, ErrorKind, PublishCrl};
 use crate::events::{Actor, EventPayload};
 use crate::ocsp::HashAlg;
-use crate::signer_pool::PoolError;
+use crate::signer_pool::{CrlToSign, PoolError};
 use crate::store::records::{CaRecord, CertRecord, CrlRecord};
 use crate::store::{Decision, ReadView};
 
@@ -167,6 +167,20 @@ pub struct PublishedCrl {
     pub etag: String,
 }
 
+/// An issuer's CRL entries as of a log position (the number of events and
+/// the hash of the last one), in the order of the revocation index.
+#[derive(Clone)]
+struct CrlSource {
+    seq: u64,
+    hash: [u8; 32],
+    entries: Arc<Vec<CrlEntry>>,
+}
+
+/// Beyond this many events since an issuer's last CRL, its revocations are
+/// read again in full: one scan of the index is cheaper than decoding every
+/// event.
+const CRL_DELTA_EVENTS: u64 = 100_000;
+
 /// Everything revocation serving keeps in memory.
 pub(crate) struct RevocationState {
     ocsp: RwLock<HashMap<OcspKey, Arc<CachedOcsp>>>,
@@ -175,6 +189,9 @@ pub(crate) struct RevocationState {
     /// Certificates issued since the OCSP task last ran: pre-sign them.
     pending: Mutex<Vec<(String, Vec<u8>)>>,
     crl_dirty: Mutex<BTreeSet<String>>,
+    /// Each issuer's CRL entries as of its last CRL: the next CRL reads
+    /// only the revocations logged since.
+    crl_sources: Mutex<HashMap<String, CrlSource>>,
     /// Cache misses waiting to be signed, per issuer.
     misses: Mutex<HashMap<String, MissQueue>>,
     pub(crate) ocsp_wake: tokio::sync::Notify,
@@ -184,6 +201,9 @@ pub(crate) struct RevocationState {
     /// Serialises writes into the publish directory, so the file left is the
     /// one of the newest entry.
     publish_lock: Mutex<()>,
+    /// CRL files being written in the background; a stopping daemon waits
+    /// for them ([`Daemon::finish_writes`]).
+    writes: std::sync::atomic::AtomicUsize,
     /// Set once the start-up pre-signing pass has run.
     warmed: std::sync::atomic::AtomicBool,
     /// A CA was registered or changed: re-read the CAs before the next
@@ -199,11 +219,13 @@ impl RevocationState {
             crls: RwLock::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             crl_dirty: Mutex::new(BTreeSet::new()),
+            crl_sources: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             ocsp_wake: tokio::sync::Notify::new(),
             crl_wake: tokio::sync::Notify::new(),
             crl_lock: tokio::sync::Mutex::new(()),
             publish_lock: Mutex::new(()),
+            writes: std::sync::atomic::AtomicUsize::new(0),
             warmed: std::sync::atomic::AtomicBool::new(false),
             cas_stale: std::sync::atomic::AtomicBool::new(true),
         }
@@ -1337,52 +1359,83 @@ impl Daemon {
         }
     }
 
-    /// Serves `der` as the CRL of its issuer from now on, and writes it
-    /// (DER and PEM) into the publish directory in the background: the file
-    /// left there is always the newest CRL's, whatever order writes finish.
+    /// Serves `der` as the CRL of its issuer from now on (see
+    /// [`Daemon::serve_crl`]).
     async fn install_crl(&self, record: CrlRecord, der: Vec<u8>) {
-        let issuer = record.issuer.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            let pem = pem_crl(&der);
-            Arc::new(PublishedCrl {
-                // The entity tag of a DER answer is the SHA-256 of its
-                // bytes, which the record already holds.
-                etag: format!("\"{}\"", hex::encode(record.sha256)),
-                record,
-                der: Bytes::from(der),
-                pem: Bytes::from(pem),
-            })
+        let der = Bytes::from(der);
+        let pem = tokio::task::spawn_blocking({
+            let der = der.clone();
+            move || Bytes::from(pem_crl(&der))
         })
         .await;
-        let published = match built {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(ca = %issuer, "preparing the CRL: {e}");
-                return;
-            }
-        };
+        match pem {
+            Ok(pem) => self.serve_crl(record, der, pem, false),
+            Err(e) => tracing::warn!(ca = %record.issuer, "preparing the CRL: {e}"),
+        }
+    }
+
+    /// Serves `der` as the CRL of its issuer from now on, and writes it in
+    /// the background: into the state directory (`keep`, for the next
+    /// start) and, DER and PEM, into the publish directory. The files left
+    /// are always the newest CRL's, whatever order writes finish in.
+    fn serve_crl(&self, record: CrlRecord, der: Bytes, pem: Bytes, keep: bool) {
+        let issuer = record.issuer.clone();
+        let published = Arc::new(PublishedCrl {
+            // The entity tag of a DER answer is the SHA-256 of its bytes,
+            // which the record already holds.
+            etag: format!("\"{}\"", hex::encode(record.sha256)),
+            record,
+            der,
+            pem,
+        });
         if let Ok(mut m) = self.rev.crls.write() {
             m.insert(issuer.clone(), Arc::clone(&published));
         }
-        let Some(dir) = self.publish_dir() else {
+        let dir = self.publish_dir();
+        if !keep && dir.is_none() {
             return;
-        };
+        }
+        let state_dir = self.config().state_dir.clone();
         let rev = Arc::clone(&self.rev);
+        rev.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             let _g = rev.publish_lock.lock();
             let current = rev
                 .crl(&issuer)
                 .is_some_and(|c| c.record.crl_number == published.record.crl_number);
-            if !current {
+            let p = &published;
+            if current && keep {
+                let rel = format!("crl/{issuer}.crl");
+                if let Err(e) = write_atomically(&state_dir, &rel, &p.der) {
+                    tracing::warn!(
+                        ca = %issuer,
+                        path = %state_dir.join(&rel).display(),
+                        "keeping the CRL beside the database: {e}; it is served, but a restart will sign a new one"
+                    );
+                }
+            }
+            if let (true, Some(dir)) = (current, dir) {
+                let r = write_atomically(&dir, &format!("crl/{issuer}.crl"), &p.der)
+                    .and_then(|()| write_atomically(&dir, &format!("crl/{issuer}.pem"), &p.pem));
+                if let Err(e) = r {
+                    tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
+                }
+            }
+            rev.writes.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+
+    /// Waits (at most 30 s) for CRL files being written in the background:
+    /// a stopping daemon leaves the newest CRL on disk.
+    pub async fn finish_writes(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.rev.writes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if Instant::now() > deadline {
+                tracing::warn!("CRL files still being written after 30 s; stopping anyway");
                 return;
             }
-            let p = &published;
-            let r = write_atomically(&dir, &format!("crl/{issuer}.crl"), &p.der)
-                .and_then(|()| write_atomically(&dir, &format!("crl/{issuer}.pem"), &p.pem));
-            if let Err(e) = r {
-                tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
-            }
-        });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// `POST /v1/crls/{issuer}/publish`: a new CRL now, optionally
@@ -1420,14 +1473,26 @@ impl Daemon {
         actor: Actor,
     ) -> Result<CrlView, ApiError> {
         let _g = self.rev.crl_lock.lock().await;
+        let started = Instant::now();
         // Reading a million revocations is CPU work: off the async runtime,
         // so OCSP answers keep flowing meanwhile.
         let store = self.store.clone();
         let id = issuer.to_string();
-        let (ca, last, as_of, entries) =
-            tokio::task::spawn_blocking(move || read_crl_entries(&store, &id))
+        let known = self
+            .rev
+            .crl_sources
+            .lock()
+            .ok()
+            .and_then(|m| m.get(issuer).cloned());
+        let (ca, last, source) =
+            tokio::task::spawn_blocking(move || read_crl_entries(&store, &id, known))
                 .await
                 .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+        let as_of = source.seq;
+        let entries = Arc::clone(&source.entries);
+        if let Ok(mut m) = self.rev.crl_sources.lock() {
+            m.insert(issuer.to_string(), source);
+        }
         let emergency_validity = match mode {
             CrlMode::Regular => last.as_ref().and_then(|l| l.emergency_validity),
             CrlMode::Emergency(s) => Some(s),
@@ -1438,17 +1503,16 @@ impl Daemon {
         let this_update = now_ms() / 1000;
         let next_update = this_update + validity;
         let count = entries.len() as u64;
+        let read = started.elapsed();
         let mut number = last.as_ref().map_or(1, |l| l.crl_number + 1);
-        let request = CrlRequest {
+        let request = CrlToSign {
             issuer: issuer.to_string(),
             crl_number: number,
             this_update,
             next_update,
             entries,
         };
-        // Only a refused number needs the entries twice; the check is
-        // cheap next to cloning a million entries up front.
-        let der = match self.pool.sign_crl(request).await {
+        let der = match self.pool.sign_crl(request.clone()).await {
             Ok(d) => d,
             Err(PoolError::Refused(s)) if s.message.contains("CRL numbers only increase") => {
                 // The signer signed a later CRL the log does not know of
@@ -1460,50 +1524,25 @@ impl Daemon {
                     )
                 })?;
                 number = signed + 1;
-                let store = self.store.clone();
-                let id = issuer.to_string();
-                let (_, _, _, entries) =
-                    tokio::task::spawn_blocking(move || read_crl_entries(&store, &id))
-                        .await
-                        .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
-                if entries.len() as u64 != count {
-                    return Err(err(
-                        ErrorKind::Refused,
-                        "revocations arrived while the CRL number was being recovered; the next CRL follows at once",
-                    ));
-                }
-                let request = CrlRequest {
-                    issuer: issuer.to_string(),
+                let request = CrlToSign {
                     crl_number: number,
-                    this_update,
-                    next_update,
-                    entries,
+                    ..request
                 };
                 self.pool.sign_crl(request).await.map_err(super::pool_err)?
             }
             Err(e) => return Err(super::pool_err(e)),
         };
-        // Hash and keep the DER beside the database (fsync) off the
-        // runtime; the event below names the hash.
-        let path = self.crl_file(issuer);
-        let state_dir = self.config().state_dir.clone();
-        let rel = format!("crl/{issuer}.crl");
-        let (der, sha256) = tokio::task::spawn_blocking(move || {
-            let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &der)
-                .as_ref()
-                .try_into()
-                .map_err(|_| std::io::Error::other("SHA-256 is 32 octets"))?;
-            write_atomically(&state_dir, &rel, &der)?;
-            Ok::<_, std::io::Error>((der, sha256))
-        })
-        .await
-        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
-        .map_err(|e| {
-            err(
-                ErrorKind::Internal,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+        let signed = started.elapsed();
+        let (der, sha256) = der;
+        // The PEM form is built while the event is written. The event
+        // names the hash; the DER is kept beside the database afterwards,
+        // in the background (a restart that finds no such file, or another
+        // one, signs a new CRL).
+        let der = Bytes::from(der);
+        let pem = tokio::task::spawn_blocking({
+            let der = der.clone();
+            move || Bytes::from(pem_crl(&der))
+        });
         let record = self
             .store
             .execute(actor, {
@@ -1538,9 +1577,24 @@ impl Daemon {
             })
             .await
             .map_err(exec_err)?;
-        tracing::info!(ca = %issuer, crl_number = number, entries = count, next_update, "CRL published");
-        self.install_crl(record.clone(), der).await;
+        let stored = started.elapsed();
+        match pem.await {
+            Ok(pem) => self.serve_crl(record.clone(), der, pem, true),
+            Err(e) => tracing::warn!(ca = %issuer, "preparing the CRL: {e}"),
+        }
         self.publish_ca(&ca).await;
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(
+            ca = %issuer,
+            crl_number = number,
+            entries = count,
+            next_update,
+            read_ms = ms(read),
+            sign_ms = ms(signed - read),
+            store_ms = ms(stored - signed),
+            total_ms = ms(started.elapsed()),
+            "CRL published"
+        );
         Ok(crl_view(&record, &self.config()))
     }
 
@@ -1635,12 +1689,15 @@ impl Daemon {
     }
 }
 
-/// What a CRL of `issuer` lists now: (the CA, its last CRL, the log
-/// position read, the entries in serial order).
+/// What a CRL of `issuer` lists now: (the CA, its last CRL, its entries as
+/// of the log's head). From `known` and the events after it when that is
+/// cheap and `known` is a position of this very log; from the whole
+/// revocation index otherwise.
 fn read_crl_entries(
     store: &crate::store::Store,
     issuer: &str,
-) -> Result<(CaRecord, Option<CrlRecord>, u64, Vec<CrlEntry>), ApiError> {
+    known: Option<CrlSource>,
+) -> Result<(CaRecord, Option<CrlRecord>, CrlSource), ApiError> {
     let view = store
         .read()
         .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
@@ -1659,26 +1716,124 @@ fn read_crl_entries(
         ));
     };
     let last = view.crl(issuer);
-    let as_of = view.head().0;
-    let entries: Vec<CrlEntry> = view
-        .revocations(issuer)
-        .into_iter()
-        .map(|(serial, r)| CrlEntry {
-            serial: if serial.first() == Some(&0) {
-                magnitude(&serial)
-            } else {
-                serial
-            },
-            revoked_at: r.revoked_at,
-            // RFC 5280 §5.3.1: the code unspecified should be absent.
-            reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
-            invalidity_date: r.invalidity_date,
-        })
-        .collect();
+    let (seq, hash) = view.head();
+    let entries = match known.and_then(|k| revoked_since(store, &view, issuer, k, (seq, hash))) {
+        Some(e) => e,
+        None => Arc::new(
+            view.revocations(issuer)
+                .into_iter()
+                .map(|(serial, r)| crl_entry(serial, &r))
+                .collect(),
+        ),
+    };
     if let Some(e) = view.error() {
         return Err(err(ErrorKind::Internal, e));
     }
-    Ok((ca, last, as_of, entries))
+    Ok((ca, last, CrlSource { seq, hash, entries }))
+}
+
+/// The CRL entry of a revoked certificate (`serial` as the index holds it).
+fn crl_entry(serial: Vec<u8>, r: &crate::store::records::Revocation) -> CrlEntry {
+    CrlEntry {
+        serial: if serial.first() == Some(&0) {
+            magnitude(&serial)
+        } else {
+            serial
+        },
+        revoked_at: r.revoked_at,
+        // RFC 5280 §5.3.1: the code unspecified should be absent.
+        reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
+        invalidity_date: r.invalidity_date,
+    }
+}
+
+/// `known`'s entries brought up to `head` with the revocations logged
+/// after it, or `None` when that is not cheap or the events do not chain
+/// from `known` to `head` (another log: read everything again).
+fn revoked_since(
+    store: &crate::store::Store,
+    view: &dyn ReadView,
+    issuer: &str,
+    known: CrlSource,
+    head: (u64, [u8; 32]),
+) -> Option<Arc<Vec<CrlEntry>>> {
+    let behind = head.0.checked_sub(known.seq)?;
+    if behind == 0 {
+        return (head.1 == known.hash).then_some(known.entries);
+    }
+    if behind > CRL_DELTA_EVENTS {
+        return None;
+    }
+    // A position is a count of events (the next sequence number) and the
+    // hash of the last one.
+    let events = store
+        .events(&crate::store::EventFilter {
+            from_seq: Some(known.seq),
+            limit: Some(behind as usize),
+            ..Default::default()
+        })
+        .ok()?;
+    let first = events.first()?;
+    let end = events.last()?;
+    if first.seq != known.seq
+        || first.prev_hash != known.hash
+        || (end.seq.saturating_add(1), end.hash) != head
+    {
+        return None;
+    }
+    let mut added = Vec::new();
+    for ev in &events {
+        let EventPayload::CertificateRevoked {
+            serial, issuer: of, ..
+        } = &ev.payload
+        else {
+            continue;
+        };
+        if of != issuer {
+            continue;
+        }
+        // The projection says whether this event revoked the certificate
+        // (a repeated or misdirected revocation is logged but skipped).
+        if let Some(c) = view.cert(serial)
+            && c.issuer == issuer
+            && let Some(r) = c.revocation.filter(|r| r.seq == ev.seq)
+        {
+            added.push(crl_entry(serial.clone(), &r));
+        }
+    }
+    if added.is_empty() {
+        return Some(known.entries);
+    }
+    added.sort_by(|a, b| index_order(&a.serial, &b.serial));
+    Some(Arc::new(merge_entries(&known.entries, added)))
+}
+
+/// The order of the revocation index (raw serial octets: minimal DER, so
+/// a magnitude with its high bit set has a leading zero) for two serial
+/// magnitudes.
+fn index_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    fn raw(m: &[u8]) -> impl Iterator<Item = u8> + '_ {
+        let pad = m.first().is_none_or(|x| x & 0x80 != 0);
+        std::iter::once(0u8)
+            .filter(move |_| pad)
+            .chain(m.iter().copied())
+    }
+    raw(a).cmp(raw(b))
+}
+
+/// `old` and `added` (each in index order, no serial in both) as one list
+/// in index order.
+fn merge_entries(old: &[CrlEntry], added: Vec<CrlEntry>) -> Vec<CrlEntry> {
+    let mut out = Vec::with_capacity(old.len() + added.len());
+    let mut old = old.iter().peekable();
+    for e in added {
+        while let Some(o) = old.next_if(|o| index_order(&o.serial, &e.serial).is_lt()) {
+            out.push(o.clone());
+        }
+        out.push(e);
+    }
+    out.extend(old.cloned());
+    out
 }
 
 /// The number in the signer's refusal "… is not above the last one signed
@@ -1733,6 +1888,65 @@ mod tests {
             Some(7)
         );
         assert_eq!(last_signed_number("something else"), None);
+    }
+
+    #[test]
+    fn entries_merged_since_a_crl_are_in_the_order_a_full_scan_reads() {
+        // Raw serials as the index holds them (minimal DER contents, so a
+        // leading zero exactly when the high bit is set), sorted as redb
+        // sorts keys.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut raw: Vec<Vec<u8>> = (0..2000)
+            .map(|i| {
+                let len = 1 + (next() % 20) as usize;
+                let mut m: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if i % 7 == 0 {
+                    m[0] |= 0x80;
+                }
+                if m[0] == 0 {
+                    m[0] = 1;
+                }
+                if m[0] & 0x80 != 0 {
+                    m.insert(0, 0);
+                }
+                m
+            })
+            .collect();
+        raw.push(vec![0]);
+        raw.sort();
+        raw.dedup();
+        let revocation = crate::store::records::Revocation {
+            reason: RevocationReason::KeyCompromise,
+            revoked_at: 1_700_000_000,
+            invalidity_date: None,
+            seq: 1,
+        };
+        let full: Vec<CrlEntry> = raw
+            .iter()
+            .map(|r| crl_entry(r.clone(), &revocation))
+            .collect();
+        for w in full.windows(2) {
+            assert!(index_order(&w[0].serial, &w[1].serial).is_lt());
+        }
+        // Every third entry "revoked since the last CRL", arriving shuffled.
+        let (mut added, old): (Vec<_>, Vec<_>) = full
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % 3 == 1);
+        added.reverse();
+        let mut added: Vec<CrlEntry> = added.into_iter().map(|(_, e)| e).collect();
+        added.sort_by(|a, b| index_order(&a.serial, &b.serial));
+        let old: Vec<CrlEntry> = old.into_iter().map(|(_, e)| e).collect();
+        assert_eq!(merge_entries(&old, added), full);
+        assert_eq!(merge_entries(&full, Vec::new()), full);
+        assert_eq!(merge_entries(&[], full.clone()), full);
     }
 
     #[test]
