@@ -177,15 +177,21 @@ async fn run(
     // Replaced whole by SIGHUP; the servers read them per request.
     let settings = Shared::new(admin_settings(&config));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Bound before castellan reports ready: admins (and units ordered
+    // after castellan) can reach the socket once systemd says it started.
+    let socket = castellan::admin::AdminSocket::bind(&settings.current())
+        .map_err(|e| format!("admin socket (admin.socket): {e}"))?;
     let mut admin = {
         let daemon = Arc::clone(&daemon);
         let settings = settings.clone();
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
-            castellan::admin::serve_unix(daemon, settings, async move {
-                let _ = rx.changed().await;
-            })
-            .await
+            socket
+                .serve(daemon, settings, async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            Ok::<(), std::io::Error>(())
         })
     };
     // The mTLS listener is bound before castellan reports ready: an address

@@ -902,3 +902,69 @@ fn malformed_json_oversized_bodies_and_stalled_clients_get_clear_answers_and_cas
     assert_eq!(client.request("GET", "/healthz", None).unwrap().status, 200);
     a.ctl(&["audit", "verify"]).ok();
 }
+
+/// systemd starts units ordered after castellan once it says READY=1: the
+/// admin socket must accept by then. A second daemon on the same admin
+/// socket is refused with a clear error and the first keeps serving.
+#[test]
+fn ready_is_reported_only_once_the_admin_socket_accepts() {
+    let mut a = Appliance::prepare(Settings::default());
+    a.start_signer();
+    let notify_path = a.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let log = std::fs::File::create(a.path("castellan.log")).unwrap();
+    let mut daemon = Command::new(common::castellan_bin())
+        .arg("--config")
+        .arg(&a.config)
+        .env_remove("JOURNAL_STREAM")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting castellan");
+    let mut said = Vec::new();
+    loop {
+        let mut buf = [0u8; 4096];
+        let n = match notify.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = daemon.kill();
+                panic!("no READY=1 from castellan ({e}); it said {said:?}");
+            }
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        let ready = text.lines().any(|l| l == "READY=1");
+        said.push(text);
+        if ready {
+            break;
+        }
+    }
+    let connected = UnixStream::connect(&a.admin_socket);
+    let second = a.path("second.toml");
+    std::fs::write(&second, a.config_text(Some(&a.path("second.redb")))).unwrap();
+    let out = common::run(
+        Command::new(common::castellan_bin())
+            .arg("--config")
+            .arg(&second)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET"),
+        Duration::from_secs(60),
+    );
+    let still = UnixStream::connect(&a.admin_socket);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        connected.is_ok(),
+        "READY=1 was sent before the admin socket accepted: {connected:?} (said {said:?})"
+    );
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("admin.socket") && out.stderr.contains("in use"),
+        "{out}"
+    );
+    assert!(still.is_ok(), "the first daemon stopped serving: {still:?}");
+}

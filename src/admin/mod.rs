@@ -1042,20 +1042,49 @@ pub async fn serve_unix_with<B: AdminBackend>(
     shutdown: impl Future,
 ) -> io::Result<()> {
     let settings = settings.into();
-    let at_start = settings.current();
-    let listener = bind(&at_start)?;
-    let identity = std::fs::metadata(&at_start.socket)
-        .map(|m| (m.dev(), m.ino()))
-        .ok();
-    tracing::info!(socket = %at_start.socket.display(), "admin API listening");
-    serve_listener(backend, settings, listener, shutdown).await;
-    // Remove the socket only if it is still ours (a successor may have bound it).
-    if let Ok(m) = std::fs::metadata(&at_start.socket)
-        && Some((m.dev(), m.ino())) == identity
-    {
-        let _ = std::fs::remove_file(&at_start.socket);
-    }
+    let socket = AdminSocket::bind(&settings.current())?;
+    socket.serve(backend, settings, shutdown).await;
     Ok(())
+}
+
+/// The admin socket, bound (so a daemon can report ready only once admins
+/// can reach it) and not yet served.
+pub struct AdminSocket {
+    listener: UnixListener,
+    path: std::path::PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl AdminSocket {
+    /// Binds `settings.socket` (see [`bind`]).
+    pub fn bind(settings: &AdminSettings) -> io::Result<AdminSocket> {
+        let listener = bind(settings)?;
+        let identity = std::fs::metadata(&settings.socket)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        tracing::info!(socket = %settings.socket.display(), "admin API listening");
+        Ok(AdminSocket {
+            listener,
+            path: settings.socket.clone(),
+            identity,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then removes the socket file if
+    /// it is still this one (a successor may have bound the path).
+    pub async fn serve<B: AdminBackend>(
+        self,
+        backend: Arc<B>,
+        settings: impl Into<Shared<AdminSettings>>,
+        shutdown: impl Future,
+    ) {
+        serve_listener(backend, settings, self.listener, shutdown).await;
+        if let Ok(m) = std::fs::metadata(&self.path)
+            && Some((m.dev(), m.ino())) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The accept loop on an already bound listener.
