@@ -211,33 +211,95 @@ fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str
 }
 
 fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body> {
-    let (Some((this_update, next_update)), Some(etag)) = (answer.cacheable, answer.etag) else {
+    let Some(caching) = answer.caching else {
         return ocsp_response(answer.der);
     };
     let now = now_ms() / 1000;
-    let max_age = (next_update - now).max(0);
-    cacheable(
-        ocsp_response(answer.der),
-        &etag,
-        if_none_match,
-        max_age,
-        this_update,
-        next_update,
-    )
+    let max_age = (caching.next_update - now).max(0);
+    cacheable(ocsp_response(answer.der), &caching, if_none_match, max_age)
 }
 
-/// RFC 5019 §6 headers on `r`, or 304 when `If-None-Match` names `etag`.
+/// The RFC 5019 §6 caching headers of one signed answer (an OCSP response
+/// or a CRL), except `Cache-Control`, whose max-age counts down to
+/// `next_update` and is made per request. An OCSP answer's are made once,
+/// when it is signed, and kept next to its DER in the daemon's cache: a
+/// cached GET formats no dates and copies no strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachingHeaders {
+    /// thisUpdate (Unix seconds), sent as `Last-Modified`.
+    pub this_update: i64,
+    /// nextUpdate (Unix seconds), sent as `Expires`; max-age never reaches
+    /// past it.
+    pub next_update: i64,
+    pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+    pub expires: HeaderValue,
+}
+
+impl CachingHeaders {
+    /// `None` when `etag` is not a valid header value (the entity tags
+    /// castellan makes, quoted hex, always are).
+    pub fn new(etag: &str, this_update: i64, next_update: i64) -> Option<CachingHeaders> {
+        Some(CachingHeaders {
+            this_update,
+            next_update,
+            etag: HeaderValue::from_str(etag).ok()?,
+            last_modified: HeaderValue::from_str(&http_date(this_update)).ok()?,
+            expires: HeaderValue::from_str(&http_date(next_update)).ok()?,
+        })
+    }
+
+    /// As [`CachingHeaders::new`], sharing `like`'s date values when the
+    /// dates are the same (the answers of one signing round share theirs:
+    /// a million cached answers then hold a few date strings, not two
+    /// million).
+    pub fn new_like(
+        like: Option<&CachingHeaders>,
+        etag: &str,
+        this_update: i64,
+        next_update: i64,
+    ) -> Option<CachingHeaders> {
+        match like {
+            Some(l) if l.this_update == this_update && l.next_update == next_update => {
+                Some(CachingHeaders {
+                    etag: HeaderValue::from_str(etag).ok()?,
+                    ..l.clone()
+                })
+            }
+            _ => CachingHeaders::new(etag, this_update, next_update),
+        }
+    }
+}
+
+/// `Cache-Control` with `max_age` seconds, made without a `String`.
+fn cache_control(max_age: i64) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    let mut buf = [0u8; 96];
+    let mut w = &mut buf[..];
+    write!(
+        w,
+        "max-age={max_age}, public, no-transform, must-revalidate"
+    )
+    .ok()?;
+    let n = 96 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
+/// RFC 5019 §6 headers on `r`, or 304 when `If-None-Match` names the
+/// entity tag.
 fn cacheable(
     r: Response<Body>,
-    etag: &str,
+    caching: &CachingHeaders,
     if_none_match: Option<&str>,
     max_age: i64,
-    last_modified: i64,
-    expires: i64,
 ) -> Response<Body> {
+    let etag = caching.etag.as_bytes();
     let not_modified = if_none_match.is_some_and(|v| {
-        v.split(',')
-            .any(|t| t.trim() == etag || t.trim() == "*" || t.trim() == format!("W/{etag}"))
+        v.split(',').map(str::trim).any(|t| {
+            t == "*"
+                || t.as_bytes() == etag
+                || t.strip_prefix("W/").map(str::as_bytes) == Some(etag)
+        })
     });
     let mut r = if not_modified {
         let mut nm = Response::new(Full::new(Bytes::new()));
@@ -250,18 +312,12 @@ fn cacheable(
         r
     };
     let h = r.headers_mut();
-    let mut put = |name: header::HeaderName, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    put(
-        header::CACHE_CONTROL,
-        format!("max-age={max_age}, public, no-transform, must-revalidate"),
-    );
-    put(header::EXPIRES, http_date(expires));
-    put(header::LAST_MODIFIED, http_date(last_modified));
-    put(header::ETAG, etag.to_string());
+    if let Some(v) = cache_control(max_age) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    h.insert(header::EXPIRES, caching.expires.clone());
+    h.insert(header::LAST_MODIFIED, caching.last_modified.clone());
+    h.insert(header::ETAG, caching.etag.clone());
     r
 }
 
@@ -279,7 +335,10 @@ fn crl(daemon: &Daemon, rest: &str, if_none_match: Option<&str>) -> Response<Bod
     };
     let (body, ctype, etag) = if pem {
         (
-            c.pem.clone(),
+            // Made in the background as the CRL is published; made here
+            // (off the async workers) if asked for before that.
+            c.pem_made()
+                .unwrap_or_else(|| tokio::task::block_in_place(|| c.pem())),
             "application/x-pem-file",
             format!("{}-pem\"", c.etag.trim_end_matches('"')),
         )
@@ -289,16 +348,13 @@ fn crl(daemon: &Daemon, rest: &str, if_none_match: Option<&str>) -> Response<Bod
     let mut r = Response::new(Full::new(body));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    let Some(caching) = CachingHeaders::new(&etag, c.record.this_update, c.record.next_update)
+    else {
+        return r;
+    };
     let now = now_ms() / 1000;
     let max_age = (c.record.next_update - now).clamp(0, CRL_MAX_AGE);
-    cacheable(
-        r,
-        &etag,
-        if_none_match,
-        max_age,
-        c.record.this_update,
-        c.record.next_update,
-    )
+    cacheable(r, &caching, if_none_match, max_age)
 }
 
 fn ca_certificate(daemon: &Daemon, rest: &str) -> Response<Body> {

@@ -47,6 +47,7 @@ use super::{Daemon, bad, err, exec_err, now_ms, refused, x509_facts};
 use crate::api::{ApiError, CrlView, ErrorKind, PublishCrl};
 use crate::events::{Actor, EventPayload};
 use crate::ocsp::HashAlg;
+use crate::public_http::CachingHeaders;
 use crate::signer_pool::{CrlToSign, PoolError};
 use crate::store::records::{CaRecord, CertRecord, CrlRecord};
 use crate::store::{Decision, ReadView};
@@ -55,13 +56,12 @@ use crate::store::{Decision, ReadView};
 // Answers
 
 /// One OCSP answer: the DER OCSPResponse (successful and signed, or an
-/// unsigned error status) and, for a signed one, (thisUpdate, nextUpdate)
-/// in Unix seconds and an entity tag for HTTP caching.
+/// unsigned error status) and, for a signed one, its HTTP caching headers
+/// (thisUpdate, nextUpdate, entity tag), made when it was signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OcspAnswer {
     pub der: Bytes,
-    pub cacheable: Option<(i64, i64)>,
-    pub etag: Option<String>,
+    pub caching: Option<Arc<CachingHeaders>>,
 }
 
 /// OCSPResponseStatus values (RFC 6960 §4.2.1) used for unsigned errors.
@@ -80,8 +80,7 @@ impl OcspAnswer {
     fn error(status: u8) -> OcspAnswer {
         OcspAnswer {
             der: Bytes::from(ocsp_error_der(status)),
-            cacheable: None,
-            etag: None,
+            caching: None,
         }
     }
 }
@@ -116,7 +115,9 @@ struct OcspKey {
 #[derive(Debug)]
 struct CachedOcsp {
     der: Bytes,
-    etag: String,
+    /// What a GET answer carries besides `der`, made once here rather than
+    /// per request; `None` for a tombstone.
+    caching: Option<Arc<CachingHeaders>>,
     this_update: i64,
     next_update: i64,
     /// Event-log position (number of events) the status was read at.
@@ -163,8 +164,25 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct PublishedCrl {
     pub record: CrlRecord,
     pub der: Bytes,
-    pub pem: Bytes,
+    /// The PEM form, made once, when first asked for (in the background
+    /// right after the CRL is served, so that the publish returns without
+    /// waiting for it).
+    pem: std::sync::OnceLock<Bytes>,
     pub etag: String,
+}
+
+impl PublishedCrl {
+    /// The CRL in PEM (RFC 7468 `X509 CRL`).
+    pub fn pem(&self) -> Bytes {
+        self.pem
+            .get_or_init(|| Bytes::from(pem_crl(&self.der)))
+            .clone()
+    }
+
+    /// The PEM form if it is made already.
+    pub fn pem_made(&self) -> Option<Bytes> {
+        self.pem.get().cloned()
+    }
 }
 
 /// An issuer's CRL entries as of a log position (the number of events and
@@ -843,6 +861,7 @@ impl Daemon {
         let mut published = Vec::new();
         let index = self.ca_index(false);
         let ca = index.iter().find(|k| k.ca_id == issuer);
+        let mut caching: Option<Arc<CachingHeaders>> = None;
         for ((serial, hash), signed) in keys.iter().zip(round.answers) {
             let Some(status) = signed.statuses.first().copied() else {
                 continue;
@@ -851,6 +870,13 @@ impl Daemon {
                 continue;
             }
             let der = Bytes::from(signed.der);
+            caching = CachingHeaders::new_like(
+                caching.as_deref(),
+                &etag_of(&der),
+                signed.this_update,
+                signed.next_update,
+            )
+            .map(Arc::new);
             let key = OcspKey {
                 issuer: issuer.to_string(),
                 serial: serial.clone(),
@@ -859,7 +885,7 @@ impl Daemon {
             let put = self.rev.put(
                 key.clone(),
                 CachedOcsp {
-                    etag: etag_of(&der),
+                    caching: caching.clone(),
                     der,
                     this_update: signed.this_update,
                     next_update: signed.next_update,
@@ -981,8 +1007,7 @@ impl Daemon {
                 .filter(|e| e.servable(now_ms() / 1000))
                 .map(|e| OcspAnswer {
                     der: e.der.clone(),
-                    cacheable: Some((e.this_update, e.next_update)),
-                    etag: Some(e.etag.clone()),
+                    caching: e.caching.clone(),
                 })
         };
         if single && let Some(answer) = cached() {
@@ -1013,8 +1038,12 @@ impl Daemon {
             Ok(Ok(signed)) => {
                 let answer = OcspAnswer {
                     der: Bytes::from(signed.der.clone()),
-                    cacheable: Some((signed.this_update, signed.next_update)),
-                    etag: Some(etag_of(&signed.der)),
+                    caching: CachingHeaders::new(
+                        &etag_of(&signed.der),
+                        signed.this_update,
+                        signed.next_update,
+                    )
+                    .map(Arc::new),
                 };
                 if single {
                     let (log_pos, responder_seq) = (signed.log_pos, signed.responder_seq);
@@ -1101,7 +1130,7 @@ impl Daemon {
                 },
                 CachedOcsp {
                     der: Bytes::new(),
-                    etag: String::new(),
+                    caching: None,
                     this_update: 0,
                     next_update: 0,
                     log_pos: pos,
@@ -1340,7 +1369,7 @@ impl Daemon {
                 continue;
             }
             let issuer = record.issuer.clone();
-            self.install_crl(record, der).await;
+            self.serve_crl(record, Bytes::from(der), false);
             if let Some(ca) = cas.iter().find(|c| c.ca_id == issuer) {
                 self.publish_ca(ca).await;
             }
@@ -1359,26 +1388,11 @@ impl Daemon {
         }
     }
 
-    /// Serves `der` as the CRL of its issuer from now on (see
-    /// [`Daemon::serve_crl`]).
-    async fn install_crl(&self, record: CrlRecord, der: Vec<u8>) {
-        let der = Bytes::from(der);
-        let pem = tokio::task::spawn_blocking({
-            let der = der.clone();
-            move || Bytes::from(pem_crl(&der))
-        })
-        .await;
-        match pem {
-            Ok(pem) => self.serve_crl(record, der, pem, false),
-            Err(e) => tracing::warn!(ca = %record.issuer, "preparing the CRL: {e}"),
-        }
-    }
-
     /// Serves `der` as the CRL of its issuer from now on, and writes it in
     /// the background: into the state directory (`keep`, for the next
     /// start) and, DER and PEM, into the publish directory. The files left
     /// are always the newest CRL's, whatever order writes finish in.
-    fn serve_crl(&self, record: CrlRecord, der: Bytes, pem: Bytes, keep: bool) {
+    fn serve_crl(&self, record: CrlRecord, der: Bytes, keep: bool) {
         let issuer = record.issuer.clone();
         let published = Arc::new(PublishedCrl {
             // The entity tag of a DER answer is the SHA-256 of its bytes,
@@ -1386,24 +1400,23 @@ impl Daemon {
             etag: format!("\"{}\"", hex::encode(record.sha256)),
             record,
             der,
-            pem,
+            pem: std::sync::OnceLock::new(),
         });
         if let Ok(mut m) = self.rev.crls.write() {
             m.insert(issuer.clone(), Arc::clone(&published));
         }
         let dir = self.publish_dir();
-        if !keep && dir.is_none() {
-            return;
-        }
         let state_dir = self.config().state_dir.clone();
         let rev = Arc::clone(&self.rev);
         rev.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
+            let p = &published;
+            // Made here, off the runtime, before anybody asks for it.
+            let pem = p.pem();
             let _g = rev.publish_lock.lock();
             let current = rev
                 .crl(&issuer)
                 .is_some_and(|c| c.record.crl_number == published.record.crl_number);
-            let p = &published;
             if current && keep {
                 let rel = format!("crl/{issuer}.crl");
                 if let Err(e) = write_atomically(&state_dir, &rel, &p.der) {
@@ -1416,7 +1429,7 @@ impl Daemon {
             }
             if let (true, Some(dir)) = (current, dir) {
                 let r = write_atomically(&dir, &format!("crl/{issuer}.crl"), &p.der)
-                    .and_then(|()| write_atomically(&dir, &format!("crl/{issuer}.pem"), &p.pem));
+                    .and_then(|()| write_atomically(&dir, &format!("crl/{issuer}.pem"), &pem));
                 if let Err(e) = r {
                     tracing::warn!(ca = %issuer, "publishing the CRL: {e}");
                 }
@@ -1534,15 +1547,10 @@ impl Daemon {
         };
         let signed = started.elapsed();
         let (der, sha256) = der;
-        // The PEM form is built while the event is written. The event
-        // names the hash; the DER is kept beside the database afterwards,
-        // in the background (a restart that finds no such file, or another
-        // one, signs a new CRL).
+        // The event names the hash; the DER is kept beside the database
+        // afterwards, in the background (a restart that finds no such
+        // file, or another one, signs a new CRL).
         let der = Bytes::from(der);
-        let pem = tokio::task::spawn_blocking({
-            let der = der.clone();
-            move || Bytes::from(pem_crl(&der))
-        });
         let record = self
             .store
             .execute(actor, {
@@ -1578,10 +1586,7 @@ impl Daemon {
             .await
             .map_err(exec_err)?;
         let stored = started.elapsed();
-        match pem.await {
-            Ok(pem) => self.serve_crl(record.clone(), der, pem, true),
-            Err(e) => tracing::warn!(ca = %issuer, "preparing the CRL: {e}"),
-        }
+        self.serve_crl(record.clone(), der, true);
         self.publish_ca(&ca).await;
         let ms = |d: Duration| d.as_millis() as u64;
         tracing::info!(
@@ -1965,7 +1970,7 @@ mod tests {
         };
         let entry = |pos: u64, der: &'static [u8]| CachedOcsp {
             der: Bytes::from_static(der),
-            etag: String::new(),
+            caching: None,
             this_update: 0,
             next_update: i64::MAX,
             log_pos: pos,
