@@ -1369,6 +1369,14 @@ fn run_n(bins: Bins, dir: PathBuf, n: usize, s: &Settings) -> Result<Outcome, St
     o.encode = loaded.encode;
     o.commit = loaded.commit;
 
+    // The load leaves ~1.6 GiB of the store to be written back; flushed
+    // here so that the publishes below measure castellan, not the kernel
+    // writing back what this program loaded (every publish has an
+    // fdatasync or two on its path).
+    let flushing = Instant::now();
+    nix::unistd::sync();
+    println!("   sync(2) after the load: {}", secs(flushing.elapsed()));
+
     // -- quiet daemon: CRL publish only --
     o.quiet_ready = inst.start_daemon(false, true)?;
     println!(
