@@ -487,6 +487,7 @@ impl Drop for Decrement<'_> {
 
 /// Whether the answer is of the kind the request asks for. Exhaustive on
 /// purpose: a new request kind must say what answers it.
+#[cfg(test)]
 fn answers(request: &Request, response: &Response) -> bool {
     answer_check(request)(response)
 }
@@ -555,7 +556,6 @@ impl Inner {
         requests: impl Iterator<Item = Request>,
         started: Instant,
     ) -> Result<Vec<Response>, PoolError> {
-        let remaining = || self.request_timeout.saturating_sub(started.elapsed());
         let _permit = self.permit("pipelined", started).await?;
         let (slot, _load) = self.pick();
         let mut conn = self.connection(slot, started).await?;
@@ -582,59 +582,24 @@ impl Inner {
         }
         let mut out = Vec::with_capacity(waiters.len());
         for (kind, check, waiter) in waiters {
-            let answer = match tokio::time::timeout(remaining(), waiter.rx).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Err(self.unavailable(
-                    "the connection was dropped before the answer came; the request may have been carried out",
-                )),
-                Err(_) => {
-                    let e = self.timeout(kind);
-                    conn.shared.close(e.clone());
-                    return Err(e);
-                }
-            };
-            drop(waiter.guard);
-            match answer? {
-                Response::Error(e) => return Err(PoolError::Refused(e)),
-                r if check(&r) => out.push(r),
-                r => {
-                    let e = PoolError::Protocol(format!(
-                        "the signer at {} answered a {kind} request with {}; the connection was closed; run the same castellan release on both sides",
-                        self.socket.display(),
-                        response_kind(&r)
-                    ));
-                    conn.shared.close(e.clone());
-                    return Err(e);
-                }
-            }
+            out.push(self.receive(&conn, waiter, kind, check, started).await?);
         }
         Ok(out)
     }
 
-    async fn call(&self, request: Request, started: Instant) -> Result<Response, PoolError> {
-        let kind = request.kind();
-        let remaining = || self.request_timeout.saturating_sub(started.elapsed());
-        let _permit = self.permit(kind, started).await?;
-        let (slot, _load) = self.pick();
-        // A connection found closed before anything was sent on it is
-        // replaced once: nothing of this request reached the signer.
-        let mut retried = false;
-        let mut request = request;
-        let (conn, waiter) = loop {
-            let conn = self.connection(slot, started).await?;
-            match conn.send(request).await {
-                Ok((w, r)) => {
-                    request = r;
-                    break (conn, w);
-                }
-                Err((Unsent::Closed(_), r)) if !retried => {
-                    retried = true;
-                    request = r;
-                }
-                Err((Unsent::Closed(e) | Unsent::Fatal(e), _)) => return Err(e),
-            }
-        };
-        let answer = match tokio::time::timeout(remaining(), waiter.rx).await {
+    /// Waits (until `started + request_timeout`) for the answer `waiter`
+    /// stands for, on `conn`: a refusal is [`PoolError::Refused`]; an
+    /// answer of another kind than `check` accepts closes the connection.
+    async fn receive(
+        &self,
+        conn: &Conn,
+        waiter: Waiter,
+        kind: &str,
+        check: fn(&Response) -> bool,
+        started: Instant,
+    ) -> Result<Response, PoolError> {
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        let answer = match tokio::time::timeout(remaining, waiter.rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(self.unavailable(
                 "the connection was dropped before the answer came; the request may have been carried out",
@@ -648,7 +613,7 @@ impl Inner {
         drop(waiter.guard);
         match answer? {
             Response::Error(e) => Err(PoolError::Refused(e)),
-            r if answers(&request, &r) => Ok(r),
+            r if check(&r) => Ok(r),
             r => {
                 let e = PoolError::Protocol(format!(
                     "the signer at {} answered a {kind} request with {}; the connection was closed; run the same castellan release on both sides",
@@ -659,6 +624,29 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    async fn call(&self, request: Request, started: Instant) -> Result<Response, PoolError> {
+        let kind = request.kind();
+        let check = answer_check(&request);
+        let _permit = self.permit(kind, started).await?;
+        let (slot, _load) = self.pick();
+        // A connection found closed before anything was sent on it is
+        // replaced once: nothing of this request reached the signer.
+        let mut retried = false;
+        let mut request = request;
+        let (conn, waiter) = loop {
+            let conn = self.connection(slot, started).await?;
+            match conn.send(request).await {
+                Ok((w, _)) => break (conn, w),
+                Err((Unsent::Closed(_), r)) if !retried => {
+                    retried = true;
+                    request = r;
+                }
+                Err((Unsent::Closed(e) | Unsent::Fatal(e), _)) => return Err(e),
+            }
+        };
+        self.receive(&conn, waiter, kind, check, started).await
     }
 
     /// The least loaded slot, ties broken round-robin; counts the caller on it
