@@ -1487,8 +1487,9 @@ impl Daemon {
     ) -> Result<CrlView, ApiError> {
         let _g = self.rev.crl_lock.lock().await;
         let started = Instant::now();
-        // Reading a million revocations is CPU work: off the async runtime,
-        // so OCSP answers keep flowing meanwhile.
+        // The revocations since the last CRL (all of them at start: a
+        // million is CPU work) are read off the async runtime, so OCSP
+        // answers keep flowing meanwhile.
         let store = self.store.clone();
         let id = issuer.to_string();
         let known = self
