@@ -49,12 +49,12 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bins, Proc, binaries, env_num, loadavg};
+use common::{Bins, Proc, binaries, env_num, loadavg, run_limited as run};
 
 use base64::Engine;
 use castellan::admin_client::{AdminClient, encode_component};
@@ -89,55 +89,6 @@ fn free_port() -> Result<u16, String> {
 
 // ---------------------------------------------------------------------------
 // Processes
-
-/// Runs `cmd` to completion (killed after `bound`); stdout, or an error
-/// with everything it said.
-fn run(cmd: &mut Command, what: &str, bound: Duration) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: cannot run: {e}"))?;
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > bound => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{what}: still running after {} s; killed",
-                    bound.as_secs()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    };
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("{what}: {status}\n{out}{err}"));
-    }
-    Ok(format!("{out}{err}"))
-}
 
 fn wait_listening(addr: SocketAddr, proc: &mut Proc, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -80,7 +80,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Bins, Proc, env_num, loadavg, wait_for};
+use common::{Bins, Proc, env_num, loadavg, run_limited, wait_for};
 
 use base64::Engine;
 use castellan::admin_client::AdminClient;
@@ -215,53 +215,6 @@ fn rss_words(name: &str, pid: u32) -> String {
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-/// Runs a command to completion within `limit`; its stdout, or an error
-/// with its output.
-fn run_limited(cmd: &mut Command, what: &str, limit: Duration) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: cannot run: {e}"))?;
-    // Drain both pipes on threads, so a large output cannot block the child.
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut v);
-        }
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what}: did not finish within {}", secs(limit)));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    };
-    let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-    if !status.success() {
-        return Err(format!("{what}: {status}\n{stdout}{stderr}"));
-    }
-    Ok(stdout + &stderr)
-}
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     run_limited(cmd, what, CMD_LIMIT)
