@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bins, Proc, binaries, env_num, loadavg, wait_for};
+use common::{Bins, ISSUING_CA, Proc, ROOT_CA, binaries, env_num, loadavg, wait_for};
 
 use bytes::Bytes;
 use castellan::admin_client::AdminClient;
@@ -471,44 +471,8 @@ fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
     }
 
     // Root and issuing CA, 2 of 3 each.
-    ceremony(
-        s,
-        &admin_sock,
-        &dir,
-        &[
-            "--purpose",
-            "root",
-            "--ca-id",
-            "root",
-            "--subject",
-            "CN=castellan bench root,O=castellan bench",
-            "--days",
-            "3650",
-            "--path-len",
-            "1",
-        ],
-        ["alice", "bob"],
-    )?;
-    ceremony(
-        s,
-        &admin_sock,
-        &dir,
-        &[
-            "--purpose",
-            "intermediate",
-            "--ca-id",
-            "issuing",
-            "--parent",
-            "root",
-            "--subject",
-            "CN=castellan bench issuing CA,O=castellan bench",
-            "--days",
-            "1825",
-            "--path-len",
-            "0",
-        ],
-        ["bob", "carol"],
-    )?;
+    ceremony(s, &admin_sock, &dir, ROOT_CA.0, ROOT_CA.1)?;
+    ceremony(s, &admin_sock, &dir, ISSUING_CA.0, ISSUING_CA.1)?;
 
     // One issuance checked in full before the load.
     let first: IssuedView = admin

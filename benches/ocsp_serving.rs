@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bins, Proc, binaries, env_num, loadavg, run_limited as run};
+use common::{Bins, ISSUING_CA, Proc, ROOT_CA, binaries, env_num, loadavg, run_limited as run};
 
 use base64::Engine;
 use castellan::admin_client::{AdminClient, encode_component};
@@ -415,44 +415,8 @@ fn start_castellan(bins: &Bins, dir: &Path) -> Result<Castellan, String> {
     if !status.signer_reachable {
         return Err("the daemon does not reach the signer".into());
     }
-    ceremony(
-        bins,
-        &admin_sock,
-        dir,
-        &[
-            "--purpose",
-            "root",
-            "--ca-id",
-            "root",
-            "--subject",
-            "CN=castellan bench root,O=castellan bench",
-            "--days",
-            "3650",
-            "--path-len",
-            "1",
-        ],
-        ["alice", "bob"],
-    )?;
-    ceremony(
-        bins,
-        &admin_sock,
-        dir,
-        &[
-            "--purpose",
-            "intermediate",
-            "--ca-id",
-            "issuing",
-            "--parent",
-            "root",
-            "--subject",
-            "CN=castellan bench issuing CA,O=castellan bench",
-            "--days",
-            "1825",
-            "--path-len",
-            "0",
-        ],
-        ["bob", "carol"],
-    )?;
+    ceremony(bins, &admin_sock, dir, ROOT_CA.0, ROOT_CA.1)?;
+    ceremony(bins, &admin_sock, dir, ISSUING_CA.0, ISSUING_CA.1)?;
     Ok(Castellan {
         _signer: signer,
         daemon,

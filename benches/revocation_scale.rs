@@ -80,7 +80,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Bins, Proc, env_num, loadavg, run_limited, wait_for};
+use common::{Bins, ISSUING_CA, Proc, ROOT_CA, env_num, loadavg, run_limited, wait_for};
 
 use base64::Engine;
 use castellan::admin_client::AdminClient;
@@ -547,38 +547,8 @@ impl Instance {
     }
 
     fn make_cas(&self) -> Result<(), String> {
-        self.ceremony(
-            &[
-                "--purpose",
-                "root",
-                "--ca-id",
-                "root",
-                "--subject",
-                "CN=castellan bench root,O=castellan bench",
-                "--days",
-                "3650",
-                "--path-len",
-                "1",
-            ],
-            ["alice", "bob"],
-        )?;
-        self.ceremony(
-            &[
-                "--purpose",
-                "intermediate",
-                "--ca-id",
-                ISSUER,
-                "--parent",
-                "root",
-                "--subject",
-                "CN=castellan bench issuing CA,O=castellan bench",
-                "--days",
-                "1825",
-                "--path-len",
-                "0",
-            ],
-            ["bob", "carol"],
-        )
+        self.ceremony(ROOT_CA.0, ROOT_CA.1)?;
+        self.ceremony(ISSUING_CA.0, ISSUING_CA.1)
     }
 
     /// Waits (bounded) until the CRL task published the first CRL of both

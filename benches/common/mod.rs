@@ -206,3 +206,40 @@ pub fn run_limited(cmd: &mut Command, what: &str, limit: Duration) -> Result<Str
     }
     Ok(out + &err)
 }
+
+/// The benchmarks' root CA: the `castellanctl ceremony open` arguments and
+/// the two custodians (of alice, bob and carol, 2 of 3) who approve.
+pub const ROOT_CA: (&[&str], [&str; 2]) = (
+    &[
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root",
+        "--subject",
+        "CN=castellan bench root,O=castellan bench",
+        "--days",
+        "3650",
+        "--path-len",
+        "1",
+    ],
+    ["alice", "bob"],
+);
+
+/// The benchmarks' issuing CA `issuing`, under [`ROOT_CA`].
+pub const ISSUING_CA: (&[&str], [&str; 2]) = (
+    &[
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "issuing",
+        "--parent",
+        "root",
+        "--subject",
+        "CN=castellan bench issuing CA,O=castellan bench",
+        "--days",
+        "1825",
+        "--path-len",
+        "0",
+    ],
+    ["bob", "carol"],
+);
