@@ -771,16 +771,20 @@ fn load(db: &Path, n: usize, der_bytes: usize) -> Result<Loaded, String> {
         .collect();
     let entries_t = t.elapsed();
     drop(revocations);
+    let entries = std::sync::Arc::new(entries);
     let chunks: Vec<Request> = castellan_proto::crl_chunks(&entries)
         .into_iter()
-        .scan(0u64, |offset, c| {
+        .scan(0usize, |offset, c| {
             let chunk = CrlChunk {
                 issuer: ISSUER.to_string(),
                 crl_number: 2,
-                offset: *offset,
-                entries: c.to_vec(),
+                offset: *offset as u64,
+                entries: castellan_proto::CrlEntryList::shared(
+                    std::sync::Arc::clone(&entries),
+                    *offset..*offset + c.len(),
+                ),
             };
-            *offset += c.len() as u64;
+            *offset += c.len();
             Some(Request::StageCrlEntries(chunk))
         })
         .collect();

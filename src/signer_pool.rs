@@ -273,7 +273,9 @@ impl SignerPool {
     /// could not be read back (the signer restarted in between) is not
     /// reused: sign again with a higher number.
     pub async fn sign_crl(&self, crl: CrlToSign) -> Result<(Vec<u8>, [u8; 32]), PoolError> {
-        use castellan_proto::{CrlChunk, MAX_CRL_PART, StagedCrlRequest, crl_chunks};
+        use castellan_proto::{
+            CrlChunk, CrlEntryList, MAX_CRL_PART, StagedCrlRequest, crl_chunk_len,
+        };
         let socket = self.inner.socket.display().to_string();
         let unexpected = |what: &str, r: &Response| {
             PoolError::Protocol(format!(
@@ -295,18 +297,25 @@ impl SignerPool {
         let _in_flight = Decrement(&counters.in_flight);
         // Each chunk names how many entries precede it. All of them and
         // the final request go down one connection back to back: the
-        // signer stages one chunk while the next is copied and encoded, and
+        // signer stages one chunk while the next is encoded, and
         // a refusal of any stops the rest (a chunk that does not continue
         // the staging is refused).
-        let sizes: Vec<usize> = crl_chunks(&entries).iter().map(|c| c.len()).collect();
-        let chunks = sizes.len();
+        // Each chunk is cut just before it is encoded.
+        let total = entries.len();
+        let mut sizes: Vec<usize> = Vec::new();
         let mut offset = 0usize;
-        let requests = (0..chunks).map(|i| {
-            let size = sizes[i];
-            let part = entries[offset..offset + size].to_vec();
+        let mut sent_last = false;
+        let requests = std::iter::from_fn(|| {
+            if sent_last {
+                return None;
+            }
+            let size = crl_chunk_len(&entries[offset..]);
+            sizes.push(size);
+            let part = CrlEntryList::shared(Arc::clone(&entries), offset..offset + size);
             let at = offset as u64;
             offset += size;
-            if chunks == 1 {
+            sent_last = offset >= total;
+            Some(if sent_last && at == 0 {
                 Request::SignCrl(castellan_proto::CrlRequest {
                     issuer: issuer.clone(),
                     crl_number,
@@ -314,7 +323,7 @@ impl SignerPool {
                     next_update,
                     entries: part,
                 })
-            } else if i + 1 < chunks {
+            } else if !sent_last {
                 Request::StageCrlEntries(CrlChunk {
                     issuer: issuer.clone(),
                     crl_number,
@@ -332,7 +341,7 @@ impl SignerPool {
                     },
                     staged: at,
                 })
-            }
+            })
         });
         let mut answers = self.counted(self.inner.pipeline(requests, started).await)?;
         let answer = answers.pop();

@@ -481,3 +481,158 @@ async fn whatever_a_broken_signer_sends_fails_the_call_without_panicking() {
     assert!(matches!(e, PoolError::Timeout(_)), "{e:?}");
     assert!(e.to_string().contains("may still carry it out"), "{e}");
 }
+
+/// What the staging fake signer received: (request kind, offset or staged
+/// count, entries).
+type Received =
+    std::sync::Arc<std::sync::Mutex<Vec<(&'static str, u64, Vec<castellan_proto::CrlEntry>)>>>;
+
+/// A fake signer that stages CRL entries as the real one does and answers
+/// the final request with `der` (stored, read back in parts, when larger
+/// than one part would be inline): checks the daemon's side of staging,
+/// pipelining and read-back without keys.
+async fn staging_fake_signer(der: Vec<u8>) -> (tempfile::TempDir, PathBuf, Received) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let received: Received = Default::default();
+    let log = received.clone();
+    let der = std::sync::Arc::new(der);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (log, der) = (log.clone(), der.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut header = [0u8; 10];
+                    if s.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = castellan_proto::frame::parse_header(&header).unwrap();
+                    let mut payload = vec![0u8; len];
+                    s.read_exact(&mut payload).await.unwrap();
+                    let req: RequestFrame =
+                        castellan_proto::frame::decode_payload(&payload).unwrap();
+                    let stored = || Response::CrlStored {
+                        crl_number: 5,
+                        length: der.len() as u64,
+                        sha256: ring::digest::digest(&ring::digest::SHA256, &der)
+                            .as_ref()
+                            .try_into()
+                            .unwrap(),
+                    };
+                    let response = match req.request {
+                        Request::StageCrlEntries(c) => {
+                            let mut l = log.lock().unwrap();
+                            l.push(("stage", c.offset, c.entries.to_vec()));
+                            let staged = l.iter().map(|(_, _, e)| e.len() as u64).sum();
+                            Response::CrlStaged {
+                                crl_number: c.crl_number,
+                                staged,
+                            }
+                        }
+                        Request::SignStagedCrl(r) => {
+                            log.lock().unwrap().push((
+                                "sign-staged",
+                                r.staged,
+                                r.crl.entries.to_vec(),
+                            ));
+                            stored()
+                        }
+                        Request::SignCrl(r) => {
+                            log.lock().unwrap().push(("sign", 0, r.entries.to_vec()));
+                            Response::Crl { der: der.to_vec() }
+                        }
+                        Request::ReadCrl { offset, length, .. } => Response::CrlPart {
+                            bytes: der[offset as usize..offset as usize + length as usize].to_vec(),
+                        },
+                        other => panic!("unexpected request {other:?}"),
+                    };
+                    let frame = encode_frame(&ResponseFrame {
+                        id: req.id,
+                        response,
+                    })
+                    .unwrap();
+                    if s.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (dir, socket, received)
+}
+
+fn crl_entries(n: usize) -> Vec<castellan_proto::CrlEntry> {
+    (0..n)
+        .map(|i| castellan_proto::CrlEntry {
+            serial: (i as u64 + 1).to_be_bytes().to_vec(),
+            revoked_at: 1_767_000_000 + i as i64,
+            reason: None,
+            invalidity_date: (i % 2 == 0).then_some(1_766_000_000),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_crl_is_staged_in_order_signed_once_and_read_back_in_parts() {
+    use castellan::signer_pool::CrlToSign;
+    // More entries than two chunks hold, and a DER larger than two parts.
+    let n = castellan_proto::CRL_CHUNK_ENTRIES * 2 + 12_345;
+    let entries = std::sync::Arc::new(crl_entries(n));
+    let der: Vec<u8> = (0..castellan_proto::MAX_CRL_PART as usize * 2 + 777)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let (_dir, socket, received) = staging_fake_signer(der.clone()).await;
+    let pool = SignerPool::new(PoolConfig::new(&socket));
+    let (got, sha256) = pool
+        .sign_crl(CrlToSign {
+            issuer: "issuing".into(),
+            crl_number: 5,
+            this_update: 1_767_000_000,
+            next_update: 1_767_086_400,
+            entries: entries.clone(),
+        })
+        .await
+        .expect("signed");
+    assert!(got == der, "the DER read back is the signer's");
+    assert_eq!(
+        &sha256[..],
+        ring::digest::digest(&ring::digest::SHA256, &der).as_ref()
+    );
+    let received = received.lock().unwrap();
+    let kinds: Vec<(&str, u64)> = received.iter().map(|(k, at, _)| (*k, *at)).collect();
+    let chunk = castellan_proto::CRL_CHUNK_ENTRIES as u64;
+    assert_eq!(
+        kinds,
+        vec![("stage", 0), ("stage", chunk), ("sign-staged", 2 * chunk)],
+        "two chunks at their offsets, then the rest with the staged count"
+    );
+    let sent: Vec<castellan_proto::CrlEntry> = received
+        .iter()
+        .flat_map(|(_, _, e)| e.iter().cloned())
+        .collect();
+    assert!(sent == *entries, "every entry sent once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_crl_goes_in_one_request() {
+    use castellan::signer_pool::CrlToSign;
+    let entries = std::sync::Arc::new(crl_entries(10));
+    let (_dir, socket, received) = staging_fake_signer(b"small crl".to_vec()).await;
+    let pool = SignerPool::new(PoolConfig::new(&socket));
+    let (got, _) = pool
+        .sign_crl(CrlToSign {
+            issuer: "issuing".into(),
+            crl_number: 5,
+            this_update: 1_767_000_000,
+            next_update: 1_767_086_400,
+            entries: entries.clone(),
+        })
+        .await
+        .expect("signed");
+    assert_eq!(got, b"small crl");
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].0, "sign");
+    assert!(received[0].2 == *entries);
+}

@@ -82,7 +82,7 @@ fn crl_request(crl_number: u64, entries: Vec<CrlEntry>) -> CrlRequest {
         crl_number,
         this_update: t - 60,
         next_update: t + 7 * 86_400,
-        entries,
+        entries: entries.into(),
     }
 }
 
@@ -116,7 +116,7 @@ fn sign_through_socket(s: &mut UnixStream, r: CrlRequest) -> (Vec<u8>, [Duration
         entries,
     } = r;
     let sizes: Vec<usize> = crl_chunks(&entries).iter().map(|c| c.len()).collect();
-    let mut entries = entries.into_iter();
+    let mut entries = entries.iter();
     let mut offset = 0u64;
     for (i, &size) in sizes[..sizes.len() - 1].iter().enumerate() {
         let answer = call(
@@ -126,7 +126,12 @@ fn sign_through_socket(s: &mut UnixStream, r: CrlRequest) -> (Vec<u8>, [Duration
                 issuer: issuer.clone(),
                 crl_number,
                 offset,
-                entries: entries.by_ref().take(size).collect(),
+                entries: entries
+                    .by_ref()
+                    .take(size)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into(),
             }),
         );
         offset += size as u64;
@@ -144,7 +149,7 @@ fn sign_through_socket(s: &mut UnixStream, r: CrlRequest) -> (Vec<u8>, [Duration
         crl_number,
         this_update,
         next_update,
-        entries: entries.collect(),
+        entries: entries.cloned().collect::<Vec<_>>().into(),
     };
     let request = if sizes.len() == 1 {
         Request::SignCrl(final_request)

@@ -826,6 +826,11 @@ impl Signer {
                 )));
             }
         }
+        // Read back while the next chunk is on its way, not all at signing.
+        if let Err(e) = st.entries.read_back() {
+            staging.remove(&c.issuer);
+            return Err(SignerError::from(e));
+        }
         Ok(Response::CrlStaged {
             crl_number: c.crl_number,
             staged: total,
@@ -912,20 +917,20 @@ impl Signer {
             x509::build_crl_from(&ca.key, r.crl_number, r.this_update, r.next_update, entries)?;
         let signed = tbs.sign(self.backend.as_ref(), &ca.key)?;
         let inline = signed.der.len() <= MAX_INLINE_CRL;
-        // The digest a large CRL is read back against is computed while the
-        // journal record is written and synced.
-        let (journaled, sha256) = std::thread::scope(|s| {
-            let digest = (!inline).then(|| s.spawn(|| x509::sha256(&signed.der)));
-            let journaled = self.journal.append(NewRecord {
-                kind: signed.kind,
-                key_id: ca.key.key_id.clone(),
-                subject: signed.subject.clone(),
-                tbs_sha256: signed.tbs_sha256,
-                ceremony_id: None,
-            });
-            (journaled, digest.map(|d| d.join()))
+        // The digest a large CRL is read back against (made while it was
+        // verified).
+        let sha256 = (!inline).then(|| {
+            signed
+                .der_sha256
+                .unwrap_or_else(|| x509::sha256(&signed.der))
         });
-        journaled?;
+        self.journal.append(NewRecord {
+            kind: signed.kind,
+            key_id: ca.key.key_id.clone(),
+            subject: signed.subject.clone(),
+            tbs_sha256: signed.tbs_sha256,
+            ceremony_id: None,
+        })?;
         numbers.insert(r.issuer.clone(), r.crl_number);
         // A staging of this number or below can never be signed now.
         {
@@ -938,22 +943,9 @@ impl Signer {
             }
         }
         let mut stored = lock(&self.crl_stored, "stored CRL")?;
-        let sha256 = match sha256 {
-            None => {
-                stored.remove(&r.issuer);
-                return Ok(Response::Crl { der: signed.der });
-            }
-            Some(Ok(d)) => d,
-            Some(Err(_)) => {
-                stored.remove(&r.issuer);
-                return Err(err(
-                    ErrorKind::Internal,
-                    format!(
-                        "CRL {} for {:?} was signed and journaled but hashing it failed; sign a new CRL with a higher number",
-                        r.crl_number, r.issuer
-                    ),
-                ));
-            }
+        let Some(sha256) = sha256 else {
+            stored.remove(&r.issuer);
+            return Ok(Response::Crl { der: signed.der });
         };
         let length = signed.der.len() as u64;
         stored.insert(

@@ -405,6 +405,9 @@ enum Shape {
 #[derive(Debug)]
 pub struct Signed {
     pub der: Vec<u8>,
+    /// SHA-256 of `der`, made while verifying when it is large (at least
+    /// [`PARALLEL_HASH_OCTETS`] of TBS).
+    pub der_sha256: Option<[u8; 32]>,
     pub tbs_sha256: [u8; 32],
     pub kind: SignatureKind,
     pub subject: SignedSubject,
@@ -419,21 +422,24 @@ impl CheckedTbs {
     /// the signature with the issuer's public key and checks that the
     /// assembled structure carries the checked TBS unchanged.
     pub fn sign(self, backend: &dyn Backend, issuer: &IssuerKey) -> Result<Signed, BuildError> {
-        let sig = backend.sign(&issuer.key_label, &self.tbs)?;
-        let verify = || verify_signature(issuer.algorithm, &issuer.spki_der, &self.tbs, &sig);
-        let tbs_sha256 = if self.tbs.len() < PARALLEL_HASH_OCTETS {
-            verify()?;
-            sha256(&self.tbs)
-        } else {
-            // Verifying hashes the TBS again: on a large CRL, hash it for
-            // the journal on another core meanwhile.
-            let (verified, digest) = std::thread::scope(|s| {
+        // Signing and verifying each hash the TBS; on a large CRL the
+        // journal's hash of the TBS is made on another core while it is
+        // signed, and the hash of the signed DER while it is verified.
+        let large = self.tbs.len() >= PARALLEL_HASH_OCTETS;
+        let hash_failed = |_| BuildError::Lint("hashing on another thread failed".into());
+        let (sig, tbs_sha256) = if large {
+            let (sig, digest) = std::thread::scope(|s| {
                 let digest = s.spawn(|| sha256(&self.tbs));
-                (verify(), digest.join())
+                (backend.sign(&issuer.key_label, &self.tbs), digest.join())
             });
-            verified?;
-            digest.map_err(|_| BuildError::Lint("hashing the TBS failed".into()))?
+            (sig?, digest.map_err(hash_failed)?)
+        } else {
+            (
+                backend.sign(&issuer.key_label, &self.tbs)?,
+                sha256(&self.tbs),
+            )
         };
+        let verify = || verify_signature(issuer.algorithm, &issuer.spki_der, &self.tbs, &sig);
         let der = match self.shape {
             Shape::Certificate | Shape::Crl => seq(&[
                 &self.tbs,
@@ -441,6 +447,17 @@ impl CheckedTbs {
                 &bits(&sig),
             ]),
             Shape::Ocsp => ocsp_wrap(&self.tbs, issuer, &sig),
+        };
+        let der_sha256 = if large {
+            let (verified, digest) = std::thread::scope(|s| {
+                let digest = s.spawn(|| sha256(&der));
+                (verify(), digest.join())
+            });
+            verified?;
+            Some(digest.map_err(hash_failed)?)
+        } else {
+            verify()?;
+            None
         };
         // The bytes handed out must contain exactly the checked TBS. For a
         // certificate, read with the strict DER reader: the TBS itself was
@@ -470,6 +487,7 @@ impl CheckedTbs {
         }
         Ok(Signed {
             der,
+            der_sha256,
             tbs_sha256,
             kind: self.kind,
             subject: self.subject,
@@ -722,6 +740,10 @@ pub struct CrlEntries {
     der: Vec<u8>,
     count: u64,
     dates: DateCache,
+    /// How much of `der` (octets, entries) [`CrlEntries::read_back`] has
+    /// read back.
+    read_octets: usize,
+    read_count: u64,
 }
 
 /// Civil dates of recently seen days, direct-mapped: a CRL's revocation
@@ -772,6 +794,32 @@ impl CrlEntries {
     /// Room for about `n` more entries.
     pub fn reserve(&mut self, n: usize) {
         self.der.reserve(n.saturating_mul(48));
+    }
+
+    /// Reads the entries written since the last call back with the strict
+    /// DER reader (see [`check_crl_entry`]) and checks that they are as
+    /// many as were written. A CRL staged in chunks is read back chunk by
+    /// chunk, while the next one is on its way; [`build_crl_from`] reads
+    /// back the rest and relies on this for the list's contents.
+    pub fn read_back(&mut self) -> Result<(), BuildError> {
+        let reason_oid = oid(oids::CRL_REASON);
+        let invalidity_oid = oid(oids::INVALIDITY_DATE);
+        let mut n = self.read_count;
+        let mut r = Reader::new(&self.der[self.read_octets..]);
+        while !r.is_empty() {
+            check_crl_entry(&mut r, &reason_oid, &invalidity_oid)
+                .map_err(|e| BuildError::Lint(format!("CRL entry #{n} does not read back: {e}")))?;
+            n += 1;
+        }
+        if n != self.count {
+            return Err(BuildError::Lint(format!(
+                "CRL entry count changed: {} written, {n} read back",
+                self.count
+            )));
+        }
+        self.read_octets = self.der.len();
+        self.read_count = n;
+        Ok(())
     }
 
     /// Checks one entry and appends its DER. On error nothing is appended.
@@ -861,6 +909,8 @@ pub fn build_crl_from(
     if next_update <= this_update {
         return invalid("nextUpdate must be after thisUpdate");
     }
+    let mut entries = entries;
+    entries.read_back()?;
     let aki = key_identifier(&issuer.spki_der)?;
     let crl_exts = ctx_cons(
         0,
@@ -908,6 +958,7 @@ pub fn build_crl_from(
             crl_number,
             this_update,
             next_update,
+            entries_read_back: Some((revoked_len, expected)),
         },
     )
     .map_err(|e| BuildError::Lint(format!("CRL does not check: {e}")))?;
@@ -939,6 +990,10 @@ struct CrlExpectation<'a> {
     crl_number: u64,
     this_update: i64,
     next_update: i64,
+    /// The revokedCertificates' contents (octets, entries) when they were
+    /// already read back entry by entry ([`CrlEntries::read_back`]): only
+    /// their length and count are checked then.
+    entries_read_back: Option<(usize, u64)>,
 }
 
 /// Reads a TBSCertList (RFC 5280 §5.1) with the strict DER [`Reader`] and
@@ -974,14 +1029,26 @@ fn check_crl_tbs(tbs: &[u8], x: &CrlExpectation<'_>) -> Result<u64, String> {
         if list.is_empty() {
             return Err("an empty revokedCertificates list must be absent".into());
         }
-        let reason_oid = oid(oids::CRL_REASON);
-        let invalidity_oid = oid(oids::INVALIDITY_DATE);
-        let mut entries = Reader::new(list);
-        while !entries.is_empty() {
-            check_crl_entry(&mut entries, &reason_oid, &invalidity_oid)
-                .map_err(|e| format!("revoked entry #{count}: {e}"))?;
-            count += 1;
+        if let Some((octets, entries)) = x.entries_read_back {
+            if list.len() != octets {
+                return Err(format!(
+                    "revokedCertificates: {} octets where {octets} were read back",
+                    list.len()
+                ));
+            }
+            count = entries;
+        } else {
+            let reason_oid = oid(oids::CRL_REASON);
+            let invalidity_oid = oid(oids::INVALIDITY_DATE);
+            let mut entries = Reader::new(list);
+            while !entries.is_empty() {
+                check_crl_entry(&mut entries, &reason_oid, &invalidity_oid)
+                    .map_err(|e| format!("revoked entry #{count}: {e}"))?;
+                count += 1;
+            }
         }
+    } else if x.entries_read_back.is_some_and(|(octets, _)| octets != 0) {
+        return Err("revokedCertificates missing".into());
     }
     let exts = r.expect(0xa0).map_err(at("crlExtensions"))?;
     r.end().map_err(at("crlExtensions"))?;
@@ -1401,6 +1468,7 @@ mod tests {
             crl_number: 42,
             this_update: 1_767_000_000,
             next_update: 1_767_600_000,
+            entries_read_back: None,
         }
     }
 
@@ -1518,6 +1586,48 @@ mod tests {
         bad_month[entry_date + 5] = b'3';
         let e = check_crl_tbs(&bad_month, &x).unwrap_err();
         assert!(e.contains("revoked entry #0") && e.contains("month"), "{e}");
+    }
+
+    #[test]
+    fn staged_entries_are_read_back_chunk_by_chunk() {
+        let v = entries(10);
+        let specs = specs(&v);
+        let mut written = CrlEntries::new();
+        for e in &specs[..4] {
+            written.push(e).expect("push");
+        }
+        written.read_back().expect("the first chunk reads back");
+        let mut last = 0;
+        for e in &specs[4..] {
+            last = written.der.len();
+            written.push(e).expect("push");
+        }
+        // Entry #9 damaged after it was written: a SET where its SEQUENCE was.
+        let mut damaged = CrlEntries {
+            der: written.der.clone(),
+            count: written.count,
+            dates: DateCache::default(),
+            read_octets: written.read_octets,
+            read_count: written.read_count,
+        };
+        damaged.der[last] = 0x31;
+        let e = damaged.read_back().unwrap_err().to_string();
+        assert!(e.contains("CRL entry #9"), "{e}");
+        // Entry #9's octets lost: the count no longer matches.
+        let mut short = CrlEntries {
+            der: written.der[..last].to_vec(),
+            count: written.count,
+            dates: DateCache::default(),
+            read_octets: written.read_octets,
+            read_count: written.read_count,
+        };
+        let e = short.read_back().unwrap_err().to_string();
+        assert!(e.contains("10 written, 9 read back"), "{e}");
+        // Undamaged, the rest reads back and the CRL builds and checks.
+        let key = issuer();
+        let tbs = build_crl_from(&key, 42, 1_767_000_000, 1_767_600_000, written).expect("builds");
+        let aki = key_identifier(&key.spki_der).expect("aki");
+        assert_eq!(check_crl_tbs(tbs.tbs(), &expectation(&key, &aki)), Ok(10));
     }
 
     #[test]

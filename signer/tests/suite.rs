@@ -357,7 +357,7 @@ fn crl_request(issuer: &str, number: u64, entries: Vec<CrlEntry>) -> CrlRequest 
         crl_number: number,
         this_update: t - 60,
         next_update: t + 7 * 86_400,
-        entries,
+        entries: entries.into(),
     }
 }
 
@@ -546,7 +546,7 @@ fn sign_crl_in_chunks(s: &mut SignerProcess, r: CrlRequest) -> (Vec<u8>, usize) 
             issuer: r.issuer.clone(),
             crl_number: r.crl_number,
             offset,
-            entries: chunk.clone(),
+            entries: chunk.clone().into(),
         }));
         offset += chunk.len() as u64;
         assert_eq!(
@@ -558,7 +558,7 @@ fn sign_crl_in_chunks(s: &mut SignerProcess, r: CrlRequest) -> (Vec<u8>, usize) 
         );
     }
     let last = CrlRequest {
-        entries: last.clone(),
+        entries: last.clone().into(),
         ..r.clone()
     };
     let answer = if staged.is_empty() {
@@ -798,7 +798,7 @@ fn a_crl_too_large_for_one_frame_is_staged_signed_once_and_read_back_whole(b: Ba
         issuer: "inter".into(),
         crl_number: 4,
         offset: 0,
-        entries: many_entries(2),
+        entries: many_entries(2).into(),
     }));
     expect_kind(
         &e,
@@ -827,7 +827,7 @@ fn a_staged_crl_that_does_not_line_up_is_refused_and_says_what_to_do(b: Backend)
             issuer: "inter".into(),
             crl_number: number,
             offset,
-            entries: many_entries(n),
+            entries: many_entries(n).into(),
         })
     };
     let staged = |number: u64, n: u64| {
@@ -903,7 +903,7 @@ fn a_staged_crl_that_does_not_line_up_is_refused_and_says_what_to_do(b: Backend)
         issuer: "inter".into(),
         crl_number: 10,
         offset: 2,
-        entries: bad,
+        entries: bad.into(),
     }));
     expect_kind(
         &e,
@@ -991,7 +991,7 @@ fn a_staged_crl_that_does_not_line_up_is_refused_and_says_what_to_do(b: Backend)
             issuer: "inter".into(),
             crl_number: 16,
             offset: 0,
-            entries: first.clone(),
+            entries: first.clone().into(),
         })),
         Response::CrlStaged {
             crl_number: 16,

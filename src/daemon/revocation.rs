@@ -210,6 +210,8 @@ pub(crate) struct RevocationState {
     /// Each issuer's CRL entries as of its last CRL: the next CRL reads
     /// only the revocations logged since.
     crl_sources: Mutex<HashMap<String, CrlSource>>,
+    /// Held while an issuer's CRL entries are read ([`Daemon::crl_source`]).
+    crl_reads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cache misses waiting to be signed, per issuer.
     misses: Mutex<HashMap<String, MissQueue>>,
     pub(crate) ocsp_wake: tokio::sync::Notify,
@@ -238,6 +240,7 @@ impl RevocationState {
             pending: Mutex::new(Vec::new()),
             crl_dirty: Mutex::new(BTreeSet::new()),
             crl_sources: Mutex::new(HashMap::new()),
+            crl_reads: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             ocsp_wake: tokio::sync::Notify::new(),
             crl_wake: tokio::sync::Notify::new(),
@@ -1487,26 +1490,9 @@ impl Daemon {
     ) -> Result<CrlView, ApiError> {
         let _g = self.rev.crl_lock.lock().await;
         let started = Instant::now();
-        // The revocations since the last CRL (all of them at start: a
-        // million is CPU work) are read off the async runtime, so OCSP
-        // answers keep flowing meanwhile.
-        let store = self.store.clone();
-        let id = issuer.to_string();
-        let known = self
-            .rev
-            .crl_sources
-            .lock()
-            .ok()
-            .and_then(|m| m.get(issuer).cloned());
-        let (ca, last, source) =
-            tokio::task::spawn_blocking(move || read_crl_entries(&store, &id, known))
-                .await
-                .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+        let (ca, last, source) = self.crl_source(issuer).await?;
         let as_of = source.seq;
-        let entries = Arc::clone(&source.entries);
-        if let Ok(mut m) = self.rev.crl_sources.lock() {
-            m.insert(issuer.to_string(), source);
-        }
+        let entries = source.entries;
         let emergency_validity = match mode {
             CrlMode::Regular => last.as_ref().and_then(|l| l.emergency_validity),
             CrlMode::Emergency(s) => Some(s),
@@ -1639,6 +1625,7 @@ impl Daemon {
     /// to its nextUpdate.
     pub async fn crl_task(self: Arc<Self>) {
         let mut woken = false;
+        let mut read_all = false;
         loop {
             if woken {
                 let ms = u64::from(self.config().crl.coalesce_ms);
@@ -1646,11 +1633,85 @@ impl Daemon {
             }
             if self.serves_revocation() {
                 self.crl_round().await;
+                if !read_all {
+                    read_all = true;
+                    self.read_crl_sources().await;
+                }
             }
             woken = tokio::select! {
                 _ = self.rev.crl_wake.notified() => true,
                 _ = tokio::time::sleep(CRL_TICK) => false,
             };
+        }
+    }
+
+    /// What a CRL of `issuer` lists now, brought up to the log's head from
+    /// the entries kept for it (see [`read_crl_entries`]), and kept for the
+    /// next CRL. The revocations since (all of them the first time: a
+    /// million is CPU work, and disk reads on a cold page cache) are read
+    /// off the async runtime, so OCSP answers keep flowing meanwhile; one
+    /// read per issuer at a time, so that a CRL asked for while the entries
+    /// are read ahead at start waits for that read instead of repeating it.
+    async fn crl_source(
+        &self,
+        issuer: &str,
+    ) -> Result<(CaRecord, Option<CrlRecord>, CrlSource), ApiError> {
+        let reading = {
+            let mut m = self
+                .rev
+                .crl_reads
+                .lock()
+                .map_err(|_| err(ErrorKind::Internal, "CRL source lock poisoned"))?;
+            Arc::clone(m.entry(issuer.to_string()).or_default())
+        };
+        let _reading = reading.lock().await;
+        let store = self.store.clone();
+        let id = issuer.to_string();
+        let known = self
+            .rev
+            .crl_sources
+            .lock()
+            .ok()
+            .and_then(|m| m.get(issuer).cloned());
+        let (ca, last, source) =
+            tokio::task::spawn_blocking(move || read_crl_entries(&store, &id, known))
+                .await
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+        if let Ok(mut m) = self.rev.crl_sources.lock() {
+            m.insert(issuer.to_string(), source.clone());
+        }
+        Ok((ca, last, source))
+    }
+
+    /// Reads, once after start, the CRL entries of every CA whose CRL was
+    /// not just published: the first CRL after a restart (an emergency
+    /// one, say) then reads only the revocations since, not the whole
+    /// index (seconds for a million entries on a cold page cache).
+    async fn read_crl_sources(&self) {
+        let Ok(view) = self.store.read() else { return };
+        let now = now_ms() / 1000;
+        let cas: Vec<String> = view
+            .cas()
+            .into_iter()
+            .filter(|ca| x509_facts(&ca.certificate_der).is_some_and(|(_, _, na)| na > now))
+            .map(|ca| ca.ca_id)
+            .collect();
+        drop(view);
+        for issuer in cas {
+            let kept = self
+                .rev
+                .crl_sources
+                .lock()
+                .map_or(true, |m| m.contains_key(&issuer));
+            if kept {
+                continue;
+            }
+            match self.crl_source(&issuer).await {
+                Ok((_, _, s)) => {
+                    tracing::debug!(ca = %issuer, entries = s.entries.len(), "CRL entries read ahead");
+                }
+                Err(e) => tracing::debug!(ca = %issuer, "reading CRL entries ahead: {e}"),
+            }
         }
     }
 

@@ -387,6 +387,76 @@ pub struct CrlEntry {
     pub invalidity_date: Option<UnixSeconds>,
 }
 
+/// The entries of a CRL request or chunk, in order. On the wire exactly a
+/// `Vec<CrlEntry>` (a length, then the entries); a sender may build it as
+/// a range of a list it shares ([`CrlEntryList::shared`]), so staging a
+/// million entries copies none of them before they are encoded.
+#[derive(Clone)]
+pub struct CrlEntryList(EntryListRepr);
+
+#[derive(Clone)]
+enum EntryListRepr {
+    Owned(Vec<CrlEntry>),
+    Shared {
+        all: std::sync::Arc<Vec<CrlEntry>>,
+        from: usize,
+        to: usize,
+    },
+}
+
+impl CrlEntryList {
+    /// `all[range]`, without copying; a range reaching beyond `all` is cut
+    /// at its end.
+    pub fn shared(all: std::sync::Arc<Vec<CrlEntry>>, range: std::ops::Range<usize>) -> Self {
+        let to = range.end.min(all.len());
+        let from = range.start.min(to);
+        CrlEntryList(EntryListRepr::Shared { all, from, to })
+    }
+}
+
+impl std::ops::Deref for CrlEntryList {
+    type Target = [CrlEntry];
+
+    fn deref(&self) -> &[CrlEntry] {
+        match &self.0 {
+            EntryListRepr::Owned(v) => v,
+            EntryListRepr::Shared { all, from, to } => &all[*from..*to],
+        }
+    }
+}
+
+impl From<Vec<CrlEntry>> for CrlEntryList {
+    fn from(v: Vec<CrlEntry>) -> Self {
+        CrlEntryList(EntryListRepr::Owned(v))
+    }
+}
+
+impl PartialEq for CrlEntryList {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for CrlEntryList {}
+
+impl std::fmt::Debug for CrlEntryList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for CrlEntryList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for CrlEntryList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<CrlEntry>::deserialize(d).map(CrlEntryList::from)
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CrlRequest {
     pub issuer: CaId,
@@ -394,7 +464,7 @@ pub struct CrlRequest {
     pub crl_number: u64,
     pub this_update: UnixSeconds,
     pub next_update: UnixSeconds,
-    pub entries: Vec<CrlEntry>,
+    pub entries: CrlEntryList,
 }
 
 /// Most entries one CRL may have when staged in chunks
@@ -445,21 +515,30 @@ pub fn crl_entry_encoded_len(e: &CrlEntry) -> usize {
 /// one chunk means the CRL fits one `SignCrl` request.
 pub fn crl_chunks(entries: &[CrlEntry]) -> Vec<&[CrlEntry]> {
     let mut out = Vec::new();
-    let mut start = 0;
+    let mut rest = entries;
+    loop {
+        let (chunk, after) = rest.split_at(crl_chunk_len(rest));
+        out.push(chunk);
+        if after.is_empty() {
+            return out;
+        }
+        rest = after;
+    }
+}
+
+/// How many of `entries` the first of their [`crl_chunks`] holds (0 only
+/// when there are none): lets a sender cut the next chunk only when it is
+/// about to encode it.
+pub fn crl_chunk_len(entries: &[CrlEntry]) -> usize {
     let mut octets = 0usize;
     for (i, e) in entries.iter().enumerate() {
         let bound = crl_entry_encoded_len(e);
-        if i > start
-            && (i - start >= CRL_CHUNK_ENTRIES || octets.saturating_add(bound) > CRL_CHUNK_OCTETS)
-        {
-            out.push(&entries[start..i]);
-            start = i;
-            octets = 0;
+        if i > 0 && (i >= CRL_CHUNK_ENTRIES || octets.saturating_add(bound) > CRL_CHUNK_OCTETS) {
+            return i;
         }
         octets = octets.saturating_add(bound);
     }
-    out.push(&entries[start..]);
-    out
+    entries.len()
 }
 
 /// One chunk of a large CRL's entries, for [`Request::StageCrlEntries`].
@@ -487,7 +566,7 @@ pub struct CrlChunk {
     /// (issuer, CRL number), so a lost, repeated or interleaved chunk is
     /// refused instead of signed.
     pub offset: u64,
-    pub entries: Vec<CrlEntry>,
+    pub entries: CrlEntryList,
 }
 
 /// The final request of a staged CRL: signs the staged entries followed by

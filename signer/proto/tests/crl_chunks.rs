@@ -24,11 +24,55 @@ fn stage_frame_len(entries: &[CrlEntry]) -> usize {
             issuer: "x".repeat(63),
             crl_number: u64::MAX,
             offset: u64::MAX,
-            entries: entries.to_vec(),
+            entries: entries.to_vec().into(),
         }),
     })
     .expect("a chunk's frame encodes")
     .len()
+}
+
+fn chunk(entries: CrlEntryList) -> Vec<u8> {
+    encode_frame(&RequestFrame {
+        id: 7,
+        request: Request::StageCrlEntries(CrlChunk {
+            issuer: "issuing".into(),
+            crl_number: 9,
+            offset: 100,
+            entries,
+        }),
+    })
+    .expect("a chunk's frame encodes")
+}
+
+#[test]
+fn a_shared_range_travels_exactly_as_a_copy_of_it_would() {
+    let all: Vec<CrlEntry> = (0..300)
+        .map(|i| {
+            entry(
+                1 + (i % 20) as usize,
+                1_767_000_000 + i,
+                (i % 3 == 0).then_some(i),
+            )
+        })
+        .collect();
+    let shared = std::sync::Arc::new(all.clone());
+    for (from, to) in [(0, 300), (100, 250), (299, 300), (7, 7)] {
+        let range = CrlEntryList::shared(shared.clone(), from..to);
+        let copy = CrlEntryList::from(all[from..to].to_vec());
+        assert_eq!(range, copy);
+        let frame = chunk(range);
+        assert_eq!(frame, chunk(copy), "{from}..{to}");
+        match decode_frame::<RequestFrame>(&frame)
+            .expect("decodes")
+            .request
+        {
+            Request::StageCrlEntries(c) => assert_eq!(&c.entries[..], &all[from..to]),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+    // A range beyond the list is cut at its end.
+    assert_eq!(CrlEntryList::shared(shared.clone(), 250..400).len(), 50);
+    assert!(CrlEntryList::shared(shared, 400..500).is_empty());
 }
 
 #[test]

@@ -317,7 +317,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             crl_number: 17,
             this_update: 1_767_500_000,
             next_update: 1_767_586_400,
-            entries,
+            entries: entries.into(),
         }),
     ));
     let mut statuses = cert_statuses();
@@ -383,7 +383,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             crl_number: 18,
             // More than one varint octet.
             offset: 400_000,
-            entries: staged_entries[..3].to_vec(),
+            entries: staged_entries[..3].to_vec().into(),
         }),
     ));
     out.push((
@@ -394,7 +394,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 crl_number: 18,
                 this_update: 1_767_500_000,
                 next_update: 1_767_586_400,
-                entries: staged_entries[3..].to_vec(),
+                entries: staged_entries[3..].to_vec().into(),
             },
             staged: 400_003,
         }),

@@ -234,7 +234,7 @@ fn crl_chunk() -> impl Strategy<Value = CrlChunk> {
             issuer,
             crl_number,
             offset,
-            entries,
+            entries: entries.into(),
         },
     )
 }
@@ -253,7 +253,7 @@ fn crl_request() -> impl Strategy<Value = CrlRequest> {
                 crl_number,
                 this_update,
                 next_update,
-                entries,
+                entries: entries.into(),
             },
         )
 }
