@@ -331,6 +331,17 @@ async fn a_refused_request_carries_the_signers_message_and_the_pool_stays_health
     assert_eq!(stats.calls, 3);
 }
 
+/// The next request frame on a fake signer's connection; `None` once the
+/// pool closed it.
+async fn read_request(s: &mut tokio::net::UnixStream) -> Option<RequestFrame> {
+    let mut header = [0u8; 10];
+    s.read_exact(&mut header).await.ok()?;
+    let len = castellan_proto::frame::parse_header(&header).unwrap();
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    Some(castellan_proto::frame::decode_payload(&payload).unwrap())
+}
+
 /// A fake signer that reads one request frame and answers with `reply`
 /// (built from the request id), then keeps the connection open, or closes
 /// it when `hang_up`.
@@ -346,14 +357,9 @@ async fn fake_signer(
         while let Ok((mut s, _)) = listener.accept().await {
             let reply = reply.clone();
             tokio::spawn(async move {
-                let mut header = [0u8; 10];
-                if s.read_exact(&mut header).await.is_err() {
+                let Some(req) = read_request(&mut s).await else {
                     return;
-                }
-                let len = castellan_proto::frame::parse_header(&header).unwrap();
-                let mut payload = vec![0u8; len];
-                s.read_exact(&mut payload).await.unwrap();
-                let req: RequestFrame = castellan_proto::frame::decode_payload(&payload).unwrap();
+                };
                 s.write_all(&reply(req.id)).await.unwrap();
                 if !hang_up {
                     let mut sink = Vec::new();
@@ -502,16 +508,7 @@ async fn staging_fake_signer(der: Vec<u8>) -> (tempfile::TempDir, PathBuf, Recei
         while let Ok((mut s, _)) = listener.accept().await {
             let (log, der) = (log.clone(), der.clone());
             tokio::spawn(async move {
-                loop {
-                    let mut header = [0u8; 10];
-                    if s.read_exact(&mut header).await.is_err() {
-                        return;
-                    }
-                    let len = castellan_proto::frame::parse_header(&header).unwrap();
-                    let mut payload = vec![0u8; len];
-                    s.read_exact(&mut payload).await.unwrap();
-                    let req: RequestFrame =
-                        castellan_proto::frame::decode_payload(&payload).unwrap();
+                while let Some(req) = read_request(&mut s).await {
                     let stored = || Response::CrlStored {
                         crl_number: 5,
                         length: der.len() as u64,
@@ -573,19 +570,16 @@ fn crl_entries(n: usize) -> Vec<castellan_proto::CrlEntry> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_crl_is_staged_in_order_signed_once_and_read_back_in_parts() {
-    use castellan::signer_pool::CrlToSign;
-    // More entries than two chunks hold, and a DER larger than two parts.
-    let n = castellan_proto::CRL_CHUNK_ENTRIES * 2 + 12_345;
-    let entries = std::sync::Arc::new(crl_entries(n));
-    let der: Vec<u8> = (0..castellan_proto::MAX_CRL_PART as usize * 2 + 777)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
-    let (_dir, socket, received) = staging_fake_signer(der.clone()).await;
+/// CRL 5 of `entries` through a pool whose signer is a staging fake that
+/// answers with `der`: (DER, SHA-256, what the fake received).
+async fn sign_with_fake(
+    entries: &std::sync::Arc<Vec<castellan_proto::CrlEntry>>,
+    der: Vec<u8>,
+) -> (Vec<u8>, [u8; 32], Received) {
+    let (_dir, socket, received) = staging_fake_signer(der).await;
     let pool = SignerPool::new(PoolConfig::new(&socket));
-    let (got, sha256) = pool
-        .sign_crl(CrlToSign {
+    let (der, sha256) = pool
+        .sign_crl(castellan::signer_pool::CrlToSign {
             issuer: "issuing".into(),
             crl_number: 5,
             this_update: 1_767_000_000,
@@ -594,6 +588,18 @@ async fn a_large_crl_is_staged_in_order_signed_once_and_read_back_in_parts() {
         })
         .await
         .expect("signed");
+    (der, sha256, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_crl_is_staged_in_order_signed_once_and_read_back_in_parts() {
+    // More entries than two chunks hold, and a DER larger than two parts.
+    let n = castellan_proto::CRL_CHUNK_ENTRIES * 2 + 12_345;
+    let entries = std::sync::Arc::new(crl_entries(n));
+    let der: Vec<u8> = (0..castellan_proto::MAX_CRL_PART as usize * 2 + 777)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let (got, sha256, received) = sign_with_fake(&entries, der.clone()).await;
     assert!(got == der, "the DER read back is the signer's");
     assert_eq!(
         &sha256[..],
@@ -616,20 +622,8 @@ async fn a_large_crl_is_staged_in_order_signed_once_and_read_back_in_parts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_crl_goes_in_one_request() {
-    use castellan::signer_pool::CrlToSign;
     let entries = std::sync::Arc::new(crl_entries(10));
-    let (_dir, socket, received) = staging_fake_signer(b"small crl".to_vec()).await;
-    let pool = SignerPool::new(PoolConfig::new(&socket));
-    let (got, _) = pool
-        .sign_crl(CrlToSign {
-            issuer: "issuing".into(),
-            crl_number: 5,
-            this_update: 1_767_000_000,
-            next_update: 1_767_086_400,
-            entries: entries.clone(),
-        })
-        .await
-        .expect("signed");
+    let (got, _, received) = sign_with_fake(&entries, b"small crl".to_vec()).await;
     assert_eq!(got, b"small crl");
     let received = received.lock().unwrap();
     assert_eq!(received.len(), 1);
