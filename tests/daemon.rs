@@ -212,6 +212,31 @@ fn the_readme_demo_path_issues_a_certificate_openssl_verifies_then_revokes_and_a
         seq(revoked) <= demo.checkpoint,
         "the checkpoint covers the revocation"
     );
+
+    // What an admin reads without --json: listings as tables, or a line
+    // saying nothing matched.
+    let human = |args: &[&str]| {
+        let mut c = Command::new(ctl_bin());
+        c.arg("--socket").arg(&a.admin_socket).args(args);
+        run(&mut c, WAIT).ok().stdout
+    };
+    let certs = human(&["cert", "list"]);
+    assert!(certs.starts_with("SERIAL"), "{certs}");
+    assert!(
+        certs
+            .lines()
+            .any(|l| l.starts_with(&demo.serial) && l.contains("revoked")),
+        "{certs}"
+    );
+    let log = human(&["audit", "log", "--kind", "certificate-revoked"]);
+    assert!(log.starts_with("SEQ"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("certificate-revoked") && l.contains(&demo.serial)),
+        "{log}"
+    );
+    let none = human(&["audit", "log", "--actor", "uid:4000000000"]);
+    assert_eq!(none.trim(), "no events match");
 }
 
 #[test]

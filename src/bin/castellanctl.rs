@@ -920,6 +920,28 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), Failure> {
 }
 
 /// Prints rows under a header, columns aligned.
+/// A listing: the JSON as it came with `--json`; otherwise `empty` when
+/// nothing matched, or a table of one `row` per item.
+fn list_cmd<T: serde::de::DeserializeOwned + Serialize>(
+    ctx: &Ctx,
+    path: &str,
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<(), Failure> {
+    let list: Vec<T> = ctx.get(path)?;
+    if ctx.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("{empty}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list.iter().map(row).collect();
+    table(header, &rows);
+    Ok(())
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -1790,28 +1812,10 @@ fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
                 ("identity", identity),
                 ("limit", limit.map(|l| l.to_string())),
             ]);
-            let list: Vec<CertView> = ctx.get(&format!("/v1/certificates{q}"))?;
-            if ctx.json {
-                return print_json(&list);
-            }
-            if list.is_empty() {
-                println!("no certificates match");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.serial.clone(),
-                        c.state.clone(),
-                        c.issuer.clone(),
-                        c.profile.clone(),
-                        c.not_after.clone(),
-                        c.identity.clone(),
-                    ]
-                })
-                .collect();
-            table(
+            list_cmd(
+                ctx,
+                &format!("/v1/certificates{q}"),
+                "no certificates match",
                 &[
                     "SERIAL",
                     "STATE",
@@ -1820,9 +1824,17 @@ fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
                     "NOT AFTER",
                     "IDENTITY",
                 ],
-                &rows,
-            );
-            Ok(())
+                |c: &CertView| {
+                    vec![
+                        c.serial.clone(),
+                        c.state.clone(),
+                        c.issuer.clone(),
+                        c.profile.clone(),
+                        c.not_after.clone(),
+                        c.identity.clone(),
+                    ]
+                },
+            )
         }
     }
 }
@@ -2015,17 +2027,12 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                 ("subject", subject),
                 ("limit", limit.map(|l| l.to_string())),
             ]);
-            let events: Vec<EventView> = ctx.get(&format!("/v1/audit/log{q}"))?;
-            if ctx.json {
-                return print_json(&events);
-            }
-            if events.is_empty() {
-                println!("no events match");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = events
-                .iter()
-                .map(|e| {
+            list_cmd(
+                ctx,
+                &format!("/v1/audit/log{q}"),
+                "no events match",
+                &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
+                |e: &EventView| {
                     vec![
                         e.seq.to_string(),
                         e.time.clone(),
@@ -2033,10 +2040,8 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                         e.kind.clone(),
                         e.subjects.join(" "),
                     ]
-                })
-                .collect();
-            table(&["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"], &rows);
-            Ok(())
+                },
+            )
         }
         AuditCmd::Checkpoint => {
             let c: CheckpointView = ctx.post("/v1/audit/checkpoint", &serde_json::json!({}))?;
