@@ -16,6 +16,7 @@ pub use revocation::{
     PublishedCrl, ocsp_error_der,
 };
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -62,6 +63,18 @@ pub struct Daemon {
     responder_lock: tokio::sync::Mutex<()>,
     /// Pre-signed OCSP answers, CRLs, the publish directory.
     rev: Arc<revocation::RevocationState>,
+    /// Issuer chosen and chain PEM per requested issuer, valid for one
+    /// [`Store::ca_generation`].
+    issuers: std::sync::Mutex<IssuerCache>,
+}
+
+/// Which CA issues for a requested issuer (or none: the default) and its
+/// chain PEM: a function of the CA table alone, so cached until the store
+/// says the CAs changed instead of read and encoded per issuance.
+#[derive(Default)]
+struct IssuerCache {
+    generation: u64,
+    chosen: HashMap<Option<String>, (String, Arc<str>)>,
 }
 
 fn err(kind: ErrorKind, m: impl Into<String>) -> ApiError {
@@ -259,6 +272,7 @@ impl Daemon {
             rng: ring::rand::SystemRandom::new(),
             responder_lock: tokio::sync::Mutex::new(()),
             rev: Arc::new(revocation::RevocationState::new()),
+            issuers: std::sync::Mutex::new(IssuerCache::default()),
         }
     }
 
@@ -791,6 +805,103 @@ impl Daemon {
         })
     }
 
+    /// The issuer for `chosen` (a CA id, or `None` for the only issuing
+    /// CA) and its chain PEM, from the cache while the CAs are unchanged.
+    fn issuer_and_chain(&self, chosen: Option<String>) -> Result<(String, Arc<str>), ApiError> {
+        // Read before the snapshot: if the CAs change meanwhile, what is
+        // cached below is at least as new as this generation says.
+        let generation = self.store.ca_generation();
+        {
+            let cache = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation == generation
+                && let Some((issuer, chain)) = cache.chosen.get(&chosen)
+            {
+                return Ok((issuer.clone(), chain.clone()));
+            }
+        }
+        let found = self.read_issuer_and_chain(chosen.as_deref())?;
+        let mut cache = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation {
+            cache.generation = generation;
+            cache.chosen.clear();
+        }
+        cache.chosen.insert(chosen, found.clone());
+        Ok(found)
+    }
+
+    /// [`Self::issuer_and_chain`] read from the store, in one snapshot: a
+    /// CA keeps its certificate under its id (a rotation registers a new
+    /// id), so the chain read before signing is the one that goes with
+    /// the certificate.
+    fn read_issuer_and_chain(&self, chosen: Option<&str>) -> Result<(String, Arc<str>), ApiError> {
+        let v = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let issuer = match chosen {
+            Some(i) => {
+                if !v
+                    .ca(i)
+                    .is_some_and(|c| c.status == castellan_proto::CaStatus::Active)
+                {
+                    return Err(refused(format!(
+                        "issuer {i:?} is not an active CA; see `castellanctl ca list`"
+                    )));
+                }
+                i.to_string()
+            }
+            None => {
+                let active: Vec<CaRecord> = v
+                    .cas()
+                    .into_iter()
+                    .filter(|c| c.status == castellan_proto::CaStatus::Active)
+                    .collect();
+                // Leaf issuance defaults to the only active CA without
+                // children of its own… keep it explicit when ambiguous.
+                let issuing: Vec<&CaRecord> = active
+                    .iter()
+                    .filter(|c| {
+                        !active
+                            .iter()
+                            .any(|d| d.parent.as_deref() == Some(c.ca_id.as_str()))
+                    })
+                    .collect();
+                match issuing.as_slice() {
+                    [one] => one.ca_id.clone(),
+                    [] => {
+                        return Err(refused(
+                            "no active CA yet: create one with a ceremony (`castellanctl ceremony open --purpose root …`)",
+                        ));
+                    }
+                    many => {
+                        return Err(bad(format!(
+                            "several CAs could issue ({}); choose one with --issuer",
+                            many.iter()
+                                .map(|c| c.ca_id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let mut pem = String::new();
+        let mut next = Some(issuer.clone());
+        while let Some(id) = next {
+            match v.ca(&id) {
+                Some(ca) if ca.parent.is_some() => {
+                    pem.push_str(&crate::pem::encode("CERTIFICATE", &ca.certificate_der));
+                    next = ca.parent;
+                }
+                _ => next = None,
+            }
+        }
+        if let Some(e) = v.error() {
+            return Err(err(ErrorKind::Internal, format!("event log: {e}")));
+        }
+        Ok((issuer, Arc::from(pem)))
+    }
+
     async fn refuse_issuance(&self, c: &Caller, reason: String) -> ApiError {
         self.metrics.refused.fetch_add(1, Ordering::Relaxed);
         let r = reason.clone();
@@ -842,82 +953,11 @@ impl Daemon {
                 )
                 .await);
         }
-        // One read for the issuer and its chain: a CA keeps its
-        // certificate under its id (a rotation registers a new id), so the
-        // chain read before signing is the one that goes with the
-        // certificate.
-        let (issuer, chain_pem) = {
-            let v = self
-                .store
-                .read()
-                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-            let chosen = r
-                .issuer
-                .clone()
-                .or_else(|| config.issuance.default_issuer.clone());
-            let issuer = match chosen {
-                Some(i) => {
-                    if !v
-                        .ca(&i)
-                        .is_some_and(|c| c.status == castellan_proto::CaStatus::Active)
-                    {
-                        return Err(refused(format!(
-                            "issuer {i:?} is not an active CA; see `castellanctl ca list`"
-                        )));
-                    }
-                    i
-                }
-                None => {
-                    let active: Vec<CaRecord> = v
-                        .cas()
-                        .into_iter()
-                        .filter(|c| c.status == castellan_proto::CaStatus::Active)
-                        .collect();
-                    // Leaf issuance defaults to the only active CA without
-                    // children of its own… keep it explicit when ambiguous.
-                    let issuing: Vec<&CaRecord> = active
-                        .iter()
-                        .filter(|c| {
-                            !active
-                                .iter()
-                                .any(|d| d.parent.as_deref() == Some(c.ca_id.as_str()))
-                        })
-                        .collect();
-                    match issuing.as_slice() {
-                        [one] => one.ca_id.clone(),
-                        [] => {
-                            return Err(refused(
-                                "no active CA yet: create one with a ceremony (`castellanctl ceremony open --purpose root …`)",
-                            ));
-                        }
-                        many => {
-                            return Err(bad(format!(
-                                "several CAs could issue ({}); choose one with --issuer",
-                                many.iter()
-                                    .map(|c| c.ca_id.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )));
-                        }
-                    }
-                }
-            };
-            let mut pem = String::new();
-            let mut next = Some(issuer.clone());
-            while let Some(id) = next {
-                match v.ca(&id) {
-                    Some(ca) if ca.parent.is_some() => {
-                        pem.push_str(&crate::pem::encode("CERTIFICATE", &ca.certificate_der));
-                        next = ca.parent;
-                    }
-                    _ => next = None,
-                }
-            }
-            if let Some(e) = v.error() {
-                return Err(err(ErrorKind::Internal, format!("event log: {e}")));
-            }
-            (issuer, pem)
-        };
+        let chosen = r
+            .issuer
+            .clone()
+            .or_else(|| config.issuance.default_issuer.clone());
+        let (issuer, chain_pem) = self.issuer_and_chain(chosen)?;
         let identity = r.identity.clone().unwrap_or_else(|| {
             parsed
                 .sans
@@ -1032,7 +1072,7 @@ impl Daemon {
             serial: hex::encode(&serial),
             issuer,
             certificate_pem: crate::pem::encode("CERTIFICATE", &der),
-            chain_pem,
+            chain_pem: chain_pem.to_string(),
             not_after: rfc3339(validity.not_after),
         })
     }

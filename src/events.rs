@@ -177,6 +177,12 @@ impl EventPayload {
 
     /// What the event is about, for `audit log --subject` (a serial in hex,
     /// a CA id, a ceremony id in hex, an identity).
+    /// Whether applying this event may change the CA table (`p.cas`):
+    /// caches of CA data are invalidated by these.
+    pub fn changes_cas(&self) -> bool {
+        matches!(self, EventPayload::CaRegistered { .. })
+    }
+
     pub fn subjects(&self) -> Vec<String> {
         match self {
             EventPayload::CeremonyOpened { ceremony_id, .. }
@@ -261,6 +267,35 @@ impl Event {
         }
     }
 
+    /// The event and its stored encoding (postcard of [`Event`]), encoded
+    /// once: postcard writes a struct as its fields in order, so the
+    /// stored form is the hashed body followed by the 32 octets of the
+    /// hash (a test holds both equal to the separate encodings).
+    pub fn sealed(
+        seq: u64,
+        time_ms: Millis,
+        actor: Actor,
+        payload: EventPayload,
+        prev_hash: [u8; 32],
+    ) -> Result<(Event, Vec<u8>), postcard::Error> {
+        let mut bytes = postcard::to_stdvec(&(seq, time_ms, &actor, &payload, &prev_hash))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(EVENT_DOMAIN);
+        ctx.update(&bytes);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(ctx.finish().as_ref());
+        bytes.extend_from_slice(&hash);
+        let ev = Event {
+            seq,
+            time_ms,
+            actor,
+            payload,
+            prev_hash,
+            hash,
+        };
+        Ok((ev, bytes))
+    }
+
     /// The hash recomputed from the content.
     pub fn computed_hash(&self) -> [u8; 32] {
         event_hash(
@@ -270,5 +305,56 @@ impl Event {
             &self.payload,
             &self.prev_hash,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_encoded_once_is_byte_for_byte_the_separate_hash_and_encoding() {
+        let actors = [
+            Actor::System,
+            Actor::Unix {
+                uid: 1000,
+                gid: 1000,
+                name: "alice".into(),
+            },
+        ];
+        let payloads = [
+            EventPayload::IssuanceRefused {
+                reason: "no".into(),
+            },
+            EventPayload::CertificateIssued {
+                request_id: [7; 16],
+                serial: vec![1, 2, 3],
+                certificate_der: (0..700u32).map(|i| i as u8).collect(),
+                signer_journal_seq: 300,
+            },
+            EventPayload::CaRegistered {
+                ca_id: "issuing-1".into(),
+                parent: Some("root-1".into()),
+                algorithm: Algorithm::EcdsaP256,
+                status: CaStatus::Active,
+                certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            },
+        ];
+        for (i, payload) in payloads.iter().enumerate() {
+            for actor in &actors {
+                let seq = 1 << (7 * i);
+                let prev = [i as u8; 32];
+                let (ev, bytes) =
+                    Event::sealed(seq, 1_700_000_000_000, actor.clone(), payload.clone(), prev)
+                        .expect("encodes");
+                let separate =
+                    Event::new(seq, 1_700_000_000_000, actor.clone(), payload.clone(), prev);
+                assert_eq!(ev, separate);
+                assert_eq!(ev.hash, ev.computed_hash());
+                assert_eq!(bytes, postcard::to_stdvec(&separate).expect("encodes"));
+                let back: Event = postcard::from_bytes(&bytes).expect("decodes");
+                assert_eq!(back, separate);
+            }
+        }
     }
 }

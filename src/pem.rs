@@ -5,25 +5,30 @@ use base64::engine::general_purpose::STANDARD;
 
 /// [`encode`] as bytes, written in one pass (CRLs run to tens of MiB).
 pub fn encode_bytes(label: &str, der: &[u8]) -> Vec<u8> {
-    let b64 = STANDARD.encode(der);
-    let mut out = Vec::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
-    out.extend_from_slice(format!("-----BEGIN {label}-----\n").as_bytes());
-    for chunk in b64.as_bytes().chunks(64) {
-        out.extend_from_slice(chunk);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
-    out
+    encode(label, der).into_bytes()
 }
 
+/// RFC 7468 text: base64 in lines of 64 characters, written into one
+/// buffer sized up front (no intermediate base64 string).
 pub fn encode(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    const TAIL: &str = "-----\n";
+    let b64_len = der.len().div_ceil(3) * 4;
+    let mut out = String::with_capacity(
+        BEGIN.len() + END.len() + 2 * (label.len() + TAIL.len()) + b64_len + b64_len / 64 + 1,
+    );
+    out.push_str(BEGIN);
+    out.push_str(label);
+    out.push_str(TAIL);
+    // 48 octets are exactly one 64-character line.
+    for chunk in der.chunks(48) {
+        STANDARD.encode_string(chunk, &mut out);
         out.push('\n');
     }
-    out.push_str(&format!("-----END {label}-----\n"));
+    out.push_str(END);
+    out.push_str(label);
+    out.push_str(TAIL);
     out
 }
 
@@ -44,9 +49,10 @@ pub fn decode(input: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
             let stop = rest
                 .find(&end)
                 .ok_or_else(|| format!("PEM block {label} has no END line"))?;
-            let b64: String = rest[..stop]
-                .chars()
-                .filter(|c| !c.is_whitespace())
+            let b64: Vec<u8> = rest.as_bytes()[..stop]
+                .iter()
+                .copied()
+                .filter(|c| !c.is_ascii_whitespace())
                 .collect();
             return STANDARD
                 .decode(b64)
@@ -57,4 +63,53 @@ pub fn decode(input: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
         "no PEM block of type {} found",
         labels.join(" or ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward RFC 7468 writer `encode` must match.
+    fn reference(label: &str, der: &[u8]) -> String {
+        let b64 = STANDARD.encode(der);
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    }
+
+    #[test]
+    fn encoding_matches_rfc_7468_lines_and_decodes_back_for_every_length() {
+        for n in 0..300usize {
+            let der: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let pem = encode("CERTIFICATE", &der);
+            assert_eq!(pem, reference("CERTIFICATE", &der), "length {n}");
+            assert_eq!(
+                encode_bytes("X509 CRL", &der),
+                reference("X509 CRL", &der).into_bytes()
+            );
+            assert_eq!(
+                decode(pem.as_bytes(), &["CERTIFICATE"]).expect("decodes"),
+                der
+            );
+        }
+    }
+
+    #[test]
+    fn decoding_ignores_crlf_and_refuses_bad_base64() {
+        let pem = encode("CERTIFICATE REQUEST", b"hello world").replace('\n', "\r\n");
+        assert_eq!(
+            decode(pem.as_bytes(), &["CERTIFICATE REQUEST"]).expect("CRLF"),
+            b"hello world"
+        );
+        let e = decode(
+            b"-----BEGIN CERTIFICATE REQUEST-----\n*\n-----END CERTIFICATE REQUEST-----\n",
+            &["CERTIFICATE REQUEST"],
+        )
+        .expect_err("bad base64");
+        assert!(e.contains("not valid base64"), "{e}");
+    }
 }

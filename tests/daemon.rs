@@ -993,3 +993,62 @@ fn ready_is_reported_only_once_the_admin_socket_accepts() {
     );
     assert!(still.is_ok(), "the first daemon stopped serving: {still:?}");
 }
+
+/// `castellanctl issue` without `--issuer`: castellan picks the issuer.
+fn issue_default(a: &Appliance, tag: &str) -> Out {
+    let key = a.path(&format!("{tag}.key"));
+    let out = a.path(&format!("{tag}.pem"));
+    a.ctl(&[
+        "issue",
+        "--generate-key",
+        "--subject",
+        &format!("CN={tag}.example"),
+        "--san",
+        &format!("DNS:{tag}.example"),
+        "--key-out",
+        key.to_str().unwrap(),
+        "--profile",
+        "server",
+        "--ttl",
+        "30",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn the_default_issuer_and_its_chain_follow_each_new_ca_at_once() {
+    let a = Appliance::start();
+    let (k, m) = issue_default(&a, "none").error();
+    assert_eq!(k, "refused", "{m}");
+    assert!(m.contains("no active CA yet"), "{m}");
+
+    // The root alone issues, with an empty chain; asked twice, so the
+    // second answer may come from what the first one looked up.
+    let root = a.open_root();
+    a.approve(&root, "alice").ok();
+    a.approve(&root, "bob").ok();
+    a.execute(&root, None).ok();
+    for tag in ["root-1", "root-2"] {
+        let v = issue_default(&a, tag).ok().json();
+        assert_eq!(v["issuer"], "root", "{v}");
+        assert_eq!(v["chain_pem"], "", "{v}");
+    }
+
+    // Once an intermediate exists it is the default, and its certificate
+    // is the chain: nothing looked up for the root alone is reused.
+    let inter = a.open_intermediate();
+    a.approve(&inter, "bob").ok();
+    a.approve(&inter, "carol").ok();
+    let issuing_pem = a.path("issuing.pem");
+    a.execute(&inter, Some(&issuing_pem)).ok();
+    let issuing_pem = std::fs::read_to_string(&issuing_pem).unwrap();
+    for tag in ["inter-1", "inter-2"] {
+        let v = issue_default(&a, tag).ok().json();
+        assert_eq!(v["issuer"], "issuing", "{v}");
+        assert_eq!(v["chain_pem"].as_str(), Some(issuing_pem.as_str()), "{v}");
+    }
+    let v = a.issue_generated("named", "named.example").ok().json();
+    assert_eq!(v["issuer"], "issuing", "{v}");
+    assert_eq!(v["chain_pem"].as_str(), Some(issuing_pem.as_str()), "{v}");
+}

@@ -875,3 +875,22 @@ fn a_new_store_file_is_private_and_a_foreign_file_is_refused_clearly() {
     assert!(err.contains("open in another process"), "{err}");
     drop(store);
 }
+
+#[test]
+fn the_ca_generation_changes_exactly_when_a_ca_is_registered_before_its_caller_hears() {
+    let (_dir, path) = temp();
+    let store = Store::open(&path, true).unwrap();
+    let g0 = store.ca_generation();
+    commit(&store, alice(), vec![refused("not a CA event")]);
+    commit(&store, alice(), vec![intent([1; 16], "a.example")]);
+    assert_eq!(
+        store.ca_generation(),
+        g0,
+        "issuance leaves cached CAs valid"
+    );
+    commit(&store, alice(), vec![ca("root-1", None)]);
+    let g1 = store.ca_generation();
+    assert_ne!(g1, g0, "a CA change is visible once its caller is answered");
+    commit(&store, alice(), vec![ca("issuing-1", Some("root-1"))]);
+    assert_ne!(store.ca_generation(), g1);
+}

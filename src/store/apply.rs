@@ -189,6 +189,9 @@ pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
                 certificate_der: certificate_der.clone(),
                 registered_seq: old.map_or(ev.seq, |o| o.registered_seq),
             };
+            // The only write to `p.cas`: another event that writes it must
+            // be listed in `EventPayload::changes_cas` (the daemon caches
+            // issuers and chains until that says the CAs changed).
             t.put(CAS, ca_id.as_bytes(), &enc(&r)?)?;
             if let Some(p) = parent {
                 edge(t, &ca_node(p), &node)?;

@@ -454,6 +454,8 @@ struct Head {
 struct Stats {
     commits: AtomicU64,
     commands: AtomicU64,
+    /// See [`Store::ca_generation`].
+    ca_generation: AtomicU64,
 }
 
 struct Writer {
@@ -511,7 +513,15 @@ impl Writer {
         }
         let n = batch.len() as u64;
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-        match self.write_batch(batch, &mut finishes) {
+        let mut cas_touched = false;
+        let written = self.write_batch(batch, &mut finishes, &mut cas_touched);
+        if cas_touched {
+            // Before any caller is answered: whoever is told a CA changed
+            // must not be served from a cache of the old CAs afterwards.
+            // (Also bumped for a batch that did not commit: harmless.)
+            self.stats.ca_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        match written {
             Ok(head) => {
                 self.head = head;
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +546,7 @@ impl Writer {
         &mut self,
         batch: Vec<Box<dyn Command>>,
         finishes: &mut Vec<Finish>,
+        cas_touched: &mut bool,
     ) -> Result<Head, String> {
         let mut pending = batch.into_iter();
         let fail_rest = |rest: std::vec::IntoIter<Box<dyn Command>>, why: &str| {
@@ -583,6 +594,7 @@ impl Writer {
                         outcome = Err(format!("a command met a read error: {why}"));
                         break;
                     }
+                    *cas_touched |= prepared.events.iter().any(EventPayload::changes_cas);
                     if let Err(why) = append(
                         &mut tables,
                         &mut head,
@@ -628,8 +640,8 @@ fn append(
 ) -> Result<(), String> {
     for payload in events {
         let time_ms = now.max(head.time_ms);
-        let ev = Event::new(head.next_seq, time_ms, actor.clone(), payload, head.hash);
-        let bytes = postcard::to_stdvec(&ev).map_err(|e| format!("encoding an event: {e}"))?;
+        let (ev, bytes) = Event::sealed(head.next_seq, time_ms, actor.clone(), payload, head.hash)
+            .map_err(|e| format!("encoding an event: {e}"))?;
         tables
             .events_mut()?
             .insert(ev.seq, bytes.as_slice())
@@ -1041,8 +1053,22 @@ impl Store {
                 }
             }
         }
-        txn.commit()
-            .map_err(|e| storage("committing the rebuilt projections", e))
+        let committed = txn
+            .commit()
+            .map_err(|e| storage("committing the rebuilt projections", e));
+        self.inner
+            .stats
+            .ca_generation
+            .fetch_add(1, Ordering::SeqCst);
+        committed
+    }
+
+    /// A number that changes whenever a committed write may have changed
+    /// the CA table (before the writer of that change is answered). Read
+    /// it *before* opening the snapshot a cache of CA data is filled from;
+    /// the cache is current while this number is unchanged.
+    pub fn ca_generation(&self) -> u64 {
+        self.inner.stats.ca_generation.load(Ordering::SeqCst)
     }
 
     /// Every projection table's raw entries in key order, tables in layout
