@@ -4,7 +4,7 @@
 //! run, plus the raw rate of durable 4 KiB append+fsync on the same disk
 //! (the ceiling of one commit per operation), probed just before each mode
 //! and at the end because a shared disk varies. A third row repeats group
-//! commit with `signer.connections = 64` (the default is 4), to show what
+//! commit with `signer.connections = 64` (the default is 32), to show what
 //! the signer pool's width costs. Prints a table and where the time and CPU
 //! went; asserts nothing.
 //!
@@ -28,7 +28,9 @@
 //! into DIR (`BENCH_PERF_CALLGRAPH=1` adds DWARF call graphs; profiling
 //! costs CPU, so rates measured with it are lower); `BENCH_MODES` (default
 //! all) a comma-separated subset of the modes' tags `group`, `single`,
-//! `group-64`, to compare one configuration before and after a change.
+//! `group-64`, to compare one configuration before and after a change;
+//! `BENCH_SIGNER_CONNECTIONS=N` runs the `group` row with
+//! `signer.connections = N` instead of the default (to choose a default).
 
 mod common;
 
@@ -989,6 +991,31 @@ fn main() -> ExitCode {
         eprintln!("BENCH_MODES selects none of the modes group, single, group-64");
         return ExitCode::from(2);
     }
+    let modes: Vec<Mode> = match std::env::var("BENCH_SIGNER_CONNECTIONS") {
+        Err(_) => modes,
+        Ok(n) => {
+            let Ok(n) = n.trim().parse::<u32>() else {
+                eprintln!("BENCH_SIGNER_CONNECTIONS must be a number (1 to 64), not {n:?}");
+                return ExitCode::from(2);
+            };
+            modes
+                .into_iter()
+                .map(|m| {
+                    if m.tag != "group" {
+                        return m;
+                    }
+                    Mode {
+                        signer_connections: Some(n),
+                        // Once per run, for the table.
+                        label: Box::leak(
+                            format!("group commit, signer.connections = {n}").into_boxed_str(),
+                        ),
+                        ..m
+                    }
+                })
+                .collect()
+        }
+    };
     let mut outcomes = Vec::new();
     for mode in modes {
         println!("\n== {} (load average {})", mode.label, loadavg());

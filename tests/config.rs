@@ -22,7 +22,7 @@ fn an_empty_file_gives_every_default() {
         c.signer.socket,
         Path::new("/run/castellan-signer/signer.sock")
     );
-    assert_eq!(c.signer.connections, 4);
+    assert_eq!(c.signer.connections, 32);
     assert_eq!(c.signer.request_timeout.as_millis(), 30_000);
     assert_eq!(c.admin.socket, Path::new("/run/castellan/admin.sock"));
     assert_eq!(c.admin.socket_mode, 0o660);
@@ -370,7 +370,7 @@ fn reload_accepts_new_https_certificate_paths_but_not_adding_https() {
 #[test]
 fn the_hash_is_stable_and_follows_the_effective_config() {
     let a = Config::parse("").unwrap();
-    let b = Config::parse("[signer]\nconnections = 4\n").unwrap();
+    let b = Config::parse("[signer]\nconnections = 32\n").unwrap();
     assert_eq!(a.sha256(), b.sha256());
     let c = Config::parse("[signer]\nconnections = 5\n").unwrap();
     assert_ne!(a.sha256(), c.sha256());
