@@ -1385,7 +1385,15 @@ impl Daemon {
         };
         let rel = format!("ca/{}.crt", ca.ca_id);
         let der = ca.certificate_der.clone();
-        let r = tokio::task::spawn_blocking(move || write_atomically(&dir, &rel, &der)).await;
+        // Asked for at every CRL: written (and synced) only when the file
+        // is missing or differs.
+        let r = tokio::task::spawn_blocking(move || {
+            if std::fs::read(dir.join(&rel)).is_ok_and(|d| d == der) {
+                return Ok(());
+            }
+            write_atomically(&dir, &rel, &der)
+        })
+        .await;
         if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
             tracing::warn!(ca = %ca.ca_id, "publishing the CA certificate: {e}");
         }
