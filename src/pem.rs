@@ -32,6 +32,23 @@ pub fn encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Where `"{prefix}{label}-----"` first starts in `text`, and where it
+/// ends; found without building the string.
+fn find_line(text: &str, prefix: &str, label: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(prefix) {
+        let start = from + at;
+        let rest = &text[start + prefix.len()..];
+        if let Some(tail) = rest.strip_prefix(label)
+            && tail.starts_with("-----")
+        {
+            return Some((start, start + prefix.len() + label.len() + 5));
+        }
+        from = start + prefix.len();
+    }
+    None
+}
+
 /// The DER inside the first PEM block with one of `labels`; if the input is
 /// not PEM at all it is returned as DER.
 pub fn decode(input: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
@@ -42,22 +59,18 @@ pub fn decode(input: &[u8], labels: &[&str]) -> Result<Vec<u8>, String> {
         return Ok(input.to_vec());
     }
     for label in labels {
-        let begin = format!("-----BEGIN {label}-----");
-        let end = format!("-----END {label}-----");
-        if let Some(start) = text.find(&begin) {
-            let rest = &text[start + begin.len()..];
-            let stop = rest
-                .find(&end)
-                .ok_or_else(|| format!("PEM block {label} has no END line"))?;
-            let b64: Vec<u8> = rest.as_bytes()[..stop]
-                .iter()
-                .copied()
-                .filter(|c| !c.is_ascii_whitespace())
-                .collect();
-            return STANDARD
-                .decode(b64)
-                .map_err(|e| format!("PEM block {label} is not valid base64: {e}"));
-        }
+        let Some((_, body_start)) = find_line(text, "-----BEGIN ", label) else {
+            continue;
+        };
+        let rest = &text[body_start..];
+        let (stop, _) = find_line(rest, "-----END ", label)
+            .ok_or_else(|| format!("PEM block {label} has no END line"))?;
+        let body = &rest.as_bytes()[..stop];
+        let mut b64 = Vec::with_capacity(body.len());
+        b64.extend(body.iter().copied().filter(|c| !c.is_ascii_whitespace()));
+        return STANDARD
+            .decode(&b64)
+            .map_err(|e| format!("PEM block {label} is not valid base64: {e}"));
     }
     Err(format!(
         "no PEM block of type {} found",
@@ -96,6 +109,25 @@ mod tests {
                 der
             );
         }
+    }
+
+    #[test]
+    fn decoding_takes_the_first_block_of_a_wanted_label_and_names_a_missing_end() {
+        let cert = encode("CERTIFICATE", b"cert");
+        let req = encode("NEW CERTIFICATE REQUEST", b"req");
+        let both = format!("junk -----BEGIN X-----\n{cert}{req}");
+        let labels = ["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"];
+        assert_eq!(decode(both.as_bytes(), &labels).expect("found"), b"req");
+        assert_eq!(
+            decode(both.as_bytes(), &["CERTIFICATE"]).expect("found"),
+            b"cert"
+        );
+        let e =
+            decode(b"-----BEGIN CERTIFICATE-----\nAAAA\n", &["CERTIFICATE"]).expect_err("no END");
+        assert!(e.contains("has no END line"), "{e}");
+        let e = decode(cert.as_bytes(), &labels).expect_err("other label");
+        assert!(e.contains("no PEM block of type"), "{e}");
+        assert_eq!(decode(b"\x30\x00", &labels).expect("DER"), b"\x30\x00");
     }
 
     #[test]
