@@ -276,6 +276,12 @@ async fn issuance_fails_closed_while_the_signer_is_down_and_works_again_after_a_
             Ok(Err(PoolError::Unavailable(_)))
         ));
     }
+    // A connection the calls above did not use learns of the signer's end
+    // when its reader next runs: wait (bounded) for that, do not race it.
+    let deadline = Instant::now() + DOWN_BOUND;
+    while pool.stats().connections_open != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(pool.stats().connections_open, 0);
 
     signer.launch();
