@@ -45,9 +45,8 @@ fn signer() -> &'static Signer {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
             .expect("a P-256 key");
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                .expect("the key just made");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("the key just made");
         // SubjectPublicKeyInfo { id-ecPublicKey, prime256v1 }, BIT STRING.
         let alg = tlv(
             0x30,
@@ -79,7 +78,10 @@ fn signed_csr(subject: &[u8], attributes: &[u8]) -> Vec<u8> {
         .concat(),
     );
     let sig = s.key.sign(&s.rng, &info).expect("signing");
-    let ecdsa_sha256 = tlv(0x30, &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+    let ecdsa_sha256 = tlv(
+        0x30,
+        &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+    );
     let mut bits = vec![0];
     bits.extend_from_slice(sig.as_ref());
     tlv(0x30, &[info, ecdsa_sha256, tlv(0x03, &bits)].concat())
@@ -105,7 +107,11 @@ fuzz_target!(|data: &[u8]| {
         let csr = signed_csr(subject, attributes);
         if let Ok(parsed) = parse(&csr) {
             check(&parsed);
-            assert_eq!(parsed.spki_der, signer().spki, "another key than the signed one");
+            assert_eq!(
+                parsed.spki_der,
+                signer().spki,
+                "another key than the signed one"
+            );
         }
     }
 });
