@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bins, ISSUING_CA, Proc, ROOT_CA, binaries, env_num, loadavg, wait_for};
+use common::{
+    Bins, ISSUING_CA, Proc, ROOT_CA, binaries, ceremony, env_num, loadavg, start_signer, wait_for,
+};
 
 use bytes::Bytes;
 use castellan::admin_client::AdminClient;
@@ -335,46 +337,6 @@ fn ctl(s: &Setup, sock: &Path, args: &[&str]) -> Result<String, String> {
     )
 }
 
-fn json_id(text: &str) -> Result<String, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("castellanctl --json: {e}: {text}"))?;
-    v.get("id")
-        .and_then(|i| i.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| format!("no id in {text}"))
-}
-
-fn ceremony(
-    s: &Setup,
-    sock: &Path,
-    dir: &Path,
-    open: &[&str],
-    who: [&str; 2],
-) -> Result<(), String> {
-    let mut args = vec!["--json", "ceremony", "open"];
-    args.extend_from_slice(open);
-    let id = json_id(&ctl(s, sock, &args)?)?;
-    for w in who {
-        let key = dir.join(format!("{w}.key"));
-        let pass = dir.join(format!("{w}.pass"));
-        ctl(
-            s,
-            sock,
-            &[
-                "ceremony",
-                "approve",
-                &id,
-                "--key",
-                &key.to_string_lossy(),
-                "--passphrase-file",
-                &pass.to_string_lossy(),
-            ],
-        )?;
-    }
-    ctl(s, sock, &["ceremony", "execute", &id])?;
-    Ok(())
-}
-
 fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
     let group_commit = mode.group_commit;
     let dir = s.base.join(mode.tag);
@@ -383,55 +345,8 @@ fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
     let uid = nix::unistd::getuid().as_raw();
 
     // Custodians and the signer.
-    for who in ["alice", "bob", "carol"] {
-        std::fs::write(
-            p(&format!("{who}.pass")),
-            format!("{who}-bench-passphrase\n"),
-        )
-        .map_err(|e| e.to_string())?;
-        run(
-            Command::new(&s.bins.ctl)
-                .args(["custodian", "keygen", "--name", who, "--out"])
-                .arg(p(&format!("{who}.key")))
-                .arg("--passphrase-file")
-                .arg(p(&format!("{who}.pass"))),
-            "castellanctl custodian keygen",
-        )?;
-    }
-    std::fs::write(p("store.pass"), "bench-store-passphrase\n").map_err(|e| e.to_string())?;
+    let mut signer = start_signer(&s.bins, &dir)?;
     let signer_sock = p("signer.sock");
-    std::fs::write(
-        p("signer.toml"),
-        format!(
-            "state_dir = \"{}\"\nsocket = \"{}\"\ndaemon_uid = {uid}\n[backend]\nkind = \"soft\"\npassphrase_file = \"{}\"\n",
-            p("signer").display(),
-            signer_sock.display(),
-            p("store.pass").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut init = Command::new(&s.bins.signer);
-    init.args(["init", "--config"])
-        .arg(p("signer.toml"))
-        .args(["--threshold", "2"]);
-    for who in ["alice", "bob", "carol"] {
-        init.arg("--custodian")
-            .arg(format!("{who}={}", p(&format!("{who}.key.pub")).display()));
-    }
-    run(&mut init, "castellan-signer init")?;
-    let signer_log = p("signer.log");
-    let mut signer = Proc {
-        name: "castellan-signer",
-        child: Command::new(&s.bins.signer)
-            .args(["run", "--config"])
-            .arg(p("signer.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&signer_log).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("castellan-signer run: {e}"))?,
-    };
-    wait_for(&signer_sock, "castellan-signer", &signer_log, WAIT_READY)?;
 
     // The daemon.
     let admin_sock = p("admin.sock");
@@ -473,8 +388,9 @@ fn run_mode(s: &Setup, mode: Mode) -> Result<Outcome, String> {
     }
 
     // Root and issuing CA, 2 of 3 each.
-    ceremony(s, &admin_sock, &dir, ROOT_CA.0, ROOT_CA.1)?;
-    ceremony(s, &admin_sock, &dir, ISSUING_CA.0, ISSUING_CA.1)?;
+    let ctl_json = |a: &[&str]| ctl(s, &admin_sock, &[&["--json"][..], a].concat());
+    ceremony(&ctl_json, &dir, ROOT_CA.0, ROOT_CA.1)?;
+    ceremony(&ctl_json, &dir, ISSUING_CA.0, ISSUING_CA.1)?;
 
     // One issuance checked in full before the load.
     let first: IssuedView = admin

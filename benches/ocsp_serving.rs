@@ -54,7 +54,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Bins, ISSUING_CA, Proc, ROOT_CA, binaries, env_num, loadavg, run_limited as run};
+use common::{
+    Bins, ISSUING_CA, Proc, ROOT_CA, binaries, ceremony, env_num, loadavg, run_limited as run,
+    start_signer,
+};
 
 use base64::Engine;
 use castellan::admin_client::{AdminClient, encode_component};
@@ -292,95 +295,12 @@ fn ctl(bins: &Bins, sock: &Path, args: &[&str]) -> Result<String, String> {
     )
 }
 
-fn ceremony(
-    bins: &Bins,
-    sock: &Path,
-    dir: &Path,
-    open: &[&str],
-    who: [&str; 2],
-) -> Result<(), String> {
-    let mut args = vec!["ceremony", "open"];
-    args.extend_from_slice(open);
-    let text = ctl(bins, sock, &args)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("ceremony open: {e}: {text}"))?;
-    let id = v
-        .get("id")
-        .and_then(|i| i.as_str())
-        .ok_or_else(|| format!("no ceremony id in {text}"))?
-        .to_string();
-    for w in who {
-        let key = dir.join(format!("{w}.key"));
-        let pass = dir.join(format!("{w}.pass"));
-        ctl(
-            bins,
-            sock,
-            &[
-                "ceremony",
-                "approve",
-                &id,
-                "--key",
-                &key.to_string_lossy(),
-                "--passphrase-file",
-                &pass.to_string_lossy(),
-            ],
-        )?;
-    }
-    ctl(bins, sock, &["ceremony", "execute", &id])?;
-    Ok(())
-}
-
 fn start_castellan(bins: &Bins, dir: &Path) -> Result<Castellan, String> {
     let p = |name: &str| dir.join(name);
     let uid = nix::unistd::getuid().as_raw();
     let io = |e: std::io::Error| e.to_string();
-    for who in ["alice", "bob", "carol"] {
-        std::fs::write(
-            p(&format!("{who}.pass")),
-            format!("{who}-bench-passphrase\n"),
-        )
-        .map_err(io)?;
-        run(
-            Command::new(&bins.ctl)
-                .args(["custodian", "keygen", "--name", who, "--out"])
-                .arg(p(&format!("{who}.key")))
-                .arg("--passphrase-file")
-                .arg(p(&format!("{who}.pass"))),
-            "castellanctl custodian keygen",
-            Duration::from_secs(120),
-        )?;
-    }
-    std::fs::write(p("store.pass"), "bench-store-passphrase\n").map_err(io)?;
+    let signer = start_signer(bins, dir)?;
     let signer_sock = p("signer.sock");
-    std::fs::write(
-        p("signer.toml"),
-        format!(
-            "state_dir = \"{}\"\nsocket = \"{}\"\ndaemon_uid = {uid}\n[backend]\nkind = \"soft\"\npassphrase_file = \"{}\"\n",
-            p("signer").display(),
-            signer_sock.display(),
-            p("store.pass").display()
-        ),
-    )
-    .map_err(io)?;
-    let mut init = Command::new(&bins.signer);
-    init.args(["init", "--config"])
-        .arg(p("signer.toml"))
-        .args(["--threshold", "2"]);
-    for who in ["alice", "bob", "carol"] {
-        init.arg("--custodian")
-            .arg(format!("{who}={}", p(&format!("{who}.key.pub")).display()));
-    }
-    run(&mut init, "castellan-signer init", Duration::from_secs(120))?;
-    let signer_log = p("signer.log");
-    let mut signer = Proc::spawn(
-        "castellan-signer",
-        Command::new(&bins.signer)
-            .args(["run", "--config"])
-            .arg(p("signer.toml"))
-            .env_remove("JOURNAL_STREAM"),
-        &signer_log,
-    )?;
-    wait_for_file(&signer_sock, &mut signer, &signer_log)?;
 
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -415,8 +335,9 @@ fn start_castellan(bins: &Bins, dir: &Path) -> Result<Castellan, String> {
     if !status.signer_reachable {
         return Err("the daemon does not reach the signer".into());
     }
-    ceremony(bins, &admin_sock, dir, ROOT_CA.0, ROOT_CA.1)?;
-    ceremony(bins, &admin_sock, dir, ISSUING_CA.0, ISSUING_CA.1)?;
+    let ctl_json = |a: &[&str]| ctl(bins, &admin_sock, a);
+    ceremony(&ctl_json, dir, ROOT_CA.0, ROOT_CA.1)?;
+    ceremony(&ctl_json, dir, ISSUING_CA.0, ISSUING_CA.1)?;
     Ok(Castellan {
         _signer: signer,
         daemon,

@@ -65,9 +65,9 @@
 //! state directories; the default temp dir), `BENCH_KEEP=1` (keep them),
 //! `BENCH_PERF=DIR`.
 //!
-//! Helpers copied from `benches/issuance.rs` (to be shared later): `env_num`,
-//! `loadavg`, `Proc`, `run`, `wait_for`, `binaries`, `newest`, `json_id`,
-//! `ceremony`, the signer/daemon start-up sequence and `metrics`.
+//! Shared with the other benchmarks (`benches/common`): `env_num`,
+//! `loadavg`, `Proc`, `run_limited`, `wait_for`, `binaries`, the signer's
+//! set-up and start (`start_signer`), `ceremony` and the CA arguments.
 
 mod common;
 
@@ -388,64 +388,8 @@ impl Instance {
     }
 
     fn start_signer(&mut self) -> Result<(), String> {
-        let uid = nix::unistd::getuid().as_raw();
-        for who in ["alice", "bob", "carol"] {
-            std::fs::write(
-                self.p(&format!("{who}.pass")),
-                format!("{who}-bench-passphrase\n"),
-            )
-            .map_err(|e| e.to_string())?;
-            run(
-                Command::new(&self.bins.ctl)
-                    .args(["custodian", "keygen", "--name", who, "--out"])
-                    .arg(self.p(&format!("{who}.key")))
-                    .arg("--passphrase-file")
-                    .arg(self.p(&format!("{who}.pass"))),
-                "castellanctl custodian keygen",
-            )?;
-        }
-        std::fs::write(self.p("store.pass"), "bench-store-passphrase\n")
-            .map_err(|e| e.to_string())?;
-        let signer_sock = self.p("signer.sock");
-        std::fs::write(
-            self.p("signer.toml"),
-            format!(
-                "state_dir = \"{}\"\nsocket = \"{}\"\ndaemon_uid = {uid}\n[backend]\nkind = \"soft\"\npassphrase_file = \"{}\"\n",
-                self.p("signer").display(),
-                signer_sock.display(),
-                self.p("store.pass").display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut init = Command::new(&self.bins.signer);
-        init.args(["init", "--config"])
-            .arg(self.p("signer.toml"))
-            .args(["--threshold", "2"]);
-        for who in ["alice", "bob", "carol"] {
-            init.arg("--custodian").arg(format!(
-                "{who}={}",
-                self.p(&format!("{who}.key.pub")).display()
-            ));
-        }
-        run(&mut init, "castellan-signer init")?;
-        let signer_log = self.p("signer.log");
-        self.signer = Some(Proc {
-            name: "castellan-signer",
-            child: Command::new(&self.bins.signer)
-                .args(["run", "--config"])
-                .arg(self.p("signer.toml"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&signer_log).map_err(|e| e.to_string())?)
-                .spawn()
-                .map_err(|e| format!("castellan-signer run: {e}"))?,
-        });
-        wait_for(
-            &signer_sock,
-            "castellan-signer",
-            &signer_log,
-            Duration::from_secs(30),
-        )
+        self.signer = Some(common::start_signer(&self.bins, &self.dir)?);
+        Ok(())
     }
 
     /// Starts the daemon (`http`: the public listener and OCSP) and waits
@@ -526,24 +470,8 @@ impl Instance {
     }
 
     fn ceremony(&self, open: &[&str], who: [&str; 2]) -> Result<(), String> {
-        let mut args = vec!["--json", "ceremony", "open"];
-        args.extend_from_slice(open);
-        let id = json_id(&self.ctl(&args)?)?;
-        for w in who {
-            let key = self.p(&format!("{w}.key"));
-            let pass = self.p(&format!("{w}.pass"));
-            self.ctl(&[
-                "ceremony",
-                "approve",
-                &id,
-                "--key",
-                &key.to_string_lossy(),
-                "--passphrase-file",
-                &pass.to_string_lossy(),
-            ])?;
-        }
-        self.ctl(&["ceremony", "execute", &id])?;
-        Ok(())
+        let ctl_json = |a: &[&str]| self.ctl(&[&["--json"][..], a].concat());
+        common::ceremony(&ctl_json, &self.dir, open, who)
     }
 
     fn make_cas(&self) -> Result<(), String> {
@@ -627,15 +555,6 @@ impl Instance {
             .map_err(|e| e.to_string())?;
         Ok(path)
     }
-}
-
-fn json_id(text: &str) -> Result<String, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("castellanctl --json: {e}: {text}"))?;
-    v.get("id")
-        .and_then(|i| i.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| format!("no id in {text}"))
 }
 
 // ---------------------------------------------------------------------------

@@ -243,3 +243,104 @@ pub const ISSUING_CA: (&[&str], [&str; 2]) = (
     ],
     ["bob", "carol"],
 );
+
+/// The custodians every benchmark enrols: 2 of these 3 approve ceremonies.
+pub const CUSTODIANS: [&str; 3] = ["alice", "bob", "carol"];
+
+/// Bound of each set-up command and of the signer's start.
+const SETUP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Custodian keys for [`CUSTODIANS`] (`{who}.key`, `.key.pub`, `.pass`), a
+/// soft-backend `castellan-signer` initialised in `dir` with 2 of them
+/// (`signer.toml`, `store.pass`, `signer/`), then started: its socket is
+/// `dir/signer.sock`, its log `dir/signer.log`.
+pub fn start_signer(bins: &Bins, dir: &Path) -> Result<Proc, String> {
+    let p = |name: &str| dir.join(name);
+    let io = |e: std::io::Error| e.to_string();
+    for who in CUSTODIANS {
+        std::fs::write(
+            p(&format!("{who}.pass")),
+            format!("{who}-bench-passphrase\n"),
+        )
+        .map_err(io)?;
+        run_limited(
+            Command::new(&bins.ctl)
+                .args(["custodian", "keygen", "--name", who, "--out"])
+                .arg(p(&format!("{who}.key")))
+                .arg("--passphrase-file")
+                .arg(p(&format!("{who}.pass"))),
+            "castellanctl custodian keygen",
+            SETUP_LIMIT,
+        )?;
+    }
+    std::fs::write(p("store.pass"), "bench-store-passphrase\n").map_err(io)?;
+    let socket = p("signer.sock");
+    std::fs::write(
+        p("signer.toml"),
+        format!(
+            "state_dir = \"{}\"\nsocket = \"{}\"\ndaemon_uid = {}\n[backend]\nkind = \"soft\"\npassphrase_file = \"{}\"\n",
+            p("signer").display(),
+            socket.display(),
+            nix::unistd::getuid().as_raw(),
+            p("store.pass").display()
+        ),
+    )
+    .map_err(io)?;
+    let mut init = Command::new(&bins.signer);
+    init.args(["init", "--config"])
+        .arg(p("signer.toml"))
+        .args(["--threshold", "2"]);
+    for who in CUSTODIANS {
+        init.arg("--custodian")
+            .arg(format!("{who}={}", p(&format!("{who}.key.pub")).display()));
+    }
+    run_limited(&mut init, "castellan-signer init", SETUP_LIMIT)?;
+    let log = p("signer.log");
+    let signer = Proc::spawn(
+        "castellan-signer",
+        Command::new(&bins.signer)
+            .args(["run", "--config"])
+            .arg(p("signer.toml"))
+            .env_remove("JOURNAL_STREAM"),
+        &log,
+    )?;
+    wait_for(&socket, "castellan-signer", &log, SETUP_LIMIT)?;
+    Ok(signer)
+}
+
+/// A ceremony run to its end: opened with the `castellanctl ceremony open`
+/// arguments `open`, approved by `who` with their key files in `dir`,
+/// executed. `ctl_json` runs `castellanctl --json` (with the daemon's
+/// socket) with the arguments given.
+pub fn ceremony(
+    ctl_json: &dyn Fn(&[&str]) -> Result<String, String>,
+    dir: &Path,
+    open: &[&str],
+    who: [&str; 2],
+) -> Result<(), String> {
+    let mut args = vec!["ceremony", "open"];
+    args.extend_from_slice(open);
+    let text = ctl_json(&args)?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("castellanctl --json ceremony open: {e}: {text}"))?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .ok_or_else(|| format!("no ceremony id in {text}"))?
+        .to_string();
+    for w in who {
+        let key = dir.join(format!("{w}.key"));
+        let pass = dir.join(format!("{w}.pass"));
+        ctl_json(&[
+            "ceremony",
+            "approve",
+            &id,
+            "--key",
+            &key.to_string_lossy(),
+            "--passphrase-file",
+            &pass.to_string_lossy(),
+        ])?;
+    }
+    ctl_json(&["ceremony", "execute", &id])?;
+    Ok(())
+}
