@@ -1095,7 +1095,60 @@ pub async fn serve_listener<B: AdminBackend>(
     shutdown: impl Future,
 ) {
     let settings = settings.into();
-    // Fixed at start: a reload cannot change the connection limit.
+    let s = settings.clone();
+    accept_loop(
+        "admin socket",
+        listener,
+        &settings,
+        shutdown,
+        move |stream: UnixStream, _, stop, permit| {
+            connection(backend.clone(), s.clone(), stream, stop, permit)
+        },
+    )
+    .await;
+}
+
+/// A listener the admin API accepts connections on (the Unix socket, the
+/// mutual-TLS TCP listener).
+pub(crate) trait Listener {
+    type Stream;
+    type Peer: std::fmt::Debug;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+    fn accept(&self) -> impl Future<Output = io::Result<(UnixStream, Self::Peer)>> + Send {
+        UnixListener::accept(self)
+    }
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Peer = std::net::SocketAddr;
+    fn accept(
+        &self,
+    ) -> impl Future<Output = io::Result<(tokio::net::TcpStream, Self::Peer)>> + Send {
+        tokio::net::TcpListener::accept(self)
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served by
+/// `serve` in a task of its own, at most `max_connections` at once (fixed at
+/// start: a reload cannot change it; one over is closed at once). Then stops
+/// listening, tells the connections to stop and lets in-flight requests
+/// finish ([`drain`]).
+pub(crate) async fn accept_loop<L, F>(
+    what: &'static str,
+    listener: L,
+    settings: &Shared<AdminSettings>,
+    shutdown: impl Future,
+    serve: impl Fn(L::Stream, L::Peer, watch::Receiver<bool>, OwnedSemaphorePermit) -> F,
+) where
+    L: Listener,
+    F: Future<Output = ()> + Send + 'static,
+{
     let max_connections = settings.current().max_connections;
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1106,26 +1159,21 @@ pub async fn serve_listener<B: AdminBackend>(
             _ = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(
                             max = max_connections,
-                            "admin socket: connection limit reached; closing a new connection"
+                            ?peer,
+                            "{what}: connection limit reached; closing a new connection"
                         );
                         drop(stream);
                         continue;
                     };
-                    tasks.spawn(connection(
-                        backend.clone(),
-                        settings.clone(),
-                        stream,
-                        stop_rx.clone(),
-                        permit,
-                    ));
+                    tasks.spawn(serve(stream, peer, stop_rx.clone(), permit));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "admin socket: accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -1138,7 +1186,7 @@ pub async fn serve_listener<B: AdminBackend>(
 
 /// Lets in-flight requests finish (they were told to stop), for at most one
 /// request time.
-pub(crate) async fn drain(mut tasks: JoinSet<()>, request_timeout: Duration) {
+async fn drain(mut tasks: JoinSet<()>, request_timeout: Duration) {
     let grace = request_timeout + Duration::from_secs(1);
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await

@@ -34,10 +34,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::{AdminBackend, AdminSettings, Call, Identify, Peer, Shared, drain, serve_http};
+use super::{AdminBackend, AdminSettings, Call, Identify, Peer, Shared, accept_loop, serve_http};
 use crate::api::{CertView, Role};
 use crate::config::{AdminHttps, ConfigError};
 use crate::daemon::Caller;
@@ -187,45 +186,25 @@ pub async fn serve_tls_listener<B: AdminBackend>(
     shutdown: impl Future,
 ) {
     let (settings, tls) = (settings.into(), tls.into());
-    let max_connections = settings.current().max_connections;
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tracing::warn!(
-                            max = max_connections,
-                            %addr,
-                            "admin mTLS: connection limit reached; closing a new connection"
-                        );
-                        continue;
-                    };
-                    tasks.spawn(connection(
-                        backend.clone(),
-                        settings.clone(),
-                        tls.clone(),
-                        stream,
-                        addr,
-                        stop_rx.clone(),
-                        permit,
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin mTLS: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    drain(tasks, settings.current().request_timeout).await;
+    let s = settings.clone();
+    accept_loop(
+        "admin mTLS",
+        listener,
+        &settings,
+        shutdown,
+        move |stream: TcpStream, addr, stop, permit| {
+            connection(
+                backend.clone(),
+                s.clone(),
+                tls.clone(),
+                stream,
+                addr,
+                stop,
+                permit,
+            )
+        },
+    )
+    .await;
 }
 
 async fn connection<B: AdminBackend>(
