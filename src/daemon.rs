@@ -16,15 +16,15 @@ pub use revocation::{
     PublishedCrl, ocsp_error_der,
 };
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use castellan_proto::{
     Algorithm, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
-    CrossSignParams, Custodian, CustodianSet, DistinguishedName, JournalWindow, NameAttribute,
-    QuorumProof, Request, Response, RevocationReason, RotateParams, SignatureKind, SignedSubject,
-    SubjectAltName, Urls, Validity, statement, statement_digest,
+    CrossSignParams, Custodian, CustodianSet, DistinguishedName, IntentFound, IntentQuery,
+    IntentTemplate, MAX_INTENT_QUERY, NameAttribute, QuorumProof, Request, Response,
+    RevocationReason, RotateParams, SubjectAltName, Urls, Validity, statement, statement_digest,
 };
 use ring::rand::SecureRandom;
 
@@ -32,7 +32,9 @@ use crate::api::*;
 use crate::config::Config;
 use crate::events::{Actor, Event, EventPayload, RequestId};
 use crate::signer_pool::{PoolError, SignerPool};
-use crate::store::records::{CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState};
+use crate::store::records::{
+    CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState, IntentRecord,
+};
 use crate::store::{CertFilter, Decision, EventFilter, ExecError, ReadView, Store};
 
 /// The authenticated caller of a request.
@@ -66,6 +68,24 @@ pub struct Daemon {
     /// Issuer chosen and chain PEM per requested issuer, valid for one
     /// [`Store::ca_generation`].
     issuers: std::sync::Mutex<IssuerCache>,
+    /// Issuance intents whose `issue` call is still running here: never
+    /// reconciled against the signer's journal, their result is coming.
+    in_flight: std::sync::Mutex<HashSet<RequestId>>,
+}
+
+/// Keeps an intent in [`Daemon::in_flight`] until dropped.
+struct InFlight<'a> {
+    set: &'a std::sync::Mutex<HashSet<RequestId>>,
+    id: RequestId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        match self.set.lock() {
+            Ok(mut s) => s.remove(&self.id),
+            Err(p) => p.into_inner().remove(&self.id),
+        };
+    }
 }
 
 /// Which CA issues for a requested issuer (or none: the default) and its
@@ -273,6 +293,14 @@ impl Daemon {
             responder_lock: tokio::sync::Mutex::new(()),
             rev: Arc::new(revocation::RevocationState::new()),
             issuers: std::sync::Mutex::new(IssuerCache::default()),
+            in_flight: std::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<RequestId>> {
+        match self.in_flight.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
         }
     }
 
@@ -375,55 +403,65 @@ impl Daemon {
         self.reconcile_intents().await
     }
 
-    /// Intents without a result: ask the signer's journal what the issuer
-    /// signed since the intent; an unknown serial there means the
-    /// certificate exists (possibly issued); nothing there means it does not.
+    /// Intents without a result whose `issue` is no longer running here
+    /// (the daemon crashed, or the signer's answer was lost): the signer's
+    /// journal says exactly which certificate each became, if any. The signer
+    /// closes every intent it reports unsigned, so a request for it still on
+    /// its way is refused rather than signed after the log says "not issued";
+    /// intents it is still signing are left for the next round.
     pub async fn reconcile_intents(&self) -> Result<(), ApiError> {
         let pending = self
             .store
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
             .pending_intents();
-        if pending.is_empty() {
+        let candidates: Vec<IntentRecord> = {
+            let running = self.in_flight();
+            pending
+                .into_iter()
+                .filter(|i| !running.contains(&i.request_id))
+                .collect()
+        };
+        if candidates.is_empty() {
             return Ok(());
         }
-        let since = pending.iter().map(|i| i.time_ms).min().unwrap_or(0) - 5_000;
-        let Response::Journal { records } = self
-            .signer(Request::ExportJournal(JournalWindow {
+        let mut found: HashMap<RequestId, IntentFound> = HashMap::new();
+        let mut busy: HashSet<RequestId> = HashSet::new();
+        for chunk in candidates.chunks(MAX_INTENT_QUERY) {
+            let since = chunk.iter().map(|i| i.time_ms).min().unwrap_or(0) - 5_000;
+            let query = IntentQuery {
                 since,
-                until: now_ms() + 60_000,
-            }))
-            .await?
-        else {
-            return Err(err(
-                ErrorKind::Internal,
-                "unexpected answer to ExportJournal",
-            ));
-        };
+                intents: chunk.iter().map(|i| i.request_id).collect(),
+            };
+            let Response::IntentsFound {
+                found: f,
+                in_progress,
+            } = self.signer(Request::FindIntents(query)).await?
+            else {
+                return Err(err(ErrorKind::Internal, "unexpected answer to FindIntents"));
+            };
+            busy.extend(in_progress);
+            for x in f {
+                found.insert(x.intent, x);
+            }
+        }
+        let asked: HashSet<RequestId> = candidates.iter().map(|i| i.request_id).collect();
         self.store
             .execute(Actor::System, move |v: &dyn ReadView| {
                 let mut events = Vec::new();
-                let mut used: Vec<Vec<u8>> = Vec::new();
                 let mut intents = v.pending_intents();
                 intents.sort_by_key(|i| i.seq);
                 for intent in intents {
-                    let serial = records
-                        .iter()
-                        .filter(|r| {
-                            r.kind == SignatureKind::Certificate
-                                && r.key_id == intent.issuer
-                                && r.time_ms >= intent.time_ms - 1_000
-                        })
-                        .filter_map(|r| match &r.subject {
-                            SignedSubject::Serial(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .find(|s| v.cert(s).is_none() && !used.contains(s));
-                    if let Some(s) = &serial {
-                        used.push(s.clone());
+                    let id = intent.request_id;
+                    if !asked.contains(&id) || busy.contains(&id) {
+                        continue;
                     }
+                    let serial = found
+                        .get(&id)
+                        .filter(|f| f.issuer == intent.issuer && v.cert(&f.serial).is_none())
+                        .map(|f| f.serial.clone());
                     events.push(EventPayload::IssuanceRecovered {
-                        request_id: intent.request_id,
+                        request_id: id,
                         serial,
                     });
                 }
@@ -998,7 +1036,15 @@ impl Daemon {
             ca: false,
             urls,
         };
-        // Intent before sign.
+        // Intent before sign. While this call runs, the intent is not
+        // reconciled: its result is coming from here.
+        let _running = {
+            self.in_flight().insert(request_id);
+            InFlight {
+                set: &self.in_flight,
+                id: request_id,
+            }
+        };
         let intent = EventPayload::IssuanceIntended {
             request_id,
             issuer: issuer.clone(),
@@ -1017,7 +1063,13 @@ impl Daemon {
             })
             .await
             .map_err(exec_err)?;
-        let cert = match self.signer(Request::IssueCertificate(template)).await {
+        let cert = match self
+            .signer(Request::IssueCertificateForIntent(IntentTemplate {
+                intent: request_id,
+                template,
+            }))
+            .await
+        {
             Ok(Response::Certificate(cert)) => cert,
             Ok(_) => {
                 return Err(err(

@@ -264,9 +264,10 @@ async fn run(
             tick.tick().await;
             loop {
                 tick.tick().await;
+                // A failed sync (signer down, an intent it cannot settle)
+                // must not stop the checkpoints: they are independent.
                 if let Err(e) = daemon.sync_signer().await {
                     tracing::warn!("signer sync: {e}");
-                    continue;
                 }
                 if let Err(e) = daemon.checkpoint(&system).await {
                     tracing::warn!("checkpoint: {e}");

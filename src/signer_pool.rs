@@ -507,7 +507,10 @@ fn answer_check(request: &Request) -> fn(&Response) -> bool {
     match request {
         Request::Status => |r| matches!(r, Response::Status(_)),
         Request::PublicKeys => |r| matches!(r, Response::PublicKeys(_)),
-        Request::IssueCertificate(_) => |r| matches!(r, Response::Certificate(_)),
+        Request::IssueCertificate(_) | Request::IssueCertificateForIntent(_) => {
+            |r| matches!(r, Response::Certificate(_))
+        }
+        Request::FindIntents(_) => |r| matches!(r, Response::IntentsFound { .. }),
         Request::Ceremony { .. } => |r| matches!(r, Response::Ceremony(_)),
         Request::SignCrl(_) | Request::SignStagedCrl(_) => {
             |r| matches!(r, Response::Crl { .. } | Response::CrlStored { .. })
@@ -773,6 +776,7 @@ fn response_kind(r: &Response) -> &'static str {
         Response::CrlStaged { .. } => "a count of staged CRL entries",
         Response::CrlStored { .. } => "a stored CRL's length and digest",
         Response::CrlPart { .. } => "part of a CRL",
+        Response::IntentsFound { .. } => "the intents found in the journal",
     }
 }
 

@@ -30,7 +30,9 @@
 //!                       2 crl number:  u64
 //!                       3 checkpoint:  u64
 //!   tbs_sha256   [32]   SHA-256 of the exact to-be-signed octets
-//!   ceremony     u8     0 = none, 1 = followed by the 16-octet ceremony id
+//!   reference    u8     0 = none, 1 = followed by the 16-octet ceremony id,
+//!                       2 = followed by the 16-octet issuance intent id
+//!                           (the daemon's, see `IssueCertificateForIntent`)
 //!   prev_hash    [32]   hash of the previous record; 32 zero octets for seq 0
 //! ```
 //!
@@ -95,7 +97,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use castellan_proto::{
-    CeremonyId, JournalRecord, JournalWindow, SignatureKind, SignedSubject, UnixMillis,
+    CeremonyId, IntentFound, IntentId, JournalRecord, JournalWindow, SignatureKind, SignedSubject,
+    UnixMillis,
 };
 use sha2::{Digest, Sha256};
 
@@ -132,6 +135,8 @@ pub struct NewRecord {
     pub subject: SignedSubject,
     pub tbs_sha256: [u8; 32],
     pub ceremony_id: Option<CeremonyId>,
+    /// The daemon's issuance intent (never together with a ceremony id).
+    pub intent: Option<IntentId>,
 }
 
 /// Result of [`verify_file`].
@@ -273,12 +278,17 @@ fn validate(r: &NewRecord) -> Result<(), JournalError> {
             s.len()
         )));
     }
+    if r.ceremony_id.is_some() && r.intent.is_some() {
+        return Err(JournalError::Invalid(
+            "a record refers to a ceremony or to an issuance intent, not to both".to_string(),
+        ));
+    }
     Ok(())
 }
 
 /// Encodes the body of `r` (everything but the hash). Field lengths were
 /// checked by [`validate`] or by the parser, so the casts cannot truncate.
-fn encode_body(r: &JournalRecord) -> Vec<u8> {
+fn encode_body(r: &JournalRecord, intent: Option<&IntentId>) -> Vec<u8> {
     let mut b = Vec::with_capacity(MIN_BODY_LEN as usize + r.key_id.len() + 16 + 32);
     b.extend_from_slice(&r.seq.to_le_bytes());
     b.extend_from_slice(&r.time_ms.to_le_bytes());
@@ -302,12 +312,16 @@ fn encode_body(r: &JournalRecord) -> Vec<u8> {
         }
     }
     b.extend_from_slice(&r.tbs_sha256);
-    match &r.ceremony_id {
-        None => b.push(0),
-        Some(id) => {
+    match (&r.ceremony_id, intent) {
+        (Some(id), _) => {
             b.push(1);
             b.extend_from_slice(id);
         }
+        (None, Some(id)) => {
+            b.push(2);
+            b.extend_from_slice(id);
+        }
+        (None, None) => b.push(0),
     }
     b.extend_from_slice(&r.prev_hash);
     b
@@ -372,8 +386,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses a body from the start of `buf`; returns the record (with a zero
-/// hash) and the number of octets the body occupies.
-fn parse_body(buf: &[u8]) -> Result<(JournalRecord, usize), String> {
+/// hash), its intent id if it has one, and the number of octets the body
+/// occupies.
+fn parse_body(buf: &[u8]) -> Result<(JournalRecord, Option<IntentId>, usize), String> {
     let mut c = Cursor { buf, pos: 0 };
     let seq = c.u64("sequence number")?;
     let time_ms = i64::from_le_bytes(c.array("time")?);
@@ -401,10 +416,11 @@ fn parse_body(buf: &[u8]) -> Result<(JournalRecord, usize), String> {
         t => return Err(format!("unknown subject tag {t}")),
     };
     let tbs_sha256 = c.array("TBS hash")?;
-    let ceremony_id = match c.u8("ceremony flag")? {
-        0 => None,
-        1 => Some(c.array("ceremony id")?),
-        t => return Err(format!("invalid ceremony flag {t}")),
+    let (ceremony_id, intent) = match c.u8("reference flag")? {
+        0 => (None, None),
+        1 => (Some(c.array("ceremony id")?), None),
+        2 => (None, Some(c.array("intent id")?)),
+        t => return Err(format!("invalid reference flag {t}")),
     };
     let prev_hash = c.array("previous hash")?;
     let rec = JournalRecord {
@@ -418,7 +434,7 @@ fn parse_body(buf: &[u8]) -> Result<(JournalRecord, usize), String> {
         prev_hash,
         hash: [0; 32],
     };
-    Ok((rec, c.pos))
+    Ok((rec, intent, c.pos))
 }
 
 /// Reads until `buf` is full or the input ends; returns the octets read.
@@ -443,6 +459,8 @@ struct Verifier<R> {
     next_seq: u64,
     prev_hash: [u8; 32],
     prev_time: UnixMillis,
+    /// The intent id of the record `next` returned last, if it has one.
+    last_intent: Option<IntentId>,
 }
 
 impl<R: Read> Verifier<R> {
@@ -478,6 +496,7 @@ impl<R: Read> Verifier<R> {
             next_seq: 0,
             prev_hash: [0; 32],
             prev_time: UnixMillis::MIN,
+            last_intent: None,
         })
     }
 
@@ -526,7 +545,7 @@ impl<R: Read> Verifier<R> {
         if computed != stored {
             return Err(self.damaged(format!("hash mismatch — {ALTERED}"), false));
         }
-        let (mut rec, used) = parse_body(body)
+        let (mut rec, intent, used) = parse_body(body)
             .map_err(|e| self.damaged(format!("malformed body ({e}) — {ALTERED}"), false))?;
         if used != body.len() {
             return Err(self.damaged(
@@ -568,6 +587,7 @@ impl<R: Read> Verifier<R> {
         self.next_seq += 1;
         self.prev_hash = computed;
         self.prev_time = rec.time_ms;
+        self.last_intent = intent;
         Ok(Some(rec))
     }
 }
@@ -797,7 +817,7 @@ fn holds_complete_record(tail: &[u8]) -> bool {
         return false;
     };
     match parse_body(body_area) {
-        Ok((_, used)) => body_area
+        Ok((_, _, used)) => body_area
             .get(used..used + HASH_LEN)
             .is_some_and(|h| h == body_hash(&body_area[..used])),
         Err(_) => false,
@@ -965,7 +985,7 @@ impl Journal {
                 prev_hash: st.assigned.hash,
                 hash: [0; 32],
             };
-            let body = encode_body(&rec);
+            let body = encode_body(&rec, r.intent.as_ref());
             rec.hash = body_hash(&body);
             push_record(&mut st.pending, &body, &rec.hash);
             st.assigned = Tail {
@@ -1127,6 +1147,56 @@ impl Journal {
         Ok(out)
     }
 
+    /// The certificate signatures made for any of `intents` in records with
+    /// `time_ms >= since`, in journal order. Reads (and verifies) the file
+    /// like [`Journal::export`] but keeps only the matches, so the answer
+    /// stays small however many records the window holds.
+    pub fn find_intents(
+        &self,
+        since: UnixMillis,
+        intents: &std::collections::HashSet<IntentId>,
+    ) -> Result<Vec<IntentFound>, JournalError> {
+        let (end, head) = {
+            let st = self.lock()?;
+            (st.durable_len, st.durable)
+        };
+        let reader = ReadAt {
+            file: &self.file,
+            pos: 0,
+            end,
+        };
+        let mut v = Verifier::new(BufReader::new(reader))?;
+        let mut out = Vec::new();
+        while let Some(r) = v.next()? {
+            let Some(intent) = v.last_intent else {
+                continue;
+            };
+            if r.time_ms < since || !intents.contains(&intent) {
+                continue;
+            }
+            if let SignedSubject::Serial(serial) = r.subject {
+                out.push(IntentFound {
+                    intent,
+                    issuer: r.key_id,
+                    serial,
+                    journal_seq: r.seq,
+                    time_ms: r.time_ms,
+                });
+            }
+        }
+        if v.next_seq != head.next_seq || v.prev_hash != head.hash {
+            return Err(JournalError::Corrupt {
+                record: v.next_seq,
+                offset: v.offset,
+                what: format!(
+                    "the file no longer ends at the head this signer wrote ({} records); {ALTERED}",
+                    head.next_seq
+                ),
+            });
+        }
+        Ok(out)
+    }
+
     /// How many write+fdatasync rounds were made (for tests and metrics).
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
@@ -1196,6 +1266,7 @@ mod tests {
             subject,
             tbs_sha256: [i as u8; 32],
             ceremony_id: i.is_multiple_of(3).then_some([0xc0 ^ i as u8; 16]),
+            intent: None,
         }
     }
 
@@ -1237,7 +1308,7 @@ mod tests {
             assert_eq!(r.seq, i as u64);
             assert_eq!(r.prev_hash, prev);
             assert!(r.time_ms >= prev_time);
-            assert_eq!(r.hash, body_hash(&encode_body(r)));
+            assert_eq!(r.hash, body_hash(&encode_body(r, None)));
             prev = r.hash;
             prev_time = r.time_ms;
         }
@@ -1476,12 +1547,12 @@ mod tests {
         let recs = fill(&path, 3);
         let mut forged = recs[1].clone();
         forged.key_id = "issuing-ca-X".to_string();
-        let body = encode_body(&forged);
+        let body = encode_body(&forged, None);
         let hash = body_hash(&body);
         let mut out = file_header().to_vec();
-        push_record(&mut out, &encode_body(&recs[0]), &recs[0].hash);
+        push_record(&mut out, &encode_body(&recs[0], None), &recs[0].hash);
         push_record(&mut out, &body, &hash);
-        push_record(&mut out, &encode_body(&recs[2]), &recs[2].hash);
+        push_record(&mut out, &encode_body(&recs[2], None), &recs[2].hash);
         std::fs::write(&path, &out).unwrap();
         match verify_file(&path) {
             Err(JournalError::Corrupt {
@@ -1891,9 +1962,9 @@ mod tests {
                 hash: [0; 32],
             },
         ];
-        recs[0].hash = body_hash(&encode_body(&recs[0]));
+        recs[0].hash = body_hash(&encode_body(&recs[0], None));
         recs[1].prev_hash = recs[0].hash;
-        recs[1].hash = body_hash(&encode_body(&recs[1]));
+        recs[1].hash = body_hash(&encode_body(&recs[1], None));
         recs
     }
 
@@ -1902,7 +1973,7 @@ mod tests {
         let recs = v1_records();
         let mut bytes = file_header().to_vec();
         for r in &recs {
-            push_record(&mut bytes, &encode_body(r), &r.hash);
+            push_record(&mut bytes, &encode_body(r, None), &r.hash);
         }
         assert_eq!(
             hex::encode(&bytes),

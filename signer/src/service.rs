@@ -10,10 +10,10 @@ use std::sync::{Mutex, RwLock};
 use castellan_proto::{
     Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome,
     CertificateTemplate, CheckpointRequest, CrlChunk, CrlEntry, CrlRequest, CrossSignParams,
-    CustodianSet, ErrorKind, IssuedCertificate, JournalWindow, MAX_CRL_PART, MAX_INLINE_CRL,
-    MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
-    ResponderParams, Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject,
-    SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
+    CustodianSet, ErrorKind, IntentId, IntentQuery, IssuedCertificate, JournalWindow, MAX_CRL_PART,
+    MAX_INLINE_CRL, MAX_INTENT_QUERY, MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof,
+    Request, ResponderInfo, ResponderParams, Response, RotateParams, SignatureKind,
+    SignedCheckpoint, SignedSubject, SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
 };
 use ring::rand::SystemRandom;
 
@@ -154,6 +154,52 @@ pub struct Signer {
     crl_stored: Mutex<HashMap<String, StoredCrl>>,
     rng: SystemRandom,
     seccomp: AtomicBool,
+    /// Intents being signed and intents reported unsigned (closed).
+    intents: Mutex<IntentBook>,
+}
+
+/// How many closed intents the signer remembers. The daemon asks about an
+/// intent only once it has given up waiting for it, and closes few; the
+/// oldest are forgotten first (by then their requests are long gone: a
+/// request waits for the signer at most the daemon's request timeout).
+const MAX_CLOSED_INTENTS: usize = 65_536;
+
+/// See [`Request::FindIntents`]: an intent is either being signed, or was
+/// reported unsigned and may no longer be signed, or neither.
+#[derive(Default)]
+struct IntentBook {
+    in_progress: HashSet<IntentId>,
+    closed: HashSet<IntentId>,
+    closed_order: std::collections::VecDeque<IntentId>,
+}
+
+impl IntentBook {
+    fn close(&mut self, id: IntentId) {
+        if self.closed.insert(id) {
+            self.closed_order.push_back(id);
+            while self.closed_order.len() > MAX_CLOSED_INTENTS {
+                if let Some(old) = self.closed_order.pop_front() {
+                    self.closed.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Marks an intent as being signed until dropped.
+struct IntentGuard<'a> {
+    book: &'a Mutex<IntentBook>,
+    id: IntentId,
+}
+
+impl Drop for IntentGuard<'_> {
+    fn drop(&mut self) {
+        let mut book = match self.book.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        book.in_progress.remove(&self.id);
+    }
 }
 
 fn now() -> i64 {
@@ -289,6 +335,32 @@ impl Signer {
             crl_stored: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             seccomp: AtomicBool::new(false),
+            intents: Mutex::new(IntentBook::default()),
+        })
+    }
+
+    /// Registers `id` as being signed, unless the daemon was already told it
+    /// was not signed.
+    fn begin_intent(&self, id: IntentId) -> Result<IntentGuard<'_>, SignerError> {
+        let mut book = match self.intents.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        if book.closed.contains(&id) {
+            return Err(policy(format!(
+                "issuance intent {} was already reported as not signed and can no longer be signed; ask for a new certificate",
+                hex::encode(id)
+            )));
+        }
+        if !book.in_progress.insert(id) {
+            return Err(bad(format!(
+                "issuance intent {} is already being signed; an intent is signed at most once",
+                hex::encode(id)
+            )));
+        }
+        Ok(IntentGuard {
+            book: &self.intents,
+            id,
         })
     }
 
@@ -322,7 +394,12 @@ impl Signer {
         let result = match request {
             Request::Status => self.status().map(Response::Status),
             Request::PublicKeys => self.public_keys().map(Response::PublicKeys),
-            Request::IssueCertificate(t) => self.issue(&t).map(Response::Certificate),
+            Request::IssueCertificate(t) => self.issue(&t, None).map(Response::Certificate),
+            Request::IssueCertificateForIntent(t) => self.begin_intent(t.intent).and_then(|_g| {
+                self.issue(&t.template, Some(t.intent))
+                    .map(Response::Certificate)
+            }),
+            Request::FindIntents(q) => self.find_intents(&q),
             Request::Ceremony { op, proof } => self.ceremony(&op, &proof).map(Response::Ceremony),
             Request::SignCrl(r) => self.sign_crl(&r),
             Request::StageCrlEntries(c) => self.stage_crl(&c),
@@ -393,6 +470,17 @@ impl Signer {
         key: &IssuerKey,
         ceremony_id: Option<CeremonyId>,
     ) -> Result<(Signed, u64), SignerError> {
+        self.sign_and_journal_for(tbs, key, ceremony_id, None)
+    }
+
+    /// [`Self::sign_and_journal`], the record naming the daemon's intent.
+    fn sign_and_journal_for(
+        &self,
+        tbs: CheckedTbs,
+        key: &IssuerKey,
+        ceremony_id: Option<CeremonyId>,
+        intent: Option<IntentId>,
+    ) -> Result<(Signed, u64), SignerError> {
         let signed = tbs.sign(self.backend.as_ref(), key)?;
         let rec = self.journal.append(NewRecord {
             kind: signed.kind,
@@ -400,6 +488,7 @@ impl Signer {
             subject: signed.subject.clone(),
             tbs_sha256: signed.tbs_sha256,
             ceremony_id,
+            intent,
         })?;
         Ok((signed, rec.seq))
     }
@@ -419,7 +508,11 @@ impl Signer {
         Ok(ca.clone())
     }
 
-    fn issue(&self, t: &CertificateTemplate) -> Result<IssuedCertificate, SignerError> {
+    fn issue(
+        &self,
+        t: &CertificateTemplate,
+        intent: Option<IntentId>,
+    ) -> Result<IssuedCertificate, SignerError> {
         if t.ca {
             return Err(policy(
                 "a certificate with cA=TRUE needs a custodian quorum: open an `intermediate` ceremony instead of issuing it",
@@ -467,7 +560,7 @@ impl Signer {
             },
             urls: &t.urls,
         })?;
-        let (signed, seq) = self.sign_and_journal(tbs, &ca.key, None)?;
+        let (signed, seq) = self.sign_and_journal_for(tbs, &ca.key, None, intent)?;
         Ok(IssuedCertificate {
             der: signed.der,
             serial,
@@ -733,6 +826,7 @@ impl Signer {
             subject: SignedSubject::None,
             tbs_sha256: digest,
             ceremony_id: Some(id),
+            intent: None,
         })?;
         let mut inner = self.write()?;
         inner.state.set_custodians(set);
@@ -930,6 +1024,7 @@ impl Signer {
             subject: signed.subject.clone(),
             tbs_sha256: signed.tbs_sha256,
             ceremony_id: None,
+            intent: None,
         })?;
         numbers.insert(r.issuer.clone(), r.crl_number);
         // A staging of this number or below can never be signed now.
@@ -1065,6 +1160,7 @@ impl Signer {
                 subject: signed.subject.clone(),
                 tbs_sha256: signed.tbs_sha256,
                 ceremony_id: None,
+                intent: None,
             });
             out.push(signed.der);
         }
@@ -1152,6 +1248,7 @@ impl Signer {
             subject: SignedSubject::Checkpoint(c.sequence),
             tbs_sha256: digest,
             ceremony_id: None,
+            intent: None,
         })?;
         Ok(SignedCheckpoint {
             request: c,
@@ -1164,6 +1261,43 @@ impl Signer {
             return Err(bad("the export window's end must be after its start"));
         }
         Ok(self.journal.export(w)?)
+    }
+
+    fn find_intents(&self, q: &IntentQuery) -> Result<Response, SignerError> {
+        if q.intents.is_empty() || q.intents.len() > MAX_INTENT_QUERY {
+            return Err(bad(format!(
+                "ask about 1 to {MAX_INTENT_QUERY} intents at a time, not {}",
+                q.intents.len()
+            )));
+        }
+        let mut wanted: HashSet<IntentId> = q.intents.iter().copied().collect();
+        let mut in_progress = Vec::new();
+        {
+            // Close what is not being signed before reading the journal: a
+            // request for it arriving from now on is refused, and one that
+            // finished before is durable in the journal read below.
+            let mut book = match self.intents.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
+            wanted.retain(|id| {
+                if book.in_progress.contains(id) {
+                    in_progress.push(*id);
+                    false
+                } else {
+                    true
+                }
+            });
+            for id in &wanted {
+                book.close(*id);
+            }
+        }
+        let found = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.journal.find_intents(q.since, &wanted)?
+        };
+        Ok(Response::IntentsFound { found, in_progress })
     }
 }
 

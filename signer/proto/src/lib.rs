@@ -290,6 +290,13 @@ impl CeremonyOp {
 /// 128-bit ceremony identifier, chosen at random when a ceremony is opened.
 pub type CeremonyId = [u8; 16];
 
+/// The daemon's id of an issuance intent (the request id it recorded before
+/// asking for the signature).
+pub type IntentId = [u8; 16];
+
+/// The most intents one [`Request::FindIntents`] may ask about.
+pub const MAX_INTENT_QUERY: usize = 4096;
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     /// The custodian's Ed25519 public key.
@@ -635,6 +642,38 @@ pub struct CheckpointRequest {
     pub time: UnixSeconds,
 }
 
+/// `IssueCertificate` for an intent the daemon recorded: the signer journals
+/// `intent` with the signature, so that after a crash or a lost answer
+/// [`Request::FindIntents`] says exactly which certificate, if any, the
+/// intent became.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IntentTemplate {
+    pub intent: IntentId,
+    pub template: CertificateTemplate,
+}
+
+/// Which of these intents were signed, looking at journal records with
+/// `time_ms >= since` (1 to [`MAX_INTENT_QUERY`] intents). An intent the
+/// answer reports as not signed is closed: a later `IssueCertificateForIntent`
+/// for it is refused, so the answer cannot be overtaken by a request that
+/// was still on its way.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IntentQuery {
+    pub since: UnixMillis,
+    pub intents: Vec<IntentId>,
+}
+
+/// A journaled certificate signature made for an intent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IntentFound {
+    pub intent: IntentId,
+    /// The issuing CA (the record's key id).
+    pub issuer: CaId,
+    pub serial: Vec<u8>,
+    pub journal_seq: u64,
+    pub time_ms: UnixMillis,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalWindow {
     /// Inclusive lower bound (unix milliseconds).
@@ -674,6 +713,11 @@ pub enum Request {
         offset: u64,
         length: u32,
     },
+    /// `IssueCertificate`, journaled with the daemon's intent id; answered
+    /// like it.
+    IssueCertificateForIntent(IntentTemplate),
+    /// Answered with [`Response::IntentsFound`].
+    FindIntents(IntentQuery),
 }
 
 impl Request {
@@ -691,6 +735,8 @@ impl Request {
             Request::StageCrlEntries(_) => "stage-crl-entries",
             Request::SignStagedCrl(_) => "sign-staged-crl",
             Request::ReadCrl { .. } => "read-crl",
+            Request::IssueCertificateForIntent(_) => "issue-certificate-for-intent",
+            Request::FindIntents(_) => "find-intents",
         }
     }
 }
@@ -890,6 +936,14 @@ pub enum Response {
     CrlPart {
         #[serde(with = "octets")]
         bytes: Vec<u8>,
+    },
+    /// Answer to [`Request::FindIntents`]: the intents found, in journal
+    /// order, and those still being signed (ask again later). Any other
+    /// intent asked about was not signed since `since`, and never will be:
+    /// the signer refuses to sign it from now on.
+    IntentsFound {
+        found: Vec<IntentFound>,
+        in_progress: Vec<IntentId>,
     },
 }
 

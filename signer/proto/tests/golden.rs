@@ -408,6 +408,29 @@ fn requests() -> Vec<(&'static str, Request)> {
             length: 8_388_608,
         },
     ));
+    out.push((
+        "request_issue_certificate_for_intent",
+        Request::IssueCertificateForIntent(IntentTemplate {
+            intent: [0x1d; 16],
+            template: CertificateTemplate {
+                issuer: "issuing-2026".into(),
+                profile: "server".into(),
+                subject: dn("web.example.internal"),
+                sans: vec![SubjectAltName::Dns("web.example.internal".into())],
+                spki_der: vec![0x30, 0x59, 0x30, 0x13],
+                validity: validity(),
+                ca: false,
+                urls: urls(),
+            },
+        }),
+    ));
+    out.push((
+        "request_find_intents",
+        Request::FindIntents(IntentQuery {
+            since: 1_767_225_600_000,
+            intents: vec![[0x1d; 16], [0x2e; 16]],
+        }),
+    ));
     out
 }
 
@@ -535,6 +558,19 @@ fn responses() -> Vec<(&'static str, Response)> {
         "response_crl_part",
         Response::CrlPart {
             bytes: vec![0x30, 0x84, 0x02, 0xae, 0xa5, 0x40],
+        },
+    ));
+    out.push((
+        "response_intents_found",
+        Response::IntentsFound {
+            found: vec![IntentFound {
+                intent: [0x1d; 16],
+                issuer: "issuing-2026".into(),
+                serial: vec![0x42, 0x01, 0x02],
+                journal_seq: 70_000,
+                time_ms: 1_767_225_601_000,
+            }],
+            in_progress: vec![[0x3f; 16]],
         },
     ));
     out

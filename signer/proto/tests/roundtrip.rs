@@ -335,6 +335,14 @@ fn request() -> impl Strategy<Value = Request> {
                 length,
             }
         ),
+        (any::<[u8; 16]>(), template()).prop_map(|(intent, template)| {
+            Request::IssueCertificateForIntent(IntentTemplate { intent, template })
+        }),
+        (
+            any::<i64>(),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..8)
+        )
+            .prop_map(|(since, intents)| Request::FindIntents(IntentQuery { since, intents })),
     ]
 }
 
@@ -500,6 +508,34 @@ fn response() -> impl Strategy<Value = Response> {
             }
         }),
         octets().prop_map(|bytes| Response::CrlPart { bytes }),
+        (
+            proptest::collection::vec(
+                (
+                    any::<[u8; 16]>(),
+                    text(),
+                    octets(),
+                    any::<u64>(),
+                    any::<i64>()
+                ),
+                0..4
+            ),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..4),
+        )
+            .prop_map(|(found, in_progress)| Response::IntentsFound {
+                found: found
+                    .into_iter()
+                    .map(
+                        |(intent, issuer, serial, journal_seq, time_ms)| IntentFound {
+                            intent,
+                            issuer,
+                            serial,
+                            journal_seq,
+                            time_ms,
+                        }
+                    )
+                    .collect(),
+                in_progress,
+            }),
     ]
 }
 
