@@ -46,7 +46,7 @@ sock=(--socket "$work/signer.sock")
 ctl signer "${sock[@]}" status
 
 step "root CA ceremony: one approval is not enough"
-ctl signer ceremony new --purpose root --ca-id root --subject "CN=castellan demo root,O=castellan demo" --days 3650 --path-len 1 --out "$work/root.ceremony"
+ctl signer "${sock[@]}" ceremony new --purpose root --ca-id root --subject "CN=castellan demo root,O=castellan demo" --days 3650 --path-len 1 --out "$work/root.ceremony"
 ctl signer ceremony approve "$work/root.ceremony" --key "$work/alice.key" --passphrase-file "$work/alice.pass"
 if ctl signer "${sock[@]}" ceremony execute "$work/root.ceremony" --out "$work/root.pem"; then
   echo "ERROR: the signer accepted a CA with one approval"; exit 1
@@ -60,7 +60,7 @@ if ctl signer "${sock[@]}" ceremony execute "$work/root.ceremony"; then
 fi
 
 step "intermediate CA ceremony (bob + carol)"
-ctl signer ceremony new --purpose intermediate --ca-id issuing --parent root --subject "CN=castellan demo issuing CA,O=castellan demo" --days 1825 --path-len 0 --out "$work/issuing.ceremony"
+ctl signer "${sock[@]}" ceremony new --purpose intermediate --ca-id issuing --parent root --subject "CN=castellan demo issuing CA,O=castellan demo" --days 1825 --path-len 0 --out "$work/issuing.ceremony"
 ctl signer ceremony approve "$work/issuing.ceremony" --key "$work/bob.key" --passphrase-file "$work/bob.pass"
 ctl signer ceremony approve "$work/issuing.ceremony" --key "$work/carol.key" --passphrase-file "$work/carol.pass"
 ctl signer ceremony show "$work/issuing.ceremony"

@@ -186,6 +186,13 @@ pub struct CeremonyView {
     pub last_error: Option<String>,
     /// The CA made by the ceremony, once executed.
     pub ca: Option<CaView>,
+    /// Which signer approvals are for (SHA-256 of its audit key, hex), and
+    /// under which custodian set (SHA-256, hex): both are part of the
+    /// statement custodians sign. `None` until castellan knows the signer.
+    #[serde(default)]
+    pub signer_id: Option<String>,
+    #[serde(default)]
+    pub custodians_sha256: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use castellan_proto::{Approval, CeremonyId, CeremonyOp, statement};
+use castellan_proto::{Approval, CeremonyContext, CeremonyId, CeremonyOp, statement};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -172,13 +172,19 @@ impl CustodianKey {
         out
     }
 
-    /// Signs the statement of this ceremony and parameters.
-    pub fn approve(&self, ceremony_id: &CeremonyId, op: &CeremonyOp) -> Approval {
+    /// Signs the statement of this ceremony and parameters, for the signer
+    /// and custodian set `ctx` names.
+    pub fn approve(
+        &self,
+        ctx: &CeremonyContext,
+        ceremony_id: &CeremonyId,
+        op: &CeremonyOp,
+    ) -> Approval {
         Approval {
             custodian: self.public_key(),
             signature: self
                 .pair
-                .sign(&statement(ceremony_id, op))
+                .sign(&statement(ctx, ceremony_id, op))
                 .as_ref()
                 .to_vec(),
         }

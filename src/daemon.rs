@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use castellan_proto::{
-    Algorithm, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
-    CrossSignParams, Custodian, CustodianSet, DistinguishedName, IntentFound, IntentQuery,
-    IntentTemplate, MAX_INTENT_QUERY, NameAttribute, QuorumProof, Request, Response,
+    Algorithm, CaParams, CeremonyContext, CeremonyId, CeremonyOp, CeremonyOutcome,
+    CertificateTemplate, CrossSignParams, Custodian, CustodianSet, DistinguishedName, IntentFound,
+    IntentQuery, IntentTemplate, MAX_INTENT_QUERY, NameAttribute, QuorumProof, Request, Response,
     RevocationReason, RotateParams, SubjectAltName, Urls, Validity, statement, statement_digest,
 };
 use ring::rand::SecureRandom;
@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::events::{Actor, Event, EventPayload, RequestId};
 use crate::signer_pool::{PoolError, SignerPool};
 use crate::store::records::{
-    CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState, IntentRecord,
+    CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState, IntentRecord, SignerKeys,
 };
 use crate::store::{CertFilter, Decision, EventFilter, ExecError, ReadView, Store};
 
@@ -243,7 +243,13 @@ fn event_view(e: &Event) -> EventView {
     }
 }
 
-fn ceremony_view(r: &CeremonyRecord, threshold: usize, ca: Option<CaView>) -> CeremonyView {
+fn ceremony_view(
+    r: &CeremonyRecord,
+    keys: Option<&SignerKeys>,
+    ca: Option<CaView>,
+) -> CeremonyView {
+    let threshold = keys.map_or(0, |k| usize::from(k.custodians.threshold));
+    let ctx = keys.map(|k| CeremonyContext::new(&k.audit_spki_der, &k.custodians));
     CeremonyView {
         id: hex::encode(r.ceremony_id),
         purpose: r.op.purpose().as_str().into(),
@@ -270,6 +276,8 @@ fn ceremony_view(r: &CeremonyRecord, threshold: usize, ca: Option<CaView>) -> Ce
         },
         last_error: r.last_error.clone(),
         ca,
+        signer_id: ctx.map(|c| hex::encode(c.signer_id)),
+        custodians_sha256: ctx.map(|c| hex::encode(c.custodians_sha256)),
     }
 }
 
@@ -604,23 +612,15 @@ impl Daemon {
         out
     }
 
-    fn threshold(&self) -> usize {
-        self.store
-            .read()
-            .ok()
-            .and_then(|v| v.signer_keys())
-            .map_or(0, |k| usize::from(k.custodians.threshold))
-    }
-
     pub async fn ceremonies(&self, _c: &Caller) -> Result<Vec<CeremonyView>, ApiError> {
         let v = self
             .store
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let t = self.threshold();
+        let keys = v.signer_keys();
         Ok(v.ceremonies()
             .iter()
-            .map(|r| ceremony_view(r, t, None))
+            .map(|r| ceremony_view(r, keys.as_ref(), None))
             .collect())
     }
 
@@ -667,7 +667,7 @@ impl Daemon {
             (CeremonyStatus::Executed { .. }, Some(ca_id)) => v.ca(ca_id).map(|c| ca_view(&c)),
             _ => None,
         };
-        Ok(ceremony_view(&r, self.threshold(), ca))
+        Ok(ceremony_view(&r, v.signer_keys().as_ref(), ca))
     }
 
     pub async fn approve_ceremony(
@@ -709,11 +709,12 @@ impl Daemon {
                     };
                 };
                 let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, custodian);
-                if pk.verify(&statement(&cid, &cer.op), &signature).is_err() {
+                let ctx = CeremonyContext::new(&keys.audit_spki_der, &keys.custodians);
+                if pk.verify(&statement(&ctx, &cid, &cer.op), &signature).is_err() {
                     return Decision::Refuse {
                         events: vec![],
                         error: format!(
-                            "the approval of {} does not verify for ceremony {}: it was made for different parameters or another ceremony",
+                            "the approval of {} does not verify for ceremony {}: it was made for different parameters, another ceremony, another signer or another custodian set",
                             member.name,
                             hex::encode(cid)
                         ),
@@ -753,7 +754,9 @@ impl Daemon {
                     "ceremony {id} was already executed; a ceremony authorises one operation — open a new one"
                 )));
             }
-            let m = self.threshold();
+            let m = v
+                .signer_keys()
+                .map_or(0, |k| usize::from(k.custodians.threshold));
             let k = r.approvals.len();
             if k < m {
                 return Err(refused(format!(

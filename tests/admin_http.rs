@@ -537,9 +537,17 @@ fn ceremony_view(approved: usize) -> Value {
         state: "open".into(),
         last_error: None,
         ca: None,
+        signer_id: Some(hex::encode(FAKE_SIGNER.signer_id)),
+        custodians_sha256: Some(hex::encode(FAKE_SIGNER.custodians_sha256)),
     })
     .unwrap()
 }
+
+/// The signer and custodian set the fake castellan says ceremonies are for.
+const FAKE_SIGNER: castellan_proto::CeremonyContext = castellan_proto::CeremonyContext {
+    signer_id: [0x5a; 32],
+    custodians_sha256: [0xc5; 32],
+};
 
 fn ctl(sock: &PathBuf, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_castellanctl"))
@@ -601,7 +609,7 @@ fn castellanctl_approves_the_statement_it_computes_from_the_operation() {
     assert_eq!(id, CEREMONY_ID);
     assert_eq!(approval.custodian, hex::encode(pk));
     let ceremony_id: [u8; 16] = hex::decode(CEREMONY_ID).unwrap().try_into().unwrap();
-    let statement = castellan_proto::statement(&ceremony_id, &root_op());
+    let statement = castellan_proto::statement(&FAKE_SIGNER, &ceremony_id, &root_op());
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
         .verify(&statement, &hex::decode(&approval.signature).unwrap())
         .expect("the approval signs the statement of the shown operation");

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use castellan_proto::{
-    CeremonyId, CeremonyOp, CustodianSet, ErrorKind, QuorumProof, SignerError, statement,
+    CeremonyContext, CeremonyId, CeremonyOp, CustodianSet, ErrorKind, QuorumProof, SignerError,
+    statement,
 };
 
 fn refuse(kind: ErrorKind, message: String) -> SignerError {
@@ -15,11 +16,13 @@ pub fn fingerprint(key: &[u8; 32]) -> String {
 }
 
 /// Checks that `proof` carries at least `threshold` valid signatures of
-/// distinct custodians of `set` over the statement of (`ceremony id`, `op`),
-/// and that the ceremony was never executed before. Any bad approval
+/// distinct custodians of `set` over the statement of (this signer,
+/// `set`, `ceremony id`, `op`), and that the ceremony was never executed
+/// before. `audit_spki_der` is this signer's audit key, which names it. Any bad approval
 /// (unknown key, duplicate, wrong statement) refuses the whole proof: a
 /// forged approval next to good ones is a reason to stop, not to count.
 pub fn verify(
+    audit_spki_der: &[u8],
     set: &CustodianSet,
     op: &CeremonyOp,
     proof: &QuorumProof,
@@ -34,7 +37,11 @@ pub fn verify(
             ),
         ));
     }
-    let message = statement(&proof.ceremony_id, op);
+    let message = statement(
+        &CeremonyContext::new(audit_spki_der, set),
+        &proof.ceremony_id,
+        op,
+    );
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
     for a in &proof.approvals {
         let Some(custodian) = set.custodians.iter().find(|c| c.public_key == a.custodian) else {
@@ -60,7 +67,7 @@ pub fn verify(
             return Err(refuse(
                 ErrorKind::QuorumInvalid,
                 format!(
-                    "ceremony {id_hex}: the approval of custodian {:?} does not verify for this ceremony's {} parameters — it was made for different parameters or another ceremony",
+                    "ceremony {id_hex}: the approval of custodian {:?} does not verify for this ceremony's {} parameters — it was made for different parameters, another ceremony, another signer or another custodian set",
                     custodian.name,
                     op.purpose().as_str()
                 ),

@@ -581,7 +581,8 @@ impl Signer {
         })?;
         {
             let inner = self.read()?;
-            quorum::verify(&inner.custodians, op, proof, &inner.used_ceremonies)?;
+            let (_, audit) = self.backend.public_key(&inner.state.audit_key_label)?;
+            quorum::verify(&audit, &inner.custodians, op, proof, &inner.used_ceremonies)?;
         }
         let id = proof.ceremony_id;
         let outcome = match op {

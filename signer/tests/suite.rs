@@ -24,8 +24,8 @@ use castellan_proto::{
     read_frame,
 };
 use common::{
-    Backend, Conn, SignerProcess, all_text, approval, ceremony_id, describe, intermediate_params,
-    now, openssl, outsider_key, root_params, run_bounded, server_template, validity,
+    Backend, Conn, SignerProcess, all_text, ceremony_id, describe, intermediate_params, now,
+    openssl, outsider_key, root_params, run_bounded, server_template, validity,
 };
 
 const P256: Algorithm = Algorithm::EcdsaP256;
@@ -209,7 +209,9 @@ fn ceremonies_without_a_valid_quorum_are_refused_each_with_its_own_reason(b: Bac
 
     let id = ceremony_id();
     let mut proof = s.custodians.proof(id, &op, &[0, 1]);
-    proof.approvals.push(approval(&outsider_key(), &id, &op));
+    proof
+        .approvals
+        .push(s.custodians.approval_by(&outsider_key(), &id, &op));
     let e = s
         .ceremony_with(op.clone(), proof)
         .expect_err("an approval by a stranger must be refused");

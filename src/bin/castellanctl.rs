@@ -25,9 +25,9 @@ use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
 use castellan::{csr, pem};
 use castellan_proto::{
-    Algorithm, Approval, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome, CertificateTemplate,
-    Custodian, CustodianSet, DistinguishedName, NameAttribute, Purpose, QuorumProof, Request,
-    Response, RevocationReason, Urls, Validity, statement_digest,
+    Algorithm, Approval, CaParams, CeremonyContext, CeremonyId, CeremonyOp, CeremonyOutcome,
+    CertificateTemplate, Custodian, CustodianSet, DistinguishedName, NameAttribute, Purpose,
+    QuorumProof, Request, Response, RevocationReason, Urls, Validity, statement_digest,
 };
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -393,8 +393,25 @@ enum SignerCeremonyCmd {
 struct CeremonyFile {
     format: String,
     ceremony_id: String,
+    /// The signer this ceremony is for (SHA-256 of its audit key, hex) and
+    /// its custodian set (SHA-256, hex), learnt from the signer by `new`:
+    /// approvals sign both.
+    signer_id: String,
+    custodians_sha256: String,
     op: CeremonyOp,
     approvals: Vec<FileApproval>,
+}
+
+const CEREMONY_FILE_FORMAT: &str = "castellan-ceremony-v2";
+
+/// The context a ceremony's approvals are made for, from its hex fields.
+fn ceremony_context(signer_id: &str, custodians_sha256: &str) -> Option<CeremonyContext> {
+    let signer_id: [u8; 32] = hex::decode(signer_id).ok()?.try_into().ok()?;
+    let custodians_sha256: [u8; 32] = hex::decode(custodians_sha256).ok()?.try_into().ok()?;
+    Some(CeremonyContext {
+        signer_id,
+        custodians_sha256,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -545,9 +562,10 @@ fn read_ceremony(path: &Path) -> Result<(CeremonyId, CeremonyFile), Failure> {
         .map_err(|e| format!("cannot read ceremony file {}: {e}", path.display()))?;
     let file: CeremonyFile = serde_json::from_slice(&text)
         .map_err(|e| format!("{} is not a castellan ceremony file: {e}", path.display()))?;
-    if file.format != "castellan-ceremony-v1" {
+    if file.format != CEREMONY_FILE_FORMAT {
         return Err(refused(format!(
-            "{} has unknown format {:?}",
+            "{} has format {:?}, not {CEREMONY_FILE_FORMAT:?}: make the ceremony file again with \
+             `castellanctl signer ceremony new` (approvals now name the signer they are for)",
             path.display(),
             file.format
         )));
@@ -754,12 +772,25 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                     )));
                 }
             };
+            // Approvals name the signer and its custodian set: ask it.
+            let mut c = SignerClient::connect(socket).map_err(|e| {
+                refused(format!(
+                    "{e}; `signer ceremony new` asks the signer which signer and custodian set \
+                     the ceremony is for: run it where the signer runs, or pass --socket"
+                ))
+            })?;
+            let Response::PublicKeys(keys) = c.call(Request::PublicKeys)? else {
+                return Err(refused("unexpected answer to PublicKeys".into()));
+            };
+            let ctx = CeremonyContext::new(&keys.audit_spki_der, &keys.custodians);
             let mut id = [0u8; 16];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
                 .map_err(|_| "no randomness for a ceremony id".to_string())?;
             let file = CeremonyFile {
-                format: "castellan-ceremony-v1".into(),
+                format: CEREMONY_FILE_FORMAT.into(),
                 ceremony_id: hex::encode(id),
+                signer_id: hex::encode(ctx.signer_id),
+                custodians_sha256: hex::encode(ctx.custodians_sha256),
                 op,
                 approvals: vec![],
             };
@@ -782,6 +813,7 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                     "{}",
                     serde_json::json!({"ceremony_id": f.ceremony_id, "purpose": f.op.purpose().as_str(),
                     "parameters_sha256": hex::encode(statement_digest(&f.op)),
+                    "signer_id": f.signer_id, "custodians_sha256": f.custodians_sha256,
                     "approvals": f.approvals.iter().map(|a| serde_json::json!({"name": a.name, "custodian": a.custodian})).collect::<Vec<_>>()})
                 );
             } else {
@@ -794,6 +826,8 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                     "  parameters sha256: {}",
                     hex::encode(statement_digest(&f.op))
                 );
+                println!("  for signer: {}", f.signer_id);
+                println!("  custodian set sha256: {}", f.custodians_sha256);
                 println!("  approvals: {}", f.approvals.len());
                 for a in &f.approvals {
                     println!(
@@ -813,7 +847,13 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             let (id, mut f) = read_ceremony(&file)?;
             let pass = read_passphrase(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
-            let a = k.approve(&id, &f.op);
+            let ctx = ceremony_context(&f.signer_id, &f.custodians_sha256).ok_or_else(|| {
+                refused(format!(
+                    "{}: malformed signer id or custodian set digest",
+                    file.display()
+                ))
+            })?;
+            let a = k.approve(&ctx, &id, &f.op);
             let pk = hex::encode(a.custodian);
             // One approval per custodian: approving again replaces, never adds.
             f.approvals.retain(|x| x.custodian != pk);
@@ -824,10 +864,11 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             });
             write_ceremony(&file, &f)?;
             println!(
-                "{} approved ceremony {}: {}",
+                "{} approved ceremony {}: {} (for signer {})",
                 k.name,
                 hex::encode(id),
-                castellan::names::describe_ceremony(&f.op)
+                castellan::names::describe_ceremony(&f.op),
+                short(&f.signer_id, 16)
             );
             Ok(())
         }
@@ -1372,9 +1413,24 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
             // The statement is computed here from the operation shown to the
             // custodian; a digest from castellan is never signed.
             let digest = hex::encode(statement_digest(&op));
+            let (Some(signer_id), Some(custodians_sha256)) = (&c.signer_id, &c.custodians_sha256)
+            else {
+                return Err(refused(format!(
+                    "castellan does not say which signer ceremony {} is for (is castellan-signer \
+                     running, and castellan the same version as castellanctl?); not approving",
+                    c.id
+                )));
+            };
+            let for_signer = ceremony_context(signer_id, custodians_sha256).ok_or_else(|| {
+                refused(format!(
+                    "castellan sent a malformed signer id or custodian set digest for ceremony {}; \
+                     not approving",
+                    c.id
+                ))
+            })?;
             let pass = read_passphrase(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
-            let approval = k.approve(&ceremony_id, &op);
+            let approval = k.approve(&for_signer, &ceremony_id, &op);
             let body = ApproveCeremony {
                 custodian: hex::encode(approval.custodian),
                 signature: hex::encode(&approval.signature),
@@ -1392,6 +1448,8 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                     println!("  {line}");
                 }
                 println!("  parameters sha256 (computed here): {digest}");
+                println!("  for signer: {signer_id}");
+                println!("  custodian set sha256: {custodians_sha256}");
             }
             if !c.parameters_sha256.eq_ignore_ascii_case(&digest) {
                 eprintln!(

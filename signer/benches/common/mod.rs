@@ -116,11 +116,15 @@ pub fn setup_ca(custodians: &[Ed25519KeyPair], mut call: impl FnMut(Request) -> 
         urls: Urls::default(),
     });
     let id = [7u8; 16];
+    let ctx = match call(Request::PublicKeys) {
+        Response::PublicKeys(k) => CeremonyContext::new(&k.audit_spki_der, &k.custodians),
+        other => panic!("PublicKeys answered {other:?}"),
+    };
     let approvals = custodians[..2]
         .iter()
         .map(|k| Approval {
             custodian: k.public_key().as_ref().try_into().expect("32"),
-            signature: k.sign(&statement(&id, &op)).as_ref().to_vec(),
+            signature: k.sign(&statement(&ctx, &id, &op)).as_ref().to_vec(),
         })
         .collect();
     let r = call(Request::Ceremony {

@@ -63,7 +63,7 @@ mod octets {
 
 use serde::{Deserialize, Serialize};
 
-pub use ceremony::{checkpoint_message, statement, statement_digest};
+pub use ceremony::{CeremonyContext, checkpoint_message, statement, statement_digest};
 pub use frame::{FrameError, decode_frame, encode_frame, read_frame, write_frame};
 
 /// Name of a CA inside the signer (`[a-z0-9][a-z0-9._-]{0,62}`).

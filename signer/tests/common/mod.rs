@@ -17,10 +17,10 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use castellan_proto::{
-    Algorithm, Approval, CaInfo, CaParams, CeremonyId, CeremonyOp, CeremonyOutcome,
-    CertificateTemplate, DistinguishedName, IssuedCertificate, NameAttribute, QuorumProof, Request,
-    RequestFrame, Response, ResponseFrame, SignerError, StatusInfo, SubjectAltName, Urls, Validity,
-    read_frame, statement, write_frame,
+    Algorithm, Approval, CaInfo, CaParams, CeremonyContext, CeremonyId, CeremonyOp,
+    CeremonyOutcome, CertificateTemplate, DistinguishedName, IssuedCertificate, NameAttribute,
+    QuorumProof, Request, RequestFrame, Response, ResponseFrame, SignerError, StatusInfo,
+    SubjectAltName, Urls, Validity, read_frame, statement, write_frame,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -74,6 +74,9 @@ pub fn ceremony_id() -> CeremonyId {
 pub struct Custodians {
     pub names: Vec<String>,
     keys: Vec<Ed25519KeyPair>,
+    /// The signer and custodian set approvals are for: learnt from the
+    /// running signer (its audit key and set) each time it starts.
+    pub context: Option<CeremonyContext>,
 }
 
 impl Custodians {
@@ -86,7 +89,11 @@ impl Custodians {
             keys.push(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ed25519 key"));
             names.push(format!("custodian-{i}"));
         }
-        Custodians { names, keys }
+        Custodians {
+            names,
+            keys,
+            context: None,
+        }
     }
 
     pub fn public_key(&self, i: usize) -> [u8; 32] {
@@ -99,7 +106,15 @@ impl Custodians {
 
     /// Custodian `i`'s approval of (`id`, `op`).
     pub fn approve(&self, i: usize, id: &CeremonyId, op: &CeremonyOp) -> Approval {
-        approval(&self.keys[i], id, op)
+        self.approval_by(&self.keys[i], id, op)
+    }
+
+    /// `key`'s approval of (`id`, `op`) for the same signer and set.
+    pub fn approval_by(&self, key: &Ed25519KeyPair, id: &CeremonyId, op: &CeremonyOp) -> Approval {
+        let ctx = self
+            .context
+            .expect("the custodians' context is learnt when the signer starts");
+        approval(key, &ctx, id, op)
     }
 
     /// A proof with the approvals of the custodians `who`, in that order.
@@ -111,10 +126,15 @@ impl Custodians {
     }
 }
 
-pub fn approval(key: &Ed25519KeyPair, id: &CeremonyId, op: &CeremonyOp) -> Approval {
+pub fn approval(
+    key: &Ed25519KeyPair,
+    ctx: &CeremonyContext,
+    id: &CeremonyId,
+    op: &CeremonyOp,
+) -> Approval {
     Approval {
         custodian: key.public_key().as_ref().try_into().expect("32 octets"),
-        signature: key.sign(&statement(id, op)).as_ref().to_vec(),
+        signature: key.sign(&statement(ctx, id, op)).as_ref().to_vec(),
     }
 }
 
@@ -404,6 +424,10 @@ impl SignerProcess {
             status.seccomp,
             "the signer runs without its seccomp filter: {status:?}"
         );
+        self.custodians.context = match self.ok(Request::PublicKeys) {
+            Response::PublicKeys(k) => Some(CeremonyContext::new(&k.audit_spki_der, &k.custodians)),
+            other => panic!("PublicKeys answered with {other:?}"),
+        };
     }
 
     /// Kills the signer (SIGKILL: everything acknowledged is durable) and
