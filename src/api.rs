@@ -6,7 +6,7 @@
 //! | method | path | role | what |
 //! |---|---|---|---|
 //! | GET  | /healthz | none | process is up |
-//! | GET  | /readyz | none | signer reachable and log writable (503 otherwise) |
+//! | GET  | /readyz | none | signer reachable and log writable (503 otherwise, with `log_problem`) |
 //! | GET  | /metrics | auditor | Prometheus text |
 //! | GET  | /v1/status | auditor | [`StatusView`] |
 //! | GET  | /v1/ceremonies | auditor | list of [`CeremonyView`] |
@@ -125,6 +125,17 @@ pub struct StatusView {
     pub last_checkpoint: Option<u64>,
     pub actor: String,
     pub role: Role,
+    /// Whether the event log accepts writes (false after a failed commit,
+    /// until castellan restarts).
+    #[serde(default = "yes")]
+    pub log_writable: bool,
+    /// Why it does not, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_problem: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Open a ceremony. `purpose` is root | intermediate | custodians.

@@ -448,7 +448,10 @@ impl Daemon {
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         let (events, head) = v.head();
+        let log_problem = self.log_problem();
         Ok(StatusView {
+            log_writable: log_problem.is_none(),
+            log_problem,
             version: env!("CARGO_PKG_VERSION").into(),
             events,
             head_hash: hex::encode(head),
@@ -463,11 +466,17 @@ impl Daemon {
         })
     }
 
-    /// (signer reachable, log writable)
+    /// (signer reachable, log writable). A store whose commit failed
+    /// still starts reads but refuses every write: not ready.
     pub async fn ready(&self) -> (bool, bool) {
         let signer = self.pool.is_reachable().await;
-        let log = self.store.read().is_ok();
+        let log = self.store.writable().is_ok() && self.store.read().is_ok();
         (signer, log)
+    }
+
+    /// Why the event log cannot be written, and what to do, if it cannot.
+    pub fn log_problem(&self) -> Option<String> {
+        self.store.writable().err()
     }
 
     /// Prometheus text exposition.
@@ -540,6 +549,16 @@ impl Daemon {
             "gauge",
             "Open signer connections.",
             ps.connections_open as f64,
+        );
+        metric(
+            "castellan_log_writable",
+            "gauge",
+            "1 while the event log accepts writes; 0 after a failed commit (restart castellan).",
+            if self.store.writable().is_ok() {
+                1.0
+            } else {
+                0.0
+            },
         );
         metric(
             "castellan_log_commits_total",

@@ -233,6 +233,10 @@ pub trait AdminBackend: Send + Sync + 'static {
     }
     /// (signer reachable, log writable)
     fn ready(&self) -> impl Future<Output = (bool, bool)> + Send;
+    /// Why the event log accepts no writes, for `/readyz`.
+    fn log_problem(&self) -> Option<String> {
+        None
+    }
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -309,6 +313,10 @@ impl AdminBackend for Daemon {
 
     async fn ready(&self) -> (bool, bool) {
         Daemon::ready(self).await
+    }
+
+    fn log_problem(&self) -> Option<String> {
+        Daemon::log_problem(self)
     }
 
     fn metrics(&self) -> String {
@@ -846,10 +854,11 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return Ok(json_response(
-                status,
-                &serde_json::json!({"ready": signer && log, "signer_reachable": signer, "log_writable": log}),
-            ));
+            let mut body = serde_json::json!({"ready": signer && log, "signer_reachable": signer, "log_writable": log});
+            if !log && let Some(why) = backend.log_problem() {
+                body["log_problem"] = serde_json::Value::String(why);
+            }
+            return Ok(json_response(status, &body));
         }
         Endpoint::Metrics => {
             return Ok(respond(

@@ -1017,6 +1017,14 @@ fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
         s.events,
         short(&s.head_hash, 16)
     );
+    if !s.log_writable {
+        println!(
+            "  event log:    NOT WRITABLE — {}",
+            s.log_problem
+                .as_deref()
+                .unwrap_or("restart castellan (reopening the file repairs it)")
+        );
+    }
     match s.last_checkpoint {
         Some(c) => println!("  checkpoint:   last signed at event {c}"),
         None => println!("  checkpoint:   none signed yet (castellanctl audit checkpoint)"),

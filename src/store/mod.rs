@@ -456,6 +456,9 @@ struct Stats {
     commands: AtomicU64,
     /// See [`Store::ca_generation`].
     ca_generation: AtomicU64,
+    /// Why the writer stopped accepting writes (see [`Writer::failed`]),
+    /// for [`Store::writable`].
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 struct Writer {
@@ -624,6 +627,11 @@ impl Writer {
                      restarts (reopening repairs the file)"
                 );
                 self.failed = Some(why.clone());
+                *self
+                    .stats
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                 Err(why)
             }
         }
@@ -924,6 +932,34 @@ impl Store {
         }))?;
         rx.recv()
             .map_err(|_| ExecError::Storage(DROPPED.to_string()))?
+    }
+
+    /// Whether a write can succeed: no commit has failed and the writer
+    /// thread is alive. A read can start on a store that refuses every
+    /// write, so readiness is asked here, not with [`Store::read`]. The
+    /// error says what happened and what to do.
+    pub fn writable(&self) -> Result<(), String> {
+        let failure = self
+            .inner
+            .stats
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(why) = failure {
+            // `why` says to restart and that reopening repairs the file.
+            return Err(format!("the event log accepts no writes: {why}"));
+        }
+        let stopped = self.inner.tx.is_none()
+            || self
+                .inner
+                .writer
+                .as_ref()
+                .is_none_or(|w| w.is_finished());
+        if stopped {
+            return Err(format!("the event log accepts no writes: {DROPPED}"));
+        }
+        Ok(())
     }
 
     /// A consistent read-only view of the committed state.
