@@ -38,6 +38,16 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {

@@ -922,6 +922,13 @@ impl Daemon {
     }
 
     async fn refuse_issuance(&self, c: &Caller, reason: String) -> ApiError {
+        self.refuse_issuance_as(c, ErrorKind::BadRequest, reason)
+            .await
+    }
+
+    /// Records an issuance refused before the signer was asked and
+    /// answers with `kind`.
+    async fn refuse_issuance_as(&self, c: &Caller, kind: ErrorKind, reason: String) -> ApiError {
         self.metrics.refused.fetch_add(1, Ordering::Relaxed);
         let r = reason.clone();
         let _ = self
@@ -931,7 +938,7 @@ impl Daemon {
                 error: r,
             })
             .await;
-        bad(reason)
+        err(kind, reason)
     }
 
     pub async fn issue(&self, c: &Caller, r: IssueRequest) -> Result<IssuedView, ApiError> {
@@ -952,6 +959,34 @@ impl Daemon {
                 )
                 .await);
         };
+        // A profile whose certificates carry a role on the mTLS admin
+        // listener mints admin credentials: only a caller holding that
+        // role (or more) may have one issued, or an operator could make
+        // itself an admin, or a client renew its own access forever.
+        if let Some(need) = config
+            .admin
+            .https
+            .as_ref()
+            .and_then(|h| h.roles.get(&r.profile).copied())
+            && c.role < need
+        {
+            return Err(self
+                .refuse_issuance_as(
+                    c,
+                    ErrorKind::Forbidden,
+                    format!(
+                        "profile {:?} issues admin-listener credentials with role {} \
+                         ([admin.https] roles); issuing under it needs role {} or above, and {} \
+                         has role {}; ask an admin to issue it",
+                        r.profile,
+                        need.as_str(),
+                        need.as_str(),
+                        c.actor.describe(),
+                        c.role.as_str()
+                    ),
+                )
+                .await);
+        }
         if let Err(e) = check_request(profile, &parsed) {
             return Err(self
                 .refuse_issuance(
@@ -976,7 +1011,15 @@ impl Daemon {
             .issuer
             .clone()
             .or_else(|| config.issuance.default_issuer.clone());
-        let (issuer, chain_pem) = self.issuer_and_chain(chosen)?;
+        let (issuer, chain_pem) = match self.issuer_and_chain(chosen) {
+            Ok(found) => found,
+            // An unknown, inactive or ambiguous issuer is a refused request
+            // like any other: it leaves its trace in the log.
+            Err(e) if matches!(e.kind, ErrorKind::Refused | ErrorKind::BadRequest) => {
+                return Err(self.refuse_issuance_as(c, e.kind, e.message).await);
+            }
+            Err(e) => return Err(e),
+        };
         let identity = r.identity.clone().unwrap_or_else(|| {
             parsed
                 .sans
@@ -1369,7 +1412,100 @@ fn check_request(
         }
     };
     profile.key_allowed(key)?;
-    profile.sans_allowed(&csr.sans)
+    profile.sans_allowed(&csr.sans)?;
+    check_subject(profile, csr)
+}
+
+/// The subject's attributes: bounded lengths (RFC 5280's upper bounds),
+/// no control characters, and a common name that reads as a host name or
+/// address passes the profile's name rules like a SAN — and, for server
+/// profiles, is one of the SANs (CA/Browser Forum BR 7.1.4.3) — so that a
+/// subject cannot name a host the SANs were not allowed to.
+fn check_subject(
+    profile: &crate::config::Profile,
+    csr: &crate::csr::ParsedCsr,
+) -> Result<(), String> {
+    use crate::config::ProfileKind;
+    for a in &csr.subject.0 {
+        let (name, value, max) = match a {
+            NameAttribute::CommonName(v) => ("CN (commonName)", v, 64),
+            NameAttribute::Organization(v) => ("O (organizationName)", v, 64),
+            NameAttribute::OrganizationalUnit(v) => ("OU (organizationalUnitName)", v, 64),
+            NameAttribute::Country(v) => ("C (countryName)", v, 2),
+            NameAttribute::Locality(v) => ("L (localityName)", v, 128),
+            NameAttribute::State(v) => ("ST (stateOrProvinceName)", v, 128),
+            NameAttribute::SerialNumber(v) => ("serialNumber", v, 64),
+            NameAttribute::DomainComponent(v) => ("DC (domainComponent)", v, 63),
+        };
+        if value.is_empty() {
+            return Err(format!("subject attribute {name} is empty; leave it out instead"));
+        }
+        if let Some(ch) = value.chars().find(|ch| ch.is_control()) {
+            return Err(format!(
+                "subject attribute {name} holds a control character (U+{:04X}); names carry \
+                 printable text only",
+                u32::from(ch)
+            ));
+        }
+        let len = value.chars().count();
+        if len > max {
+            return Err(format!(
+                "subject attribute {name} has {len} characters; at most {max} are allowed \
+                 (RFC 5280 upper bound)"
+            ));
+        }
+        if matches!(a, NameAttribute::Country(_))
+            && !(len == 2 && value.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(format!(
+                "subject attribute {name} {value:?} is not a two-letter ISO 3166 code like \"DE\""
+            ));
+        }
+    }
+    let server = matches!(profile.kind, ProfileKind::Server | ProfileKind::ServerClient);
+    for a in &csr.subject.0 {
+        let NameAttribute::CommonName(cn) = a else {
+            continue;
+        };
+        let as_name = if let Ok(ip) = cn.parse::<std::net::IpAddr>() {
+            SubjectAltName::Ip(match ip {
+                std::net::IpAddr::V4(v) => v.octets().to_vec(),
+                std::net::IpAddr::V6(v) => v.octets().to_vec(),
+            })
+        } else if looks_like_dns_name(cn) {
+            SubjectAltName::Dns(cn.clone())
+        } else {
+            continue;
+        };
+        profile.name_allowed(&as_name).map_err(|e| {
+            format!("subject CN {cn:?} names a host, so it must pass the profile's name rules: {e}")
+        })?;
+        if server && !csr.sans.iter().any(|s| same_name(s, &as_name)) {
+            return Err(format!(
+                "subject CN {cn:?} is not among the subject alternative names [{}]; a server \
+                 certificate's CN must repeat one of its SANs (add it with --san or change the CN)",
+                csr.sans.iter().map(format_san).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A common name that a relying party could take for a host name: a dot
+/// and only the characters of host names (and a wildcard).
+fn looks_like_dns_name(cn: &str) -> bool {
+    cn.contains('.')
+        && cn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b))
+}
+
+fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
+    match (a, b) {
+        (SubjectAltName::Dns(x), SubjectAltName::Dns(y)) => x.eq_ignore_ascii_case(y),
+        (SubjectAltName::Ip(x), SubjectAltName::Ip(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// The ceremony operation an admin asked for.

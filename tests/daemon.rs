@@ -1052,3 +1052,121 @@ fn the_default_issuer_and_its_chain_follow_each_new_ca_at_once() {
     assert_eq!(v["issuer"], "issuing", "{v}");
     assert_eq!(v["chain_pem"].as_str(), Some(issuing_pem.as_str()), "{v}");
 }
+
+/// `castellanctl issue --generate-key` under the server profile from
+/// `issuing` with this subject and these SANs (files `<tag>.key`, `<tag>.pem`).
+fn issue_with(a: &Appliance, tag: &str, subject: &str, sans: &[&str], issuer: &str) -> Out {
+    let key = a.path(&format!("{tag}.key"));
+    let out = a.path(&format!("{tag}.pem"));
+    let mut args = vec![
+        "issue",
+        "--generate-key",
+        "--subject",
+        subject,
+        "--key-out",
+        key.to_str().unwrap(),
+        "--profile",
+        "server",
+        "--issuer",
+        issuer,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for s in sans {
+        args.extend(["--san", s]);
+    }
+    a.ctl(&args)
+}
+
+fn refusals(a: &Appliance) -> Vec<String> {
+    a.events()
+        .iter()
+        .filter(|e| kind(e) == "issuance-refused")
+        .map(|e| e["payload"].to_string())
+        .collect()
+}
+
+#[test]
+fn a_subject_that_names_another_host_or_breaks_the_attribute_rules_is_refused_and_logged() {
+    let a = Appliance::start();
+    a.make_cas();
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "CN=www.bank.example",
+            &["DNS:app.corp.example"],
+            &["CN", "www.bank.example", "not among"],
+        ),
+        // An address in the CN is a host name too.
+        ("CN=10.1.2.3", &["DNS:app.corp.example"], &["CN", "10.1.2.3", "IP address"]),
+        (
+            "CN=a long name that is not a host name but is longer than the sixty-four allowed",
+            &["DNS:app.corp.example"],
+            &["CN (commonName)", "at most 64"],
+        ),
+        (
+            "CN=app.corp.example,C=Germany",
+            &["DNS:app.corp.example"],
+            &["C (countryName)", "at most 2"],
+        ),
+    ];
+    let mut refused = 0;
+    for (i, (subject, sans, words)) in cases.iter().enumerate() {
+        let out = issue_with(&a, &format!("bad{i}"), subject, sans, "issuing");
+        assert_eq!(out.code, Some(2), "{subject}: {out}");
+        for w in *words {
+            assert!(out.stdout.contains(w), "{subject}: no {w:?} in {out}");
+        }
+        refused += 1;
+        let logged = refusals(&a);
+        assert_eq!(logged.len(), refused, "{logged:?}");
+        assert!(logged[refused - 1].contains("subject"), "{logged:?}");
+    }
+    // A control character in an attribute.
+    let out = issue_with(
+        &a,
+        "ctrl",
+        "CN=app.corp.example,OU=ops\u{7}team",
+        &["DNS:app.corp.example"],
+        "issuing",
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stdout.contains("OU (organizationalUnitName)") && out.stdout.contains("control"),
+        "{out}"
+    );
+    refused += 1;
+    assert_eq!(refusals(&a).len(), refused);
+
+    // An unknown issuer is refused and logged like any other refusal.
+    let out = issue_with(
+        &a,
+        "noissuer",
+        "CN=app.corp.example",
+        &["DNS:app.corp.example"],
+        "no-such-ca",
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains("no-such-ca"), "{out}");
+    let logged = refusals(&a);
+    assert_eq!(logged.len(), refused + 1, "{logged:?}");
+    assert!(logged[refused].contains("no-such-ca"), "{logged:?}");
+
+    // The CN repeating a SAN (in another case) and a person's name as CN
+    // are issued.
+    issue_with(
+        &a,
+        "good",
+        "CN=App.Corp.Example,O=Example",
+        &["DNS:app.corp.example"],
+        "issuing",
+    )
+    .ok();
+    issue_with(
+        &a,
+        "person",
+        "CN=Jane Doe,C=DE",
+        &["DNS:app.corp.example"],
+        "issuing",
+    )
+    .ok();
+}
