@@ -324,6 +324,23 @@ pub struct VerifyView {
     pub checkpoints_ok: u64,
     pub checkpoints_bad: Vec<(u64, String)>,
     pub last_checkpoint: Option<u64>,
+    /// Audit keys recorded in the log that are not the signer's:
+    /// (sequence number of the `signer-keys-observed` event, why).
+    #[serde(default)]
+    pub foreign_audit_keys: Vec<(u64, String)>,
+    /// What the checkpoint signatures were checked against: `signer` (the
+    /// audit key the signer reports; every recorded key is it), `file` (an
+    /// audit key given to offline verify), or `log-only` (only the keys
+    /// recorded in the log itself — not confirmed; `checkpoint_keys_note`
+    /// says why).
+    #[serde(default = "log_only")]
+    pub checkpoint_keys: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_keys_note: Option<String>,
+}
+
+fn log_only() -> String {
+    "log-only".into()
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -1288,12 +1288,35 @@ impl Daemon {
         Ok(view)
     }
 
+    /// Walks the log and checks every recorded audit key against the one
+    /// the signer reports: a key recorded in the log proves nothing by
+    /// itself (whoever can write the file can record their own and
+    /// re-sign). Without the signer the report says the checkpoint keys
+    /// are unconfirmed.
     pub async fn audit_verify(&self, _c: &Caller) -> Result<VerifyView, ApiError> {
+        let trusted = match self.signer(Request::PublicKeys).await {
+            Ok(Response::PublicKeys(keys)) => Ok(keys.audit_spki_der),
+            Ok(_) => Err("it gave an unexpected answer to PublicKeys".to_string()),
+            Err(e) => Err(e.message),
+        };
         let store = self.store.clone();
-        let report = tokio::task::spawn_blocking(move || store.verify())
+        let key = trusted.as_ref().ok().cloned();
+        let report = tokio::task::spawn_blocking(move || store.verify_against(key.as_deref()))
             .await
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        Ok(verify_view(&report))
+        let mut view = verify_view(&report);
+        match trusted {
+            Ok(_) => view.checkpoint_keys = "signer".into(),
+            Err(why) => {
+                view.checkpoint_keys_note = Some(format!(
+                    "the checkpoint keys could not be confirmed against the signer ({why}): \
+                     checkpoint signatures were checked only against the audit keys recorded \
+                     in the log itself, which whoever can write the log could have replaced; \
+                     run `castellanctl audit verify` again once castellan-signer is reachable"
+                ))
+            }
+        }
+        Ok(view)
     }
 
     pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<Vec<EventView>, ApiError> {
@@ -1371,7 +1394,7 @@ impl Daemon {
 
 pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
     VerifyView {
-        ok: r.first_bad.is_none() && r.checkpoints_bad.is_empty(),
+        ok: r.is_clean(),
         events: r.events,
         head_hash: hex::encode(r.head_hash),
         first_bad_sequence: r.first_bad.as_ref().map(|(s, _)| *s),
@@ -1379,6 +1402,9 @@ pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
         checkpoints_ok: r.checkpoints_ok,
         checkpoints_bad: r.checkpoints_bad.clone(),
         last_checkpoint: r.last_checkpoint,
+        foreign_audit_keys: r.foreign_audit_keys.clone(),
+        checkpoint_keys: "log-only".into(),
+        checkpoint_keys_note: None,
     }
 }
 

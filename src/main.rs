@@ -1,8 +1,8 @@
 //! castellan: the control daemon.
 //!
 //! `castellan [--config FILE] [--state-dir DIR]` runs the daemon;
-//! `castellan verify --database FILE` re-walks an event log offline (e.g. a
-//! copy preserved as evidence).
+//! `castellan verify --database FILE [--audit-key FILE]` re-walks an event
+//! log offline (e.g. a copy preserved as evidence).
 //!
 //! Exit statuses: 0 ok, 1 runtime failure, 2 usage, 64 invalid
 //! configuration (names the key), 65 the offline verification found damage.
@@ -44,9 +44,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Verify an event log file offline (hash chain and checkpoints).
+    ///
+    /// With --audit-key, every audit key recorded in the log must be that
+    /// key; without it, checkpoint signatures are checked only against the
+    /// keys recorded in the log itself, which whoever could write the file
+    /// could have replaced (the report says so).
     Verify {
         #[arg(long)]
         database: PathBuf,
+        /// The signer's audit public key: PEM (PUBLIC KEY) or DER
+        /// SubjectPublicKeyInfo, as `castellanctl signer audit-key` writes it.
+        #[arg(long, value_name = "FILE")]
+        audit_key: Option<PathBuf>,
     },
     /// Check the configuration and exit (64 with the key at fault when invalid).
     CheckConfig,
@@ -54,8 +63,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Verify { database }) = &cli.command {
-        return verify_offline(database);
+    if let Some(Command::Verify {
+        database,
+        audit_key,
+    }) = &cli.command
+    {
+        return verify_offline(database, audit_key.as_deref());
     }
     let config = match Config::load(cli.config.as_deref(), cli.state_dir.as_deref()) {
         Ok(c) => Arc::new(c),
@@ -99,10 +112,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn verify_offline(database: &std::path::Path) -> ExitCode {
-    match Store::verify_file(database) {
+/// The DER SubjectPublicKeyInfo in a PEM or DER file.
+fn read_audit_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use der::Decode;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the audit key {}: {e}", path.display()))?;
+    let der = castellan::pem::decode(&bytes, &["PUBLIC KEY"])
+        .map_err(|e| format!("audit key {}: {e}", path.display()))?;
+    spki::SubjectPublicKeyInfoRef::from_der(&der).map_err(|e| {
+        format!(
+            "audit key {}: not a SubjectPublicKeyInfo ({e}); export it with \
+             `castellanctl signer audit-key --out FILE`",
+            path.display()
+        )
+    })?;
+    Ok(der)
+}
+
+fn verify_offline(database: &std::path::Path, audit_key: Option<&std::path::Path>) -> ExitCode {
+    let trusted = match audit_key.map(read_audit_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("castellan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Store::verify_file_against(database, trusted.as_deref()) {
         Ok(r) => {
-            let v = castellan::daemon::verify_view(&r);
+            let mut v = castellan::daemon::verify_view(&r);
+            if trusted.is_some() {
+                v.checkpoint_keys = "file".into();
+            } else {
+                let note = "checkpoint signatures were checked only against the audit keys \
+                            recorded in the log itself, which whoever could write the file could \
+                            have replaced; pass --audit-key FILE (from `castellanctl signer \
+                            audit-key`) to check them against the signer's key";
+                eprintln!("castellan: note: {note}");
+                v.checkpoint_keys_note = Some(note.to_string());
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             if v.ok {
                 ExitCode::SUCCESS

@@ -1170,3 +1170,166 @@ fn a_subject_that_names_another_host_or_breaks_the_attribute_rules_is_refused_an
     )
     .ok();
 }
+
+/// Rewrites a copy of the log as someone who can write the file could:
+/// every recorded audit key replaced by `key`'s, every checkpoint re-made
+/// and re-signed with it, the chain re-hashed. Returns the sequence numbers
+/// of the replaced `SignerKeysObserved` events.
+fn swap_audit_key(database: &Path, key: &ring::signature::EcdsaKeyPair) -> Vec<u64> {
+    use castellan::events::{Event, EventPayload};
+    use ring::signature::KeyPair;
+    let rng = ring::rand::SystemRandom::new();
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    spki.extend_from_slice(key.public_key().as_ref());
+    let db = redb::Database::open(database).expect("open the copy with redb");
+    let txn = db.begin_write().unwrap();
+    let mut swapped = Vec::new();
+    {
+        use redb::ReadableTable;
+        let mut table = txn.open_table(EVENTS).unwrap();
+        let stored: Vec<Event> = table
+            .range::<u64>(..)
+            .unwrap()
+            .map(|kv| postcard::from_bytes(kv.unwrap().1.value()).unwrap())
+            .collect();
+        let mut hashes: Vec<[u8; 32]> = Vec::new();
+        let mut prev = [0u8; 32];
+        for ev in stored {
+            let payload = match ev.payload {
+                EventPayload::SignerKeysObserved { custodians, .. } => {
+                    swapped.push(ev.seq);
+                    EventPayload::SignerKeysObserved {
+                        audit_spki_der: spki.clone(),
+                        audit_algorithm: castellan_proto::Algorithm::EcdsaP256,
+                        custodians,
+                    }
+                }
+                EventPayload::CheckpointSigned { sequence, time, .. } => {
+                    let request = castellan_proto::CheckpointRequest {
+                        sequence,
+                        head_hash: hashes[sequence as usize],
+                        time,
+                    };
+                    let message = castellan_proto::checkpoint_message(&request);
+                    EventPayload::CheckpointSigned {
+                        sequence,
+                        head_hash: request.head_hash,
+                        time,
+                        signature: key.sign(&rng, &message).unwrap().as_ref().to_vec(),
+                    }
+                }
+                other => other,
+            };
+            let new = Event::new(ev.seq, ev.time_ms, ev.actor, payload, prev);
+            prev = new.hash;
+            hashes.push(new.hash);
+            table
+                .insert(new.seq, postcard::to_stdvec(&new).unwrap().as_slice())
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    swapped
+}
+
+#[test]
+fn a_log_whose_recorded_audit_key_was_swapped_is_reported_online_and_offline() {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let mut a = Appliance::start();
+    a.make_cas();
+    a.ctl(&["audit", "checkpoint"]).ok();
+    common::issue(&a, "after-checkpoint");
+    a.ctl(&["audit", "checkpoint"]).ok();
+    a.ctl(&["audit", "verify"]).ok();
+    assert!(a.stop_daemon().success());
+
+    // The signer's audit key, exported apart from the log.
+    let audit_pem = a.path("audit-key.pem");
+    run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.signer_socket)
+            .args(["signer", "audit-key", "--out"])
+            .arg(&audit_pem),
+        WAIT,
+    )
+    .ok();
+    assert!(
+        std::fs::read_to_string(&audit_pem)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let forger =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let copy = a.path("forged.redb");
+    std::fs::copy(a.database(), &copy).unwrap();
+    let swapped = swap_audit_key(&copy, &forger);
+    assert!(!swapped.is_empty(), "the log records the signer's audit key");
+
+    let verify = |db: &Path, key: Option<&Path>| {
+        let mut cmd = Command::new(castellan_bin());
+        cmd.arg("verify").arg("--database").arg(db);
+        if let Some(k) = key {
+            cmd.arg("--audit-key").arg(k);
+        }
+        run(&mut cmd, WAIT)
+    };
+    // Against the keys in the log alone, the forgery is consistent: the
+    // report says that is all it checked.
+    let alone = verify(&copy, None);
+    assert_eq!(alone.code, Some(0), "{alone}");
+    assert_eq!(alone.json()["checkpoint_keys"], "log-only", "{alone}");
+    assert!(
+        alone.stderr.contains("only against the audit keys recorded in the log itself"),
+        "{alone}"
+    );
+    // With the signer's key: the original verifies, the forgery does not.
+    let original = verify(&a.database(), Some(&audit_pem));
+    assert_eq!(original.code, Some(0), "{original}");
+    assert_eq!(original.json()["checkpoint_keys"], "file", "{original}");
+    let forged = verify(&copy, Some(&audit_pem));
+    assert_eq!(forged.code, Some(65), "{forged}");
+    let v = forged.json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["foreign_audit_keys"][0][0].as_u64(), Some(swapped[0]), "{v}");
+
+    // Online: castellan asks the signer for its audit key.
+    let config = a.path("castellan-forged.toml");
+    std::fs::write(&config, a.config_text(Some(&copy))).unwrap();
+    a.start_daemon_with(&config);
+    let online = run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.admin_socket)
+            .args(["audit", "verify"]),
+        WAIT,
+    );
+    assert_eq!(online.code, Some(1), "{online}");
+    assert!(
+        online.stdout.contains(&format!(
+            "audit key at event {} is not the signer's",
+            swapped[0]
+        )),
+        "{online}"
+    );
+
+    // Without the signer the keys cannot be confirmed: not a plain OK.
+    a.kill_signer();
+    let unconfirmed = a.ctl(&["audit", "verify"]);
+    assert_eq!(unconfirmed.code, Some(69), "{unconfirmed}");
+    let v = unconfirmed.json();
+    assert_eq!(v["checkpoint_keys"], "log-only", "{v}");
+    assert!(
+        v["checkpoint_keys_note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not be confirmed against the signer"),
+        "{v}"
+    );
+}

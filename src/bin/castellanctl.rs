@@ -272,6 +272,17 @@ enum CrlCmd {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Re-walk the hash chain and check the signed checkpoints.
+    ///
+    /// castellan asks the signer for its audit key and requires every audit
+    /// key recorded in the log to be that key (a key recorded in the log
+    /// proves nothing by itself).
+    ///
+    /// Exit status: 0 the chain and every checkpoint verified against the
+    /// signer's audit key; 1 damage found (the report names the first bad
+    /// event, bad checkpoints, or recorded audit keys that are not the
+    /// signer's); 69 no damage found, but the signer could not be asked for
+    /// its audit key, so the checkpoint keys are NOT confirmed (run it again
+    /// once castellan-signer is reachable).
     Verify,
     /// Read events.
     Log {
@@ -338,6 +349,14 @@ enum SignerCmd {
         ca: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The signer's audit public key (PEM SubjectPublicKeyInfo), which
+    /// signs the event log's checkpoints: keep a copy apart from the log,
+    /// for `castellan verify --database FILE --audit-key FILE`.
+    AuditKey {
+        /// Write it here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -662,6 +681,36 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             Ok(())
         }
         SignerCmd::Ceremony { command } => ceremony_cmd(socket, command, json),
+        SignerCmd::AuditKey { out } => {
+            let mut c = SignerClient::connect(socket)?;
+            let Response::PublicKeys(k) = c.call(Request::PublicKeys)? else {
+                return Err(refused("unexpected answer to PublicKeys".into()));
+            };
+            let pem_text = pem::encode("PUBLIC KEY", &k.audit_spki_der);
+            let sha256 = hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                &k.audit_spki_der,
+            ));
+            if let Some(out) = &out {
+                write_out(out, &pem_text)?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"algorithm": k.audit_algorithm.as_str(),
+                        "spki_sha256": sha256, "pem": pem_text})
+                );
+            } else if let Some(out) = &out {
+                println!(
+                    "audit key ({}, SubjectPublicKeyInfo SHA-256 {sha256}) written to {}",
+                    k.audit_algorithm.as_str(),
+                    out.display()
+                );
+            } else {
+                print!("{pem_text}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1984,9 +2033,28 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
     match command {
         AuditCmd::Verify => {
             let v: VerifyView = ctx.get("/v1/audit/verify")?;
-            let ok = v.ok && v.checkpoints_bad.is_empty();
+            let ok = v.ok && v.checkpoints_bad.is_empty() && v.foreign_audit_keys.is_empty();
+            let confirmed = v.checkpoint_keys == "signer";
             if ctx.json {
                 print_json(&v)?;
+            } else if ok && !confirmed {
+                println!(
+                    "audit chain intact: {} events, head {}; {} checkpoint(s) verified{} — but \
+                     the checkpoint keys are NOT CONFIRMED",
+                    v.events,
+                    short(&v.head_hash, 16),
+                    v.checkpoints_ok,
+                    v.last_checkpoint
+                        .map(|c| format!(", last at event {c}"))
+                        .unwrap_or_default()
+                );
+                println!(
+                    "  {}",
+                    v.checkpoint_keys_note.as_deref().unwrap_or(
+                        "checkpoint signatures were checked only against the audit keys \
+                         recorded in the log itself"
+                    )
+                );
             } else if ok {
                 println!(
                     "audit chain OK: {} events, head {}; {} checkpoint(s) verified{}",
@@ -2008,15 +2076,20 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                 for (seq, why) in &v.checkpoints_bad {
                     println!("  bad checkpoint at event {seq}: {why}");
                 }
+                for (seq, why) in &v.foreign_audit_keys {
+                    println!("  audit key at event {seq} is not the signer's: {why}");
+                }
                 println!(
                     "  next: preserve the state directory as evidence before anything else \
                      writes to it, and compare with the last snapshot"
                 );
             }
-            if ok {
-                Ok(())
-            } else {
+            if !ok {
                 Err(Failure::Reported(ErrorKind::Refused))
+            } else if !confirmed {
+                Err(Failure::Reported(ErrorKind::Unavailable))
+            } else {
+                Ok(())
             }
         }
         AuditCmd::Log {

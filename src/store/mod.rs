@@ -1014,9 +1014,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Re-walks the chain and checks the checkpoints.
+    /// Re-walks the chain and checks the checkpoints against the audit
+    /// keys recorded in the log itself (see [`Store::verify_against`]).
     pub fn verify(&self) -> VerifyReport {
-        verify::verify_db(&*self.inner.db)
+        self.verify_against(None)
+    }
+
+    /// Re-walks the chain and checks the checkpoints; with `trusted` (the
+    /// DER SubjectPublicKeyInfo of the signer's audit key), every audit key
+    /// recorded in the log must be that key.
+    pub fn verify_against(&self, trusted: Option<&[u8]>) -> VerifyReport {
+        verify::verify_db(&*self.inner.db, trusted)
     }
 
     /// `verify` on a file no daemon has open. The file is opened read-only;
@@ -1024,20 +1032,29 @@ impl Store {
     /// it before it can be read, which this does on a private copy so that
     /// the evidence itself is never written to.
     pub fn verify_file(path: &Path) -> Result<VerifyReport, StoreError> {
+        Store::verify_file_against(path, None)
+    }
+
+    /// [`Store::verify_file`] with the trusted audit key of
+    /// [`Store::verify_against`].
+    pub fn verify_file_against(
+        path: &Path,
+        trusted: Option<&[u8]>,
+    ) -> Result<VerifyReport, StoreError> {
         let read_only = unpanic(path, || {
             Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .open_read_only(path)
         })?;
         match read_only {
-            Ok(db) => Ok(verify::verify_db(&db)),
+            Ok(db) => Ok(verify::verify_db(&db, trusted)),
             Err(DatabaseError::RepairAborted) => {
                 // Not closed cleanly: redb repairs on a read-write open.
                 let copy = TempCopy::of(path)?;
                 let db = guarded(path, || {
                     Builder::new().set_cache_size(CACHE_BYTES).open(&copy.path)
                 })?;
-                let report = verify::verify_db(&db);
+                let report = verify::verify_db(&db, trusted);
                 drop(db);
                 Ok(report)
             }
