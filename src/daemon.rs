@@ -66,6 +66,10 @@ pub struct Daemon {
     /// Issuer chosen and chain PEM per requested issuer, valid for one
     /// [`Store::ca_generation`].
     issuers: std::sync::Mutex<IssuerCache>,
+    /// Admin requests hold it shared for their whole run; a reload holds
+    /// it exclusively while it swaps the settings, so that a request sees
+    /// the whole old or the whole new configuration.
+    reload_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Which CA issues for a requested issuer (or none: the default) and its
@@ -219,7 +223,7 @@ fn event_view(e: &Event) -> EventView {
         kind: e.payload.kind().into(),
         subjects: e.payload.subjects(),
         hash: hex::encode(e.hash),
-        payload: serde_json::to_value(&e.payload).unwrap_or(serde_json::Value::Null),
+        payload: e.payload.to_json(),
     }
 }
 
@@ -273,7 +277,43 @@ impl Daemon {
             responder_lock: tokio::sync::Mutex::new(()),
             rev: Arc::new(revocation::RevocationState::new()),
             issuers: std::sync::Mutex::new(IssuerCache::default()),
+            reload_gate: Arc::new(tokio::sync::RwLock::new(())),
         }
+    }
+
+    /// Held by an admin request for its whole run (see [`Daemon::reload`]).
+    pub async fn request_gate(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        Arc::clone(&self.reload_gate).read_owned().await
+    }
+
+    /// Puts a reloaded configuration in force: records a `ConfigReloaded`
+    /// event first, then — with no admin request running — has `apply`
+    /// replace the settings the servers hold and replaces the daemon's
+    /// own. If the event cannot be recorded nothing changes. Returns the
+    /// names of the settings that changed.
+    pub async fn reload(
+        &self,
+        new: Config,
+        file_sha256: Option<[u8; 32]>,
+        apply: impl FnOnce(&Config),
+    ) -> Result<Vec<String>, ApiError> {
+        let _gate = self.reload_gate.write().await;
+        let changed = changed_settings(&self.config(), &new);
+        let event = EventPayload::ConfigReloaded {
+            config_sha256: new.sha256(),
+            file_sha256,
+            changed: changed.clone(),
+        };
+        self.store
+            .execute(Actor::System, move |_| Decision::Commit {
+                events: vec![event],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        apply(&new);
+        self.replace_config(Arc::new(new));
+        Ok(changed)
     }
 
     pub fn store(&self) -> &Store {
@@ -1406,6 +1446,41 @@ pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
         checkpoint_keys: "log-only".into(),
         checkpoint_keys_note: None,
     }
+}
+
+/// Dotted names of the settings that differ between two configurations
+/// (as they serialise, under the file's key names), values left out.
+fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match (x.get(k.as_str()), y.get(k.as_str())) {
+                        (Some(va), Some(vb)) => walk(va, vb, &p, out),
+                        _ => out.push(p),
+                    }
+                }
+            }
+            _ if a == b => {}
+            _ => out.push(path.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(a), Ok(b)) => walk(&a, &b, "", &mut out),
+        // Cannot happen (see Config::sha256); the digests still differ.
+        _ => out.push("(unknown)".into()),
+    }
+    out
 }
 
 /// The profile's rules for key type, key size and names.

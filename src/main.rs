@@ -182,6 +182,21 @@ fn admin_settings(config: &Config) -> AdminSettings {
     }
 }
 
+/// A reload checked and ready to apply: the configuration, the mTLS
+/// settings, and the SHA-256 of the file it was read from.
+struct Reload {
+    config: Config,
+    tls: Option<TlsSettings>,
+    file_sha256: Option<[u8; 32]>,
+}
+
+fn file_sha256(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    Ok(out)
+}
+
 /// Reads the configuration file again for SIGHUP. Everything that can fail
 /// (parsing, what may change, the mTLS files) is checked before anything is
 /// applied: a reload applies whole or not at all.
@@ -189,8 +204,14 @@ fn reload(
     daemon: &Daemon,
     config_path: Option<&std::path::Path>,
     state_dir: &std::path::Path,
-) -> Result<(Config, Option<TlsSettings>), String> {
+) -> Result<Reload, String> {
+    let before = config_path.map(file_sha256).transpose()?;
     let new = Config::load(config_path, Some(state_dir)).map_err(|e| e.to_string())?;
+    // The digest recorded must be of the file that was parsed.
+    let after = config_path.map(file_sha256).transpose()?;
+    if before != after {
+        return Err("the configuration file changed while it was read; send SIGHUP again".into());
+    }
     daemon
         .config()
         .reloadable_diff(&new)
@@ -199,7 +220,11 @@ fn reload(
         None => None,
         Some(h) => Some(TlsSettings::from_config(h).map_err(|e| e.to_string())?),
     };
-    Ok((new, tls))
+    Ok(Reload {
+        config: new,
+        tls,
+        file_sha256: after,
+    })
 }
 
 async fn run(
@@ -348,13 +373,24 @@ async fn run(
     loop {
         tokio::select! {
             _ = hup.recv() => match reload(&daemon, config_path.as_deref(), &config.state_dir) {
-                Ok((new, new_tls)) => {
-                    settings.replace(admin_settings(&new));
-                    if let (Some((tls, _)), Some(new_tls)) = (&https, new_tls) {
-                        tls.replace(new_tls);
+                Ok(Reload { config: new, tls: new_tls, file_sha256 }) => {
+                    // Recorded in the log first, then swapped with no admin
+                    // request running: each request sees one configuration.
+                    let applied = daemon
+                        .reload(new, file_sha256, |new| {
+                            settings.replace(admin_settings(new));
+                            if let (Some((tls, _)), Some(new_tls)) = (&https, new_tls) {
+                                tls.replace(new_tls);
+                            }
+                        })
+                        .await;
+                    match applied {
+                        Ok(changed) => tracing::info!(?changed, "configuration reloaded"),
+                        Err(e) => tracing::warn!(
+                            "reload not recorded in the event log, keeping the running \
+                             configuration: {e}"
+                        ),
                     }
-                    daemon.replace_config(Arc::new(new));
-                    tracing::info!("configuration reloaded");
                 }
                 // A bad file keeps the running configuration, whole.
                 Err(e) => tracing::warn!("reload refused, keeping the running configuration: {e}"),

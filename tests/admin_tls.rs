@@ -769,3 +769,65 @@ fn an_operator_cannot_have_admin_listener_credentials_of_a_higher_role_issued() 
     // …and an admin issues admin credentials.
     a.issue("bob-client", "CN=bob", "admin-client", &[]);
 }
+
+/// The `config-reloaded` events of the log, oldest first.
+fn reloads(a: &Appliance) -> Vec<Value> {
+    let log = a.ctl_json(&["audit", "log", "--kind", "config-reloaded"]);
+    log.as_array().unwrap().clone()
+}
+
+#[test]
+fn a_reload_is_recorded_in_the_audit_log_before_it_applies_and_a_refused_one_is_not() {
+    let mut a = Appliance::start();
+    let (server, alice) = with_https(&mut a, "");
+    assert!(reloads(&a).is_empty());
+    assert_eq!(a.status_as(&alice)["role"], "operator");
+
+    let remapped = a.config(
+        &a.https(&server, "roles = { \"admin-client\" = \"auditor\" }\n"),
+        "",
+    );
+    a.reload(&remapped);
+    wait_until("the new role of the admin-client profile", || {
+        a.status_as(&alice)["role"] == "auditor"
+    });
+    let recorded = reloads(&a);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let payload = &recorded[0]["payload"];
+    let changed: Vec<&str> = payload["ConfigReloaded"]["changed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changed keys in {payload}"))
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["admin.https.roles.admin-client"], "{payload}");
+    assert_eq!(recorded[0]["actor"], "system");
+    let file = std::fs::read(a.path("castellan.toml")).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &file);
+    assert_eq!(
+        payload["ConfigReloaded"]["file_sha256"],
+        hex::encode(digest.as_ref()),
+        "{payload}"
+    );
+
+    // The human listing names it too.
+    let human = a.ctl(&["audit", "log", "--kind", "config-reloaded"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("config-reloaded"),
+        "{}",
+        text(&human)
+    );
+
+    // A refused reload records nothing.
+    a.reload("[admin\nsocket = \n");
+    wait_until("the refused reload", || {
+        a.log().matches("reload refused").count() == 1
+    });
+    assert_eq!(reloads(&a).len(), 1);
+    assert_eq!(a.status_as(&alice)["role"], "auditor");
+
+    // The chain with the new event verifies, against the signer's key.
+    let v = a.ctl_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["checkpoint_keys"], "signer", "{v}");
+}

@@ -237,6 +237,12 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn log_problem(&self) -> Option<String> {
         None
     }
+    /// Held for the whole of a request, so that a configuration reload
+    /// waits for it and the request sees one configuration throughout
+    /// (its settings, its role, the domain's configuration).
+    fn request_gate(&self) -> impl Future<Output = Option<Box<dyn Send + Sync>>> + Send {
+        async { None }
+    }
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -317,6 +323,10 @@ impl AdminBackend for Daemon {
 
     fn log_problem(&self) -> Option<String> {
         Daemon::log_problem(self)
+    }
+
+    async fn request_gate(&self) -> Option<Box<dyn Send + Sync>> {
+        Some(Box::new(Daemon::request_gate(self).await))
     }
 
     fn metrics(&self) -> String {
@@ -725,12 +735,24 @@ async fn handle<B: AdminBackend, P: Identify>(
     refused_logged: Arc<std::sync::atomic::AtomicBool>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // Before the settings are read: a reload waits until this request is
+    // done, and a request waits for a reload under way.
+    let gate = backend.request_gate().await;
     let settings = settings.current();
     let deadline = Instant::now() + settings.request_timeout;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response =
-        match route_and_call(backend, &settings, &*peer, &refused_logged, req, deadline).await {
+    let response = match route_and_call(
+        backend,
+        &settings,
+        &*peer,
+        &refused_logged,
+        req,
+        deadline,
+        gate,
+    )
+    .await
+    {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
@@ -751,6 +773,7 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
     refused_logged: &std::sync::atomic::AtomicBool,
     req: Request<Incoming>,
     deadline: Instant,
+    gate: Option<Box<dyn Send + Sync>>,
 ) -> Result<Response<Body>, ApiError> {
     let method = match *req.method() {
         hyper::Method::GET => Some(Method::Get),
@@ -920,7 +943,13 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
     };
 
     // Run to completion in its own task: see the module doc.
-    let task = tokio::spawn(async move { backend.call_encoded(&caller, call).await });
+    // The operation keeps the reload gate until it ends, also past the
+    // request's deadline.
+    let task = tokio::spawn(async move {
+        let r = backend.call_encoded(&caller, call).await;
+        drop(gate);
+        r
+    });
     match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(Ok(text))) => Ok(respond(StatusCode::OK, "application/json", text)),
         Ok(Ok(Err(e))) => Err(e),
