@@ -17,14 +17,19 @@
 //! | GET  | /v1/cas | auditor | list of [`CaView`] |
 //! | GET  | /v1/cas/{id} | auditor | [`CaView`] |
 //! | POST | /v1/certificates | operator | [`IssueRequest`] → [`IssuedView`] |
-//! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor | list of [`CertView`] |
+//! | GET  | /v1/certificates?issuer=&state=&identity=&limit=&after= | auditor | [`CertPage`] |
 //! | GET  | /v1/certificates/{serial} | auditor | [`CertView`] |
 //! | POST | /v1/certificates/{serial}/revoke | operator | [`RevokeRequest`] → [`CertView`] |
 //! | GET  | /v1/crls/{issuer} | auditor | [`CrlView`] of the current CRL |
 //! | POST | /v1/crls/{issuer}/publish | operator | [`PublishCrl`] → [`CrlView`] |
 //! | GET  | /v1/audit/verify | auditor | [`VerifyView`] |
-//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor | list of [`EventView`] |
+//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit=&from_seq= | auditor | [`EventPage`] |
 //! | POST | /v1/audit/checkpoint | operator | → [`CheckpointView`] |
+//!
+//! Lists of events and certificates come in pages of at most `limit` items
+//! ([`DEFAULT_PAGE`] by default, at most [`MAX_PAGE`]); `next` is the
+//! cursor of the following page (`from_seq` for events, `after` for
+//! certificates), absent on the last one.
 //!
 //! Errors are `{"error": ApiError}` with the HTTP status of its kind.
 
@@ -354,6 +359,30 @@ pub struct EventView {
     pub payload: serde_json::Value,
 }
 
+/// Page size of event and certificate lists when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 1_000;
+/// Largest page of event and certificate lists.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of `GET /v1/audit/log`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// `from_seq` of the next page; absent when no later event matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// One page of `GET /v1/certificates`. Issuances without a result
+/// (`possibly-issued`, serial `pending:<request id>`) come on the last page.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertPage {
+    pub certificates: Vec<CertView>,
+    /// `after` of the next page (an opaque cursor); absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointView {
     pub sequence: u64,
@@ -369,6 +398,9 @@ pub struct CertQuery {
     pub state: Option<String>,
     pub identity: Option<String>,
     pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -380,4 +412,7 @@ pub struct LogQuery {
     pub until: Option<String>,
     pub subject: Option<String>,
     pub limit: Option<usize>,
+    /// First sequence number to consider (the `next` of the previous page).
+    #[serde(default)]
+    pub from_seq: Option<u64>,
 }

@@ -1179,7 +1179,16 @@ impl Daemon {
         })
     }
 
-    pub async fn certificates(&self, _c: &Caller, q: CertQuery) -> Result<Vec<CertView>, ApiError> {
+    pub async fn certificates(&self, _c: &Caller, q: CertQuery) -> Result<CertPage, ApiError> {
+        let limit = page_size(q.limit)?;
+        let after = match &q.after {
+            None => None,
+            Some(a) => Some(hex::decode(a).map_err(|_| {
+                bad(format!(
+                    "after={a:?} is not a cursor; send the `next` of the previous page"
+                ))
+            })?),
+        };
         let state = match q.state.as_deref() {
             None => None,
             Some("issued") => Some(CertState::Issued),
@@ -1199,11 +1208,16 @@ impl Daemon {
             issuer: q.issuer,
             state,
             identity: q.identity,
-            limit: q.limit,
+            limit: Some(limit),
+            after,
         };
-        let mut out: Vec<CertView> = v.certs(&filter).iter().map(cert_view).collect();
-        // Intents without a result are possibly issued too: list them.
-        if filter.state.is_none() || filter.state == Some(CertState::PossiblyIssued) {
+        let (records, next) = v.certs_page(&filter);
+        let mut out: Vec<CertView> = records.iter().map(cert_view).collect();
+        // Intents without a result are possibly issued too: list them, on
+        // the last page.
+        if next.is_none()
+            && (filter.state.is_none() || filter.state == Some(CertState::PossiblyIssued))
+        {
             for i in v.pending_intents() {
                 if filter.issuer.as_ref().is_some_and(|x| *x != i.issuer) {
                     continue;
@@ -1225,7 +1239,13 @@ impl Daemon {
                 });
             }
         }
-        Ok(out)
+        if let Some(e) = v.error() {
+            return Err(err(ErrorKind::Internal, format!("event log: {e}")));
+        }
+        Ok(CertPage {
+            certificates: out,
+            next: next.map(hex::encode),
+        })
     }
 
     pub async fn certificate(&self, _c: &Caller, serial_hex: &str) -> Result<CertView, ApiError> {
@@ -1359,7 +1379,8 @@ impl Daemon {
         Ok(view)
     }
 
-    pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<Vec<EventView>, ApiError> {
+    pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<EventPage, ApiError> {
+        let limit = page_size(q.limit)?;
         let since_ms =
             match &q.since {
                 Some(t) => Some(parse_time_ms(t).ok_or_else(|| {
@@ -1380,14 +1401,24 @@ impl Daemon {
             since_ms,
             until_ms,
             subject: q.subject,
-            from_seq: None,
-            limit: q.limit,
+            from_seq: q.from_seq,
+            // One more than the page: whether another page follows.
+            limit: Some(limit.saturating_add(1)),
         };
-        let events = self
+        let mut events = self
             .store
             .events(&filter)
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        Ok(events.iter().map(event_view).collect())
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.seq.saturating_add(1))
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: events.iter().map(event_view).collect(),
+            next,
+        })
     }
 
     pub async fn checkpoint(&self, c: &Caller) -> Result<CheckpointView, ApiError> {
@@ -1445,6 +1476,20 @@ pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
         foreign_audit_keys: r.foreign_audit_keys.clone(),
         checkpoint_keys: "log-only".into(),
         checkpoint_keys_note: None,
+    }
+}
+
+/// The page size asked for, or the default; more than [`MAX_PAGE`] is
+/// refused rather than cut silently.
+fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(0) => Err(bad("limit=0 asks for nothing; send 1 to 10000")),
+        Some(n) if n > MAX_PAGE => Err(bad(format!(
+            "limit={n} is above the largest page ({MAX_PAGE}); page through with the `next` \
+             cursor of each answer"
+        ))),
+        Some(n) => Ok(n),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use castellan::admin::{AdminBackend, AdminSettings, Call, serve_unix_with};
 use castellan::admin_client::AdminClient;
-use castellan::api::{ApiError, CertQuery, ErrorBody, ErrorKind, Role};
+use castellan::api::{ApiError, CertQuery, ErrorBody, ErrorKind, LogQuery, Role};
 use castellan::daemon::Caller;
 use serde_json::{Value, json};
 
@@ -344,6 +344,7 @@ fn list_queries_are_percent_decoded_and_unknown_parameters_refused() {
             state: Some("revoked".into()),
             identity: Some("web a/b".into()),
             limit: Some(5),
+            after: None,
         })
     );
     for bad in [
@@ -899,4 +900,31 @@ fn a_revoked_mtls_client_certificate_carries_no_role() {
     assert!(out.ends_with("200"), "{out}");
     let _ = stop.send(());
     thread.join().unwrap();
+}
+
+#[test]
+fn list_cursors_are_passed_on_and_a_malformed_one_is_refused() {
+    let s = Server::start(Some(Role::Auditor), |_| {}, Fake::default());
+    let (status, _) = s.request("GET", "/v1/audit/log?from_seq=1000&limit=10", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.fake.calls.lock().unwrap().last().unwrap().1,
+        Call::AuditLog(LogQuery {
+            limit: Some(10),
+            from_seq: Some(1000),
+            ..LogQuery::default()
+        })
+    );
+    let (status, _) = s.request("GET", "/v1/certificates?after=0102", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.fake.calls.lock().unwrap().last().unwrap().1,
+        Call::Certificates(CertQuery {
+            after: Some("0102".into()),
+            ..CertQuery::default()
+        })
+    );
+    let (status, v) = s.request("GET", "/v1/audit/log?from_seq=next", None);
+    assert_eq!(status, 400);
+    assert!(error_of(&v).message.contains("from_seq"), "{v}");
 }

@@ -22,11 +22,11 @@
 //! | GET  | /v1/cas | auditor |
 //! | GET  | /v1/cas/{id} | auditor |
 //! | POST | /v1/certificates | operator |
-//! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor |
+//! | GET  | /v1/certificates?issuer=&state=&identity=&limit=&after= | auditor |
 //! | GET  | /v1/certificates/{serial} | auditor |
 //! | POST | /v1/certificates/{serial}/revoke | operator |
 //! | GET  | /v1/audit/verify | auditor |
-//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor |
+//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit=&from_seq= | auditor |
 //! | POST | /v1/audit/checkpoint | operator |
 //! | GET  | /v1/crls/{issuer} | auditor |
 //! | POST | /v1/crls/{issuer}/publish | operator |
@@ -387,8 +387,10 @@ struct Route {
     query: &'static [&'static str],
 }
 
-const CERT_QUERY: &[&str] = &["issuer", "state", "identity", "limit"];
-const LOG_QUERY: &[&str] = &["actor", "kind", "since", "until", "subject", "limit"];
+const CERT_QUERY: &[&str] = &["issuer", "state", "identity", "limit", "after"];
+const LOG_QUERY: &[&str] = &[
+    "actor", "kind", "since", "until", "subject", "limit", "from_seq",
+];
 
 const fn route(
     method: Method,
@@ -911,6 +913,7 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
                 state: take(&mut query, "state"),
                 identity: take(&mut query, "identity"),
                 limit,
+                after: take(&mut query, "after"),
             })
         }
         Endpoint::Certificate => Call::Certificate { serial: param(0) },
@@ -928,6 +931,19 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
                 until: take(&mut query, "until"),
                 subject: take(&mut query, "subject"),
                 limit,
+                from_seq: take(&mut query, "from_seq")
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            err(
+                                ErrorKind::BadRequest,
+                                format!(
+                                    "from_seq={v:?} is not a sequence number; send the `next` \
+                                     of the previous page"
+                                ),
+                            )
+                        })
+                    })
+                    .transpose()?,
             })
         }
         Endpoint::Checkpoint => Call::Checkpoint,

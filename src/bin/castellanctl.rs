@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use castellan::admin_client::{self, AdminClient, encode_component, query_string};
 use castellan::api::{
-    ApiError, ApproveCeremony, CaView, CeremonyView, CertView, CheckpointView, CrlView, ErrorBody,
-    ErrorKind, EventView, IssueRequest, IssuedView, OpenCeremony, PublishCrl, RevokeRequest,
-    StatusView, VerifyView,
+    ApiError, ApproveCeremony, CaView, CeremonyView, CertPage, CertView, CheckpointView, CrlView,
+    ErrorBody, ErrorKind, EventPage, EventView, IssueRequest, IssuedView, MAX_PAGE, OpenCeremony,
+    PublishCrl, RevokeRequest, StatusView, VerifyView,
 };
 use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
@@ -225,7 +225,8 @@ enum CertCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Certificates, newest first.
+    /// Certificates, in serial order (by issuance within --ca). castellan
+    /// answers in pages; all pages are fetched.
     List {
         /// Only those issued by this CA.
         #[arg(long)]
@@ -234,6 +235,7 @@ enum CertCmd {
         status: Option<String>,
         #[arg(long)]
         identity: Option<String>,
+        /// Show at most this many (default: all, fetched page by page).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -300,6 +302,8 @@ enum AuditCmd {
         /// A serial, CA id, ceremony id or identity.
         #[arg(long)]
         subject: Option<String>,
+        /// Show at most this many, oldest first (default: all, fetched
+        /// page by page).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -968,17 +972,15 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints rows under a header, columns aligned.
 /// A listing: the JSON as it came with `--json`; otherwise `empty` when
 /// nothing matched, or a table of one `row` per item.
-fn list_cmd<T: serde::de::DeserializeOwned + Serialize>(
+fn print_list<T: Serialize>(
     ctx: &Ctx,
-    path: &str,
+    list: &[T],
     empty: &str,
     header: &[&str],
     row: impl Fn(&T) -> Vec<String>,
 ) -> Result<(), Failure> {
-    let list: Vec<T> = ctx.get(path)?;
     if ctx.json {
         return print_json(&list);
     }
@@ -991,6 +993,40 @@ fn list_cmd<T: serde::de::DeserializeOwned + Serialize>(
     Ok(())
 }
 
+/// Every item of a paged listing (at most `limit`): asks page after page,
+/// each with the `next` cursor of the one before, as `cursor_key`.
+fn fetch_pages<P: serde::de::DeserializeOwned, T>(
+    ctx: &Ctx,
+    path: &str,
+    pairs: &[(&str, Option<String>)],
+    limit: Option<usize>,
+    cursor_key: &str,
+    split: impl Fn(P) -> (Vec<T>, Option<String>),
+) -> Result<Vec<T>, Failure> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit
+            .map_or(MAX_PAGE, |l| l.saturating_sub(all.len()))
+            .min(MAX_PAGE);
+        if want == 0 {
+            break;
+        }
+        let mut q: Vec<(&str, Option<String>)> = pairs.to_vec();
+        q.push(("limit", Some(want.to_string())));
+        q.push((cursor_key, cursor.take()));
+        let page: P = ctx.get(&format!("{path}{}", query_string(&q)))?;
+        let (items, next) = split(page);
+        all.extend(items);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    Ok(all)
+}
+
+/// Prints rows under a header, columns aligned.
 fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -1863,15 +1899,17 @@ fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
             identity,
             limit,
         } => {
-            let q = query_string(&[
-                ("issuer", ca),
-                ("state", status),
-                ("identity", identity),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            list_cmd(
+            let list = fetch_pages(
                 ctx,
-                &format!("/v1/certificates{q}"),
+                "/v1/certificates",
+                &[("issuer", ca), ("state", status), ("identity", identity)],
+                limit,
+                "after",
+                |p: CertPage| (p.certificates, p.next),
+            )?;
+            print_list(
+                ctx,
+                &list,
                 "no certificates match",
                 &[
                     "SERIAL",
@@ -2100,17 +2138,23 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             subject,
             limit,
         } => {
-            let q = query_string(&[
-                ("actor", actor),
-                ("kind", kind),
-                ("since", since),
-                ("until", until),
-                ("subject", subject),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            list_cmd(
+            let list = fetch_pages(
                 ctx,
-                &format!("/v1/audit/log{q}"),
+                "/v1/audit/log",
+                &[
+                    ("actor", actor),
+                    ("kind", kind),
+                    ("since", since),
+                    ("until", until),
+                    ("subject", subject),
+                ],
+                limit,
+                "from_seq",
+                |p: EventPage| (p.events, p.next.map(|n| n.to_string())),
+            )?;
+            print_list(
+                ctx,
+                &list,
                 "no events match",
                 &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
                 |e: &EventView| {

@@ -117,6 +117,11 @@ pub trait ReadView {
     fn responder(&self, issuer: &str) -> Option<ResponderRecord>;
     fn cert(&self, serial: &[u8]) -> Option<CertRecord>;
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord>;
+    /// [`ReadView::certs`], at most `filter.limit` of them from
+    /// `filter.after` on, and the cursor to pass as `after` for the next
+    /// page (`None` when nothing follows). The cursor is a position in the
+    /// table the filter selects (by serial, or the index's order).
+    fn certs_page(&self, filter: &CertFilter) -> (Vec<CertRecord>, Option<Vec<u8>>);
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord>;
     fn intent(&self, request_id: &RequestId) -> Option<IntentRecord>;
     /// Intents without a result, in request-id order.
@@ -322,6 +327,9 @@ impl ReadView for Snapshot {
     }
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord> {
         self.tables.certs(filter)
+    }
+    fn certs_page(&self, filter: &CertFilter) -> (Vec<CertRecord>, Option<Vec<u8>>) {
+        self.tables.certs_page(filter)
     }
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord> {
         self.tables.certs_by_identity(identity)
