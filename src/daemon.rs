@@ -1584,7 +1584,9 @@ fn check_subject(
             NameAttribute::DomainComponent(v) => ("DC (domainComponent)", v, 63),
         };
         if value.is_empty() {
-            return Err(format!("subject attribute {name} is empty; leave it out instead"));
+            return Err(format!(
+                "subject attribute {name} is empty; leave it out instead"
+            ));
         }
         if let Some(ch) = value.chars().find(|ch| ch.is_control()) {
             return Err(format!(
@@ -1608,7 +1610,10 @@ fn check_subject(
             ));
         }
     }
-    let server = matches!(profile.kind, ProfileKind::Server | ProfileKind::ServerClient);
+    let server = matches!(
+        profile.kind,
+        ProfileKind::Server | ProfileKind::ServerClient
+    );
     for a in &csr.subject.0 {
         let NameAttribute::CommonName(cn) = a else {
             continue;
@@ -1630,7 +1635,11 @@ fn check_subject(
             return Err(format!(
                 "subject CN {cn:?} is not among the subject alternative names [{}]; a server \
                  certificate's CN must repeat one of its SANs (add it with --san or change the CN)",
-                csr.sans.iter().map(format_san).collect::<Vec<_>>().join(", ")
+                csr.sans
+                    .iter()
+                    .map(format_san)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
     }

@@ -1097,7 +1097,11 @@ fn a_subject_that_names_another_host_or_breaks_the_attribute_rules_is_refused_an
             &["CN", "www.bank.example", "not among"],
         ),
         // An address in the CN is a host name too.
-        ("CN=10.1.2.3", &["DNS:app.corp.example"], &["CN", "10.1.2.3", "IP address"]),
+        (
+            "CN=10.1.2.3",
+            &["DNS:app.corp.example"],
+            &["CN", "10.1.2.3", "IP address"],
+        ),
         (
             "CN=a long name that is not a host name but is longer than the sixty-four allowed",
             &["DNS:app.corp.example"],
@@ -1270,7 +1274,10 @@ fn a_log_whose_recorded_audit_key_was_swapped_is_reported_online_and_offline() {
     let copy = a.path("forged.redb");
     std::fs::copy(a.database(), &copy).unwrap();
     let swapped = swap_audit_key(&copy, &forger);
-    assert!(!swapped.is_empty(), "the log records the signer's audit key");
+    assert!(
+        !swapped.is_empty(),
+        "the log records the signer's audit key"
+    );
 
     let verify = |db: &Path, key: Option<&Path>| {
         let mut cmd = Command::new(castellan_bin());
@@ -1286,7 +1293,9 @@ fn a_log_whose_recorded_audit_key_was_swapped_is_reported_online_and_offline() {
     assert_eq!(alone.code, Some(0), "{alone}");
     assert_eq!(alone.json()["checkpoint_keys"], "log-only", "{alone}");
     assert!(
-        alone.stderr.contains("only against the audit keys recorded in the log itself"),
+        alone
+            .stderr
+            .contains("only against the audit keys recorded in the log itself"),
         "{alone}"
     );
     // With the signer's key: the original verifies, the forgery does not.
@@ -1297,7 +1306,11 @@ fn a_log_whose_recorded_audit_key_was_swapped_is_reported_online_and_offline() {
     assert_eq!(forged.code, Some(65), "{forged}");
     let v = forged.json();
     assert_eq!(v["ok"], false, "{v}");
-    assert_eq!(v["foreign_audit_keys"][0][0].as_u64(), Some(swapped[0]), "{v}");
+    assert_eq!(
+        v["foreign_audit_keys"][0][0].as_u64(),
+        Some(swapped[0]),
+        "{v}"
+    );
 
     // Online: castellan asks the signer for its audit key.
     let config = a.path("castellan-forged.toml");
@@ -1364,7 +1377,9 @@ fn event_and_certificate_lists_come_in_bounded_pages_that_castellanctl_follows()
     let first: Value = client.get("/v1/audit/log").unwrap();
     assert_eq!(first["events"].as_array().unwrap().len(), 1_000);
     assert_eq!(first["next"], 1_000);
-    let r = client.request("GET", "/v1/audit/log?limit=10001", None).unwrap();
+    let r = client
+        .request("GET", "/v1/audit/log?limit=10001", None)
+        .unwrap();
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("10000"));
 

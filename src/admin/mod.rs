@@ -47,6 +47,13 @@
 //! was already open. Settings fixed at start (the socket, its mode, the
 //! connection limit) are read once; a reload cannot change them.
 //!
+//! From the moment its body has been read until its operation ends, a
+//! request holds the backend's reload gate ([`AdminBackend::request_gate`])
+//! shared, and its role is checked (again) under it; a reload holds it
+//! exclusively while it swaps the settings. So a request sees one
+//! configuration throughout — its role, the mTLS role map, the domain's
+//! profiles — never part of an old and part of a new one.
+//!
 //! # Robustness
 //!
 //! - Request headers must arrive within `header_timeout`. hyper arms that
@@ -737,27 +744,25 @@ async fn handle<B: AdminBackend, P: Identify>(
     refused_logged: Arc<std::sync::atomic::AtomicBool>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    // Before the settings are read: a reload waits until this request is
-    // done, and a request waits for a reload under way.
-    let gate = backend.request_gate().await;
-    let settings = settings.current();
+    let shared = settings;
+    let settings = shared.current();
     let deadline = Instant::now() + settings.request_timeout;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response = match route_and_call(
         backend,
+        &shared,
         &settings,
         &*peer,
         &refused_logged,
         req,
         deadline,
-        gate,
     )
     .await
     {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
-        };
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
     tracing::debug!(
         peer = %peer.who(),
         %method,
@@ -768,14 +773,48 @@ async fn handle<B: AdminBackend, P: Identify>(
     response
 }
 
+/// The caller of `route` as `peer`, with the role the settings give it
+/// now; `None` for the open probes. Refuses a peer whose role is too low
+/// or who has none.
+async fn authorize<P: Identify>(
+    route: &Route,
+    peer: &P,
+    settings: &AdminSettings,
+    refused_logged: &std::sync::atomic::AtomicBool,
+) -> Result<Option<Caller>, ApiError> {
+    let Some(need) = route.role else {
+        return Ok(None);
+    };
+    match peer.peer(settings).await {
+        Peer::Known(c) if c.role < need => Err(err(
+            ErrorKind::Forbidden,
+            format!(
+                "{} {} needs role {} or above; {} has role {}",
+                route.method.as_str(),
+                route.path,
+                role_name(need),
+                c.actor.describe(),
+                role_name(c.role)
+            ),
+        )),
+        Peer::Known(c) => Ok(Some(c)),
+        Peer::Unknown { who, why } => {
+            if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
+            }
+            Err(err(ErrorKind::Forbidden, why))
+        }
+    }
+}
+
 async fn route_and_call<B: AdminBackend, P: Identify>(
     backend: Arc<B>,
+    shared: &Shared<AdminSettings>,
     settings: &AdminSettings,
     peer: &P,
     refused_logged: &std::sync::atomic::AtomicBool,
     req: Request<Incoming>,
     deadline: Instant,
-    gate: Option<Box<dyn Send + Sync>>,
 ) -> Result<Response<Body>, ApiError> {
     let method = match *req.method() {
         hyper::Method::GET => Some(Method::Get),
@@ -819,31 +858,7 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
 
     // Authorization, from the table, before anything else of the request is
     // read; the role is the one in force now (see "Reload").
-    let caller = match route.role {
-        None => None,
-        Some(need) => match peer.peer(settings).await {
-            Peer::Known(c) if c.role < need => {
-                return Err(err(
-                    ErrorKind::Forbidden,
-                    format!(
-                        "{} {} needs role {} or above; {} has role {}",
-                        route.method.as_str(),
-                        route.path,
-                        role_name(need),
-                        c.actor.describe(),
-                        role_name(c.role)
-                    ),
-                ));
-            }
-            Peer::Known(c) => Some(c),
-            Peer::Unknown { who, why } => {
-                if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
-                }
-                return Err(err(ErrorKind::Forbidden, why));
-            }
-        },
-    };
+    authorize(route, peer, settings, refused_logged).await?;
 
     let mut params = Vec::with_capacity(raw_params.len());
     for p in raw_params {
@@ -953,7 +968,14 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
             request: parse_json(&body, "a PublishCrl", route.endpoint)?,
         },
     };
-    let Some(caller) = caller else {
+    // From here to the end of the operation the request holds the reload
+    // gate, so it sees one configuration: its role (checked again, a
+    // reload may have come while the body arrived), its settings, the
+    // domain's configuration. Taken only now, so a slow body does not hold
+    // a reload (and the requests queued behind it) up.
+    let gate = backend.request_gate().await;
+    let current = shared.current();
+    let Some(caller) = authorize(route, peer, &current, refused_logged).await? else {
         // Only the probes have no role, and they answered above.
         return Err(err(ErrorKind::Internal, "route without a role check"));
     };

@@ -635,11 +635,7 @@ impl Writer {
                      restarts (reopening repairs the file)"
                 );
                 self.failed = Some(why.clone());
-                *self
-                    .stats
-                    .failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                *self.stats.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                 Err(why)
             }
         }
@@ -958,12 +954,8 @@ impl Store {
             // `why` says to restart and that reopening repairs the file.
             return Err(format!("the event log accepts no writes: {why}"));
         }
-        let stopped = self.inner.tx.is_none()
-            || self
-                .inner
-                .writer
-                .as_ref()
-                .is_none_or(|w| w.is_finished());
+        let stopped =
+            self.inner.tx.is_none() || self.inner.writer.as_ref().is_none_or(|w| w.is_finished());
         if stopped {
             return Err(format!("the event log accepts no writes: {DROPPED}"));
         }

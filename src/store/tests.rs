@@ -179,7 +179,9 @@ fn after_a_failed_commit_the_store_says_it_is_not_writable_though_reads_still_st
     assert!(matches!(r, Err(ExecError::Storage(_))), "{r:?}");
     fail_sync.store(false, Ordering::SeqCst);
     assert!(store.read().is_ok());
-    let why = store.writable().expect_err("a failed store is not writable");
+    let why = store
+        .writable()
+        .expect_err("a failed store is not writable");
     assert!(why.contains("restart"), "{why}");
     assert!(why.contains("repairs"), "{why}");
     let later = store.execute_blocking(Actor::System, |_| Decision::Commit {
