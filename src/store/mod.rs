@@ -951,8 +951,10 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(why) = failure {
-            // `why` says to restart and that reopening repairs the file.
-            return Err(format!("the event log accepts no writes: {why}"));
+            return Err(format!(
+                "the event log accepts no writes: {why}; restart castellan \
+                 (`systemctl restart castellan`)"
+            ));
         }
         let stopped =
             self.inner.tx.is_none() || self.inner.writer.as_ref().is_none_or(|w| w.is_finished());
