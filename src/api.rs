@@ -6,7 +6,7 @@
 //! | method | path | role | what |
 //! |---|---|---|---|
 //! | GET  | /healthz | none | process is up |
-//! | GET  | /readyz | none | signer reachable and log writable (503 otherwise) |
+//! | GET  | /readyz | none | signer reachable and log writable (503 otherwise, with `log_problem`) |
 //! | GET  | /metrics | auditor | Prometheus text |
 //! | GET  | /v1/status | auditor | [`StatusView`] |
 //! | GET  | /v1/ceremonies | auditor | list of [`CeremonyView`] |
@@ -17,14 +17,19 @@
 //! | GET  | /v1/cas | auditor | list of [`CaView`] |
 //! | GET  | /v1/cas/{id} | auditor | [`CaView`] |
 //! | POST | /v1/certificates | operator | [`IssueRequest`] → [`IssuedView`] |
-//! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor | list of [`CertView`] |
+//! | GET  | /v1/certificates?issuer=&state=&identity=&limit=&after= | auditor | [`CertPage`] |
 //! | GET  | /v1/certificates/{serial} | auditor | [`CertView`] |
 //! | POST | /v1/certificates/{serial}/revoke | operator | [`RevokeRequest`] → [`CertView`] |
 //! | GET  | /v1/crls/{issuer} | auditor | [`CrlView`] of the current CRL |
 //! | POST | /v1/crls/{issuer}/publish | operator | [`PublishCrl`] → [`CrlView`] |
 //! | GET  | /v1/audit/verify | auditor | [`VerifyView`] |
-//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor | list of [`EventView`] |
+//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit=&from_seq= | auditor | [`EventPage`] |
 //! | POST | /v1/audit/checkpoint | operator | → [`CheckpointView`] |
+//!
+//! Lists of events and certificates come in pages of at most `limit` items
+//! ([`DEFAULT_PAGE`] by default, at most [`MAX_PAGE`]); `next` is the
+//! cursor of the following page (`from_seq` for events, `after` for
+//! certificates), absent on the last one.
 //!
 //! Errors are `{"error": ApiError}` with the HTTP status of its kind.
 
@@ -36,6 +41,16 @@ pub enum Role {
     Auditor,
     Operator,
     Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +140,17 @@ pub struct StatusView {
     pub last_checkpoint: Option<u64>,
     pub actor: String,
     pub role: Role,
+    /// Whether the event log accepts writes (false after a failed commit,
+    /// until castellan restarts).
+    #[serde(default = "yes")]
+    pub log_writable: bool,
+    /// Why it does not, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_problem: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Open a ceremony. `purpose` is root | intermediate | custodians.
@@ -310,6 +336,23 @@ pub struct VerifyView {
     pub checkpoints_ok: u64,
     pub checkpoints_bad: Vec<(u64, String)>,
     pub last_checkpoint: Option<u64>,
+    /// Audit keys recorded in the log that are not the signer's:
+    /// (sequence number of the `signer-keys-observed` event, why).
+    #[serde(default)]
+    pub foreign_audit_keys: Vec<(u64, String)>,
+    /// What the checkpoint signatures were checked against: `signer` (the
+    /// audit key the signer reports; every recorded key is it), `file` (an
+    /// audit key given to offline verify), or `log-only` (only the keys
+    /// recorded in the log itself — not confirmed; `checkpoint_keys_note`
+    /// says why).
+    #[serde(default = "log_only")]
+    pub checkpoint_keys: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_keys_note: Option<String>,
+}
+
+fn log_only() -> String {
+    "log-only".into()
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -321,6 +364,30 @@ pub struct EventView {
     pub subjects: Vec<String>,
     pub hash: String,
     pub payload: serde_json::Value,
+}
+
+/// Page size of event and certificate lists when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 1_000;
+/// Largest page of event and certificate lists.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of `GET /v1/audit/log`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// `from_seq` of the next page; absent when no later event matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// One page of `GET /v1/certificates`. Issuances without a result
+/// (`possibly-issued`, serial `pending:<request id>`) come on the last page.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertPage {
+    pub certificates: Vec<CertView>,
+    /// `after` of the next page (an opaque cursor); absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -338,6 +405,9 @@ pub struct CertQuery {
     pub state: Option<String>,
     pub identity: Option<String>,
     pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -349,4 +419,7 @@ pub struct LogQuery {
     pub until: Option<String>,
     pub subject: Option<String>,
     pub limit: Option<usize>,
+    /// First sequence number to consider (the `next` of the previous page).
+    #[serde(default)]
+    pub from_seq: Option<u64>,
 }

@@ -54,6 +54,8 @@ const RSA_SHA512: ObjectIdentifier = oid("1.2.840.113549.1.1.13");
 const ED25519: ObjectIdentifier = oid("1.3.101.112");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = oid("1.2.840.10045.2.1");
 const OID_RSA_ENCRYPTION: ObjectIdentifier = oid("1.2.840.113549.1.1.1");
+const SECP256R1: ObjectIdentifier = oid("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = oid("1.3.132.0.34");
 const SAN_OID: ObjectIdentifier = oid("2.5.29.17");
 const EXT_REQ: ObjectIdentifier = oid("1.2.840.113549.1.9.14");
 const CN: ObjectIdentifier = oid("2.5.4.3");
@@ -176,11 +178,31 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         .ok_or("CSR signature has unused bits")?;
     let key_oid = info.spki.algorithm.oid;
     let key_kind = if key_oid == OID_EC_PUBLIC_KEY {
-        match key.len() {
-            65 => CsrKey::EcdsaP256,
-            97 => CsrKey::EcdsaP384,
-            _ => return Err("EC keys must be P-256 or P-384 in uncompressed form".into()),
+        // The curve the key names, its point size and the uncompressed-point
+        // prefix must agree: a P-256 point labelled as P-384 (or as any
+        // other curve) is a malformed key, not a P-256 one.
+        let curve = info
+            .spki
+            .algorithm
+            .parameters_oid()
+            .map_err(|_| "the CSR's EC public key names no curve (namedCurve parameters)")?;
+        let (kind, len, name) = if curve == SECP256R1 {
+            (CsrKey::EcdsaP256, 65, "P-256")
+        } else if curve == SECP384R1 {
+            (CsrKey::EcdsaP384, 97, "P-384")
+        } else {
+            return Err(format!(
+                "EC curve {curve} is not accepted; use P-256 or P-384"
+            ));
+        };
+        if key.len() != len || key.first() != Some(&0x04) {
+            return Err(format!(
+                "the CSR's public key says it is on {name} but is not an uncompressed {name} \
+                 point ({len} octets starting 04); it has {} octets",
+                key.len()
+            ));
         }
+        kind
     } else if key_oid == OID_RSA_ENCRYPTION {
         CsrKey::Rsa(rsa_bits(key).ok_or("the CSR's RSA public key is malformed")?)
     } else {
@@ -189,11 +211,11 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         ));
     };
     let sig_oid = req.algorithm.oid;
-    let alg: &dyn ring::signature::VerificationAlgorithm = match (sig_oid, key.len()) {
-        (o, 65) if o == ECDSA_SHA256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
-        (o, 97) if o == ECDSA_SHA256 => &ring::signature::ECDSA_P384_SHA256_ASN1,
-        (o, 97) if o == ECDSA_SHA384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
-        (o, 65) if o == ECDSA_SHA384 => &ring::signature::ECDSA_P256_SHA384_ASN1,
+    let alg: &dyn ring::signature::VerificationAlgorithm = match (sig_oid, key_kind) {
+        (o, CsrKey::EcdsaP256) if o == ECDSA_SHA256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+        (o, CsrKey::EcdsaP384) if o == ECDSA_SHA256 => &ring::signature::ECDSA_P384_SHA256_ASN1,
+        (o, CsrKey::EcdsaP384) if o == ECDSA_SHA384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
+        (o, CsrKey::EcdsaP256) if o == ECDSA_SHA384 => &ring::signature::ECDSA_P256_SHA384_ASN1,
         (o, _) if o == RSA_SHA256 => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
         (o, _) if o == RSA_SHA384 => &ring::signature::RSA_PKCS1_2048_8192_SHA384,
         (o, _) if o == RSA_SHA512 => &ring::signature::RSA_PKCS1_2048_8192_SHA512,
@@ -332,6 +354,62 @@ mod tests {
         for n in 0..der.len() {
             assert!(parse(&der[..n]).is_err(), "truncated to {n}");
         }
+    }
+
+    /// A CSR whose EC key is the point `point` under the curve `curve`,
+    /// signed by `signer` (P-256) over the info as encoded.
+    fn ec_csr(curve: &str, point: &[u8], signer: &ring::signature::EcdsaKeyPair) -> Vec<u8> {
+        use der::asn1::{Any, BitString, SetOfVec};
+        use x509_cert::request::{CertReq, CertReqInfo, Version};
+        let rng = ring::rand::SystemRandom::new();
+        let info = CertReqInfo {
+            version: Version::V1,
+            subject: "CN=curve.example".parse().expect("subject"),
+            public_key: spki::SubjectPublicKeyInfoOwned {
+                algorithm: spki::AlgorithmIdentifierOwned {
+                    oid: OID_EC_PUBLIC_KEY,
+                    parameters: Some(Any::from(&oid(curve))),
+                },
+                subject_public_key: BitString::from_bytes(point).expect("bits"),
+            },
+            attributes: SetOfVec::new(),
+        };
+        let info_der = info.to_der().expect("info");
+        let sig = signer.sign(&rng, &info_der).expect("sign");
+        CertReq {
+            info,
+            algorithm: spki::AlgorithmIdentifierOwned {
+                oid: ECDSA_SHA256,
+                parameters: None,
+            },
+            signature: BitString::from_bytes(sig.as_ref()).expect("bits"),
+        }
+        .to_der()
+        .expect("CSR")
+    }
+
+    #[test]
+    fn a_p256_key_labelled_as_another_curve_is_refused_as_a_bad_csr() {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = key.public_key().as_ref().to_vec();
+        // Labelled correctly, it is accepted: the construction is sound.
+        let good = parse(&ec_csr("1.2.840.10045.3.1.7", &point, &key)).expect("P-256 CSR");
+        assert_eq!(good.key, CsrKey::EcdsaP256);
+        // Labelled P-384: refused, though the signature verifies with P-256.
+        let e = parse(&ec_csr("1.3.132.0.34", &point, &key)).expect_err("mislabelled key");
+        assert!(e.contains("P-384"), "{e}");
+        // Labelled with a curve castellan does not issue for (P-521).
+        let e = parse(&ec_csr("1.3.132.0.35", &point, &key)).expect_err("P-521 label");
+        assert!(e.contains("not accepted"), "{e}");
+        // A point without the uncompressed prefix.
+        let mut odd = point.clone();
+        odd[0] = 0x05;
+        let e = parse(&ec_csr("1.2.840.10045.3.1.7", &odd, &key)).expect_err("prefix");
+        assert!(e.contains("uncompressed"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Daemon {
     /// Issuance intents whose `issue` call is still running here: never
     /// reconciled against the signer's journal, their result is coming.
     in_flight: std::sync::Mutex<HashSet<RequestId>>,
+    /// Admin requests hold it shared for their whole run; a reload holds
+    /// it exclusively while it swaps the settings, so that a request sees
+    /// the whole old or the whole new configuration.
+    reload_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Keeps an intent in [`Daemon::in_flight`] until dropped.
@@ -239,7 +243,7 @@ fn event_view(e: &Event) -> EventView {
         kind: e.payload.kind().into(),
         subjects: e.payload.subjects(),
         hash: hex::encode(e.hash),
-        payload: serde_json::to_value(&e.payload).unwrap_or(serde_json::Value::Null),
+        payload: e.payload.to_json(),
     }
 }
 
@@ -302,6 +306,7 @@ impl Daemon {
             rev: Arc::new(revocation::RevocationState::new()),
             issuers: std::sync::Mutex::new(IssuerCache::default()),
             in_flight: std::sync::Mutex::new(HashSet::new()),
+            reload_gate: Arc::new(tokio::sync::RwLock::new(())),
         }
     }
 
@@ -310,6 +315,41 @@ impl Daemon {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Held by an admin request for its whole run (see [`Daemon::reload`]).
+    pub async fn request_gate(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        Arc::clone(&self.reload_gate).read_owned().await
+    }
+
+    /// Puts a reloaded configuration in force: records a `ConfigReloaded`
+    /// event first, then — with no admin request running — has `apply`
+    /// replace the settings the servers hold and replaces the daemon's
+    /// own. If the event cannot be recorded nothing changes. Returns the
+    /// names of the settings that changed.
+    pub async fn reload(
+        &self,
+        new: Config,
+        file_sha256: Option<[u8; 32]>,
+        apply: impl FnOnce(&Config),
+    ) -> Result<Vec<String>, ApiError> {
+        let _gate = self.reload_gate.write().await;
+        let changed = changed_settings(&self.config(), &new);
+        let event = EventPayload::ConfigReloaded {
+            config_sha256: new.sha256(),
+            file_sha256,
+            changed: changed.clone(),
+        };
+        self.store
+            .execute(Actor::System, move |_| Decision::Commit {
+                events: vec![event],
+                output: (),
+            })
+            .await
+            .map_err(exec_err)?;
+        apply(&new);
+        self.replace_config(Arc::new(new));
+        Ok(changed)
     }
 
     pub fn store(&self) -> &Store {
@@ -494,7 +534,10 @@ impl Daemon {
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         let (events, head) = v.head();
+        let log_problem = self.log_problem();
         Ok(StatusView {
+            log_writable: log_problem.is_none(),
+            log_problem,
             version: env!("CARGO_PKG_VERSION").into(),
             events,
             head_hash: hex::encode(head),
@@ -509,11 +552,17 @@ impl Daemon {
         })
     }
 
-    /// (signer reachable, log writable)
+    /// (signer reachable, log writable). A store whose commit failed
+    /// still starts reads but refuses every write: not ready.
     pub async fn ready(&self) -> (bool, bool) {
         let signer = self.pool.is_reachable().await;
-        let log = self.store.read().is_ok();
+        let log = self.store.writable().is_ok() && self.store.read().is_ok();
         (signer, log)
+    }
+
+    /// Why the event log cannot be written, and what to do, if it cannot.
+    pub fn log_problem(&self) -> Option<String> {
+        self.store.writable().err()
     }
 
     /// Prometheus text exposition.
@@ -586,6 +635,16 @@ impl Daemon {
             "gauge",
             "Open signer connections.",
             ps.connections_open as f64,
+        );
+        metric(
+            "castellan_log_writable",
+            "gauge",
+            "1 while the event log accepts writes; 0 after a failed commit (restart castellan).",
+            if self.store.writable().is_ok() {
+                1.0
+            } else {
+                0.0
+            },
         );
         metric(
             "castellan_log_commits_total",
@@ -944,6 +1003,13 @@ impl Daemon {
     }
 
     async fn refuse_issuance(&self, c: &Caller, reason: String) -> ApiError {
+        self.refuse_issuance_as(c, ErrorKind::BadRequest, reason)
+            .await
+    }
+
+    /// Records an issuance refused before the signer was asked and
+    /// answers with `kind`.
+    async fn refuse_issuance_as(&self, c: &Caller, kind: ErrorKind, reason: String) -> ApiError {
         self.metrics.refused.fetch_add(1, Ordering::Relaxed);
         let r = reason.clone();
         let _ = self
@@ -953,7 +1019,7 @@ impl Daemon {
                 error: r,
             })
             .await;
-        bad(reason)
+        err(kind, reason)
     }
 
     pub async fn issue(&self, c: &Caller, r: IssueRequest) -> Result<IssuedView, ApiError> {
@@ -974,6 +1040,34 @@ impl Daemon {
                 )
                 .await);
         };
+        // A profile whose certificates carry a role on the mTLS admin
+        // listener mints admin credentials: only a caller holding that
+        // role (or more) may have one issued, or an operator could make
+        // itself an admin, or a client renew its own access forever.
+        if let Some(need) = config
+            .admin
+            .https
+            .as_ref()
+            .and_then(|h| h.roles.get(&r.profile).copied())
+            && c.role < need
+        {
+            return Err(self
+                .refuse_issuance_as(
+                    c,
+                    ErrorKind::Forbidden,
+                    format!(
+                        "profile {:?} issues admin-listener credentials with role {} \
+                         ([admin.https] roles); issuing under it needs role {} or above, and {} \
+                         has role {}; ask an admin to issue it",
+                        r.profile,
+                        need.as_str(),
+                        need.as_str(),
+                        c.actor.describe(),
+                        c.role.as_str()
+                    ),
+                )
+                .await);
+        }
         if let Err(e) = check_request(profile, &parsed) {
             return Err(self
                 .refuse_issuance(
@@ -998,7 +1092,15 @@ impl Daemon {
             .issuer
             .clone()
             .or_else(|| config.issuance.default_issuer.clone());
-        let (issuer, chain_pem) = self.issuer_and_chain(chosen)?;
+        let (issuer, chain_pem) = match self.issuer_and_chain(chosen) {
+            Ok(found) => found,
+            // An unknown, inactive or ambiguous issuer is a refused request
+            // like any other: it leaves its trace in the log.
+            Err(e) if matches!(e.kind, ErrorKind::Refused | ErrorKind::BadRequest) => {
+                return Err(self.refuse_issuance_as(c, e.kind, e.message).await);
+            }
+            Err(e) => return Err(e),
+        };
         let identity = r.identity.clone().unwrap_or_else(|| {
             parsed
                 .sans
@@ -1132,7 +1234,16 @@ impl Daemon {
         })
     }
 
-    pub async fn certificates(&self, _c: &Caller, q: CertQuery) -> Result<Vec<CertView>, ApiError> {
+    pub async fn certificates(&self, _c: &Caller, q: CertQuery) -> Result<CertPage, ApiError> {
+        let limit = page_size(q.limit)?;
+        let after = match &q.after {
+            None => None,
+            Some(a) => Some(hex::decode(a).map_err(|_| {
+                bad(format!(
+                    "after={a:?} is not a cursor; send the `next` of the previous page"
+                ))
+            })?),
+        };
         let state = match q.state.as_deref() {
             None => None,
             Some("issued") => Some(CertState::Issued),
@@ -1152,11 +1263,16 @@ impl Daemon {
             issuer: q.issuer,
             state,
             identity: q.identity,
-            limit: q.limit,
+            limit: Some(limit),
+            after,
         };
-        let mut out: Vec<CertView> = v.certs(&filter).iter().map(cert_view).collect();
-        // Intents without a result are possibly issued too: list them.
-        if filter.state.is_none() || filter.state == Some(CertState::PossiblyIssued) {
+        let (records, next) = v.certs_page(&filter);
+        let mut out: Vec<CertView> = records.iter().map(cert_view).collect();
+        // Intents without a result are possibly issued too: list them, on
+        // the last page.
+        if next.is_none()
+            && (filter.state.is_none() || filter.state == Some(CertState::PossiblyIssued))
+        {
             for i in v.pending_intents() {
                 if filter.issuer.as_ref().is_some_and(|x| *x != i.issuer) {
                     continue;
@@ -1178,7 +1294,13 @@ impl Daemon {
                 });
             }
         }
-        Ok(out)
+        if let Some(e) = v.error() {
+            return Err(err(ErrorKind::Internal, format!("event log: {e}")));
+        }
+        Ok(CertPage {
+            certificates: out,
+            next: next.map(hex::encode),
+        })
     }
 
     pub async fn certificate(&self, _c: &Caller, serial_hex: &str) -> Result<CertView, ApiError> {
@@ -1281,15 +1403,39 @@ impl Daemon {
         Ok(view)
     }
 
+    /// Walks the log and checks every recorded audit key against the one
+    /// the signer reports: a key recorded in the log proves nothing by
+    /// itself (whoever can write the file can record their own and
+    /// re-sign). Without the signer the report says the checkpoint keys
+    /// are unconfirmed.
     pub async fn audit_verify(&self, _c: &Caller) -> Result<VerifyView, ApiError> {
+        let trusted = match self.signer(Request::PublicKeys).await {
+            Ok(Response::PublicKeys(keys)) => Ok(keys.audit_spki_der),
+            Ok(_) => Err("it gave an unexpected answer to PublicKeys".to_string()),
+            Err(e) => Err(e.message),
+        };
         let store = self.store.clone();
-        let report = tokio::task::spawn_blocking(move || store.verify())
+        let key = trusted.as_ref().ok().cloned();
+        let report = tokio::task::spawn_blocking(move || store.verify_against(key.as_deref()))
             .await
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        Ok(verify_view(&report))
+        let mut view = verify_view(&report);
+        match trusted {
+            Ok(_) => view.checkpoint_keys = "signer".into(),
+            Err(why) => {
+                view.checkpoint_keys_note = Some(format!(
+                    "the checkpoint keys could not be confirmed against the signer ({why}): \
+                     checkpoint signatures were checked only against the audit keys recorded \
+                     in the log itself, which whoever can write the log could have replaced; \
+                     run `castellanctl audit verify` again once castellan-signer is reachable"
+                ))
+            }
+        }
+        Ok(view)
     }
 
-    pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<Vec<EventView>, ApiError> {
+    pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<EventPage, ApiError> {
+        let limit = page_size(q.limit)?;
         let since_ms =
             match &q.since {
                 Some(t) => Some(parse_time_ms(t).ok_or_else(|| {
@@ -1310,14 +1456,24 @@ impl Daemon {
             since_ms,
             until_ms,
             subject: q.subject,
-            from_seq: None,
-            limit: q.limit,
+            from_seq: q.from_seq,
+            // One more than the page: whether another page follows.
+            limit: Some(limit.saturating_add(1)),
         };
-        let events = self
+        let mut events = self
             .store
             .events(&filter)
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        Ok(events.iter().map(event_view).collect())
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.seq.saturating_add(1))
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: events.iter().map(event_view).collect(),
+            next,
+        })
     }
 
     pub async fn checkpoint(&self, c: &Caller) -> Result<CheckpointView, ApiError> {
@@ -1364,7 +1520,7 @@ impl Daemon {
 
 pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
     VerifyView {
-        ok: r.first_bad.is_none() && r.checkpoints_bad.is_empty(),
+        ok: r.is_clean(),
         events: r.events,
         head_hash: hex::encode(r.head_hash),
         first_bad_sequence: r.first_bad.as_ref().map(|(s, _)| *s),
@@ -1372,7 +1528,59 @@ pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
         checkpoints_ok: r.checkpoints_ok,
         checkpoints_bad: r.checkpoints_bad.clone(),
         last_checkpoint: r.last_checkpoint,
+        foreign_audit_keys: r.foreign_audit_keys.clone(),
+        checkpoint_keys: "log-only".into(),
+        checkpoint_keys_note: None,
     }
+}
+
+/// The page size asked for, or the default; more than [`MAX_PAGE`] is
+/// refused rather than cut silently.
+fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(0) => Err(bad("limit=0 asks for nothing; send 1 to 10000")),
+        Some(n) if n > MAX_PAGE => Err(bad(format!(
+            "limit={n} is above the largest page ({MAX_PAGE}); page through with the `next` \
+             cursor of each answer"
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Dotted names of the settings that differ between two configurations
+/// (as they serialise, under the file's key names), values left out.
+fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match (x.get(k.as_str()), y.get(k.as_str())) {
+                        (Some(va), Some(vb)) => walk(va, vb, &p, out),
+                        _ => out.push(p),
+                    }
+                }
+            }
+            _ if a == b => {}
+            _ => out.push(path.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(a), Ok(b)) => walk(&a, &b, "", &mut out),
+        // Cannot happen (see Config::sha256); the digests still differ.
+        _ => out.push("(unknown)".into()),
+    }
+    out
 }
 
 /// The profile's rules for key type, key size and names.
@@ -1405,7 +1613,109 @@ fn check_request(
         }
     };
     profile.key_allowed(key)?;
-    profile.sans_allowed(&csr.sans)
+    profile.sans_allowed(&csr.sans)?;
+    check_subject(profile, csr)
+}
+
+/// The subject's attributes: bounded lengths (RFC 5280's upper bounds),
+/// no control characters, and a common name that reads as a host name or
+/// address passes the profile's name rules like a SAN — and, for server
+/// profiles, is one of the SANs (CA/Browser Forum BR 7.1.4.3) — so that a
+/// subject cannot name a host the SANs were not allowed to.
+fn check_subject(
+    profile: &crate::config::Profile,
+    csr: &crate::csr::ParsedCsr,
+) -> Result<(), String> {
+    use crate::config::ProfileKind;
+    for a in &csr.subject.0 {
+        let (name, value, max) = match a {
+            NameAttribute::CommonName(v) => ("CN (commonName)", v, 64),
+            NameAttribute::Organization(v) => ("O (organizationName)", v, 64),
+            NameAttribute::OrganizationalUnit(v) => ("OU (organizationalUnitName)", v, 64),
+            NameAttribute::Country(v) => ("C (countryName)", v, 2),
+            NameAttribute::Locality(v) => ("L (localityName)", v, 128),
+            NameAttribute::State(v) => ("ST (stateOrProvinceName)", v, 128),
+            NameAttribute::SerialNumber(v) => ("serialNumber", v, 64),
+            NameAttribute::DomainComponent(v) => ("DC (domainComponent)", v, 63),
+        };
+        if value.is_empty() {
+            return Err(format!(
+                "subject attribute {name} is empty; leave it out instead"
+            ));
+        }
+        if let Some(ch) = value.chars().find(|ch| ch.is_control()) {
+            return Err(format!(
+                "subject attribute {name} holds a control character (U+{:04X}); names carry \
+                 printable text only",
+                u32::from(ch)
+            ));
+        }
+        let len = value.chars().count();
+        if len > max {
+            return Err(format!(
+                "subject attribute {name} has {len} characters; at most {max} are allowed \
+                 (RFC 5280 upper bound)"
+            ));
+        }
+        if matches!(a, NameAttribute::Country(_))
+            && !(len == 2 && value.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(format!(
+                "subject attribute {name} {value:?} is not a two-letter ISO 3166 code like \"DE\""
+            ));
+        }
+    }
+    let server = matches!(
+        profile.kind,
+        ProfileKind::Server | ProfileKind::ServerClient
+    );
+    for a in &csr.subject.0 {
+        let NameAttribute::CommonName(cn) = a else {
+            continue;
+        };
+        let as_name = if let Ok(ip) = cn.parse::<std::net::IpAddr>() {
+            SubjectAltName::Ip(match ip {
+                std::net::IpAddr::V4(v) => v.octets().to_vec(),
+                std::net::IpAddr::V6(v) => v.octets().to_vec(),
+            })
+        } else if looks_like_dns_name(cn) {
+            SubjectAltName::Dns(cn.clone())
+        } else {
+            continue;
+        };
+        profile.name_allowed(&as_name).map_err(|e| {
+            format!("subject CN {cn:?} names a host, so it must pass the profile's name rules: {e}")
+        })?;
+        if server && !csr.sans.iter().any(|s| same_name(s, &as_name)) {
+            return Err(format!(
+                "subject CN {cn:?} is not among the subject alternative names [{}]; a server \
+                 certificate's CN must repeat one of its SANs (add it with --san or change the CN)",
+                csr.sans
+                    .iter()
+                    .map(format_san)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A common name that a relying party could take for a host name: a dot
+/// and only the characters of host names (and a wildcard).
+fn looks_like_dns_name(cn: &str) -> bool {
+    cn.contains('.')
+        && cn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b))
+}
+
+fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
+    match (a, b) {
+        (SubjectAltName::Dns(x), SubjectAltName::Dns(y)) => x.eq_ignore_ascii_case(y),
+        (SubjectAltName::Ip(x), SubjectAltName::Ip(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// The ceremony operation an admin asked for.

@@ -150,6 +150,17 @@ pub enum EventPayload {
         as_of: u64,
         emergency_validity: Option<i64>,
     },
+    /// A SIGHUP reload put a new configuration in force (recorded before
+    /// it took effect). `config_sha256` is the digest of the effective
+    /// configuration as in `DaemonStarted`; `file_sha256` that of the file
+    /// as read (`None`: no file, every setting at its default);
+    /// `changed` the dotted names of the settings that changed (names
+    /// only, never values).
+    ConfigReloaded {
+        config_sha256: [u8; 32],
+        file_sha256: Option<[u8; 32]>,
+        changed: Vec<String>,
+    },
 }
 
 impl EventPayload {
@@ -172,7 +183,37 @@ impl EventPayload {
             EventPayload::CheckpointSigned { .. } => "checkpoint-signed",
             EventPayload::ResponderRotated { .. } => "responder-rotated",
             EventPayload::CrlPublished { .. } => "crl-published",
+            EventPayload::ConfigReloaded { .. } => "config-reloaded",
         }
+    }
+
+    /// The payload as the admin API shows it: JSON with every octet string
+    /// (hashes, serials, ids, DER, signatures, IP addresses) as lowercase
+    /// hex instead of an array of numbers. Payloads hold integers in
+    /// sequences only as octets (`Vec<u8>`, `[u8; N]`), so every non-empty
+    /// array of integers 0–255 is one; a test holds this for each kind.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn hex_octets(v: serde_json::Value) -> serde_json::Value {
+            use serde_json::Value;
+            match v {
+                Value::Array(items)
+                    if !items.is_empty()
+                        && items.iter().all(|i| i.as_u64().is_some_and(|n| n <= 255)) =>
+                {
+                    let octets: Vec<u8> = items
+                        .iter()
+                        .filter_map(|i| i.as_u64().and_then(|n| u8::try_from(n).ok()))
+                        .collect();
+                    Value::String(hex::encode(octets))
+                }
+                Value::Array(items) => Value::Array(items.into_iter().map(hex_octets).collect()),
+                Value::Object(m) => {
+                    Value::Object(m.into_iter().map(|(k, v)| (k, hex_octets(v))).collect())
+                }
+                other => other,
+            }
+        }
+        hex_octets(serde_json::to_value(self).unwrap_or(serde_json::Value::Null))
     }
 
     /// What the event is about, for `audit log --subject` (a serial in hex,
@@ -311,6 +352,47 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_json_of_a_payload_shows_octets_as_hex_and_numbers_as_numbers() {
+        let issued = EventPayload::CertificateIssued {
+            request_id: [0xab; 16],
+            serial: vec![0x01, 0xff],
+            certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            signer_journal_seq: 7,
+        };
+        let v = issued.to_json();
+        let body = &v["CertificateIssued"];
+        assert_eq!(body["request_id"], "ab".repeat(16));
+        assert_eq!(body["serial"], "01ff");
+        assert_eq!(body["certificate_der"], "3003020100");
+        assert_eq!(body["signer_journal_seq"], 7);
+
+        let crl = EventPayload::CrlPublished {
+            issuer: "issuing".into(),
+            crl_number: 300,
+            this_update: 1,
+            next_update: 2,
+            entries: 3,
+            sha256: [0; 32],
+            as_of: 4,
+            emergency_validity: Some(60),
+        };
+        let v = crl.to_json();
+        assert_eq!(v["CrlPublished"]["sha256"], "00".repeat(32));
+        assert_eq!(v["CrlPublished"]["entries"], 3);
+        assert_eq!(v["CrlPublished"]["emergency_validity"], 60);
+
+        let reloaded = EventPayload::ConfigReloaded {
+            config_sha256: [1; 32],
+            file_sha256: None,
+            changed: vec!["admin.roles.operator".into()],
+        };
+        let v = reloaded.to_json();
+        assert_eq!(v["ConfigReloaded"]["config_sha256"], "01".repeat(32));
+        assert_eq!(v["ConfigReloaded"]["changed"][0], "admin.roles.operator");
+        assert!(!v.to_string().contains("[1,"), "{v}");
+    }
 
     #[test]
     fn an_event_encoded_once_is_byte_for_byte_the_separate_hash_and_encoding() {

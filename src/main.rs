@@ -1,8 +1,8 @@
 //! castellan: the control daemon.
 //!
 //! `castellan [--config FILE] [--state-dir DIR]` runs the daemon;
-//! `castellan verify --database FILE` re-walks an event log offline (e.g. a
-//! copy preserved as evidence).
+//! `castellan verify --database FILE [--audit-key FILE]` re-walks an event
+//! log offline (e.g. a copy preserved as evidence).
 //!
 //! Exit statuses: 0 ok, 1 runtime failure, 2 usage, 64 invalid
 //! configuration (names the key), 65 the offline verification found damage.
@@ -44,9 +44,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Verify an event log file offline (hash chain and checkpoints).
+    ///
+    /// With --audit-key, every audit key recorded in the log must be that
+    /// key; without it, checkpoint signatures are checked only against the
+    /// keys recorded in the log itself, which whoever could write the file
+    /// could have replaced (the report says so).
     Verify {
         #[arg(long)]
         database: PathBuf,
+        /// The signer's audit public key: PEM (PUBLIC KEY) or DER
+        /// SubjectPublicKeyInfo, as `castellanctl signer audit-key` writes it.
+        #[arg(long, value_name = "FILE")]
+        audit_key: Option<PathBuf>,
     },
     /// Check the configuration and exit (64 with the key at fault when invalid).
     CheckConfig,
@@ -54,8 +63,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Verify { database }) = &cli.command {
-        return verify_offline(database);
+    if let Some(Command::Verify {
+        database,
+        audit_key,
+    }) = &cli.command
+    {
+        return verify_offline(database, audit_key.as_deref());
     }
     let config = match Config::load(cli.config.as_deref(), cli.state_dir.as_deref()) {
         Ok(c) => Arc::new(c),
@@ -99,10 +112,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn verify_offline(database: &std::path::Path) -> ExitCode {
-    match Store::verify_file(database) {
+/// The DER SubjectPublicKeyInfo in a PEM or DER file.
+fn read_audit_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use der::Decode;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the audit key {}: {e}", path.display()))?;
+    let der = castellan::pem::decode(&bytes, &["PUBLIC KEY"])
+        .map_err(|e| format!("audit key {}: {e}", path.display()))?;
+    spki::SubjectPublicKeyInfoRef::from_der(&der).map_err(|e| {
+        format!(
+            "audit key {}: not a SubjectPublicKeyInfo ({e}); export it with \
+             `castellanctl signer audit-key --out FILE`",
+            path.display()
+        )
+    })?;
+    Ok(der)
+}
+
+fn verify_offline(database: &std::path::Path, audit_key: Option<&std::path::Path>) -> ExitCode {
+    let trusted = match audit_key.map(read_audit_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("castellan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Store::verify_file_against(database, trusted.as_deref()) {
         Ok(r) => {
-            let v = castellan::daemon::verify_view(&r);
+            let mut v = castellan::daemon::verify_view(&r);
+            if trusted.is_some() {
+                v.checkpoint_keys = "file".into();
+            } else {
+                let note = "checkpoint signatures were checked only against the audit keys \
+                            recorded in the log itself, which whoever could write the file could \
+                            have replaced; pass --audit-key FILE (from `castellanctl signer \
+                            audit-key`) to check them against the signer's key";
+                eprintln!("castellan: note: {note}");
+                v.checkpoint_keys_note = Some(note.to_string());
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             if v.ok {
                 ExitCode::SUCCESS
@@ -135,6 +182,21 @@ fn admin_settings(config: &Config) -> AdminSettings {
     }
 }
 
+/// A reload checked and ready to apply: the configuration, the mTLS
+/// settings, and the SHA-256 of the file it was read from.
+struct Reload {
+    config: Config,
+    tls: Option<TlsSettings>,
+    file_sha256: Option<[u8; 32]>,
+}
+
+fn file_sha256(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+    Ok(out)
+}
+
 /// Reads the configuration file again for SIGHUP. Everything that can fail
 /// (parsing, what may change, the mTLS files) is checked before anything is
 /// applied: a reload applies whole or not at all.
@@ -142,8 +204,14 @@ fn reload(
     daemon: &Daemon,
     config_path: Option<&std::path::Path>,
     state_dir: &std::path::Path,
-) -> Result<(Config, Option<TlsSettings>), String> {
+) -> Result<Reload, String> {
+    let before = config_path.map(file_sha256).transpose()?;
     let new = Config::load(config_path, Some(state_dir)).map_err(|e| e.to_string())?;
+    // The digest recorded must be of the file that was parsed.
+    let after = config_path.map(file_sha256).transpose()?;
+    if before != after {
+        return Err("the configuration file changed while it was read; send SIGHUP again".into());
+    }
     daemon
         .config()
         .reloadable_diff(&new)
@@ -152,7 +220,11 @@ fn reload(
         None => None,
         Some(h) => Some(TlsSettings::from_config(h).map_err(|e| e.to_string())?),
     };
-    Ok((new, tls))
+    Ok(Reload {
+        config: new,
+        tls,
+        file_sha256: after,
+    })
 }
 
 async fn run(
@@ -302,13 +374,24 @@ async fn run(
     loop {
         tokio::select! {
             _ = hup.recv() => match reload(&daemon, config_path.as_deref(), &config.state_dir) {
-                Ok((new, new_tls)) => {
-                    settings.replace(admin_settings(&new));
-                    if let (Some((tls, _)), Some(new_tls)) = (&https, new_tls) {
-                        tls.replace(new_tls);
+                Ok(Reload { config: new, tls: new_tls, file_sha256 }) => {
+                    // Recorded in the log first, then swapped with no admin
+                    // request running: each request sees one configuration.
+                    let applied = daemon
+                        .reload(new, file_sha256, |new| {
+                            settings.replace(admin_settings(new));
+                            if let (Some((tls, _)), Some(new_tls)) = (&https, new_tls) {
+                                tls.replace(new_tls);
+                            }
+                        })
+                        .await;
+                    match applied {
+                        Ok(changed) => tracing::info!(?changed, "configuration reloaded"),
+                        Err(e) => tracing::warn!(
+                            "reload not recorded in the event log, keeping the running \
+                             configuration: {e}"
+                        ),
                     }
-                    daemon.replace_config(Arc::new(new));
-                    tracing::info!("configuration reloaded");
                 }
                 // A bad file keeps the running configuration, whole.
                 Err(e) => tracing::warn!("reload refused, keeping the running configuration: {e}"),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use castellan::admin::{AdminBackend, AdminSettings, Call, serve_unix_with};
 use castellan::admin_client::AdminClient;
-use castellan::api::{ApiError, CertQuery, ErrorBody, ErrorKind, Role};
+use castellan::api::{ApiError, CertQuery, ErrorBody, ErrorKind, LogQuery, Role};
 use castellan::daemon::Caller;
 use serde_json::{Value, json};
 
@@ -26,6 +26,8 @@ struct Fake {
     delay: Duration,
     /// The answer to a call, when not the default `{"done": true, …}`.
     answer: Option<Answer>,
+    /// A reload gate, as castellan's daemon has one.
+    gate: Option<Arc<tokio::sync::RwLock<()>>>,
 }
 
 impl AdminBackend for Fake {
@@ -45,6 +47,12 @@ impl AdminBackend for Fake {
     }
     fn metrics(&self) -> String {
         "castellan_events_total 7\n".into()
+    }
+    async fn request_gate(&self) -> Option<Box<dyn Send + Sync>> {
+        match &self.gate {
+            Some(g) => Some(Box::new(g.clone().read_owned().await)),
+            None => None,
+        }
     }
 }
 
@@ -344,6 +352,7 @@ fn list_queries_are_percent_decoded_and_unknown_parameters_refused() {
             state: Some("revoked".into()),
             identity: Some("web a/b".into()),
             limit: Some(5),
+            after: None,
         })
     );
     for bad in [
@@ -907,4 +916,58 @@ fn a_revoked_mtls_client_certificate_carries_no_role() {
     assert!(out.ends_with("200"), "{out}");
     let _ = stop.send(());
     thread.join().unwrap();
+}
+
+#[test]
+fn list_cursors_are_passed_on_and_a_malformed_one_is_refused() {
+    let s = Server::start(Some(Role::Auditor), |_| {}, Fake::default());
+    let (status, _) = s.request("GET", "/v1/audit/log?from_seq=1000&limit=10", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.fake.calls.lock().unwrap().last().unwrap().1,
+        Call::AuditLog(LogQuery {
+            limit: Some(10),
+            from_seq: Some(1000),
+            ..LogQuery::default()
+        })
+    );
+    let (status, _) = s.request("GET", "/v1/certificates?after=0102", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.fake.calls.lock().unwrap().last().unwrap().1,
+        Call::Certificates(CertQuery {
+            after: Some("0102".into()),
+            ..CertQuery::default()
+        })
+    );
+    let (status, v) = s.request("GET", "/v1/audit/log?from_seq=next", None);
+    assert_eq!(status, 400);
+    assert!(error_of(&v).message.contains("from_seq"), "{v}");
+}
+
+#[test]
+fn an_operation_waits_while_a_reload_holds_the_gate() {
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let s = Arc::new(Server::start(
+        Some(Role::Auditor),
+        |_| {},
+        Fake {
+            gate: Some(gate.clone()),
+            ..Fake::default()
+        },
+    ));
+    let reload = gate.blocking_write();
+    let client = {
+        let s = s.clone();
+        std::thread::spawn(move || s.request("GET", "/v1/status", None))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s.fake.calls.lock().unwrap().is_empty(),
+        "the operation ran while the reload held the gate"
+    );
+    drop(reload);
+    let (status, _) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(s.fake.calls.lock().unwrap().len(), 1);
 }

@@ -677,3 +677,157 @@ fn a_listener_certificate_that_does_not_load_exits_64_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`admin.https.client_ca`"), "{err}");
 }
+
+/// The uid and gid of `nobody`: a real local user given the operator role.
+const NOBODY: u32 = 65534;
+
+/// `castellanctl --json` as uid/gid `NOBODY` (setpriv), on the admin socket.
+fn ctl_as_nobody(a: &Appliance, args: &[&str]) -> Output {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs castellanctl as uid {NOBODY} with setpriv: run it as root"
+    );
+    Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(env!("CARGO_BIN_EXE_castellanctl"))
+        .arg("--json")
+        .arg("--socket")
+        .arg(a.path("admin.sock"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_operator_cannot_have_admin_listener_credentials_of_a_higher_role_issued() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = Appliance::start();
+    // Certificates of the admin-client profile are admins on the mTLS
+    // listener; uid nobody is an operator on the admin socket.
+    let (_server, _alice) = with_https(
+        &mut a,
+        "roles = { \"admin-client\" = \"admin\" }\n\
+         [admin.roles]\nadmin = [\"root\"]\noperator = [\"65534\"]\n",
+    );
+    std::fs::set_permissions(a.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(a.path("admin.sock"), None, Some(NOBODY)).unwrap();
+    let out_dir = a.path("nobody");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let file = |n: &str| out_dir.join(n).to_str().unwrap().to_string();
+    let issue = |profile: &str, subject: &str, sans: &[&str], tag: &str| {
+        let (key, cert) = (file(&format!("{tag}.key")), file(&format!("{tag}.pem")));
+        let mut args = vec![
+            "issue",
+            "--generate-key",
+            "--subject",
+            subject,
+            "--profile",
+            profile,
+            "--issuer",
+            "issuing",
+            "--key-out",
+            &key,
+            "--out",
+            &cert,
+        ];
+        for s in sans {
+            args.extend(["--san", s]);
+        }
+        ctl_as_nobody(&a, &args)
+    };
+
+    let v: Value = serde_json::from_slice(&ctl_as_nobody(&a, &["status"]).stdout).unwrap();
+    assert_eq!(v["role"], "operator", "{v}");
+    let refused = issue("admin-client", "CN=mallory", &[], "mallory");
+    assert_eq!(refused.status.code(), Some(77), "{}", text(&refused));
+    let body: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(body["error"]["kind"], "forbidden", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"admin-client\""), "{message}");
+    assert!(message.contains("needs role admin"), "{message}");
+    assert!(!out_dir.join("mallory.pem").exists());
+
+    // The refusal is in the log, with the operator as the actor.
+    let log = a.ctl_json(&["audit", "log", "--kind", "issuance-refused"]);
+    let entry = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["actor"].as_str().unwrap_or("").contains("uid 65534"))
+        .unwrap_or_else(|| panic!("no refusal by uid 65534 in {log}"));
+    assert!(
+        entry["payload"].to_string().contains("admin-client"),
+        "{entry}"
+    );
+
+    // The operator still issues under profiles that carry no role…
+    let ok = issue("server", "CN=127.0.0.1", &["IP:127.0.0.1"], "web");
+    assert!(ok.status.success(), "{}", text(&ok));
+    // …and an admin issues admin credentials.
+    a.issue("bob-client", "CN=bob", "admin-client", &[]);
+}
+
+/// The `config-reloaded` events of the log, oldest first.
+fn reloads(a: &Appliance) -> Vec<Value> {
+    let log = a.ctl_json(&["audit", "log", "--kind", "config-reloaded"]);
+    log.as_array().unwrap().clone()
+}
+
+#[test]
+fn a_reload_is_recorded_in_the_audit_log_before_it_applies_and_a_refused_one_is_not() {
+    let mut a = Appliance::start();
+    let (server, alice) = with_https(&mut a, "");
+    assert!(reloads(&a).is_empty());
+    assert_eq!(a.status_as(&alice)["role"], "operator");
+
+    let remapped = a.config(
+        &a.https(&server, "roles = { \"admin-client\" = \"auditor\" }\n"),
+        "",
+    );
+    a.reload(&remapped);
+    wait_until("the new role of the admin-client profile", || {
+        a.status_as(&alice)["role"] == "auditor"
+    });
+    let recorded = reloads(&a);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let payload = &recorded[0]["payload"];
+    let changed: Vec<&str> = payload["ConfigReloaded"]["changed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changed keys in {payload}"))
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["admin.https.roles.admin-client"], "{payload}");
+    assert_eq!(recorded[0]["actor"], "system");
+    let file = std::fs::read(a.path("castellan.toml")).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &file);
+    assert_eq!(
+        payload["ConfigReloaded"]["file_sha256"],
+        hex::encode(digest.as_ref()),
+        "{payload}"
+    );
+
+    // The human listing names it too.
+    let human = a.ctl(&["audit", "log", "--kind", "config-reloaded"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("config-reloaded"),
+        "{}",
+        text(&human)
+    );
+
+    // A refused reload records nothing.
+    a.reload("[admin\nsocket = \n");
+    wait_until("the refused reload", || {
+        a.log().matches("reload refused").count() == 1
+    });
+    assert_eq!(reloads(&a).len(), 1);
+    assert_eq!(a.status_as(&alice)["role"], "auditor");
+
+    // The chain with the new event verifies, against the signer's key.
+    let v = a.ctl_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["checkpoint_keys"], "signer", "{v}");
+}

@@ -1052,3 +1052,386 @@ fn the_default_issuer_and_its_chain_follow_each_new_ca_at_once() {
     assert_eq!(v["issuer"], "issuing", "{v}");
     assert_eq!(v["chain_pem"].as_str(), Some(issuing_pem.as_str()), "{v}");
 }
+
+/// `castellanctl issue --generate-key` under the server profile from
+/// `issuing` with this subject and these SANs (files `<tag>.key`, `<tag>.pem`).
+fn issue_with(a: &Appliance, tag: &str, subject: &str, sans: &[&str], issuer: &str) -> Out {
+    let key = a.path(&format!("{tag}.key"));
+    let out = a.path(&format!("{tag}.pem"));
+    let mut args = vec![
+        "issue",
+        "--generate-key",
+        "--subject",
+        subject,
+        "--key-out",
+        key.to_str().unwrap(),
+        "--profile",
+        "server",
+        "--issuer",
+        issuer,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for s in sans {
+        args.extend(["--san", s]);
+    }
+    a.ctl(&args)
+}
+
+fn refusals(a: &Appliance) -> Vec<String> {
+    a.events()
+        .iter()
+        .filter(|e| kind(e) == "issuance-refused")
+        .map(|e| e["payload"].to_string())
+        .collect()
+}
+
+#[test]
+fn a_subject_that_names_another_host_or_breaks_the_attribute_rules_is_refused_and_logged() {
+    let a = Appliance::start();
+    a.make_cas();
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "CN=www.bank.example",
+            &["DNS:app.corp.example"],
+            &["CN", "www.bank.example", "not among"],
+        ),
+        // An address in the CN is a host name too.
+        (
+            "CN=10.1.2.3",
+            &["DNS:app.corp.example"],
+            &["CN", "10.1.2.3", "IP address"],
+        ),
+        (
+            "CN=a long name that is not a host name but is longer than the sixty-four allowed",
+            &["DNS:app.corp.example"],
+            &["CN (commonName)", "at most 64"],
+        ),
+        (
+            "CN=app.corp.example,C=Germany",
+            &["DNS:app.corp.example"],
+            &["C (countryName)", "at most 2"],
+        ),
+    ];
+    let mut refused = 0;
+    for (i, (subject, sans, words)) in cases.iter().enumerate() {
+        let out = issue_with(&a, &format!("bad{i}"), subject, sans, "issuing");
+        assert_eq!(out.code, Some(2), "{subject}: {out}");
+        for w in *words {
+            assert!(out.stdout.contains(w), "{subject}: no {w:?} in {out}");
+        }
+        refused += 1;
+        let logged = refusals(&a);
+        assert_eq!(logged.len(), refused, "{logged:?}");
+        assert!(logged[refused - 1].contains("subject"), "{logged:?}");
+    }
+    // A control character in an attribute.
+    let out = issue_with(
+        &a,
+        "ctrl",
+        "CN=app.corp.example,OU=ops\u{7}team",
+        &["DNS:app.corp.example"],
+        "issuing",
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(
+        out.stdout.contains("OU (organizationalUnitName)") && out.stdout.contains("control"),
+        "{out}"
+    );
+    refused += 1;
+    assert_eq!(refusals(&a).len(), refused);
+
+    // An unknown issuer is refused and logged like any other refusal.
+    let out = issue_with(
+        &a,
+        "noissuer",
+        "CN=app.corp.example",
+        &["DNS:app.corp.example"],
+        "no-such-ca",
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains("no-such-ca"), "{out}");
+    let logged = refusals(&a);
+    assert_eq!(logged.len(), refused + 1, "{logged:?}");
+    assert!(logged[refused].contains("no-such-ca"), "{logged:?}");
+
+    // The CN repeating a SAN (in another case) and a person's name as CN
+    // are issued.
+    issue_with(
+        &a,
+        "good",
+        "CN=App.Corp.Example,O=Example",
+        &["DNS:app.corp.example"],
+        "issuing",
+    )
+    .ok();
+    issue_with(
+        &a,
+        "person",
+        "CN=Jane Doe,C=DE",
+        &["DNS:app.corp.example"],
+        "issuing",
+    )
+    .ok();
+}
+
+/// Rewrites a copy of the log as someone who can write the file could:
+/// every recorded audit key replaced by `key`'s, every checkpoint re-made
+/// and re-signed with it, the chain re-hashed. Returns the sequence numbers
+/// of the replaced `SignerKeysObserved` events.
+fn swap_audit_key(database: &Path, key: &ring::signature::EcdsaKeyPair) -> Vec<u64> {
+    use castellan::events::{Event, EventPayload};
+    use ring::signature::KeyPair;
+    let rng = ring::rand::SystemRandom::new();
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    spki.extend_from_slice(key.public_key().as_ref());
+    let db = redb::Database::open(database).expect("open the copy with redb");
+    let txn = db.begin_write().unwrap();
+    let mut swapped = Vec::new();
+    {
+        use redb::ReadableTable;
+        let mut table = txn.open_table(EVENTS).unwrap();
+        let stored: Vec<Event> = table
+            .range::<u64>(..)
+            .unwrap()
+            .map(|kv| postcard::from_bytes(kv.unwrap().1.value()).unwrap())
+            .collect();
+        let mut hashes: Vec<[u8; 32]> = Vec::new();
+        let mut prev = [0u8; 32];
+        for ev in stored {
+            let payload = match ev.payload {
+                EventPayload::SignerKeysObserved { custodians, .. } => {
+                    swapped.push(ev.seq);
+                    EventPayload::SignerKeysObserved {
+                        audit_spki_der: spki.clone(),
+                        audit_algorithm: castellan_proto::Algorithm::EcdsaP256,
+                        custodians,
+                    }
+                }
+                EventPayload::CheckpointSigned { sequence, time, .. } => {
+                    let request = castellan_proto::CheckpointRequest {
+                        sequence,
+                        head_hash: hashes[sequence as usize],
+                        time,
+                    };
+                    let message = castellan_proto::checkpoint_message(&request);
+                    EventPayload::CheckpointSigned {
+                        sequence,
+                        head_hash: request.head_hash,
+                        time,
+                        signature: key.sign(&rng, &message).unwrap().as_ref().to_vec(),
+                    }
+                }
+                other => other,
+            };
+            let new = Event::new(ev.seq, ev.time_ms, ev.actor, payload, prev);
+            prev = new.hash;
+            hashes.push(new.hash);
+            table
+                .insert(new.seq, postcard::to_stdvec(&new).unwrap().as_slice())
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    swapped
+}
+
+#[test]
+fn a_log_whose_recorded_audit_key_was_swapped_is_reported_online_and_offline() {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let mut a = Appliance::start();
+    a.make_cas();
+    a.ctl(&["audit", "checkpoint"]).ok();
+    common::issue(&a, "after-checkpoint");
+    a.ctl(&["audit", "checkpoint"]).ok();
+    a.ctl(&["audit", "verify"]).ok();
+    assert!(a.stop_daemon().success());
+
+    // The signer's audit key, exported apart from the log.
+    let audit_pem = a.path("audit-key.pem");
+    run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.signer_socket)
+            .args(["signer", "audit-key", "--out"])
+            .arg(&audit_pem),
+        WAIT,
+    )
+    .ok();
+    assert!(
+        std::fs::read_to_string(&audit_pem)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let forger =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let copy = a.path("forged.redb");
+    std::fs::copy(a.database(), &copy).unwrap();
+    let swapped = swap_audit_key(&copy, &forger);
+    assert!(
+        !swapped.is_empty(),
+        "the log records the signer's audit key"
+    );
+
+    let verify = |db: &Path, key: Option<&Path>| {
+        let mut cmd = Command::new(castellan_bin());
+        cmd.arg("verify").arg("--database").arg(db);
+        if let Some(k) = key {
+            cmd.arg("--audit-key").arg(k);
+        }
+        run(&mut cmd, WAIT)
+    };
+    // Against the keys in the log alone, the forgery is consistent: the
+    // report says that is all it checked.
+    let alone = verify(&copy, None);
+    assert_eq!(alone.code, Some(0), "{alone}");
+    assert_eq!(alone.json()["checkpoint_keys"], "log-only", "{alone}");
+    assert!(
+        alone
+            .stderr
+            .contains("only against the audit keys recorded in the log itself"),
+        "{alone}"
+    );
+    // With the signer's key: the original verifies, the forgery does not.
+    let original = verify(&a.database(), Some(&audit_pem));
+    assert_eq!(original.code, Some(0), "{original}");
+    assert_eq!(original.json()["checkpoint_keys"], "file", "{original}");
+    let forged = verify(&copy, Some(&audit_pem));
+    assert_eq!(forged.code, Some(65), "{forged}");
+    let v = forged.json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(
+        v["foreign_audit_keys"][0][0].as_u64(),
+        Some(swapped[0]),
+        "{v}"
+    );
+
+    // Online: castellan asks the signer for its audit key.
+    let config = a.path("castellan-forged.toml");
+    std::fs::write(&config, a.config_text(Some(&copy))).unwrap();
+    a.start_daemon_with(&config);
+    let online = run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.admin_socket)
+            .args(["audit", "verify"]),
+        WAIT,
+    );
+    assert_eq!(online.code, Some(1), "{online}");
+    assert!(
+        online.stdout.contains(&format!(
+            "audit key at event {} is not the signer's",
+            swapped[0]
+        )),
+        "{online}"
+    );
+
+    // Without the signer the keys cannot be confirmed: not a plain OK.
+    a.kill_signer();
+    let unconfirmed = a.ctl(&["audit", "verify"]);
+    assert_eq!(unconfirmed.code, Some(69), "{unconfirmed}");
+    let v = unconfirmed.json();
+    assert_eq!(v["checkpoint_keys"], "log-only", "{v}");
+    assert!(
+        v["checkpoint_keys_note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not be confirmed against the signer"),
+        "{v}"
+    );
+}
+
+#[test]
+fn event_and_certificate_lists_come_in_bounded_pages_that_castellanctl_follows() {
+    // More events than the largest page, written before castellan starts.
+    let mut a = Appliance::prepare(Settings::default());
+    std::fs::create_dir_all(a.path("state")).unwrap();
+    {
+        let store = castellan::store::Store::open(&a.database(), true).unwrap();
+        let events: Vec<castellan::events::EventPayload> = (0..10_050)
+            .map(|i| castellan::events::EventPayload::IssuanceRefused {
+                reason: format!("bulk {i}"),
+            })
+            .collect();
+        store
+            .execute_blocking(castellan::events::Actor::System, move |_| {
+                castellan::store::Decision::Commit { events, output: () }
+            })
+            .unwrap();
+    }
+    a.start_signer();
+    a.start_daemon();
+    a.make_cas();
+    for tag in ["p1", "p2", "p3"] {
+        common::issue(&a, tag);
+    }
+    let client = AdminClient::new(&a.admin_socket);
+
+    // Without a limit: the default page, and where the next one starts.
+    let first: Value = client.get("/v1/audit/log").unwrap();
+    assert_eq!(first["events"].as_array().unwrap().len(), 1_000);
+    assert_eq!(first["next"], 1_000);
+    let r = client
+        .request("GET", "/v1/audit/log?limit=10001", None)
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("10000"));
+
+    // castellanctl follows the pages: every event, once, in order.
+    let all = a.events();
+    assert!(all.len() > 10_050, "{}", all.len());
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(seq(e), i as u64);
+    }
+    let three = a.ctl(&["audit", "log", "--limit", "3"]).ok().json();
+    assert_eq!(three.as_array().unwrap().len(), 3);
+    // The human listing is a table, as before.
+    let human = run(
+        Command::new(ctl_bin())
+            .arg("--socket")
+            .arg(&a.admin_socket)
+            .args(["audit", "log", "--kind", "certificate-issued"]),
+        WAIT,
+    )
+    .ok();
+    assert!(human.stdout.starts_with("SEQ"), "{human}");
+    assert_eq!(human.stdout.lines().count(), 4, "{human}");
+
+    // Octet strings are hex in the payloads.
+    let issued: Vec<&Value> = all
+        .iter()
+        .filter(|e| kind(e) == "certificate-issued")
+        .collect();
+    let der = issued[0]["payload"]["CertificateIssued"]["certificate_der"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not hex: {}", issued[0]));
+    assert!(der.starts_with("30"), "{der}");
+    assert!(hex::decode(der).is_ok());
+
+    // Certificates one per page, by the cursor, are what `cert list` shows.
+    let mut after: Option<String> = None;
+    let mut paged = Vec::new();
+    loop {
+        let path = match &after {
+            None => "/v1/certificates?limit=1".to_string(),
+            Some(c) => format!("/v1/certificates?limit=1&after={c}"),
+        };
+        let page: Value = client.get(&path).unwrap();
+        let certs = page["certificates"].as_array().unwrap();
+        assert!(certs.len() <= 1, "{page}");
+        paged.extend(certs.iter().map(|c| c["serial"].clone()));
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let listed: Vec<Value> = a.certs().iter().map(|c| c["serial"].clone()).collect();
+    assert_eq!(paged.len(), 3);
+    assert_eq!(paged, listed);
+}

@@ -894,3 +894,82 @@ fn the_ca_generation_changes_exactly_when_a_ca_is_registered_before_its_caller_h
     commit(&store, alice(), vec![ca("issuing-1", Some("root-1"))]);
     assert_ne!(store.ca_generation(), g1);
 }
+
+#[test]
+fn certificate_pages_follow_their_cursor_to_exactly_the_unpaged_list() {
+    let (_dir, path) = temp();
+    let store = Store::open(&path, true).unwrap();
+    commit(
+        &store,
+        alice(),
+        vec![ca("root", None), ca("issuing", Some("root"))],
+    );
+    for i in 0..7u8 {
+        let id = if i % 2 == 0 { "web" } else { "api" };
+        commit(
+            &store,
+            alice(),
+            vec![intent([i; 16], id), issued([i; 16], &[0x20, i])],
+        );
+    }
+    for i in [1u8, 4, 5] {
+        commit(
+            &store,
+            alice(),
+            vec![EventPayload::CertificateRevoked {
+                serial: vec![0x20, i],
+                issuer: "issuing".into(),
+                reason: RevocationReason::Superseded,
+                revoked_at: 1_700_000_100,
+                invalidity_date: None,
+            }],
+        );
+    }
+    let v = store.read().unwrap();
+    let filters = [
+        CertFilter::default(),
+        CertFilter {
+            issuer: Some("issuing".into()),
+            ..CertFilter::default()
+        },
+        CertFilter {
+            issuer: Some("issuing".into()),
+            state: Some(CertState::Revoked),
+            ..CertFilter::default()
+        },
+        CertFilter {
+            identity: Some("web".into()),
+            ..CertFilter::default()
+        },
+        CertFilter {
+            state: Some(CertState::Issued),
+            ..CertFilter::default()
+        },
+    ];
+    for filter in filters {
+        let whole: Vec<Vec<u8>> = v.certs(&filter).into_iter().map(|c| c.serial).collect();
+        assert!(!whole.is_empty(), "{filter:?}");
+        for size in [1, 2, 3, 100] {
+            let mut paged = Vec::new();
+            let mut after = None;
+            let mut pages = 0;
+            loop {
+                let (page, next) = v.certs_page(&CertFilter {
+                    limit: Some(size),
+                    after: after.take(),
+                    ..filter.clone()
+                });
+                assert!(page.len() <= size, "{filter:?}");
+                paged.extend(page.into_iter().map(|c| c.serial));
+                pages += 1;
+                assert!(pages <= whole.len() + 1, "the cursor does not advance");
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, whole, "{filter:?} in pages of {size}");
+        }
+    }
+    assert!(v.error().is_none(), "{:?}", v.error());
+}

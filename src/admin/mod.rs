@@ -22,11 +22,11 @@
 //! | GET  | /v1/cas | auditor |
 //! | GET  | /v1/cas/{id} | auditor |
 //! | POST | /v1/certificates | operator |
-//! | GET  | /v1/certificates?issuer=&state=&identity=&limit= | auditor |
+//! | GET  | /v1/certificates?issuer=&state=&identity=&limit=&after= | auditor |
 //! | GET  | /v1/certificates/{serial} | auditor |
 //! | POST | /v1/certificates/{serial}/revoke | operator |
 //! | GET  | /v1/audit/verify | auditor |
-//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit= | auditor |
+//! | GET  | /v1/audit/log?actor=&kind=&since=&until=&subject=&limit=&from_seq= | auditor |
 //! | POST | /v1/audit/checkpoint | operator |
 //! | GET  | /v1/crls/{issuer} | auditor |
 //! | POST | /v1/crls/{issuer}/publish | operator |
@@ -46,6 +46,13 @@
 //! demotes a user applies to the next request, also on a connection that
 //! was already open. Settings fixed at start (the socket, its mode, the
 //! connection limit) are read once; a reload cannot change them.
+//!
+//! From the moment its body has been read until its operation ends, a
+//! request holds the backend's reload gate ([`AdminBackend::request_gate`])
+//! shared, and its role is checked (again) under it; a reload holds it
+//! exclusively while it swaps the settings. So a request sees one
+//! configuration throughout — its role, the mTLS role map, the domain's
+//! profiles — never part of an old and part of a new one.
 //!
 //! # Robustness
 //!
@@ -233,6 +240,16 @@ pub trait AdminBackend: Send + Sync + 'static {
     }
     /// (signer reachable, log writable)
     fn ready(&self) -> impl Future<Output = (bool, bool)> + Send;
+    /// Why the event log accepts no writes, for `/readyz`.
+    fn log_problem(&self) -> Option<String> {
+        None
+    }
+    /// Held for the whole of a request, so that a configuration reload
+    /// waits for it and the request sees one configuration throughout
+    /// (its settings, its role, the domain's configuration).
+    fn request_gate(&self) -> impl Future<Output = Option<Box<dyn Send + Sync>>> + Send {
+        async { None }
+    }
     /// Prometheus text exposition.
     fn metrics(&self) -> String;
 }
@@ -311,6 +328,14 @@ impl AdminBackend for Daemon {
         Daemon::ready(self).await
     }
 
+    fn log_problem(&self) -> Option<String> {
+        Daemon::log_problem(self)
+    }
+
+    async fn request_gate(&self) -> Option<Box<dyn Send + Sync>> {
+        Some(Box::new(Daemon::request_gate(self).await))
+    }
+
     fn metrics(&self) -> String {
         Daemon::metrics(self)
     }
@@ -369,8 +394,10 @@ struct Route {
     query: &'static [&'static str],
 }
 
-const CERT_QUERY: &[&str] = &["issuer", "state", "identity", "limit"];
-const LOG_QUERY: &[&str] = &["actor", "kind", "since", "until", "subject", "limit"];
+const CERT_QUERY: &[&str] = &["issuer", "state", "identity", "limit", "after"];
+const LOG_QUERY: &[&str] = &[
+    "actor", "kind", "since", "until", "subject", "limit", "from_seq",
+];
 
 const fn route(
     method: Method,
@@ -717,15 +744,25 @@ async fn handle<B: AdminBackend, P: Identify>(
     refused_logged: Arc<std::sync::atomic::AtomicBool>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let settings = settings.current();
+    let shared = settings;
+    let settings = shared.current();
     let deadline = Instant::now() + settings.request_timeout;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response =
-        match route_and_call(backend, &settings, &*peer, &refused_logged, req, deadline).await {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
-        };
+    let response = match route_and_call(
+        backend,
+        &shared,
+        &settings,
+        &*peer,
+        &refused_logged,
+        req,
+        deadline,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
     tracing::debug!(
         peer = %peer.who(),
         %method,
@@ -736,8 +773,43 @@ async fn handle<B: AdminBackend, P: Identify>(
     response
 }
 
+/// The caller of `route` as `peer`, with the role the settings give it
+/// now; `None` for the open probes. Refuses a peer whose role is too low
+/// or who has none.
+async fn authorize<P: Identify>(
+    route: &Route,
+    peer: &P,
+    settings: &AdminSettings,
+    refused_logged: &std::sync::atomic::AtomicBool,
+) -> Result<Option<Caller>, ApiError> {
+    let Some(need) = route.role else {
+        return Ok(None);
+    };
+    match peer.peer(settings).await {
+        Peer::Known(c) if c.role < need => Err(err(
+            ErrorKind::Forbidden,
+            format!(
+                "{} {} needs role {} or above; {} has role {}",
+                route.method.as_str(),
+                route.path,
+                role_name(need),
+                c.actor.describe(),
+                role_name(c.role)
+            ),
+        )),
+        Peer::Known(c) => Ok(Some(c)),
+        Peer::Unknown { who, why } => {
+            if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
+            }
+            Err(err(ErrorKind::Forbidden, why))
+        }
+    }
+}
+
 async fn route_and_call<B: AdminBackend, P: Identify>(
     backend: Arc<B>,
+    shared: &Shared<AdminSettings>,
     settings: &AdminSettings,
     peer: &P,
     refused_logged: &std::sync::atomic::AtomicBool,
@@ -786,31 +858,7 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
 
     // Authorization, from the table, before anything else of the request is
     // read; the role is the one in force now (see "Reload").
-    let caller = match route.role {
-        None => None,
-        Some(need) => match peer.peer(settings).await {
-            Peer::Known(c) if c.role < need => {
-                return Err(err(
-                    ErrorKind::Forbidden,
-                    format!(
-                        "{} {} needs role {} or above; {} has role {}",
-                        route.method.as_str(),
-                        route.path,
-                        role_name(need),
-                        c.actor.describe(),
-                        role_name(c.role)
-                    ),
-                ));
-            }
-            Peer::Known(c) => Some(c),
-            Peer::Unknown { who, why } => {
-                if !refused_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(peer = %who, reason = %why, "admin API: refused a peer without a role");
-                }
-                return Err(err(ErrorKind::Forbidden, why));
-            }
-        },
-    };
+    authorize(route, peer, settings, refused_logged).await?;
 
     let mut params = Vec::with_capacity(raw_params.len());
     for p in raw_params {
@@ -846,10 +894,11 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return Ok(json_response(
-                status,
-                &serde_json::json!({"ready": signer && log, "signer_reachable": signer, "log_writable": log}),
-            ));
+            let mut body = serde_json::json!({"ready": signer && log, "signer_reachable": signer, "log_writable": log});
+            if !log && let Some(why) = backend.log_problem() {
+                body["log_problem"] = serde_json::Value::String(why);
+            }
+            return Ok(json_response(status, &body));
         }
         Endpoint::Metrics => {
             return Ok(respond(
@@ -879,6 +928,7 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
                 state: take(&mut query, "state"),
                 identity: take(&mut query, "identity"),
                 limit,
+                after: take(&mut query, "after"),
             })
         }
         Endpoint::Certificate => Call::Certificate { serial: param(0) },
@@ -896,6 +946,19 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
                 until: take(&mut query, "until"),
                 subject: take(&mut query, "subject"),
                 limit,
+                from_seq: take(&mut query, "from_seq")
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            err(
+                                ErrorKind::BadRequest,
+                                format!(
+                                    "from_seq={v:?} is not a sequence number; send the `next` \
+                                     of the previous page"
+                                ),
+                            )
+                        })
+                    })
+                    .transpose()?,
             })
         }
         Endpoint::Checkpoint => Call::Checkpoint,
@@ -905,13 +968,26 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
             request: parse_json(&body, "a PublishCrl", route.endpoint)?,
         },
     };
-    let Some(caller) = caller else {
+    // From here to the end of the operation the request holds the reload
+    // gate, so it sees one configuration: its role (checked again, a
+    // reload may have come while the body arrived), its settings, the
+    // domain's configuration. Taken only now, so a slow body does not hold
+    // a reload (and the requests queued behind it) up.
+    let gate = backend.request_gate().await;
+    let current = shared.current();
+    let Some(caller) = authorize(route, peer, &current, refused_logged).await? else {
         // Only the probes have no role, and they answered above.
         return Err(err(ErrorKind::Internal, "route without a role check"));
     };
 
     // Run to completion in its own task: see the module doc.
-    let task = tokio::spawn(async move { backend.call_encoded(&caller, call).await });
+    // The operation keeps the reload gate until it ends, also past the
+    // request's deadline.
+    let task = tokio::spawn(async move {
+        let r = backend.call_encoded(&caller, call).await;
+        drop(gate);
+        r
+    });
     match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(Ok(text))) => Ok(respond(StatusCode::OK, "application/json", text)),
         Ok(Ok(Err(e))) => Err(e),

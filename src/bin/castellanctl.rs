@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use castellan::admin_client::{self, AdminClient, encode_component, query_string};
 use castellan::api::{
-    ApiError, ApproveCeremony, CaView, CeremonyView, CertView, CheckpointView, CrlView, ErrorBody,
-    ErrorKind, EventView, IssueRequest, IssuedView, OpenCeremony, PublishCrl, RevokeRequest,
-    StatusView, VerifyView,
+    ApiError, ApproveCeremony, CaView, CeremonyView, CertPage, CertView, CheckpointView, CrlView,
+    ErrorBody, ErrorKind, EventPage, EventView, IssueRequest, IssuedView, MAX_PAGE, OpenCeremony,
+    PublishCrl, RevokeRequest, StatusView, VerifyView,
 };
 use castellan::custodian::{CustodianKey, read_passphrase};
 use castellan::signer_client::{ClientError, SignerClient};
@@ -225,7 +225,8 @@ enum CertCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Certificates, newest first.
+    /// Certificates, in serial order (by issuance within --ca). castellan
+    /// answers in pages; all pages are fetched.
     List {
         /// Only those issued by this CA.
         #[arg(long)]
@@ -234,6 +235,7 @@ enum CertCmd {
         status: Option<String>,
         #[arg(long)]
         identity: Option<String>,
+        /// Show at most this many (default: all, fetched page by page).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -272,6 +274,17 @@ enum CrlCmd {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Re-walk the hash chain and check the signed checkpoints.
+    ///
+    /// castellan asks the signer for its audit key and requires every audit
+    /// key recorded in the log to be that key (a key recorded in the log
+    /// proves nothing by itself).
+    ///
+    /// Exit status: 0 the chain and every checkpoint verified against the
+    /// signer's audit key; 1 damage found (the report names the first bad
+    /// event, bad checkpoints, or recorded audit keys that are not the
+    /// signer's); 69 no damage found, but the signer could not be asked for
+    /// its audit key, so the checkpoint keys are NOT confirmed (run it again
+    /// once castellan-signer is reachable).
     Verify,
     /// Read events.
     Log {
@@ -289,6 +302,8 @@ enum AuditCmd {
         /// A serial, CA id, ceremony id or identity.
         #[arg(long)]
         subject: Option<String>,
+        /// Show at most this many, oldest first (default: all, fetched
+        /// page by page).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -338,6 +353,14 @@ enum SignerCmd {
         ca: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The signer's audit public key (PEM SubjectPublicKeyInfo), which
+    /// signs the event log's checkpoints: keep a copy apart from the log,
+    /// for `castellan verify --database FILE --audit-key FILE`.
+    AuditKey {
+        /// Write it here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -680,6 +703,36 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             Ok(())
         }
         SignerCmd::Ceremony { command } => ceremony_cmd(socket, command, json),
+        SignerCmd::AuditKey { out } => {
+            let mut c = SignerClient::connect(socket)?;
+            let Response::PublicKeys(k) = c.call(Request::PublicKeys)? else {
+                return Err(refused("unexpected answer to PublicKeys".into()));
+            };
+            let pem_text = pem::encode("PUBLIC KEY", &k.audit_spki_der);
+            let sha256 = hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                &k.audit_spki_der,
+            ));
+            if let Some(out) = &out {
+                write_out(out, &pem_text)?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"algorithm": k.audit_algorithm.as_str(),
+                        "spki_sha256": sha256, "pem": pem_text})
+                );
+            } else if let Some(out) = &out {
+                println!(
+                    "audit key ({}, SubjectPublicKeyInfo SHA-256 {sha256}) written to {}",
+                    k.audit_algorithm.as_str(),
+                    out.display()
+                );
+            } else {
+                print!("{pem_text}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -960,17 +1013,15 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints rows under a header, columns aligned.
 /// A listing: the JSON as it came with `--json`; otherwise `empty` when
 /// nothing matched, or a table of one `row` per item.
-fn list_cmd<T: serde::de::DeserializeOwned + Serialize>(
+fn print_list<T: Serialize>(
     ctx: &Ctx,
-    path: &str,
+    list: &[T],
     empty: &str,
     header: &[&str],
     row: impl Fn(&T) -> Vec<String>,
 ) -> Result<(), Failure> {
-    let list: Vec<T> = ctx.get(path)?;
     if ctx.json {
         return print_json(&list);
     }
@@ -983,6 +1034,40 @@ fn list_cmd<T: serde::de::DeserializeOwned + Serialize>(
     Ok(())
 }
 
+/// Every item of a paged listing (at most `limit`): asks page after page,
+/// each with the `next` cursor of the one before, as `cursor_key`.
+fn fetch_pages<P: serde::de::DeserializeOwned, T>(
+    ctx: &Ctx,
+    path: &str,
+    pairs: &[(&str, Option<String>)],
+    limit: Option<usize>,
+    cursor_key: &str,
+    split: impl Fn(P) -> (Vec<T>, Option<String>),
+) -> Result<Vec<T>, Failure> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit
+            .map_or(MAX_PAGE, |l| l.saturating_sub(all.len()))
+            .min(MAX_PAGE);
+        if want == 0 {
+            break;
+        }
+        let mut q: Vec<(&str, Option<String>)> = pairs.to_vec();
+        q.push(("limit", Some(want.to_string())));
+        q.push((cursor_key, cursor.take()));
+        let page: P = ctx.get(&format!("{path}{}", query_string(&q)))?;
+        let (items, next) = split(page);
+        all.extend(items);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    Ok(all)
+}
+
+/// Prints rows under a header, columns aligned.
 fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -1058,6 +1143,14 @@ fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
         s.events,
         short(&s.head_hash, 16)
     );
+    if !s.log_writable {
+        println!(
+            "  event log:    NOT WRITABLE — {}",
+            s.log_problem
+                .as_deref()
+                .unwrap_or("restart castellan (reopening the file repairs it)")
+        );
+    }
     match s.last_checkpoint {
         Some(c) => println!("  checkpoint:   last signed at event {c}"),
         None => println!("  checkpoint:   none signed yet (castellanctl audit checkpoint)"),
@@ -1864,15 +1957,17 @@ fn cert_cmd(ctx: &Ctx, command: CertCmd) -> Result<(), Failure> {
             identity,
             limit,
         } => {
-            let q = query_string(&[
-                ("issuer", ca),
-                ("state", status),
-                ("identity", identity),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            list_cmd(
+            let list = fetch_pages(
                 ctx,
-                &format!("/v1/certificates{q}"),
+                "/v1/certificates",
+                &[("issuer", ca), ("state", status), ("identity", identity)],
+                limit,
+                "after",
+                |p: CertPage| (p.certificates, p.next),
+            )?;
+            print_list(
+                ctx,
+                &list,
                 "no certificates match",
                 &[
                     "SERIAL",
@@ -2034,9 +2129,28 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
     match command {
         AuditCmd::Verify => {
             let v: VerifyView = ctx.get("/v1/audit/verify")?;
-            let ok = v.ok && v.checkpoints_bad.is_empty();
+            let ok = v.ok && v.checkpoints_bad.is_empty() && v.foreign_audit_keys.is_empty();
+            let confirmed = v.checkpoint_keys == "signer";
             if ctx.json {
                 print_json(&v)?;
+            } else if ok && !confirmed {
+                println!(
+                    "audit chain intact: {} events, head {}; {} checkpoint(s) verified{} — but \
+                     the checkpoint keys are NOT CONFIRMED",
+                    v.events,
+                    short(&v.head_hash, 16),
+                    v.checkpoints_ok,
+                    v.last_checkpoint
+                        .map(|c| format!(", last at event {c}"))
+                        .unwrap_or_default()
+                );
+                println!(
+                    "  {}",
+                    v.checkpoint_keys_note.as_deref().unwrap_or(
+                        "checkpoint signatures were checked only against the audit keys \
+                         recorded in the log itself"
+                    )
+                );
             } else if ok {
                 println!(
                     "audit chain OK: {} events, head {}; {} checkpoint(s) verified{}",
@@ -2058,15 +2172,20 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                 for (seq, why) in &v.checkpoints_bad {
                     println!("  bad checkpoint at event {seq}: {why}");
                 }
+                for (seq, why) in &v.foreign_audit_keys {
+                    println!("  audit key at event {seq} is not the signer's: {why}");
+                }
                 println!(
                     "  next: preserve the state directory as evidence before anything else \
                      writes to it, and compare with the last snapshot"
                 );
             }
-            if ok {
-                Ok(())
-            } else {
+            if !ok {
                 Err(Failure::Reported(ErrorKind::Refused))
+            } else if !confirmed {
+                Err(Failure::Reported(ErrorKind::Unavailable))
+            } else {
+                Ok(())
             }
         }
         AuditCmd::Log {
@@ -2077,17 +2196,23 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             subject,
             limit,
         } => {
-            let q = query_string(&[
-                ("actor", actor),
-                ("kind", kind),
-                ("since", since),
-                ("until", until),
-                ("subject", subject),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            list_cmd(
+            let list = fetch_pages(
                 ctx,
-                &format!("/v1/audit/log{q}"),
+                "/v1/audit/log",
+                &[
+                    ("actor", actor),
+                    ("kind", kind),
+                    ("since", since),
+                    ("until", until),
+                    ("subject", subject),
+                ],
+                limit,
+                "from_seq",
+                |p: EventPage| (p.events, p.next.map(|n| n.to_string())),
+            )?;
+            print_list(
+                ctx,
+                &list,
                 "no events match",
                 &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
                 |e: &EventView| {

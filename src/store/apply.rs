@@ -81,7 +81,9 @@ fn cert_from_intent(
 
 pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
     match &ev.payload {
-        EventPayload::DaemonStarted { .. } | EventPayload::IssuanceRefused { .. } => Ok(()),
+        EventPayload::DaemonStarted { .. }
+        | EventPayload::IssuanceRefused { .. }
+        | EventPayload::ConfigReloaded { .. } => Ok(()),
         EventPayload::SignerKeysObserved {
             audit_spki_der,
             audit_algorithm,

@@ -117,6 +117,11 @@ pub trait ReadView {
     fn responder(&self, issuer: &str) -> Option<ResponderRecord>;
     fn cert(&self, serial: &[u8]) -> Option<CertRecord>;
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord>;
+    /// [`ReadView::certs`], at most `filter.limit` of them from
+    /// `filter.after` on, and the cursor to pass as `after` for the next
+    /// page (`None` when nothing follows). The cursor is a position in the
+    /// table the filter selects (by serial, or the index's order).
+    fn certs_page(&self, filter: &CertFilter) -> (Vec<CertRecord>, Option<Vec<u8>>);
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord>;
     fn intent(&self, request_id: &RequestId) -> Option<IntentRecord>;
     /// Intents without a result, in request-id order.
@@ -323,6 +328,9 @@ impl ReadView for Snapshot {
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord> {
         self.tables.certs(filter)
     }
+    fn certs_page(&self, filter: &CertFilter) -> (Vec<CertRecord>, Option<Vec<u8>>) {
+        self.tables.certs_page(filter)
+    }
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord> {
         self.tables.certs_by_identity(identity)
     }
@@ -456,6 +464,9 @@ struct Stats {
     commands: AtomicU64,
     /// See [`Store::ca_generation`].
     ca_generation: AtomicU64,
+    /// Why the writer stopped accepting writes (see [`Writer::failed`]),
+    /// for [`Store::writable`].
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 struct Writer {
@@ -624,6 +635,7 @@ impl Writer {
                      restarts (reopening repairs the file)"
                 );
                 self.failed = Some(why.clone());
+                *self.stats.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                 Err(why)
             }
         }
@@ -926,6 +938,32 @@ impl Store {
             .map_err(|_| ExecError::Storage(DROPPED.to_string()))?
     }
 
+    /// Whether a write can succeed: no commit has failed and the writer
+    /// thread is alive. A read can start on a store that refuses every
+    /// write, so readiness is asked here, not with [`Store::read`]. The
+    /// error says what happened and what to do.
+    pub fn writable(&self) -> Result<(), String> {
+        let failure = self
+            .inner
+            .stats
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(why) = failure {
+            return Err(format!(
+                "the event log accepts no writes: {why}; restart castellan \
+                 (`systemctl restart castellan`)"
+            ));
+        }
+        let stopped =
+            self.inner.tx.is_none() || self.inner.writer.as_ref().is_none_or(|w| w.is_finished());
+        if stopped {
+            return Err(format!("the event log accepts no writes: {DROPPED}"));
+        }
+        Ok(())
+    }
+
     /// A consistent read-only view of the committed state.
     /// Tables are opened as the view's calls need them; an error opening
     /// one is reported like any other read error (see [`Snapshot::error`]).
@@ -978,9 +1016,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Re-walks the chain and checks the checkpoints.
+    /// Re-walks the chain and checks the checkpoints against the audit
+    /// keys recorded in the log itself (see [`Store::verify_against`]).
     pub fn verify(&self) -> VerifyReport {
-        verify::verify_db(&*self.inner.db)
+        self.verify_against(None)
+    }
+
+    /// Re-walks the chain and checks the checkpoints; with `trusted` (the
+    /// DER SubjectPublicKeyInfo of the signer's audit key), every audit key
+    /// recorded in the log must be that key.
+    pub fn verify_against(&self, trusted: Option<&[u8]>) -> VerifyReport {
+        verify::verify_db(&*self.inner.db, trusted)
     }
 
     /// `verify` on a file no daemon has open. The file is opened read-only;
@@ -988,20 +1034,29 @@ impl Store {
     /// it before it can be read, which this does on a private copy so that
     /// the evidence itself is never written to.
     pub fn verify_file(path: &Path) -> Result<VerifyReport, StoreError> {
+        Store::verify_file_against(path, None)
+    }
+
+    /// [`Store::verify_file`] with the trusted audit key of
+    /// [`Store::verify_against`].
+    pub fn verify_file_against(
+        path: &Path,
+        trusted: Option<&[u8]>,
+    ) -> Result<VerifyReport, StoreError> {
         let read_only = unpanic(path, || {
             Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .open_read_only(path)
         })?;
         match read_only {
-            Ok(db) => Ok(verify::verify_db(&db)),
+            Ok(db) => Ok(verify::verify_db(&db, trusted)),
             Err(DatabaseError::RepairAborted) => {
                 // Not closed cleanly: redb repairs on a read-write open.
                 let copy = TempCopy::of(path)?;
                 let db = guarded(path, || {
                     Builder::new().set_cache_size(CACHE_BYTES).open(&copy.path)
                 })?;
-                let report = verify::verify_db(&db);
+                let report = verify::verify_db(&db, trusted);
                 drop(db);
                 Ok(report)
             }

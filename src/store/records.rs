@@ -180,4 +180,7 @@ pub struct CertFilter {
     pub state: Option<CertState>,
     pub identity: Option<String>,
     pub limit: Option<usize>,
+    /// Start after this position: the cursor a previous page returned
+    /// ([`crate::store::ReadView::certs_page`]).
+    pub after: Option<Vec<u8>>,
 }

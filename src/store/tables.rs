@@ -328,10 +328,21 @@ where
 
     /// Calls `f(key, value)` for every entry whose key starts with
     /// `prefix`, in key order, until `f` returns false.
-    fn scan(&self, t: usize, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+    fn scan(&self, t: usize, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> bool) {
+        self.scan_from(t, prefix, prefix, f)
+    }
+
+    /// [`Self::scan`] beginning at key `start` (at or after `prefix`).
+    fn scan_from(
+        &self,
+        t: usize,
+        prefix: &[u8],
+        start: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) {
         let name = NAMES[t];
         let Some(table) = self.table(t) else { return };
-        let range = match table.range::<&[u8]>(prefix..) {
+        let range = match table.range::<&[u8]>(start..) {
             Ok(r) => r,
             Err(e) => return self.fail(format!("reading {name}: {e}")),
         };
@@ -460,48 +471,84 @@ where
     }
 
     fn certs(&self, filter: &CertFilter) -> Vec<CertRecord> {
+        self.certs_page(filter).0
+    }
+
+    fn certs_page(&self, filter: &CertFilter) -> (Vec<CertRecord>, Option<Vec<u8>>) {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let keep = |c: &CertRecord| {
             filter.issuer.as_deref().is_none_or(|i| c.issuer == i)
                 && filter.state.is_none_or(|s| c.state == s)
                 && filter.identity.as_deref().is_none_or(|i| c.identity == i)
         };
-        if let Some(identity) = &filter.identity {
-            return self.certs_from_index(BY_IDENTITY, identity, keep, limit);
-        }
-        if let Some(issuer) = &filter.issuer {
+        // The table walked: an index under the identity or the issuer, or
+        // the certificates by serial. A position is a key without the
+        // index's name prefix.
+        let (t, prefix) = if let Some(identity) = &filter.identity {
+            (BY_IDENTITY, lp(identity))
+        } else if let Some(issuer) = &filter.issuer {
             let t = if filter.state == Some(CertState::Revoked) {
                 REVOKED
             } else {
                 BY_ISSUER
             };
-            return self.certs_from_index(t, issuer, keep, limit);
+            (t, lp(issuer))
+        } else {
+            (CERTS, Vec::new())
+        };
+        // `p.certs_by_issuer` has the issuance seq between name and serial.
+        let serial_at = prefix.len() + if t == BY_ISSUER { 8 } else { 0 };
+        let mut start = prefix.clone();
+        if let Some(after) = &filter.after {
+            start.extend_from_slice(after);
         }
         let mut out = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        let mut more = false;
         let mut bad = None;
-        self.scan(CERTS, b"", |_, v| {
+        self.scan_from(t, &prefix, &start, |k, v| {
+            let position = k.get(prefix.len()..).unwrap_or_default();
+            if filter.after.as_deref() == Some(position) {
+                return true;
+            }
             if out.len() >= limit {
+                more = true;
                 return false;
             }
-            match decode::<CertRecord>(v) {
-                Ok(c) => {
-                    if keep(&c) {
-                        out.push(c);
+            let record = if t == CERTS {
+                match decode::<CertRecord>(v) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        bad = Some(format!(
+                            "a record of p.certs does not decode ({e}); rebuild the projections"
+                        ));
+                        return false;
                     }
-                    true
                 }
-                Err(e) => {
-                    bad = Some(e);
-                    false
+            } else {
+                let serial = k.get(serial_at..).unwrap_or_default();
+                let found = self.get::<CertRecord>(CERTS, serial);
+                if found.is_none() {
+                    self.fail(format!(
+                        "{} lists serial {} which is not in p.certs; rebuild the projections",
+                        NAMES[t],
+                        hex::encode(serial)
+                    ));
                 }
+                found
+            };
+            if let Some(c) = record
+                && keep(&c)
+            {
+                out.push(c);
             }
+            last = Some(position.to_vec());
+            true
         });
         if let Some(e) = bad {
-            self.fail(format!(
-                "a record of p.certs does not decode ({e}); rebuild the projections"
-            ));
+            self.fail(e);
         }
-        out
+        (out, if more { last } else { None })
     }
 
     fn certs_by_identity(&self, identity: &str) -> Vec<CertRecord> {

@@ -153,3 +153,40 @@ fn record_encodings_are_stable() {
     );
     assert_eq!(tables::checkpoint_key(258), [0, 0, 0, 0, 0, 0, 1, 2]);
 }
+
+#[test]
+fn after_a_failed_commit_the_store_says_it_is_not_writable_though_reads_still_start() {
+    let fail_sync = Arc::new(AtomicBool::new(false));
+    let db = Builder::new()
+        .create_with_backend(FlakyDisk {
+            inner: InMemoryBackend::new(),
+            fail_sync: fail_sync.clone(),
+        })
+        .unwrap();
+    let store = Store::start(Path::new("<memory>"), db, true).unwrap();
+    store
+        .execute_blocking(Actor::System, |_| Decision::Commit {
+            events: refusal(0),
+            output: (),
+        })
+        .unwrap();
+    assert_eq!(store.writable(), Ok(()));
+    fail_sync.store(true, Ordering::SeqCst);
+    let r = store.execute_blocking(Actor::System, |_| Decision::Commit {
+        events: refusal(1),
+        output: (),
+    });
+    assert!(matches!(r, Err(ExecError::Storage(_))), "{r:?}");
+    fail_sync.store(false, Ordering::SeqCst);
+    assert!(store.read().is_ok());
+    let why = store
+        .writable()
+        .expect_err("a failed store is not writable");
+    assert!(why.contains("restart"), "{why}");
+    assert!(why.contains("repairs"), "{why}");
+    let later = store.execute_blocking(Actor::System, |_| Decision::Commit {
+        events: refusal(2),
+        output: (),
+    });
+    assert!(later.is_err());
+}

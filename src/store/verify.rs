@@ -3,6 +3,12 @@
 //! The walk trusts nothing in the projections: it reads only the events
 //! table, recomputes every hash, and takes the audit key from the latest
 //! `SignerKeysObserved` *in the chain* before each checkpoint.
+//!
+//! A key recorded in the log proves nothing on its own: whoever can write
+//! the file can record a key of their own, re-chain and re-sign. So the
+//! walk is given the audit key from outside where it can be had (the
+//! signer, or a file for offline checks) and every recorded audit key must
+//! be that key.
 
 use castellan_proto::{Algorithm, CheckpointRequest, checkpoint_message};
 use der::Decode;
@@ -32,12 +38,17 @@ pub struct VerifyReport {
     /// The highest event sequence number attested by a valid checkpoint:
     /// events after it are chained but not yet signed.
     pub last_checkpoint: Option<u64>,
+    /// Audit keys recorded in the log (`SignerKeysObserved`) that are not
+    /// the trusted audit key the walk was given: (sequence number, why).
+    pub foreign_audit_keys: Vec<(u64, String)>,
 }
 
 impl VerifyReport {
     /// No damage and no bad checkpoint.
     pub fn is_clean(&self) -> bool {
-        self.first_bad.is_none() && self.checkpoints_bad.is_empty()
+        self.first_bad.is_none()
+            && self.checkpoints_bad.is_empty()
+            && self.foreign_audit_keys.is_empty()
     }
 }
 
@@ -93,7 +104,11 @@ pub(crate) fn verify_audit_signature(
         .map_err(|_| "the signature does not verify with the recorded audit key".to_string())
 }
 
-pub(crate) fn verify_db(db: &impl ReadableDatabase) -> VerifyReport {
+/// Walks the log. With `trusted` (the DER SubjectPublicKeyInfo of the
+/// signer's audit key, from the signer or an operator's file), every audit
+/// key recorded in the log must be that key; without it, checkpoints are
+/// checked only against the keys the log itself records.
+pub(crate) fn verify_db(db: &impl ReadableDatabase, trusted: Option<&[u8]>) -> VerifyReport {
     let mut report = VerifyReport {
         events: 0,
         head_hash: [0; 32],
@@ -101,6 +116,7 @@ pub(crate) fn verify_db(db: &impl ReadableDatabase) -> VerifyReport {
         checkpoints_ok: 0,
         checkpoints_bad: Vec::new(),
         last_checkpoint: None,
+        foreign_audit_keys: Vec::new(),
     };
     let read_failed = |report: &mut VerifyReport, at: u64, e: String| {
         report.first_bad = Some((
@@ -199,7 +215,24 @@ pub(crate) fn verify_db(db: &impl ReadableDatabase) -> VerifyReport {
                 audit_spki_der,
                 audit_algorithm,
                 ..
-            } => audit_key = Some((audit_spki_der.clone(), *audit_algorithm)),
+            } => {
+                if let Some(trusted) = trusted
+                    && trusted != audit_spki_der.as_slice()
+                {
+                    report.foreign_audit_keys.push((
+                        ev.seq,
+                        format!(
+                            "the audit key recorded at event {} (SHA-256 of its \
+                             SubjectPublicKeyInfo {}) is not the signer's audit key (SHA-256 \
+                             {}): the checkpoints it signs prove nothing",
+                            ev.seq,
+                            spki_digest(audit_spki_der),
+                            spki_digest(trusted)
+                        ),
+                    ));
+                }
+                audit_key = Some((audit_spki_der.clone(), *audit_algorithm));
+            }
             EventPayload::CheckpointSigned {
                 sequence,
                 head_hash,
@@ -241,6 +274,11 @@ pub(crate) fn verify_db(db: &impl ReadableDatabase) -> VerifyReport {
         ));
     }
     report
+}
+
+/// Hex SHA-256 of a key's DER, to name it in a report.
+pub(crate) fn spki_digest(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
 fn check_checkpoint(
