@@ -21,7 +21,7 @@ use crate::backend::{Backend, BackendError};
 use crate::config::Profile;
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::quorum;
-use crate::state::{JOURNAL_FILE, State, StoredCa, StoredResponder};
+use crate::state::{JOURNAL_FILE, JournalFloor, State, StoredCa, StoredResponder};
 use crate::x509::{
     self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntries, CrlEntrySpec, IssuerKey,
     OcspIssuer, Signed, SingleSpec,
@@ -235,8 +235,13 @@ impl Signer {
         profiles: BTreeMap<String, Profile>,
     ) -> Result<Signer, String> {
         let state = State::load(dir)?;
-        let (journal, records) =
-            Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        let custodians = state.custodian_set()?;
+        let journal_path = dir.join(JOURNAL_FILE);
+        let (journal, records) = Journal::open(&journal_path).map_err(|e| e.to_string())?;
+        if let Some(floor) = &state.journal_floor {
+            let hashes: Vec<[u8; 32]> = records.iter().map(|r| r.hash).collect();
+            floor.check(&hashes, &journal_path)?;
+        }
         let mut crl_numbers = HashMap::new();
         let mut used = HashSet::new();
         for r in &records {
@@ -270,7 +275,6 @@ impl Signer {
         backend
             .public_key(&state.audit_key_label)
             .map_err(|e| format!("the audit key is not in the key backend ({e})"))?;
-        let custodians = state.custodian_set()?;
         Ok(Signer {
             dir: dir.to_path_buf(),
             backend,
@@ -290,6 +294,18 @@ impl Signer {
             rng: SystemRandom::new(),
             seccomp: AtomicBool::new(false),
         })
+    }
+
+    /// Saves the state with the journal's current head as its floor (see
+    /// [`crate::state::JournalFloor`]). Called after the records of the
+    /// change were journaled, so the floor covers them.
+    fn save_state(&self, inner: &mut Inner) -> Result<(), SignerError> {
+        let (records, head) = self.journal.head();
+        inner.state.journal_floor = Some(JournalFloor::new(records, &head));
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))
     }
 
     pub fn set_seccomp_active(&self) {
@@ -632,10 +648,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.cas.insert(ca_id.to_string(), stored);
         inner.cas.insert(ca_id.to_string(), ca.clone());
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(ca.info)
     }
 
@@ -663,10 +676,7 @@ impl Signer {
         if let Some(c) = inner.cas.get_mut(&r.ca_id) {
             c.info.status = CaStatus::Retired;
         }
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(info)
     }
 
@@ -737,10 +747,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.set_custodians(set);
         inner.custodians = set.clone();
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(set.clone())
     }
 
@@ -1126,10 +1133,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.responders.insert(p.issuer.clone(), stored);
         inner.responders.insert(p.issuer.clone(), responder);
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(ResponderInfo {
             issuer: p.issuer.clone(),
             certificate_der: signed.der,
@@ -1198,13 +1202,29 @@ pub fn initialise(dir: &Path, backend: &dyn Backend, set: &CustodianSet) -> Resu
             dir.display()
         ));
     }
+    // The journal first: state.json names the journal it belongs to. An
+    // empty journal left by an init that stopped before writing the state is
+    // reused; one with records belongs to another signer and is kept.
+    let journal_path = dir.join(JOURNAL_FILE);
+    let (journal, records) = if journal_path.exists() {
+        Journal::open(&journal_path).map_err(|e| e.to_string())?
+    } else {
+        Journal::create(&journal_path).map_err(|e| e.to_string())?
+    };
+    if !records.is_empty() {
+        return Err(format!(
+            "{} holds a journal with {} records but no state.json; refusing to initialise over another signer's journal: restore its state.json, or move the journal away if it is truly unwanted",
+            journal_path.display(),
+            records.len()
+        ));
+    }
     let label = format!("castellan-audit-{}", now());
     backend
         .generate(&label, Algorithm::EcdsaP256)
         .map_err(|e| format!("cannot generate the audit key: {e}"))?;
-    let state = State::new(set, label, Algorithm::EcdsaP256);
+    let mut state = State::new(set, label, Algorithm::EcdsaP256);
+    let (count, head) = journal.head();
+    state.journal_floor = Some(JournalFloor::new(count, &head));
     state.save(dir)?;
-    // Create and verify an empty journal so the first start finds one.
-    Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
     Ok(())
 }
