@@ -204,12 +204,13 @@ pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
             None => return invalid("EC public key without a named curve"),
         }
     } else if alg_oid == RSA_ENCRYPTION {
-        let bits = rsa_modulus_bits(key)?;
-        if bits < 2048 {
-            return invalid(format!(
-                "RSA key of {bits} bits is too weak; at least 2048 bits are required"
-            ));
+        // RFC 3279 §2.3.1: the parameters are NULL.
+        if !spki.algorithm.parameters.is_some_and(|p| p.is_null()) {
+            return invalid(
+                "RSA public key: the rsaEncryption AlgorithmIdentifier must have NULL parameters",
+            );
         }
+        check_rsa_public_key(key)?;
         Algorithm::Rsa3072
     } else {
         return invalid(format!("public key algorithm {alg_oid} is not accepted"));
@@ -217,16 +218,170 @@ pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
     Ok((alg, key.to_vec()))
 }
 
-fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
-    let bad = || BuildError::Invalid("RSA public key is malformed".into());
-    let (_, body, _) = split_tlv(rsa_public_key).ok_or_else(bad)?;
-    let (tag, n, _) = split_tlv(body).ok_or_else(bad)?;
-    if tag != TAG_INTEGER {
-        return Err(bad());
+/// Smallest and largest RSA modulus accepted: what the daemon accepts in a
+/// CSR (ring's RSA_PKCS1_2048_8192 verification).
+pub const RSA_MIN_BITS: usize = 2048;
+pub const RSA_MAX_BITS: usize = 8192;
+/// Largest RSA public exponent accepted, in bits (ring verifies with
+/// exponents up to 2^33 - 1).
+const RSA_MAX_EXPONENT_BITS: usize = 33;
+
+/// One DER TLV with a minimally encoded definite length.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (tag, content, rest) = split_tlv(input)?;
+    let header = input.len() - content.len() - rest.len();
+    let minimal = match header {
+        2 => true,
+        // Long form: only for lengths of 128 and more, without leading zeros.
+        n => {
+            let needed = (usize::BITS - content.len().leading_zeros()).div_ceil(8) as usize;
+            content.len() >= 0x80 && n - 2 == needed
+        }
+    };
+    minimal.then_some((tag, content, rest))
+}
+
+/// Bits of a DER INTEGER's content if it is positive and minimally encoded.
+fn positive_integer_bits(content: &[u8]) -> Option<usize> {
+    let (&first, tail) = content.split_first()?;
+    if first & 0x80 != 0 {
+        return None; // negative
     }
-    let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
-    let first = *n.first().ok_or_else(bad)?;
-    Ok(n.len() * 8 - first.leading_zeros() as usize)
+    let magnitude = if first == 0 {
+        // A leading zero is only there to keep a set high bit positive.
+        match tail.first() {
+            Some(b) if b & 0x80 != 0 => tail,
+            _ => return None, // zero, or not minimal
+        }
+    } else {
+        content
+    };
+    Some(magnitude.len() * 8 - magnitude[0].leading_zeros() as usize)
+}
+
+/// Checks an RSAPublicKey (RFC 8017 A.1.1) strictly: a DER SEQUENCE of
+/// exactly two positive, minimal INTEGERs and nothing after it; an odd
+/// modulus of 2048 to 8192 bits; an odd exponent of at least 3.
+fn check_rsa_public_key(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
+    let bad = |what: &str| {
+        BuildError::Invalid(format!(
+            "RSA public key is malformed: {what}; it must be a DER RSAPublicKey SEQUENCE {{ modulus, publicExponent }} and nothing else"
+        ))
+    };
+    let (tag, body, rest) = der_tlv(rsa_public_key).ok_or_else(|| bad("not DER"))?;
+    if tag != TAG_SEQUENCE {
+        return Err(bad("not a SEQUENCE"));
+    }
+    if !rest.is_empty() {
+        return Err(bad("data after the RSAPublicKey"));
+    }
+    let (tag, n, rest) = der_tlv(body).ok_or_else(|| bad("no modulus"))?;
+    if tag != TAG_INTEGER {
+        return Err(bad("the modulus is not an INTEGER"));
+    }
+    let (tag, e, rest) = der_tlv(rest).ok_or_else(|| bad("no public exponent"))?;
+    if tag != TAG_INTEGER {
+        return Err(bad("the public exponent is not an INTEGER"));
+    }
+    if !rest.is_empty() {
+        return Err(bad("more than two INTEGERs"));
+    }
+    let bits = positive_integer_bits(n)
+        .ok_or_else(|| bad("the modulus is not a positive, minimally encoded INTEGER"))?;
+    let e_bits = positive_integer_bits(e)
+        .ok_or_else(|| bad("the public exponent is not a positive, minimally encoded INTEGER"))?;
+    if n.last().is_none_or(|b| b & 1 == 0) {
+        return Err(bad("the modulus is even"));
+    }
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return invalid(format!(
+            "RSA key of {bits} bits is not accepted; the modulus must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits"
+        ));
+    }
+    if e.last().is_none_or(|b| b & 1 == 0) || e_bits < 2 || e_bits > RSA_MAX_EXPONENT_BITS {
+        return invalid(format!(
+            "RSA public exponent is not accepted: it must be odd, at least 3 and at most {RSA_MAX_EXPONENT_BITS} bits (65537 is usual)"
+        ));
+    }
+    Ok(bits)
+}
+
+/// The named curves a subject key may be on.
+#[derive(Clone, Copy)]
+enum Curve {
+    P256,
+    P384,
+}
+
+struct CurveParams {
+    p: num_bigint::BigUint,
+    b: num_bigint::BigUint,
+}
+
+fn curve_params(c: Curve) -> &'static CurveParams {
+    use std::sync::OnceLock;
+    static P256: OnceLock<CurveParams> = OnceLock::new();
+    static P384: OnceLock<CurveParams> = OnceLock::new();
+    // SEC 2 / FIPS 186-4 D.1.2.3 and D.1.2.4.
+    let (cell, p, b) = match c {
+        Curve::P256 => (
+            &P256,
+            "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+            "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
+        ),
+        Curve::P384 => (
+            &P384,
+            "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+            "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
+        ),
+    };
+    cell.get_or_init(|| CurveParams {
+        // Constants above: valid hex.
+        p: num_bigint::BigUint::parse_bytes(p.as_bytes(), 16).unwrap_or_default(),
+        b: num_bigint::BigUint::parse_bytes(b.as_bytes(), 16).unwrap_or_default(),
+    })
+}
+
+/// Checks an uncompressed EC point (04 || x || y) as SEC 1 §3.2.2.1 does:
+/// both coordinates below p and y^2 = x^3 - 3x + b (mod p). The identity
+/// has no uncompressed form, so a point passing this is not it.
+fn check_ec_point(point: &[u8], curve: Curve) -> Result<(), BuildError> {
+    use num_bigint::BigUint;
+    let name = match curve {
+        Curve::P256 => "P-256",
+        Curve::P384 => "P-384",
+    };
+    let cp = curve_params(curve);
+    let coords = point.get(1..).unwrap_or_default();
+    let (x, y) = coords.split_at(coords.len() / 2);
+    let (x, y) = (BigUint::from_bytes_be(x), BigUint::from_bytes_be(y));
+    if cp.p == BigUint::default() || x >= cp.p || y >= cp.p {
+        return invalid(format!(
+            "EC public key: a coordinate is not below the field prime of {name}; the key is not a valid point"
+        ));
+    }
+    let lhs = (&y * &y) % &cp.p;
+    // x^3 - 3x + b = x^3 + (p - 3) x + b (mod p)
+    let three = BigUint::from(3u8);
+    let rhs = ((&x * &x % &cp.p) * &x + (&cp.p - three) * &x + &cp.b) % &cp.p;
+    if lhs != rhs {
+        return invalid(format!(
+            "EC public key is not a point on {name}; refusing to certify it"
+        ));
+    }
+    Ok(())
+}
+
+/// [`spki_parts`] for a key the signer is asked to certify: an EC point must
+/// also lie on its curve (RSA keys are checked fully by `spki_parts`).
+pub fn subject_key_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
+    let (alg, key) = spki_parts(spki_der)?;
+    match alg {
+        Algorithm::EcdsaP256 => check_ec_point(&key, Curve::P256)?,
+        Algorithm::EcdsaP384 => check_ec_point(&key, Curve::P384)?,
+        Algorithm::Rsa3072 => {}
+    }
+    Ok((alg, key))
 }
 
 /// RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey bits. One
@@ -559,7 +714,7 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
     if spec.not_before >= spec.not_after {
         return invalid("notBefore must be before notAfter");
     }
-    let (_, subject_key) = spki_parts(spec.subject_spki_der)?;
+    let (_, subject_key) = subject_key_parts(spec.subject_spki_der)?;
     let ski = key_identifier_of(&subject_key);
     let aki = key_identifier(&spec.issuer.spki_der)?;
 
@@ -1673,5 +1828,150 @@ mod tests {
         let inv = extension(oids::INVALIDITY_DATE, false, &generalized_time(0));
         assert_eq!(inv[..INVALIDITY_EXT_PREFIX.len()], INVALIDITY_EXT_PREFIX);
         assert_eq!(inv.len(), INVALIDITY_EXT_PREFIX.len() + 15);
+    }
+}
+
+#[cfg(test)]
+mod key_checks {
+    use super::*;
+
+    fn ec_spki(curve: &str, point: &[u8]) -> Vec<u8> {
+        seq(&[&seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(curve)]), &bits(point)])
+    }
+
+    fn ring_point(alg: &'static ring::signature::EcdsaSigningAlgorithm) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pk.as_ref(), &rng).expect("key");
+        ring::signature::KeyPair::public_key(&pair).as_ref().to_vec()
+    }
+
+    fn rsa_spki_with(params: bool, rsa_public_key: &[u8]) -> Vec<u8> {
+        let alg = if params {
+            seq(&[&oid(oids::RSA_ENCRYPTION), &null()])
+        } else {
+            seq(&[&oid(oids::RSA_ENCRYPTION)])
+        };
+        seq(&[&alg, &bits(rsa_public_key)])
+    }
+
+    /// An odd modulus of `bits` bits (a check of form, not of primes).
+    fn modulus(bits: usize) -> Vec<u8> {
+        let mut n = vec![0x5au8; bits / 8];
+        n[0] = 0xc1;
+        if let Some(last) = n.last_mut() {
+            *last |= 1;
+        }
+        n
+    }
+
+    fn rsa_key(n: &[u8], e: &[u8]) -> Vec<u8> {
+        seq(&[&uint(n), &uint(e)])
+    }
+
+    fn refused(spki: &[u8], needle: &str) {
+        match subject_key_parts(spki) {
+            Err(BuildError::Invalid(m)) => assert!(m.contains(needle), "{needle:?} not in {m}"),
+            other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn points_on_p256_and_p384_are_accepted_and_points_off_them_refused() {
+        for (curve, alg, want) in [
+            (
+                oids::P256,
+                &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                Algorithm::EcdsaP256,
+            ),
+            (
+                oids::P384,
+                &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+                Algorithm::EcdsaP384,
+            ),
+        ] {
+            for _ in 0..8 {
+                let point = ring_point(alg);
+                let (got, key) = subject_key_parts(&ec_spki(curve, &point)).expect("good point");
+                assert_eq!((got, key), (want, point.clone()));
+                // One bit of y flipped: off the curve.
+                let mut off = point.clone();
+                *off.last_mut().expect("point") ^= 1;
+                refused(&ec_spki(curve, &off), "not a point on");
+            }
+            let len = if want == Algorithm::EcdsaP256 { 32 } else { 48 };
+            // 04 || 0 || 0: not on the curve (b != 0).
+            let mut zero = vec![4u8];
+            zero.extend(vec![0u8; 2 * len]);
+            refused(&ec_spki(curve, &zero), "not a point on");
+            // Coordinates of all ones are above p.
+            let mut big = vec![4u8];
+            big.extend(vec![0xffu8; 2 * len]);
+            refused(&ec_spki(curve, &big), "not below the field prime");
+        }
+        // A P-256 point named as P-384 has the wrong length.
+        let p256 = ring_point(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING);
+        assert!(subject_key_parts(&ec_spki(oids::P384, &p256)).is_err());
+    }
+
+    #[test]
+    fn a_well_formed_rsa_key_is_accepted() {
+        for bits in [2048, 3072, 4096, 8192] {
+            let spki = rsa_spki_with(true, &rsa_key(&modulus(bits), &[0x01, 0x00, 0x01]));
+            let (alg, _) = subject_key_parts(&spki).expect("good RSA key");
+            assert_eq!(alg, Algorithm::Rsa3072);
+        }
+        let spki = rsa_spki_with(true, &rsa_key(&modulus(2048), &[3]));
+        subject_key_parts(&spki).expect("e = 3");
+    }
+
+    #[test]
+    fn malformed_rsa_keys_are_refused() {
+        let n = modulus(2048);
+        let e = [0x01, 0x00, 0x01];
+        let good = rsa_key(&n, &e);
+        let mut junk = good.clone();
+        junk.extend_from_slice(b"junk");
+        refused(&rsa_spki_with(true, &junk), "data after the RSAPublicKey");
+        refused(&rsa_spki_with(false, &good), "NULL parameters");
+        // Only the modulus.
+        refused(&rsa_spki_with(true, &seq(&[&uint(&n)])), "no public exponent");
+        // Three INTEGERs.
+        refused(
+            &rsa_spki_with(true, &seq(&[&uint(&n), &uint(&e), &uint(&e)])),
+            "more than two",
+        );
+        // An OCTET STRING instead of a SEQUENCE.
+        refused(
+            &rsa_spki_with(true, &tlv(TAG_OCTET_STRING, &uint(&n))),
+            "not a SEQUENCE",
+        );
+        // A negative modulus (high bit set, no leading zero).
+        let mut neg = vec![0x02, 0x82, 0x01, 0x00];
+        neg.extend_from_slice(&n);
+        refused(
+            &rsa_spki_with(true, &tlv(TAG_SEQUENCE, &[neg.as_slice(), &uint(&e)].concat())),
+            "positive, minimally encoded",
+        );
+        // A modulus with a superfluous leading zero.
+        let mut padded = vec![0x02, 0x82, 0x01, 0x02, 0x00, 0x00];
+        padded.extend_from_slice(&n);
+        refused(
+            &rsa_spki_with(true, &tlv(TAG_SEQUENCE, &[padded.as_slice(), &uint(&e)].concat())),
+            "positive, minimally encoded",
+        );
+        // A length in long form where the short form fits.
+        let long_len = [0x30, 0x81, 0x03, 0x02, 0x01, 0x03];
+        refused(&rsa_spki_with(true, &long_len), "not DER");
+        // Even modulus; too small; too large.
+        let mut even = n.clone();
+        *even.last_mut().expect("n") &= 0xfe;
+        refused(&rsa_spki_with(true, &rsa_key(&even, &e)), "even");
+        refused(&rsa_spki_with(true, &rsa_key(&modulus(1024), &e)), "1024 bits");
+        refused(&rsa_spki_with(true, &rsa_key(&modulus(8200), &e)), "8200 bits");
+        // Exponents 1, even, too large.
+        for bad_e in [&[1u8][..], &[0x01, 0x00, 0x00], &[0x02, 0x00, 0x00, 0x00, 0x01]] {
+            refused(&rsa_spki_with(true, &rsa_key(&n, bad_e)), "public exponent");
+        }
     }
 }
