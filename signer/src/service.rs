@@ -13,7 +13,7 @@ use castellan_proto::{
     CustodianSet, ErrorKind, IssuedCertificate, JournalWindow, MAX_CRL_PART, MAX_INLINE_CRL,
     MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
     ResponderParams, Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject,
-    SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
+    SignerError, StagedCrlRequest, StatusInfo, checkpoint_message, frame::MAX_PAYLOAD,
 };
 use ring::rand::SystemRandom;
 
@@ -26,6 +26,23 @@ use crate::x509::{
     self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntries, CrlEntrySpec, IssuerKey,
     OcspIssuer, Signed, SingleSpec,
 };
+
+/// How far a checkpoint's time may differ from the signer's clock. The
+/// daemon and the signer run on one host and read the same clock, so a
+/// larger difference means a backdated (or postdated) checkpoint.
+pub const CHECKPOINT_MAX_SKEW_SECS: i64 = 120;
+
+/// The last checkpoint signed: no later one may have a lower sequence, and
+/// one for the same sequence must name the same head.
+#[derive(Debug, Clone, Copy)]
+struct LastCheckpoint {
+    sequence: u64,
+    /// SHA-256 of the signed checkpoint message (as journaled).
+    digest: [u8; 32],
+    /// The head hash, when known: for checkpoints signed since the signer
+    /// started (the journal keeps only the digest).
+    head: Option<[u8; 32]>,
+}
 
 /// Longest validity of a delegated OCSP responder certificate.
 pub const MAX_RESPONDER_VALIDITY: i64 = 90 * 86_400;
@@ -101,13 +118,19 @@ fn crl_entry_spec(e: &CrlEntry) -> CrlEntrySpec<'_> {
     }
 }
 
+/// Takes one of the CRL locks. Their values are replaced whole, after the
+/// journal write they depend on, so a panic in a holder (contained by the
+/// server) leaves them consistent: a poisoned lock is taken over instead of
+/// refusing every later request. The staging, which a panic can leave half
+/// written, is taken with [`Signer::lock_staging`].
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>, SignerError> {
-    m.lock().map_err(|_| {
-        err(
-            ErrorKind::Internal,
-            format!("{what} lock poisoned; restart the signer"),
-        )
-    })
+    Ok(m.lock().unwrap_or_else(|p| {
+        tracing::warn!(
+            "the {what} lock was held by a request that panicked; its data is whole, continuing"
+        );
+        m.clear_poison();
+        p.into_inner()
+    }))
 }
 
 /// A CA as the signer uses it at run time.
@@ -154,6 +177,8 @@ pub struct Signer {
     crl_stored: Mutex<HashMap<String, StoredCrl>>,
     rng: SystemRandom,
     seccomp: AtomicBool,
+    /// Held across checking, signing and journaling a checkpoint.
+    last_checkpoint: Mutex<Option<LastCheckpoint>>,
 }
 
 fn now() -> i64 {
@@ -244,7 +269,17 @@ impl Signer {
         }
         let mut crl_numbers = HashMap::new();
         let mut used = HashSet::new();
+        let mut last_checkpoint: Option<LastCheckpoint> = None;
         for r in &records {
+            if let SignedSubject::Checkpoint(sequence) = r.subject
+                && last_checkpoint.is_none_or(|l| sequence >= l.sequence)
+            {
+                last_checkpoint = Some(LastCheckpoint {
+                    sequence,
+                    digest: r.tbs_sha256,
+                    head: None,
+                });
+            }
             if let SignedSubject::CrlNumber(n) = r.subject {
                 let e = crl_numbers.entry(r.key_id.clone()).or_insert(0);
                 *e = (*e).max(n);
@@ -293,6 +328,7 @@ impl Signer {
             crl_stored: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             seccomp: AtomicBool::new(false),
+            last_checkpoint: Mutex::new(last_checkpoint),
         })
     }
 
@@ -308,6 +344,30 @@ impl Signer {
             .map_err(|e| err(ErrorKind::Backend, e))
     }
 
+    /// The CRL staging; if a request panicked while holding it, what was
+    /// staged may be half written and is discarded (the daemon stages the
+    /// CRL again from offset 0, as after any refused chunk).
+    fn lock_staging(&self) -> std::sync::MutexGuard<'_, HashMap<String, CrlStaging>> {
+        self.crl_staging.lock().unwrap_or_else(|p| {
+            tracing::warn!(
+                "the CRL staging lock was held by a request that panicked; discarding every staged CRL"
+            );
+            let mut g = p.into_inner();
+            g.clear();
+            self.crl_staging.clear_poison();
+            g
+        })
+    }
+
+    /// Serialises state writes. It guards no data of its own, so a panic
+    /// of a holder leaves nothing to repair.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| {
+            self.writer.clear_poison();
+            p.into_inner()
+        })
+    }
+
     pub fn set_seccomp_active(&self) {
         self.seccomp.store(true, Ordering::Relaxed);
     }
@@ -320,7 +380,7 @@ impl Signer {
         self.inner.read().map_err(|_| {
             err(
                 ErrorKind::Internal,
-                "signer state lock poisoned; restart the signer",
+                "internal error: a request panicked while changing the signer's CA state, which may now be half changed; the signer refuses every request until it is restarted (it then reloads state.json and the journal)",
             )
         })
     }
@@ -329,7 +389,7 @@ impl Signer {
         self.inner.write().map_err(|_| {
             err(
                 ErrorKind::Internal,
-                "signer state lock poisoned; restart the signer",
+                "internal error: a request panicked while changing the signer's CA state, which may now be half changed; the signer refuses every request until it is restarted (it then reloads state.json and the journal)",
             )
         })
     }
@@ -450,13 +510,12 @@ impl Signer {
         })?;
         let ca = self.active_issuer(&*self.read()?, &t.issuer)?;
         let v = t.validity;
-        if v.not_after <= v.not_before {
-            return Err(bad("notAfter must be after notBefore"));
-        }
-        if v.not_after - v.not_before > profile.max_validity_secs {
+        let period = validity_period(v.not_before, v.not_after)?;
+        if period > profile.max_validity_secs {
             return Err(policy(format!(
-                "validity of {} days exceeds the {} days profile {:?} allows",
-                (v.not_after - v.not_before + 86_399) / 86_400,
+                "validity of {period} s ({} days; notAfter counts as valid) exceeds the {} s ({} days) profile {:?} allows",
+                (period + 86_399) / 86_400,
+                profile.max_validity_secs,
                 profile.max_validity_secs / 86_400,
                 profile.name
             )));
@@ -496,12 +555,7 @@ impl Signer {
         op: &CeremonyOp,
         proof: &QuorumProof,
     ) -> Result<CeremonyOutcome, SignerError> {
-        let _writer = self.writer.lock().map_err(|_| {
-            err(
-                ErrorKind::Internal,
-                "ceremony lock poisoned; restart the signer",
-            )
-        })?;
+        let _writer = self.lock_writer();
         {
             let inner = self.read()?;
             quorum::verify(&inner.custodians, op, proof, &inner.used_ceremonies)?;
@@ -791,7 +845,7 @@ impl Signer {
                 c.crl_number, c.issuer
             )));
         }
-        let mut staging = lock(&self.crl_staging, "CRL staging")?;
+        let mut staging = self.lock_staging();
         if c.offset == 0 {
             staging.insert(
                 c.issuer.clone(),
@@ -849,7 +903,7 @@ impl Signer {
     fn sign_staged_crl(&self, r: &StagedCrlRequest) -> Result<Response, SignerError> {
         let crl = &r.crl;
         let st = {
-            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            let mut staging = self.lock_staging();
             match staging.get(&crl.issuer) {
                 Some(st) if st.crl_number == crl.crl_number => staging.remove(&crl.issuer),
                 _ => None,
@@ -860,9 +914,7 @@ impl Signer {
             other => {
                 let held = match &other {
                     Some(st) => describe_staging(Some(st)),
-                    None => {
-                        describe_staging(lock(&self.crl_staging, "CRL staging")?.get(&crl.issuer))
-                    }
+                    None => describe_staging(self.lock_staging().get(&crl.issuer)),
                 };
                 return Err(bad(format!(
                     "CRL {} for {:?} was to be signed with {} staged entries, but the signer holds {held}{}; stage the whole CRL again from offset 0",
@@ -941,7 +993,7 @@ impl Signer {
         numbers.insert(r.issuer.clone(), r.crl_number);
         // A staging of this number or below can never be signed now.
         {
-            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            let mut staging = self.lock_staging();
             if staging
                 .get(&r.issuer)
                 .is_some_and(|st| st.crl_number <= r.crl_number)
@@ -1032,8 +1084,12 @@ impl Signer {
             ca_name_der: &ca.key.name_der,
             ca_key_bits: &ca.key_bits,
         };
-        let mut out = Vec::with_capacity(b.responses.len());
-        let mut records = Vec::with_capacity(b.responses.len());
+        // Built first, signed once the whole answer is known to fit one
+        // frame: a response signed and journaled but not delivered would be
+        // a signature nobody can account for.
+        let mut built = Vec::with_capacity(b.responses.len());
+        // The answer's frame: id, variant and list length (varints).
+        let mut answer_len: usize = 32;
         for t in &b.responses {
             if t.singles.len() > MAX_OCSP_SINGLES {
                 return Err(bad(format!(
@@ -1065,6 +1121,27 @@ impl Signer {
                 &singles,
                 t.nonce.as_deref(),
             )?;
+            // Each response: its length as a varint (at most 10 octets), then
+            // the response.
+            answer_len =
+                answer_len
+                    .saturating_add(10)
+                    .saturating_add(x509::ocsp_response_len_bound(
+                        tbs.tbs().len(),
+                        &responder.key,
+                    ));
+            if answer_len > MAX_PAYLOAD as usize {
+                return Err(bad(format!(
+                    "the answer to this batch of {} OCSP responses would take more than the {MAX_PAYLOAD} octets one frame carries (the first {} already take up to {answer_len}); nothing was signed; send fewer responses (or fewer singles per response) per batch",
+                    b.responses.len(),
+                    built.len() + 1
+                )));
+            }
+            built.push(tbs);
+        }
+        let mut out = Vec::with_capacity(built.len());
+        let mut records = Vec::with_capacity(built.len());
+        for tbs in built {
             let signed = tbs.sign(self.backend.as_ref(), &responder.key)?;
             records.push(NewRecord {
                 kind: signed.kind,
@@ -1080,20 +1157,13 @@ impl Signer {
     }
 
     fn rotate_responder(&self, p: &ResponderParams) -> Result<ResponderInfo, SignerError> {
-        let _writer = self.writer.lock().map_err(|_| {
-            err(
-                ErrorKind::Internal,
-                "state lock poisoned; restart the signer",
-            )
-        })?;
+        let _writer = self.lock_writer();
         let ca = self.issuer_any_status(&p.issuer)?;
         let v = p.validity;
-        if v.not_after <= v.not_before {
-            return Err(bad("notAfter must be after notBefore"));
-        }
-        if v.not_after - v.not_before > MAX_RESPONDER_VALIDITY {
+        let period = validity_period(v.not_before, v.not_after)?;
+        if period > MAX_RESPONDER_VALIDITY {
             return Err(policy(format!(
-                "a delegated OCSP responder certificate may be valid for at most {} days",
+                "a delegated OCSP responder certificate may be valid for at most {} days ({MAX_RESPONDER_VALIDITY} s, notAfter included), not {period} s",
                 MAX_RESPONDER_VALIDITY / 86_400
             )));
         }
@@ -1141,15 +1211,50 @@ impl Signer {
     }
 
     fn checkpoint(&self, c: CheckpointRequest) -> Result<SignedCheckpoint, SignerError> {
+        let clock = now();
+        if c.time.abs_diff(clock) > CHECKPOINT_MAX_SKEW_SECS.unsigned_abs() {
+            return Err(policy(format!(
+                "checkpoint time {} differs from the signer's clock ({clock}) by more than {CHECKPOINT_MAX_SKEW_SECS} s; a checkpoint is signed for the present only: send the current time (and check both clocks if this repeats)",
+                c.time
+            )));
+        }
         let label = self.read()?.state.audit_key_label.clone();
         let message = checkpoint_message(&c);
-        let signature = self.backend.sign(&label, &message)?;
-        let (alg, spki) = self.backend.public_key(&label)?;
-        x509::verify_signature(alg, &spki, &message, &signature)?;
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &message)
             .as_ref()
             .try_into()
             .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        let mut last = lock(&self.last_checkpoint, "checkpoint")?;
+        if let Some(l) = *last {
+            if c.sequence < l.sequence {
+                return Err(policy(format!(
+                    "checkpoint sequence {} is below the last one signed ({}); checkpoints only move forward: checkpoint the current head of the event log",
+                    c.sequence, l.sequence
+                )));
+            }
+            if c.sequence == l.sequence && digest != l.digest {
+                match l.head {
+                    Some(head) if head != c.head_hash => {
+                        return Err(policy(format!(
+                            "sequence {} was checkpointed already with head {}, and this request names head {}: one sequence has one head; the event log differs from what was checkpointed, check it with `castellanctl audit verify`",
+                            c.sequence,
+                            hex::encode(head),
+                            hex::encode(c.head_hash)
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(policy(format!(
+                            "sequence {} was checkpointed already (before the signer's last start) with a different head or time; the signer keeps only that checkpoint's digest, so it cannot tell which: checkpoint again once the event log has grown",
+                            c.sequence
+                        )));
+                    }
+                }
+            }
+        }
+        let signature = self.backend.sign(&label, &message)?;
+        let (alg, spki) = self.backend.public_key(&label)?;
+        x509::verify_signature(alg, &spki, &message, &signature)?;
         self.journal.append(NewRecord {
             kind: SignatureKind::Checkpoint,
             key_id: "audit".into(),
@@ -1157,6 +1262,11 @@ impl Signer {
             tbs_sha256: digest,
             ceremony_id: None,
         })?;
+        *last = Some(LastCheckpoint {
+            sequence: c.sequence,
+            digest,
+            head: Some(c.head_hash),
+        });
         Ok(SignedCheckpoint {
             request: c,
             signature,
@@ -1169,6 +1279,19 @@ impl Signer {
         }
         Ok(self.journal.export(w)?)
     }
+}
+
+/// The validity period of [`not_before`, `not_after`] in seconds, both ends
+/// included (RFC 5280 §4.1.2.5: the certificate is valid at notAfter), after
+/// checking that both can be encoded and notAfter is after notBefore.
+fn validity_period(not_before: i64, not_after: i64) -> Result<i64, SignerError> {
+    crate::der::check_time_range(not_before, "notBefore").map_err(bad)?;
+    crate::der::check_time_range(not_after, "notAfter").map_err(bad)?;
+    if not_after <= not_before {
+        return Err(bad("notAfter must be after notBefore"));
+    }
+    // Both lie in 1950..=9999, so neither the difference nor + 1 overflows.
+    Ok(not_after - not_before + 1)
 }
 
 fn describe_staging(st: Option<&CrlStaging>) -> String {

@@ -421,6 +421,8 @@ impl SignerProcess {
 
     /// Stops the signer, runs `castellan-signer run` on the same state
     /// directory, asserts that it refuses to start and returns its output.
+    /// (Used by `refusals.rs`, not by every test crate that shares this.)
+    #[allow(dead_code)]
     pub fn start_refused(&mut self) -> Output {
         self.stop();
         let mut cmd = self.command();
