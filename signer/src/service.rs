@@ -118,11 +118,12 @@ fn crl_entry_spec(e: &CrlEntry) -> CrlEntrySpec<'_> {
     }
 }
 
-/// Takes one of the CRL locks. Their values are replaced whole, after the
-/// journal write they depend on, so a panic in a holder (contained by the
-/// server) leaves them consistent: a poisoned lock is taken over instead of
-/// refusing every later request. The staging, which a panic can leave half
-/// written, is taken with [`Signer::lock_staging`].
+/// Takes a lock whose value is only ever replaced whole, after the journal
+/// write it depends on (last CRL numbers, stored CRLs, the last
+/// checkpoint), so a panic in a holder (contained by the server) leaves it
+/// consistent: a poisoned lock is taken over instead of refusing every
+/// later request. The CRL staging, which a panic can leave half written, is
+/// taken with [`Signer::lock_staging`].
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>, SignerError> {
     Ok(m.lock().unwrap_or_else(|p| {
         tracing::warn!(
@@ -513,11 +514,13 @@ impl Signer {
         let period = validity_period(v.not_before, v.not_after)?;
         if period > profile.max_validity_secs {
             return Err(policy(format!(
-                "validity of {period} s ({} days; notAfter counts as valid) exceeds the {} s ({} days) profile {:?} allows",
-                (period + 86_399) / 86_400,
+                "validity of {period} s ({} days and {} s; notAfter counts as valid, RFC 5280 §4.1.2.5) exceeds the {} s ({} days) profile {:?} allows; the latest notAfter is notBefore + {}",
+                period / 86_400,
+                period % 86_400,
                 profile.max_validity_secs,
                 profile.max_validity_secs / 86_400,
-                profile.name
+                profile.name,
+                profile.max_validity_secs - 1
             )));
         }
         if v.not_before < ca.not_before || v.not_after > ca.not_after {
