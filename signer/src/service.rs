@@ -260,13 +260,23 @@ impl Signer {
         backend: Box<dyn Backend>,
         profiles: BTreeMap<String, Profile>,
     ) -> Result<Signer, String> {
-        let state = State::load(dir)?;
+        let mut state = State::load(dir)?;
         let custodians = state.custodian_set()?;
         let journal_path = dir.join(JOURNAL_FILE);
         let (journal, records) = Journal::open(&journal_path).map_err(|e| e.to_string())?;
-        if let Some(floor) = &state.journal_floor {
-            let hashes: Vec<[u8; 32]> = records.iter().map(|r| r.hash).collect();
-            floor.check(&hashes, &journal_path)?;
+        match &state.journal_floor {
+            Some(floor) => {
+                let hashes: Vec<[u8; 32]> = records.iter().map(|r| r.hash).collect();
+                floor.check(&hashes, &journal_path)?;
+            }
+            // A state written before it recorded a floor: record the
+            // journal as it is now, so that from here on an older copy is
+            // refused.
+            None => {
+                let (count, head) = journal.head();
+                state.journal_floor = Some(JournalFloor::new(count, &head));
+                state.save(dir)?;
+            }
         }
         let mut crl_numbers = HashMap::new();
         let mut used = HashSet::new();

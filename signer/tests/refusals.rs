@@ -232,6 +232,33 @@ fn a_journal_of_the_same_length_from_elsewhere_is_refused() {
     );
 }
 
+#[test]
+fn a_state_written_without_a_journal_floor_gets_one_on_open() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    drop(s);
+    let older = lab.dir.path().join("journal.older");
+    copy(&lab.journal(), &older);
+    // A state.json as written before the floor existed.
+    let text = std::fs::read_to_string(lab.state()).expect("read state");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v.as_object_mut().expect("object").remove("journal_floor");
+    std::fs::write(lab.state(), serde_json::to_vec(&v).expect("json")).expect("write state");
+    let s = lab.open();
+    let text = std::fs::read_to_string(lab.state()).expect("read state");
+    assert!(text.contains("journal_floor"), "{text}");
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root2", Algorithm::EcdsaP256)),
+    );
+    assert!(matches!(r, Response::Ceremony(_)), "{r:?}");
+    drop(s);
+    copy(&older, &lab.journal());
+    let e = open_refused(&lab);
+    assert!(e.contains("older copy"), "{e}");
+}
+
 // ------------------------------------------------- 9. custodian set
 
 #[test]
