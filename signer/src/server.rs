@@ -3,7 +3,10 @@
 //! Only the daemon's uid may connect (`SO_PEERCRED`); anything else is
 //! refused and logged. A frame that cannot be decoded gets one `Protocol`
 //! error answer and closes that connection; the signer keeps serving every
-//! other connection.
+//! other connection. So does a peer that stops in the middle of a frame for
+//! longer than [`FRAME_DEADLINE`]. A panic while handling a request is
+//! answered with an `Internal` error and logged; the connection slot is
+//! given back however a connection thread ends.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
