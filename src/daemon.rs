@@ -1120,7 +1120,8 @@ impl Daemon {
         let now = now_ms() / 1000;
         let validity = Validity {
             not_before: now - 60,
-            not_after: now - 60 + i64::from(days) * 86_400,
+            // notAfter is itself a valid second (RFC 5280 4.1.2.5).
+            not_after: now - 60 + i64::from(days) * 86_400 - 1,
         };
         let mut request_id: RequestId = [0u8; 16];
         self.rng

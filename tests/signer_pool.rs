@@ -206,13 +206,16 @@ async fn two_hundred_concurrent_calls_through_four_connections_all_get_their_own
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             if i % 2 == 0 {
-                match pool.call(checkpoint(i)).await {
-                    Ok(Response::Checkpoint(c)) => {
-                        assert_eq!(c.request.sequence, i, "answer to another request");
-                        assert_eq!(c.request.head_hash, [i as u8; 32]);
-                        assert!(!c.signature.is_empty());
-                    }
-                    other => panic!("checkpoint {i}: {other:?}"),
+                // A refusal that names what this request asked for: an
+                // answer meant for another request would name another CA.
+                let mut t = unknown_issuer_template();
+                t.issuer = format!("no-such-ca-{i}");
+                match pool.call(Request::IssueCertificate(t)).await {
+                    Err(PoolError::Refused(e)) => assert!(
+                        e.message.contains(&format!("\"no-such-ca-{i}\"")),
+                        "answer to another request: {e:?}"
+                    ),
+                    other => panic!("issuance {i}: {other:?}"),
                 }
             } else {
                 match pool.call(Request::Status).await {

@@ -329,6 +329,14 @@ impl Config {
                     }
                 }
             }
+            if ku == 0 {
+                // An empty keyUsage would be written as a BIT STRING with no
+                // bit set, which RFC 5280 §4.2.1.3 does not allow.
+                return cfg_err(
+                    &format!("{key}.key_usage"),
+                    "must name at least one key usage, e.g. [\"digital_signature\"]",
+                );
+            }
             let mut eku = Vec::new();
             for e in &p.extended_key_usage {
                 match eku_oid(e) {
@@ -395,6 +403,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "profiles.evil.key_usage");
+    }
+
+    #[test]
+    fn a_profile_without_key_usage_is_refused() {
+        let e = Config::parse(
+            "daemon_uid = 1\n[backend]\nkind = \"soft\"\npassphrase_file = \"/x\"\n[profiles.p]\nkey_usage=[]\nextended_key_usage=[]\nmax_validity_days=1\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "profiles.p.key_usage");
+        assert!(e.to_string().contains("at least one key usage"), "{e}");
     }
 
     #[test]

@@ -164,6 +164,43 @@ pub fn ctx_prim(n: u8, content: &[u8]) -> Vec<u8> {
 
 pub use castellan_proto::time::{civil_from_days, days_from_civil, ymdhms};
 
+/// Earliest instant the signer writes: 1950-01-01T00:00:00Z, where RFC 5280
+/// Time begins (UTCTime 50..99 stands for 1950..1999).
+pub const MIN_TIME: i64 = -631_152_000;
+/// Latest instant the signer writes: 9999-12-31T23:59:59Z, the last a
+/// four-digit GeneralizedTime can carry.
+pub const MAX_TIME: i64 = 253_402_300_799;
+
+/// Refuses a time the signer cannot encode as RFC 5280 / RFC 6960 require:
+/// outside 1950-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z. `what` names the
+/// field in the message.
+pub fn check_time_range(unix: i64, what: &str) -> Result<(), String> {
+    if (MIN_TIME..=MAX_TIME).contains(&unix) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} ({unix} seconds since 1970) is outside the years 1950 to 9999 the signer can encode; send a time between {MIN_TIME} and {MAX_TIME}"
+        ))
+    }
+}
+
+/// Earliest instant the signer writes into a certificate or a CRL:
+/// 1970-01-01T00:00:00Z. Both are read back with the `der` crate before
+/// signing, which reads times from 1970 on (OCSP times are checked by the
+/// signer's own reader and may go back to 1950).
+pub const MIN_X509_TIME: i64 = 0;
+
+/// [`check_time_range`] for a time in a certificate or CRL: 1970..=9999.
+pub fn check_x509_time(unix: i64, what: &str) -> Result<(), String> {
+    if (MIN_X509_TIME..=MAX_TIME).contains(&unix) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} ({unix} seconds since 1970) is outside the years 1970 to 9999 the signer writes into certificates and CRLs; send a time between {MIN_X509_TIME} and {MAX_TIME}"
+        ))
+    }
+}
+
 /// GeneralizedTime `YYYYMMDDHHMMSSZ`.
 pub fn generalized_time(unix: i64) -> Vec<u8> {
     let (y, mo, d, h, mi, s) = ymdhms(unix);
@@ -186,11 +223,14 @@ pub fn x509_time(unix: i64) -> Vec<u8> {
 /// million entries writes a million of them): `(tag, text, text length)`,
 /// UTCTime `YYMMDDHHMMSSZ` through 2049 and GeneralizedTime
 /// `YYYYMMDDHHMMSSZ` otherwise or when `generalized` is asked. `None` for a
-/// year outside 0..=9999, which GeneralizedTime cannot carry.
+/// time outside [`MIN_TIME`]..=[`MAX_TIME`] (see [`check_time_range`]).
 pub fn time_text(unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> {
+    if !(MIN_TIME..=MAX_TIME).contains(&unix) {
+        return None;
+    }
     let day = unix.div_euclid(86_400);
     let (y, mo, d) = civil_from_days(day);
-    time_text_of(y, mo, d, (unix - day * 86_400) as u32, generalized)
+    time_text_of(y, mo, d, unix.rem_euclid(86_400) as u32, generalized)
 }
 
 /// [`time_text`] of a civil date and the seconds into that day, for callers
@@ -465,14 +505,15 @@ mod tests {
         assert_eq!((tag, content.len(), rest.len()), (0x04, 300, 0));
     }
 
-    /// Times from 1900 to 2100 in uneven steps, with the edges of the
-    /// UTCTime range and of leap days.
+    /// Times from 1950 (where the signer's range starts) to 2100 in uneven
+    /// steps, with the edges of the UTCTime range and of leap days.
     fn sample_times() -> Vec<i64> {
         let mut v: Vec<i64> = (0..20_000)
-            .map(|i: i64| -2_208_988_800 + i * 315_569_261 % 6_311_433_600)
+            .map(|i: i64| MIN_TIME + i * 315_569_261 % 4_733_596_800)
             .collect();
+        v.push(MIN_TIME);
         for (y, m, d) in [
-            (1950, 1, 1),
+            (1950, 1, 2),
             (2049, 12, 31),
             (2050, 1, 1),
             (2000, 2, 29),

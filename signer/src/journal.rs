@@ -763,22 +763,34 @@ fn create_empty(path: &Path) -> Result<(), JournalError> {
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {}
-        // Someone created it meanwhile: open that one (and verify it).
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(JournalError::Io(format!(
+                "a journal exists already at {}; refusing to create a new one over it",
+                path.display()
+            )));
+        }
         Err(e) => return Err(io_err("cannot create journal", path, e)),
     }
     sync_dir(path)
 }
 
+/// Opens an existing journal and takes its lock. A missing journal is never
+/// re-created here: the used ceremony ids, the CRL-number floors and the
+/// history all come from it, so starting on an empty one would forget them.
 fn open_locked(path: &Path) -> Result<File, JournalError> {
-    if !path.exists() {
-        create_empty(path)?;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| io_err("cannot open journal", path, e))?;
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(JournalError::Io(format!(
+                "the signing journal {} is missing; the signer refuses to start without it, \
+                 since it alone records which ceremonies were executed, the last CRL numbers \
+                 and every signature made; restore the journal that belongs to this state \
+                 (state.json) from backup. Only `castellan-signer init` creates a journal",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(io_err("cannot open journal", path, e)),
+    };
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(JournalError::Io(format!(
@@ -843,8 +855,23 @@ fn all_zero(file: &File, from: u64, to: u64) -> Result<bool, JournalError> {
 }
 
 impl Journal {
-    /// Opens the journal at `path` (creating it with mode 0600 if missing),
-    /// verifies it completely and returns every record so the caller can
+    /// Creates a new, empty journal at `path` (mode 0600) and opens it.
+    /// Refuses if a journal exists there already: an existing journal is
+    /// never replaced.
+    pub fn create(path: &Path) -> Result<(Journal, Vec<JournalRecord>), JournalError> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(JournalError::Io(format!(
+                "a journal exists already at {}; refusing to create a new one over it",
+                path.display()
+            )));
+        }
+        create_empty(path)?;
+        Journal::open(path)
+    }
+
+    /// Opens the existing journal at `path` (a missing journal is refused,
+    /// see [`Journal::create`]), verifies it completely and returns every
+    /// record so the caller can
     /// rebuild its state (last CRL numbers, used ceremony ids). A damaged
     /// journal, a torn last record included, is refused with the record
     /// number.
@@ -1274,8 +1301,17 @@ mod tests {
         dir.path().join("signing.journal")
     }
 
+    /// Opens the journal at `path`, creating it first if it is missing.
+    fn open_or_create(path: &Path) -> Result<(Journal, Vec<JournalRecord>), JournalError> {
+        if path.exists() {
+            Journal::open(path)
+        } else {
+            Journal::create(path)
+        }
+    }
+
     fn fill(path: &Path, n: u64) -> Vec<JournalRecord> {
-        let (j, existing) = Journal::open(path).unwrap();
+        let (j, existing) = open_or_create(path).unwrap();
         assert!(existing.is_empty());
         (0..n).map(|i| j.append(new_rec(i)).unwrap()).collect()
     }
@@ -1324,7 +1360,7 @@ mod tests {
     fn concurrent_appends_from_32_threads_share_fsyncs_and_keep_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         let j = Arc::new(j);
         const THREADS: u64 = 32;
         const EACH: u64 = 40;
@@ -1354,7 +1390,7 @@ mod tests {
         );
         assert_eq!(j.head(), (total, acked[acked.len() - 1].hash));
         drop(j);
-        let (_, reread) = Journal::open(&path).unwrap();
+        let (_, reread) = open_or_create(&path).unwrap();
         assert_eq!(reread, acked);
     }
 
@@ -1363,7 +1399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
         let first = fill(&path, 12);
-        let (j, reread) = Journal::open(&path).unwrap();
+        let (j, reread) = open_or_create(&path).unwrap();
         assert_eq!(reread, first);
         assert_eq!(j.head(), (12, first[11].hash));
         let next = j.append(new_rec(99)).unwrap();
@@ -1385,7 +1421,7 @@ mod tests {
     fn an_empty_journal_has_a_zero_head_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, recs) = Journal::open(&path).unwrap();
+        let (j, recs) = open_or_create(&path).unwrap();
         assert!(recs.is_empty());
         assert_eq!(j.head(), (0, [0; 32]));
         drop(j);
@@ -1402,7 +1438,7 @@ mod tests {
     #[test]
     fn a_batch_is_written_with_one_flush_and_contiguous_sequence_numbers() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(&journal_path(&dir)).unwrap();
+        let (j, _) = open_or_create(&journal_path(&dir)).unwrap();
         j.append(new_rec(0)).unwrap();
         let before = j.flush_count();
         let batch = j.append_batch((1..=10).map(new_rec).collect()).unwrap();
@@ -1419,7 +1455,7 @@ mod tests {
     fn the_journal_file_is_created_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let _ = Journal::open(&path).unwrap();
+        let _ = Journal::create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // No temporary file is left behind.
@@ -1428,11 +1464,34 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_journal_is_refused_by_open_and_only_create_makes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = journal_path(&dir);
+        let e = Journal::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("is missing") && e.contains("refuses to start") && e.contains("restore"),
+            "{e}"
+        );
+        assert!(!path.exists(), "open must not create the journal");
+        let e = Journal::open_truncating_torn_tail(&path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is missing"), "{e}");
+        assert!(!path.exists());
+        fill(&path, 3);
+        let e = Journal::create(&path).err().unwrap().to_string();
+        assert!(e.contains("exists already"), "{e}");
+        let (_, recs) = Journal::open(&path).unwrap();
+        assert_eq!(recs.len(), 3, "create must leave an existing journal alone");
+    }
+
+    #[test]
     fn a_second_writer_and_offline_readers_are_refused_while_the_journal_is_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
-        let e = Journal::open(&path).err().unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
+        let e = open_or_create(&path).err().unwrap();
         assert!(e.to_string().contains("locked by another process"), "{e}");
         let e = verify_file(&path).unwrap_err();
         assert!(e.to_string().contains("running castellan-signer"), "{e}");
@@ -1447,7 +1506,7 @@ mod tests {
     fn open_unlocked(path: &Path) -> Result<(Journal, Vec<JournalRecord>), JournalError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            match Journal::open(path) {
+            match open_or_create(path) {
                 Err(JournalError::Io(m))
                     if m.contains("locked by another process")
                         && std::time::Instant::now() < deadline =>
@@ -1607,7 +1666,7 @@ mod tests {
         // The last record was being written when the power went.
         let cut = starts[5] as usize + 40;
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        match Journal::open(&path) {
+        match open_or_create(&path) {
             Err(e @ JournalError::Corrupt { record: 5, .. }) => {
                 assert!(e.to_string().contains("recover-torn-tail"), "{e}")
             }
@@ -1643,7 +1702,7 @@ mod tests {
             .write_all(&[0u8; 4096])
             .unwrap();
         assert!(matches!(
-            Journal::open(&path),
+            open_or_create(&path),
             Err(JournalError::Corrupt { record: 3, .. })
         ));
         let (_, reread, torn) = Journal::open_truncating_torn_tail(&path).unwrap();
@@ -1693,7 +1752,7 @@ mod tests {
     fn export_returns_exactly_the_records_whose_time_falls_in_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         let mut all = Vec::new();
         for group in 0..3u64 {
             for i in 0..5 {
@@ -1764,7 +1823,7 @@ mod tests {
     fn export_refuses_a_file_altered_underneath_the_signer() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         for i in 0..3 {
             j.append(new_rec(i)).unwrap();
         }
@@ -1792,7 +1851,7 @@ mod tests {
     fn a_failed_write_is_undone_and_reported_to_its_appenders() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         let kept = j.append(new_rec(0)).unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
         j.fault.store(FAULT_WRITE, Ordering::SeqCst);
@@ -1809,7 +1868,7 @@ mod tests {
         let next = j.append(new_rec(5)).unwrap();
         assert_eq!((next.seq, next.prev_hash), (1, kept.hash));
         drop(j);
-        let (_, reread) = Journal::open(&path).unwrap();
+        let (_, reread) = open_or_create(&path).unwrap();
         assert_eq!(reread, vec![kept, next]);
     }
 
@@ -1817,7 +1876,7 @@ mod tests {
     fn no_appender_is_acknowledged_for_a_record_lost_in_a_failed_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         let j = Arc::new(j);
         let failures = Arc::new(AtomicU8::new(0));
         let handles: Vec<_> = (0..16u64)
@@ -1853,7 +1912,7 @@ mod tests {
             16 * 30
         );
         drop(j);
-        let (_, reread) = Journal::open(&path).unwrap();
+        let (_, reread) = open_or_create(&path).unwrap();
         assert_eq!(
             reread, acked,
             "durable records must be exactly the acknowledged ones"
@@ -1865,7 +1924,7 @@ mod tests {
     fn a_failed_fdatasync_stops_the_journal_until_it_is_reopened() {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = open_or_create(&path).unwrap();
         let kept = j.append(new_rec(0)).unwrap();
         j.fault.store(FAULT_SYNC, Ordering::SeqCst);
         assert!(j.append(new_rec(1)).is_err());
@@ -1875,7 +1934,7 @@ mod tests {
             "{e}"
         );
         drop(j);
-        let (j, reread) = Journal::open(&path).unwrap();
+        let (j, reread) = open_or_create(&path).unwrap();
         assert_eq!(reread, vec![kept]);
         assert_eq!(j.append(new_rec(3)).unwrap().seq, 1);
     }
@@ -1883,7 +1942,7 @@ mod tests {
     #[test]
     fn oversized_fields_are_refused_without_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(&journal_path(&dir)).unwrap();
+        let (j, _) = open_or_create(&journal_path(&dir)).unwrap();
         let mut r = new_rec(1);
         r.key_id = "k".repeat(MAX_KEY_ID_LEN + 1);
         assert!(matches!(j.append(r), Err(JournalError::Invalid(_))));
@@ -1911,7 +1970,7 @@ mod tests {
             b"some other file.....",
         ] {
             std::fs::write(&path, content).unwrap();
-            match Journal::open(&path) {
+            match open_or_create(&path) {
                 Err(JournalError::Corrupt {
                     record: 0,
                     offset: 0,
@@ -1983,7 +2042,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir);
         std::fs::write(&path, hex::decode(V1_JOURNAL_HEX).unwrap()).unwrap();
-        let (j, reread) = Journal::open(&path).unwrap();
+        let (j, reread) = open_or_create(&path).unwrap();
         assert_eq!(reread, recs);
         assert_eq!(j.append(new_rec(0)).unwrap().prev_hash, recs[1].hash);
     }

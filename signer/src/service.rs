@@ -14,6 +14,7 @@ use castellan_proto::{
     MAX_INLINE_CRL, MAX_INTENT_QUERY, MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof,
     Request, ResponderInfo, ResponderParams, Response, RotateParams, SignatureKind,
     SignedCheckpoint, SignedSubject, SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
+    frame::MAX_PAYLOAD,
 };
 use ring::rand::SystemRandom;
 
@@ -21,11 +22,28 @@ use crate::backend::{Backend, BackendError};
 use crate::config::Profile;
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::quorum;
-use crate::state::{JOURNAL_FILE, State, StoredCa, StoredResponder};
+use crate::state::{JOURNAL_FILE, JournalFloor, State, StoredCa, StoredResponder};
 use crate::x509::{
     self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntries, CrlEntrySpec, IssuerKey,
     OcspIssuer, Signed, SingleSpec,
 };
+
+/// How far a checkpoint's time may differ from the signer's clock. The
+/// daemon and the signer run on one host and read the same clock, so a
+/// larger difference means a backdated (or postdated) checkpoint.
+pub const CHECKPOINT_MAX_SKEW_SECS: i64 = 120;
+
+/// The last checkpoint signed: no later one may have a lower sequence, and
+/// one for the same sequence must name the same head.
+#[derive(Debug, Clone, Copy)]
+struct LastCheckpoint {
+    sequence: u64,
+    /// SHA-256 of the signed checkpoint message (as journaled).
+    digest: [u8; 32],
+    /// The head hash, when known: for checkpoints signed since the signer
+    /// started (the journal keeps only the digest).
+    head: Option<[u8; 32]>,
+}
 
 /// Longest validity of a delegated OCSP responder certificate.
 pub const MAX_RESPONDER_VALIDITY: i64 = 90 * 86_400;
@@ -101,13 +119,20 @@ fn crl_entry_spec(e: &CrlEntry) -> CrlEntrySpec<'_> {
     }
 }
 
+/// Takes a lock whose value is only ever replaced whole, after the journal
+/// write it depends on (last CRL numbers, stored CRLs, the last
+/// checkpoint), so a panic in a holder (contained by the server) leaves it
+/// consistent: a poisoned lock is taken over instead of refusing every
+/// later request. The CRL staging, which a panic can leave half written, is
+/// taken with [`Signer::lock_staging`].
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>, SignerError> {
-    m.lock().map_err(|_| {
-        err(
-            ErrorKind::Internal,
-            format!("{what} lock poisoned; restart the signer"),
-        )
-    })
+    Ok(m.lock().unwrap_or_else(|p| {
+        tracing::warn!(
+            "the {what} lock was held by a request that panicked; its data is whole, continuing"
+        );
+        m.clear_poison();
+        p.into_inner()
+    }))
 }
 
 /// A CA as the signer uses it at run time.
@@ -154,6 +179,8 @@ pub struct Signer {
     crl_stored: Mutex<HashMap<String, StoredCrl>>,
     rng: SystemRandom,
     seccomp: AtomicBool,
+    /// Held across checking, signing and journaling a checkpoint.
+    last_checkpoint: Mutex<Option<LastCheckpoint>>,
     /// Intents being signed and intents reported unsigned (closed).
     intents: Mutex<IntentBook>,
 }
@@ -280,12 +307,37 @@ impl Signer {
         backend: Box<dyn Backend>,
         profiles: BTreeMap<String, Profile>,
     ) -> Result<Signer, String> {
-        let state = State::load(dir)?;
-        let (journal, records) =
-            Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        let mut state = State::load(dir)?;
+        let custodians = state.custodian_set()?;
+        let journal_path = dir.join(JOURNAL_FILE);
+        let (journal, records) = Journal::open(&journal_path).map_err(|e| e.to_string())?;
+        match &state.journal_floor {
+            Some(floor) => {
+                let hashes: Vec<[u8; 32]> = records.iter().map(|r| r.hash).collect();
+                floor.check(&hashes, &journal_path)?;
+            }
+            // A state written before it recorded a floor: record the
+            // journal as it is now, so that from here on an older copy is
+            // refused.
+            None => {
+                let (count, head) = journal.head();
+                state.journal_floor = Some(JournalFloor::new(count, &head));
+                state.save(dir)?;
+            }
+        }
         let mut crl_numbers = HashMap::new();
         let mut used = HashSet::new();
+        let mut last_checkpoint: Option<LastCheckpoint> = None;
         for r in &records {
+            if let SignedSubject::Checkpoint(sequence) = r.subject
+                && last_checkpoint.is_none_or(|l| sequence >= l.sequence)
+            {
+                last_checkpoint = Some(LastCheckpoint {
+                    sequence,
+                    digest: r.tbs_sha256,
+                    head: None,
+                });
+            }
             if let SignedSubject::CrlNumber(n) = r.subject {
                 let e = crl_numbers.entry(r.key_id.clone()).or_insert(0);
                 *e = (*e).max(n);
@@ -316,7 +368,6 @@ impl Signer {
         backend
             .public_key(&state.audit_key_label)
             .map_err(|e| format!("the audit key is not in the key backend ({e})"))?;
-        let custodians = state.custodian_set()?;
         Ok(Signer {
             dir: dir.to_path_buf(),
             backend,
@@ -335,6 +386,7 @@ impl Signer {
             crl_stored: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             seccomp: AtomicBool::new(false),
+            last_checkpoint: Mutex::new(last_checkpoint),
             intents: Mutex::new(IntentBook::default()),
         })
     }
@@ -364,6 +416,42 @@ impl Signer {
         })
     }
 
+    /// Saves the state with the journal's current head as its floor (see
+    /// [`crate::state::JournalFloor`]). Called after the records of the
+    /// change were journaled, so the floor covers them.
+    fn save_state(&self, inner: &mut Inner) -> Result<(), SignerError> {
+        let (records, head) = self.journal.head();
+        inner.state.journal_floor = Some(JournalFloor::new(records, &head));
+        inner
+            .state
+            .save(&self.dir)
+            .map_err(|e| err(ErrorKind::Backend, e))
+    }
+
+    /// The CRL staging; if a request panicked while holding it, what was
+    /// staged may be half written and is discarded (the daemon stages the
+    /// CRL again from offset 0, as after any refused chunk).
+    fn lock_staging(&self) -> std::sync::MutexGuard<'_, HashMap<String, CrlStaging>> {
+        self.crl_staging.lock().unwrap_or_else(|p| {
+            tracing::warn!(
+                "the CRL staging lock was held by a request that panicked; discarding every staged CRL"
+            );
+            let mut g = p.into_inner();
+            g.clear();
+            self.crl_staging.clear_poison();
+            g
+        })
+    }
+
+    /// Serialises state writes. It guards no data of its own, so a panic
+    /// of a holder leaves nothing to repair.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| {
+            self.writer.clear_poison();
+            p.into_inner()
+        })
+    }
+
     pub fn set_seccomp_active(&self) {
         self.seccomp.store(true, Ordering::Relaxed);
     }
@@ -376,7 +464,7 @@ impl Signer {
         self.inner.read().map_err(|_| {
             err(
                 ErrorKind::Internal,
-                "signer state lock poisoned; restart the signer",
+                "internal error: a request panicked while changing the signer's CA state, which may now be half changed; the signer refuses every request until it is restarted (it then reloads state.json and the journal)",
             )
         })
     }
@@ -385,7 +473,7 @@ impl Signer {
         self.inner.write().map_err(|_| {
             err(
                 ErrorKind::Internal,
-                "signer state lock poisoned; restart the signer",
+                "internal error: a request panicked while changing the signer's CA state, which may now be half changed; the signer refuses every request until it is restarted (it then reloads state.json and the journal)",
             )
         })
     }
@@ -527,15 +615,16 @@ impl Signer {
         })?;
         let ca = self.active_issuer(&*self.read()?, &t.issuer)?;
         let v = t.validity;
-        if v.not_after <= v.not_before {
-            return Err(bad("notAfter must be after notBefore"));
-        }
-        if v.not_after - v.not_before > profile.max_validity_secs {
+        let period = validity_period(v.not_before, v.not_after)?;
+        if period > profile.max_validity_secs {
             return Err(policy(format!(
-                "validity of {} days exceeds the {} days profile {:?} allows",
-                (v.not_after - v.not_before + 86_399) / 86_400,
+                "validity of {period} s ({} days and {} s; notAfter counts as valid, RFC 5280 §4.1.2.5) exceeds the {} s ({} days) profile {:?} allows; the latest notAfter is notBefore + {}",
+                period / 86_400,
+                period % 86_400,
+                profile.max_validity_secs,
                 profile.max_validity_secs / 86_400,
-                profile.name
+                profile.name,
+                profile.max_validity_secs - 1
             )));
         }
         if v.not_before < ca.not_before || v.not_after > ca.not_after {
@@ -573,12 +662,7 @@ impl Signer {
         op: &CeremonyOp,
         proof: &QuorumProof,
     ) -> Result<CeremonyOutcome, SignerError> {
-        let _writer = self.writer.lock().map_err(|_| {
-            err(
-                ErrorKind::Internal,
-                "ceremony lock poisoned; restart the signer",
-            )
-        })?;
+        let _writer = self.lock_writer();
         {
             let inner = self.read()?;
             let (_, audit) = self.backend.public_key(&inner.state.audit_key_label)?;
@@ -726,10 +810,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.cas.insert(ca_id.to_string(), stored);
         inner.cas.insert(ca_id.to_string(), ca.clone());
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(ca.info)
     }
 
@@ -757,10 +838,7 @@ impl Signer {
         if let Some(c) = inner.cas.get_mut(&r.ca_id) {
             c.info.status = CaStatus::Retired;
         }
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(info)
     }
 
@@ -832,10 +910,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.set_custodians(set);
         inner.custodians = set.clone();
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(set.clone())
     }
 
@@ -879,7 +954,7 @@ impl Signer {
                 c.crl_number, c.issuer
             )));
         }
-        let mut staging = lock(&self.crl_staging, "CRL staging")?;
+        let mut staging = self.lock_staging();
         if c.offset == 0 {
             staging.insert(
                 c.issuer.clone(),
@@ -937,7 +1012,7 @@ impl Signer {
     fn sign_staged_crl(&self, r: &StagedCrlRequest) -> Result<Response, SignerError> {
         let crl = &r.crl;
         let st = {
-            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            let mut staging = self.lock_staging();
             match staging.get(&crl.issuer) {
                 Some(st) if st.crl_number == crl.crl_number => staging.remove(&crl.issuer),
                 _ => None,
@@ -948,9 +1023,7 @@ impl Signer {
             other => {
                 let held = match &other {
                     Some(st) => describe_staging(Some(st)),
-                    None => {
-                        describe_staging(lock(&self.crl_staging, "CRL staging")?.get(&crl.issuer))
-                    }
+                    None => describe_staging(self.lock_staging().get(&crl.issuer)),
                 };
                 return Err(bad(format!(
                     "CRL {} for {:?} was to be signed with {} staged entries, but the signer holds {held}{}; stage the whole CRL again from offset 0",
@@ -1030,7 +1103,7 @@ impl Signer {
         numbers.insert(r.issuer.clone(), r.crl_number);
         // A staging of this number or below can never be signed now.
         {
-            let mut staging = lock(&self.crl_staging, "CRL staging")?;
+            let mut staging = self.lock_staging();
             if staging
                 .get(&r.issuer)
                 .is_some_and(|st| st.crl_number <= r.crl_number)
@@ -1121,8 +1194,12 @@ impl Signer {
             ca_name_der: &ca.key.name_der,
             ca_key_bits: &ca.key_bits,
         };
-        let mut out = Vec::with_capacity(b.responses.len());
-        let mut records = Vec::with_capacity(b.responses.len());
+        // Built first, signed once the whole answer is known to fit one
+        // frame: a response signed and journaled but not delivered would be
+        // a signature nobody can account for.
+        let mut built = Vec::with_capacity(b.responses.len());
+        // The answer's frame: id, variant and list length (varints).
+        let mut answer_len: usize = 32;
         for t in &b.responses {
             if t.singles.len() > MAX_OCSP_SINGLES {
                 return Err(bad(format!(
@@ -1154,6 +1231,27 @@ impl Signer {
                 &singles,
                 t.nonce.as_deref(),
             )?;
+            // Each response: its length as a varint (at most 10 octets), then
+            // the response.
+            answer_len =
+                answer_len
+                    .saturating_add(10)
+                    .saturating_add(x509::ocsp_response_len_bound(
+                        tbs.tbs().len(),
+                        &responder.key,
+                    ));
+            if answer_len > MAX_PAYLOAD as usize {
+                return Err(bad(format!(
+                    "the answer to this batch of {} OCSP responses would take more than the {MAX_PAYLOAD} octets one frame carries (the first {} already take up to {answer_len}); nothing was signed; send fewer responses (or fewer singles per response) per batch",
+                    b.responses.len(),
+                    built.len() + 1
+                )));
+            }
+            built.push(tbs);
+        }
+        let mut out = Vec::with_capacity(built.len());
+        let mut records = Vec::with_capacity(built.len());
+        for tbs in built {
             let signed = tbs.sign(self.backend.as_ref(), &responder.key)?;
             records.push(NewRecord {
                 kind: signed.kind,
@@ -1170,20 +1268,13 @@ impl Signer {
     }
 
     fn rotate_responder(&self, p: &ResponderParams) -> Result<ResponderInfo, SignerError> {
-        let _writer = self.writer.lock().map_err(|_| {
-            err(
-                ErrorKind::Internal,
-                "state lock poisoned; restart the signer",
-            )
-        })?;
+        let _writer = self.lock_writer();
         let ca = self.issuer_any_status(&p.issuer)?;
         let v = p.validity;
-        if v.not_after <= v.not_before {
-            return Err(bad("notAfter must be after notBefore"));
-        }
-        if v.not_after - v.not_before > MAX_RESPONDER_VALIDITY {
+        let period = validity_period(v.not_before, v.not_after)?;
+        if period > MAX_RESPONDER_VALIDITY {
             return Err(policy(format!(
-                "a delegated OCSP responder certificate may be valid for at most {} days",
+                "a delegated OCSP responder certificate may be valid for at most {} days ({MAX_RESPONDER_VALIDITY} s, notAfter included), not {period} s",
                 MAX_RESPONDER_VALIDITY / 86_400
             )));
         }
@@ -1223,10 +1314,7 @@ impl Signer {
         let mut inner = self.write()?;
         inner.state.responders.insert(p.issuer.clone(), stored);
         inner.responders.insert(p.issuer.clone(), responder);
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        self.save_state(&mut inner)?;
         Ok(ResponderInfo {
             issuer: p.issuer.clone(),
             certificate_der: signed.der,
@@ -1234,15 +1322,50 @@ impl Signer {
     }
 
     fn checkpoint(&self, c: CheckpointRequest) -> Result<SignedCheckpoint, SignerError> {
+        let clock = now();
+        if c.time.abs_diff(clock) > CHECKPOINT_MAX_SKEW_SECS.unsigned_abs() {
+            return Err(policy(format!(
+                "checkpoint time {} differs from the signer's clock ({clock}) by more than {CHECKPOINT_MAX_SKEW_SECS} s; a checkpoint is signed for the present only: send the current time (and check both clocks if this repeats)",
+                c.time
+            )));
+        }
         let label = self.read()?.state.audit_key_label.clone();
         let message = checkpoint_message(&c);
-        let signature = self.backend.sign(&label, &message)?;
-        let (alg, spki) = self.backend.public_key(&label)?;
-        x509::verify_signature(alg, &spki, &message, &signature)?;
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &message)
             .as_ref()
             .try_into()
             .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        let mut last = lock(&self.last_checkpoint, "checkpoint")?;
+        if let Some(l) = *last {
+            if c.sequence < l.sequence {
+                return Err(policy(format!(
+                    "checkpoint sequence {} is below the last one signed ({}); checkpoints only move forward: checkpoint the current head of the event log",
+                    c.sequence, l.sequence
+                )));
+            }
+            if c.sequence == l.sequence && digest != l.digest {
+                match l.head {
+                    Some(head) if head != c.head_hash => {
+                        return Err(policy(format!(
+                            "sequence {} was checkpointed already with head {}, and this request names head {}: one sequence has one head; the event log differs from what was checkpointed, check it with `castellanctl audit verify`",
+                            c.sequence,
+                            hex::encode(head),
+                            hex::encode(c.head_hash)
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(policy(format!(
+                            "sequence {} was checkpointed already (before the signer's last start) with a different head or time; the signer keeps only that checkpoint's digest, so it cannot tell which: checkpoint again once the event log has grown",
+                            c.sequence
+                        )));
+                    }
+                }
+            }
+        }
+        let signature = self.backend.sign(&label, &message)?;
+        let (alg, spki) = self.backend.public_key(&label)?;
+        x509::verify_signature(alg, &spki, &message, &signature)?;
         self.journal.append(NewRecord {
             kind: SignatureKind::Checkpoint,
             key_id: "audit".into(),
@@ -1251,6 +1374,11 @@ impl Signer {
             ceremony_id: None,
             intent: None,
         })?;
+        *last = Some(LastCheckpoint {
+            sequence: c.sequence,
+            digest,
+            head: Some(c.head_hash),
+        });
         Ok(SignedCheckpoint {
             request: c,
             signature,
@@ -1302,6 +1430,19 @@ impl Signer {
     }
 }
 
+/// The validity period of [`not_before`, `not_after`] in seconds, both ends
+/// included (RFC 5280 §4.1.2.5: the certificate is valid at notAfter), after
+/// checking that both can be encoded and notAfter is after notBefore.
+fn validity_period(not_before: i64, not_after: i64) -> Result<i64, SignerError> {
+    crate::der::check_time_range(not_before, "notBefore").map_err(bad)?;
+    crate::der::check_time_range(not_after, "notAfter").map_err(bad)?;
+    if not_after <= not_before {
+        return Err(bad("notAfter must be after notBefore"));
+    }
+    // Both lie in 1950..=9999, so neither the difference nor + 1 overflows.
+    Ok(not_after - not_before + 1)
+}
+
 fn describe_staging(st: Option<&CrlStaging>) -> String {
     match st {
         Some(st) => format!(
@@ -1333,13 +1474,29 @@ pub fn initialise(dir: &Path, backend: &dyn Backend, set: &CustodianSet) -> Resu
             dir.display()
         ));
     }
+    // The journal first: state.json names the journal it belongs to. An
+    // empty journal left by an init that stopped before writing the state is
+    // reused; one with records belongs to another signer and is kept.
+    let journal_path = dir.join(JOURNAL_FILE);
+    let (journal, records) = if journal_path.exists() {
+        Journal::open(&journal_path).map_err(|e| e.to_string())?
+    } else {
+        Journal::create(&journal_path).map_err(|e| e.to_string())?
+    };
+    if !records.is_empty() {
+        return Err(format!(
+            "{} holds a journal with {} records but no state.json; refusing to initialise over another signer's journal: restore its state.json, or move the journal away if it is truly unwanted",
+            journal_path.display(),
+            records.len()
+        ));
+    }
     let label = format!("castellan-audit-{}", now());
     backend
         .generate(&label, Algorithm::EcdsaP256)
         .map_err(|e| format!("cannot generate the audit key: {e}"))?;
-    let state = State::new(set, label, Algorithm::EcdsaP256);
+    let mut state = State::new(set, label, Algorithm::EcdsaP256);
+    let (count, head) = journal.head();
+    state.journal_floor = Some(JournalFloor::new(count, &head));
     state.save(dir)?;
-    // Create and verify an empty journal so the first start finds one.
-    Journal::open(&dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -51,6 +51,59 @@ pub struct State {
     pub responders: BTreeMap<String, StoredResponder>,
     /// Monotonic counter used to name new keys uniquely.
     pub key_counter: u64,
+    /// The journal as it stood when this state was last saved. The journal
+    /// only grows, so on open it must hold at least `records` records, the
+    /// last of them hashing to `head_hex`: a journal that was replaced by an
+    /// older copy (which would forget executed ceremonies and CRL numbers)
+    /// is refused. Absent only in states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_floor: Option<JournalFloor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JournalFloor {
+    /// Number of records the journal held.
+    pub records: u64,
+    /// Hash of its last record (64 zero digits when it was empty).
+    pub head_hex: String,
+}
+
+impl JournalFloor {
+    pub fn new(records: u64, head: &[u8; 32]) -> JournalFloor {
+        JournalFloor {
+            records,
+            head_hex: hex::encode(head),
+        }
+    }
+
+    /// Checks the journal's records (in order, as read at open) against
+    /// this floor.
+    pub fn check(&self, hashes: &[[u8; 32]], journal: &Path) -> Result<(), String> {
+        let have = hashes.len() as u64;
+        if have < self.records {
+            return Err(format!(
+                "the signing journal {} holds {have} records but state.json was saved when it held {} (last record hash {}): the journal is an older copy or was cut short; the signer refuses to start, since an older journal forgets executed ceremonies and CRL numbers; restore the journal that belongs to this state.json",
+                journal.display(),
+                self.records,
+                self.head_hex
+            ));
+        }
+        let at = match self.records.checked_sub(1) {
+            // An empty journal: nothing to compare.
+            None => return Ok(()),
+            Some(i) => usize::try_from(i).map_err(|_| "journal floor out of range".to_string())?,
+        };
+        let found = hashes.get(at).map(hex::encode).unwrap_or_default();
+        if found != self.head_hex {
+            return Err(format!(
+                "the signing journal {} does not belong to this state.json: record {at} should have hash {} (saved in state.json with {} records) but has {found}; the signer refuses to start; restore the journal that belongs to this state.json",
+                journal.display(),
+                self.head_hex,
+                self.records
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl State {
@@ -64,6 +117,7 @@ impl State {
             cas: BTreeMap::new(),
             responders: BTreeMap::new(),
             key_counter: 0,
+            journal_floor: None,
         };
         s.set_custodians(set);
         s
@@ -86,10 +140,16 @@ impl State {
                 public_key: bytes,
             });
         }
-        Ok(CustodianSet {
+        let set = CustodianSet {
             threshold: self.threshold,
             custodians,
-        })
+        };
+        crate::quorum::validate_set(&set).map_err(|e| {
+            format!(
+                "state.json: the stored custodian set is not valid ({e}); the signer refuses to start, since an invalid set could let a ceremony pass with too few approvals; restore state.json from backup"
+            )
+        })?;
+        Ok(set)
     }
 
     pub fn set_custodians(&mut self, set: &CustodianSet) {

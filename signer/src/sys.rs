@@ -134,6 +134,18 @@ pub fn seccomp_selftest() -> ! {
             std::process::exit(1);
         }
     }
+    // The forbidden call made last: AF_INET unless the test suite asks for
+    // an AF_UNIX stream socket (the signer may only make datagram sockets).
+    if std::env::var_os("CASTELLAN_SECCOMP_SELFTEST_LAST").is_some_and(|v| v == "unix-stream") {
+        println!(
+            "seccomp selftest: opening an AF_UNIX stream socket, which must kill this process"
+        );
+        // SAFETY: plain socket(2) call with constant arguments; the result
+        // is only inspected.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        eprintln!("seccomp selftest FAILED: socket(AF_UNIX, SOCK_STREAM) was allowed (fd {fd})");
+        std::process::exit(1);
+    }
     println!("seccomp selftest: opening an AF_INET socket, which must kill this process");
     let outcome = std::net::TcpStream::connect(("127.0.0.1", 9));
     eprintln!("seccomp selftest FAILED: socket(AF_INET) was allowed (connect result: {outcome:?})");
@@ -177,12 +189,19 @@ fn selftest_steps() -> Result<(), String> {
         "bind a datagram socket standing in for journald",
         UnixDatagram::bind(dir.join("journal.sock")),
     )?;
+    // The daemon's end of a connection: made before the filter (it lives in
+    // another process; the signer itself never makes a stream socket).
+    let daemon_end = step(
+        "connect a client standing in for the daemon",
+        UnixStream::connect(dir.join("signer.sock")),
+    )?;
+    // Directories exist before the filter (init makes them).
+    let state = dir.join("state");
+    step("create the state directory", fs::create_dir(&state))?;
 
     step("install the seccomp filter", install_seccomp())?;
 
     // Under the filter: what the signer does while serving.
-    let state = dir.join("state");
-    step("mkdir", fs::create_dir(&state))?;
     let tmp = state.join("ca.json.tmp");
     let mut f = step(
         "open with O_CREAT|O_EXCL, mode 0600",
@@ -257,13 +276,12 @@ fn selftest_steps() -> Result<(), String> {
         },
     )?;
 
-    let sock = dir.join("signer.sock");
     let client = step(
         "spawn a named thread",
         std::thread::Builder::new()
             .name("selftest-client".to_owned())
             .spawn(move || -> io::Result<Vec<u8>> {
-                let mut c = UnixStream::connect(sock)?;
+                let mut c = daemon_end;
                 c.write_all(b"request")?;
                 c.shutdown(std::net::Shutdown::Write)?;
                 let mut answer = Vec::new();
@@ -276,8 +294,13 @@ fn selftest_steps() -> Result<(), String> {
     if cred.pid != std::process::id() as i32 {
         return Err(format!("SO_PEERCRED: pid {} is not ours", cred.pid));
     }
+    step(
+        "SO_RCVTIMEO (mid-frame read timeout)",
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30))),
+    )?;
     let mut request = Vec::new();
     step("read a request", conn.read_to_end(&mut request))?;
+    step("clear SO_RCVTIMEO", conn.set_read_timeout(None))?;
     step("write a response", conn.write_all(b"response"))?;
     drop(conn);
     let answer = match client.join() {

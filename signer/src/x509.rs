@@ -204,12 +204,13 @@ pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
             None => return invalid("EC public key without a named curve"),
         }
     } else if alg_oid == RSA_ENCRYPTION {
-        let bits = rsa_modulus_bits(key)?;
-        if bits < 2048 {
-            return invalid(format!(
-                "RSA key of {bits} bits is too weak; at least 2048 bits are required"
-            ));
+        // RFC 3279 §2.3.1: the parameters are NULL.
+        if !spki.algorithm.parameters.is_some_and(|p| p.is_null()) {
+            return invalid(
+                "RSA public key: the rsaEncryption AlgorithmIdentifier must have NULL parameters",
+            );
         }
+        check_rsa_public_key(key)?;
         Algorithm::Rsa3072
     } else {
         return invalid(format!("public key algorithm {alg_oid} is not accepted"));
@@ -217,16 +218,170 @@ pub fn spki_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
     Ok((alg, key.to_vec()))
 }
 
-fn rsa_modulus_bits(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
-    let bad = || BuildError::Invalid("RSA public key is malformed".into());
-    let (_, body, _) = split_tlv(rsa_public_key).ok_or_else(bad)?;
-    let (tag, n, _) = split_tlv(body).ok_or_else(bad)?;
-    if tag != TAG_INTEGER {
-        return Err(bad());
+/// Smallest and largest RSA modulus accepted: what the daemon accepts in a
+/// CSR (ring's RSA_PKCS1_2048_8192 verification).
+pub const RSA_MIN_BITS: usize = 2048;
+pub const RSA_MAX_BITS: usize = 8192;
+/// Largest RSA public exponent accepted, in bits (ring verifies with
+/// exponents up to 2^33 - 1).
+const RSA_MAX_EXPONENT_BITS: usize = 33;
+
+/// One DER TLV with a minimally encoded definite length.
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (tag, content, rest) = split_tlv(input)?;
+    let header = input.len() - content.len() - rest.len();
+    let minimal = match header {
+        2 => true,
+        // Long form: only for lengths of 128 and more, without leading zeros.
+        n => {
+            let needed = (usize::BITS - content.len().leading_zeros()).div_ceil(8) as usize;
+            content.len() >= 0x80 && n - 2 == needed
+        }
+    };
+    minimal.then_some((tag, content, rest))
+}
+
+/// Bits of a DER INTEGER's content if it is positive and minimally encoded.
+fn positive_integer_bits(content: &[u8]) -> Option<usize> {
+    let (&first, tail) = content.split_first()?;
+    if first & 0x80 != 0 {
+        return None; // negative
     }
-    let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
-    let first = *n.first().ok_or_else(bad)?;
-    Ok(n.len() * 8 - first.leading_zeros() as usize)
+    let magnitude = if first == 0 {
+        // A leading zero is only there to keep a set high bit positive.
+        match tail.first() {
+            Some(b) if b & 0x80 != 0 => tail,
+            _ => return None, // zero, or not minimal
+        }
+    } else {
+        content
+    };
+    Some(magnitude.len() * 8 - magnitude[0].leading_zeros() as usize)
+}
+
+/// Checks an RSAPublicKey (RFC 8017 A.1.1) strictly: a DER SEQUENCE of
+/// exactly two positive, minimal INTEGERs and nothing after it; an odd
+/// modulus of 2048 to 8192 bits; an odd exponent of at least 3.
+fn check_rsa_public_key(rsa_public_key: &[u8]) -> Result<usize, BuildError> {
+    let bad = |what: &str| {
+        BuildError::Invalid(format!(
+            "RSA public key is malformed: {what}; it must be a DER RSAPublicKey SEQUENCE {{ modulus, publicExponent }} and nothing else"
+        ))
+    };
+    let (tag, body, rest) = der_tlv(rsa_public_key).ok_or_else(|| bad("not DER"))?;
+    if tag != TAG_SEQUENCE {
+        return Err(bad("not a SEQUENCE"));
+    }
+    if !rest.is_empty() {
+        return Err(bad("data after the RSAPublicKey"));
+    }
+    let (tag, n, rest) = der_tlv(body).ok_or_else(|| bad("no modulus"))?;
+    if tag != TAG_INTEGER {
+        return Err(bad("the modulus is not an INTEGER"));
+    }
+    let (tag, e, rest) = der_tlv(rest).ok_or_else(|| bad("no public exponent"))?;
+    if tag != TAG_INTEGER {
+        return Err(bad("the public exponent is not an INTEGER"));
+    }
+    if !rest.is_empty() {
+        return Err(bad("more than two INTEGERs"));
+    }
+    let bits = positive_integer_bits(n)
+        .ok_or_else(|| bad("the modulus is not a positive, minimally encoded INTEGER"))?;
+    let e_bits = positive_integer_bits(e)
+        .ok_or_else(|| bad("the public exponent is not a positive, minimally encoded INTEGER"))?;
+    if n.last().is_none_or(|b| b & 1 == 0) {
+        return Err(bad("the modulus is even"));
+    }
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return invalid(format!(
+            "RSA key of {bits} bits is not accepted; the modulus must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits"
+        ));
+    }
+    if e.last().is_none_or(|b| b & 1 == 0) || !(2..=RSA_MAX_EXPONENT_BITS).contains(&e_bits) {
+        return invalid(format!(
+            "RSA public exponent is not accepted: it must be odd, at least 3 and at most {RSA_MAX_EXPONENT_BITS} bits (65537 is usual)"
+        ));
+    }
+    Ok(bits)
+}
+
+/// The named curves a subject key may be on.
+#[derive(Clone, Copy)]
+enum Curve {
+    P256,
+    P384,
+}
+
+struct CurveParams {
+    p: num_bigint::BigUint,
+    b: num_bigint::BigUint,
+}
+
+fn curve_params(c: Curve) -> &'static CurveParams {
+    use std::sync::OnceLock;
+    static P256: OnceLock<CurveParams> = OnceLock::new();
+    static P384: OnceLock<CurveParams> = OnceLock::new();
+    // SEC 2 / FIPS 186-4 D.1.2.3 and D.1.2.4.
+    let (cell, p, b) = match c {
+        Curve::P256 => (
+            &P256,
+            "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+            "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
+        ),
+        Curve::P384 => (
+            &P384,
+            "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+            "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
+        ),
+    };
+    cell.get_or_init(|| CurveParams {
+        // Constants above: valid hex.
+        p: num_bigint::BigUint::parse_bytes(p.as_bytes(), 16).unwrap_or_default(),
+        b: num_bigint::BigUint::parse_bytes(b.as_bytes(), 16).unwrap_or_default(),
+    })
+}
+
+/// Checks an uncompressed EC point (04 || x || y) as SEC 1 §3.2.2.1 does:
+/// both coordinates below p and y^2 = x^3 - 3x + b (mod p). The identity
+/// has no uncompressed form, so a point passing this is not it.
+fn check_ec_point(point: &[u8], curve: Curve) -> Result<(), BuildError> {
+    use num_bigint::BigUint;
+    let name = match curve {
+        Curve::P256 => "P-256",
+        Curve::P384 => "P-384",
+    };
+    let cp = curve_params(curve);
+    let coords = point.get(1..).unwrap_or_default();
+    let (x, y) = coords.split_at(coords.len() / 2);
+    let (x, y) = (BigUint::from_bytes_be(x), BigUint::from_bytes_be(y));
+    if cp.p == BigUint::default() || x >= cp.p || y >= cp.p {
+        return invalid(format!(
+            "EC public key: a coordinate is not below the field prime of {name}; the key is not a valid point"
+        ));
+    }
+    let lhs = (&y * &y) % &cp.p;
+    // x^3 - 3x + b = x^3 + (p - 3) x + b (mod p)
+    let three = BigUint::from(3u8);
+    let rhs = ((&x * &x % &cp.p) * &x + (&cp.p - three) * &x + &cp.b) % &cp.p;
+    if lhs != rhs {
+        return invalid(format!(
+            "EC public key is not a point on {name}; refusing to certify it"
+        ));
+    }
+    Ok(())
+}
+
+/// [`spki_parts`] for a key the signer is asked to certify: an EC point must
+/// also lie on its curve (RSA keys are checked fully by `spki_parts`).
+pub fn subject_key_parts(spki_der: &[u8]) -> Result<(Algorithm, Vec<u8>), BuildError> {
+    let (alg, key) = spki_parts(spki_der)?;
+    match alg {
+        Algorithm::EcdsaP256 => check_ec_point(&key, Curve::P256)?,
+        Algorithm::EcdsaP384 => check_ec_point(&key, Curve::P384)?,
+        Algorithm::Rsa3072 => {}
+    }
+    Ok((alg, key))
 }
 
 /// RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey bits. One
@@ -556,10 +711,12 @@ pub fn random_serial(rng: &dyn ring::rand::SecureRandom) -> Result<Vec<u8>, Buil
 }
 
 pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> {
+    check_x509_time(spec.not_before, "notBefore").map_err(BuildError::Invalid)?;
+    check_x509_time(spec.not_after, "notAfter").map_err(BuildError::Invalid)?;
     if spec.not_before >= spec.not_after {
         return invalid("notBefore must be before notAfter");
     }
-    let (_, subject_key) = spki_parts(spec.subject_spki_der)?;
+    let (_, subject_key) = subject_key_parts(spec.subject_spki_der)?;
     let ski = key_identifier_of(&subject_key);
     let aki = key_identifier(&spec.issuer.spki_der)?;
 
@@ -586,6 +743,12 @@ pub fn build_certificate(spec: &CertSpec<'_>) -> Result<CheckedTbs, BuildError> 
             )
         }
     };
+    if ku.0 == 0 {
+        // RFC 5280 §4.2.1.3: at least one bit is set.
+        return invalid(
+            "a certificate's keyUsage must have at least one bit set; give the profile a key usage",
+        );
+    }
     exts.push(extension(oids::BASIC_CONSTRAINTS, true, &bc));
     exts.push(extension(oids::KEY_USAGE, true, &ku.der()));
     if !eku.is_empty() {
@@ -727,8 +890,13 @@ const INVALIDITY_EXT_PREFIX: [u8; 11] = [
     0x30, 0x18, 0x06, 0x03, 0x55, 0x1d, 0x18, 0x04, 0x11, 0x18, 0x0f,
 ];
 
+/// CRLReason removeFromCRL: for delta CRLs only; the signer writes full ones.
+const REMOVE_FROM_CRL: u8 = 8;
+
+/// A CRLReason a full CRL may carry: 0..=10 without the unassigned 7 and
+/// removeFromCRL (8).
 fn valid_reason_code(code: u8) -> bool {
-    code <= 10 && code != 7
+    code <= 10 && code != 7 && code != REMOVE_FROM_CRL
 }
 
 /// The revokedCertificates of a CRL being built. Each entry is checked and
@@ -761,6 +929,9 @@ impl Default for DateCache {
 
 impl DateCache {
     fn time_text(&mut self, unix: i64, generalized: bool) -> Option<(u8, [u8; 15], usize)> {
+        if !(MIN_TIME..=MAX_TIME).contains(&unix) {
+            return None;
+        }
         let day = unix.div_euclid(86_400);
         let slot = &mut self.0[day.rem_euclid(1024) as usize];
         if slot.0 != day {
@@ -771,7 +942,7 @@ impl DateCache {
             slot.1,
             slot.2,
             slot.3,
-            (unix - day * 86_400) as u32,
+            unix.rem_euclid(86_400) as u32,
             generalized,
         )
     }
@@ -831,20 +1002,34 @@ impl CrlEntries {
         let magnitude = &e.serial[skip..];
         let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
         let int_len = magnitude.len() + usize::from(pad);
+        check_x509_time(e.revoked_at, "a CRL entry's revocation time")
+            .map_err(BuildError::Invalid)?;
+        if let Some(t) = e.invalidity_date {
+            check_x509_time(t, "a CRL entry's invalidity date").map_err(BuildError::Invalid)?;
+        }
         let (date_tag, date, date_len) =
             self.dates.time_text(e.revoked_at, false).ok_or_else(|| {
                 BuildError::Invalid(
-                    "a CRL entry's revocation time must lie in the years 0 to 9999".into(),
+                    check_time_range(e.revoked_at, "a CRL entry's revocation time")
+                        .err()
+                        .unwrap_or_default(),
                 )
             })?;
         let invalidity = match e.invalidity_date {
             Some(t) => Some(self.dates.time_text(t, true).ok_or_else(|| {
                 BuildError::Invalid(
-                    "a CRL entry's invalidity date must lie in the years 0 to 9999".into(),
+                    check_time_range(t, "a CRL entry's invalidity date")
+                        .err()
+                        .unwrap_or_default(),
                 )
             })?),
             None => None,
         };
+        if e.reason_code == Some(REMOVE_FROM_CRL) {
+            return invalid(
+                "reason removeFromCRL (8) belongs only in delta CRLs (RFC 5280 §5.3.1) and this is a full CRL: leave the certificate out of the CRL instead",
+            );
+        }
         if let Some(code) = e.reason_code
             && !valid_reason_code(code)
         {
@@ -906,6 +1091,8 @@ pub fn build_crl_from(
     next_update: i64,
     entries: CrlEntries,
 ) -> Result<CheckedTbs, BuildError> {
+    check_x509_time(this_update, "the CRL's thisUpdate").map_err(BuildError::Invalid)?;
+    check_x509_time(next_update, "the CRL's nextUpdate").map_err(BuildError::Invalid)?;
     if next_update <= this_update {
         return invalid("nextUpdate must be after thisUpdate");
     }
@@ -1156,6 +1343,10 @@ fn cert_id(issuer: &OcspIssuer<'_>, hash: CertIdHash, serial: &[u8]) -> Vec<u8> 
 
 /// Builds an OCSP ResponseData (RFC 6960 §4.2.1), responder identified by
 /// the SHA-1 hash of its key.
+/// How far an OCSP thisUpdate may lie after producedAt: the two are set
+/// from clocks on one host, so only rounding and a little drift.
+pub const OCSP_THIS_UPDATE_SKEW: i64 = 120;
+
 pub fn build_ocsp(
     responder: &IssuerKey,
     issuer: &OcspIssuer<'_>,
@@ -1165,6 +1356,24 @@ pub fn build_ocsp(
 ) -> Result<CheckedTbs, BuildError> {
     if singles.is_empty() {
         return invalid("an OCSP response needs at least one single response");
+    }
+    check_time_range(produced_at, "OCSP producedAt").map_err(BuildError::Invalid)?;
+    for s in singles {
+        check_time_range(s.this_update, "OCSP thisUpdate").map_err(BuildError::Invalid)?;
+        if let Some(nu) = s.next_update {
+            check_time_range(nu, "OCSP nextUpdate").map_err(BuildError::Invalid)?;
+        }
+        if let CertStatus::Revoked { at, .. } = s.status {
+            check_time_range(at, "OCSP revocationTime").map_err(BuildError::Invalid)?;
+        }
+        // RFC 6960 §4.2.2.1: thisUpdate is when the status was known to be
+        // correct, which cannot be after the response was produced.
+        if s.this_update > produced_at.saturating_add(OCSP_THIS_UPDATE_SKEW) {
+            return invalid(format!(
+                "OCSP thisUpdate ({}) is after producedAt ({produced_at}) by more than {OCSP_THIS_UPDATE_SKEW} s; a status cannot be known before the response is produced",
+                s.this_update
+            ));
+        }
     }
     let responder_key_hash = key_identifier(&responder.spki_der)?;
     let mut responses = Vec::new();
@@ -1231,6 +1440,24 @@ pub fn build_ocsp(
         kind: SignatureKind::Ocsp,
         subject,
     })
+}
+
+/// Most octets [`ocsp_wrap`] can make of a ResponseData of `tbs_len` octets
+/// signed by `responder`: what a response will weigh, known before it is
+/// signed.
+pub fn ocsp_response_len_bound(tbs_len: usize, responder: &IssuerKey) -> usize {
+    // Largest signature: DER ECDSA (r, s) or an RSA signature of up to 8192 bits.
+    let signature = match responder.algorithm {
+        Algorithm::EcdsaP256 => 72,
+        Algorithm::EcdsaP384 => 104,
+        Algorithm::Rsa3072 => RSA_MAX_BITS / 8,
+    };
+    // Eight TLV headers of at most 6 octets, the unused-bits octet,
+    // ENUMERATED 0 (3), id-pkix-ocsp-basic (11), the signature algorithm (15).
+    tbs_len
+        .saturating_add(responder.name_der.len())
+        .saturating_add(signature)
+        .saturating_add(8 * 6 + 1 + 3 + 11 + 15)
 }
 
 /// The responder's certificate, put into every response so relying parties
@@ -1381,17 +1608,11 @@ mod tests {
 
     #[test]
     fn the_fast_entry_writer_writes_what_the_generic_writers_compose() {
-        let times = [
-            t(1949, 12, 31),
-            t(1950, 1, 1),
-            t(2026, 2, 28),
-            t(2050, 1, 1),
-            t(9999, 1, 1),
-        ];
+        let times = [t(1970, 1, 1), t(2026, 2, 28), t(2050, 1, 1), t(9999, 1, 1)];
         for serial in serials() {
             for &revoked_at in &times {
                 for reason_code in [None, Some(0), Some(1), Some(10)] {
-                    for invalidity_date in [None, Some(t(2025, 7, 4)), Some(t(1900, 1, 1))] {
+                    for invalidity_date in [None, Some(t(2025, 7, 4)), Some(t(1970, 1, 1))] {
                         let e = CrlEntrySpec {
                             serial: &serial,
                             revoked_at,
@@ -1673,5 +1894,392 @@ mod tests {
         let inv = extension(oids::INVALIDITY_DATE, false, &generalized_time(0));
         assert_eq!(inv[..INVALIDITY_EXT_PREFIX.len()], INVALIDITY_EXT_PREFIX);
         assert_eq!(inv.len(), INVALIDITY_EXT_PREFIX.len() + 15);
+    }
+}
+
+#[cfg(test)]
+mod key_checks {
+    use super::*;
+
+    fn ec_spki(curve: &str, point: &[u8]) -> Vec<u8> {
+        seq(&[
+            &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(curve)]),
+            &bits(point),
+        ])
+    }
+
+    fn ring_point(alg: &'static ring::signature::EcdsaSigningAlgorithm) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pk.as_ref(), &rng).expect("key");
+        ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec()
+    }
+
+    fn rsa_spki_with(params: bool, rsa_public_key: &[u8]) -> Vec<u8> {
+        let alg = if params {
+            seq(&[&oid(oids::RSA_ENCRYPTION), &null()])
+        } else {
+            seq(&[&oid(oids::RSA_ENCRYPTION)])
+        };
+        seq(&[&alg, &bits(rsa_public_key)])
+    }
+
+    /// An odd modulus of `bits` bits (a check of form, not of primes).
+    fn modulus(bits: usize) -> Vec<u8> {
+        let mut n = vec![0x5au8; bits / 8];
+        n[0] = 0xc1;
+        if let Some(last) = n.last_mut() {
+            *last |= 1;
+        }
+        n
+    }
+
+    fn rsa_key(n: &[u8], e: &[u8]) -> Vec<u8> {
+        seq(&[&uint(n), &uint(e)])
+    }
+
+    fn refused(spki: &[u8], needle: &str) {
+        match subject_key_parts(spki) {
+            Err(BuildError::Invalid(m)) => assert!(m.contains(needle), "{needle:?} not in {m}"),
+            other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn points_on_p256_and_p384_are_accepted_and_points_off_them_refused() {
+        for (curve, alg, want) in [
+            (
+                oids::P256,
+                &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                Algorithm::EcdsaP256,
+            ),
+            (
+                oids::P384,
+                &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+                Algorithm::EcdsaP384,
+            ),
+        ] {
+            for _ in 0..8 {
+                let point = ring_point(alg);
+                let (got, key) = subject_key_parts(&ec_spki(curve, &point)).expect("good point");
+                assert_eq!((got, key), (want, point.clone()));
+                // One bit of y flipped: off the curve.
+                let mut off = point.clone();
+                *off.last_mut().expect("point") ^= 1;
+                refused(&ec_spki(curve, &off), "not a point on");
+            }
+            let len = if want == Algorithm::EcdsaP256 { 32 } else { 48 };
+            // 04 || 0 || 0: not on the curve (b != 0).
+            let mut zero = vec![4u8];
+            zero.extend(vec![0u8; 2 * len]);
+            refused(&ec_spki(curve, &zero), "not a point on");
+            // Coordinates of all ones are above p.
+            let mut big = vec![4u8];
+            big.extend(vec![0xffu8; 2 * len]);
+            refused(&ec_spki(curve, &big), "not below the field prime");
+        }
+        // A P-256 point named as P-384 has the wrong length.
+        let p256 = ring_point(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING);
+        assert!(subject_key_parts(&ec_spki(oids::P384, &p256)).is_err());
+    }
+
+    #[test]
+    fn a_well_formed_rsa_key_is_accepted() {
+        for bits in [2048, 3072, 4096, 8192] {
+            let spki = rsa_spki_with(true, &rsa_key(&modulus(bits), &[0x01, 0x00, 0x01]));
+            let (alg, _) = subject_key_parts(&spki).expect("good RSA key");
+            assert_eq!(alg, Algorithm::Rsa3072);
+        }
+        let spki = rsa_spki_with(true, &rsa_key(&modulus(2048), &[3]));
+        subject_key_parts(&spki).expect("e = 3");
+    }
+
+    #[test]
+    fn malformed_rsa_keys_are_refused() {
+        let n = modulus(2048);
+        let e = [0x01, 0x00, 0x01];
+        let good = rsa_key(&n, &e);
+        let mut junk = good.clone();
+        junk.extend_from_slice(b"junk");
+        refused(&rsa_spki_with(true, &junk), "data after the RSAPublicKey");
+        refused(&rsa_spki_with(false, &good), "NULL parameters");
+        // Only the modulus.
+        refused(
+            &rsa_spki_with(true, &seq(&[&uint(&n)])),
+            "no public exponent",
+        );
+        // Three INTEGERs.
+        refused(
+            &rsa_spki_with(true, &seq(&[&uint(&n), &uint(&e), &uint(&e)])),
+            "more than two",
+        );
+        // An OCTET STRING instead of a SEQUENCE.
+        refused(
+            &rsa_spki_with(true, &tlv(TAG_OCTET_STRING, &uint(&n))),
+            "not a SEQUENCE",
+        );
+        // A negative modulus (high bit set, no leading zero).
+        let mut neg = vec![0x02, 0x82, 0x01, 0x00];
+        neg.extend_from_slice(&n);
+        refused(
+            &rsa_spki_with(
+                true,
+                &tlv(TAG_SEQUENCE, &[neg.as_slice(), &uint(&e)].concat()),
+            ),
+            "positive, minimally encoded",
+        );
+        // A modulus with a superfluous leading zero.
+        let mut padded = vec![0x02, 0x82, 0x01, 0x02, 0x00, 0x00];
+        padded.extend_from_slice(&n);
+        refused(
+            &rsa_spki_with(
+                true,
+                &tlv(TAG_SEQUENCE, &[padded.as_slice(), &uint(&e)].concat()),
+            ),
+            "positive, minimally encoded",
+        );
+        // A length in long form where the short form fits.
+        let long_len = [0x30, 0x81, 0x03, 0x02, 0x01, 0x03];
+        refused(&rsa_spki_with(true, &long_len), "not DER");
+        // Even modulus; too small; too large.
+        let mut even = n.clone();
+        *even.last_mut().expect("n") &= 0xfe;
+        refused(&rsa_spki_with(true, &rsa_key(&even, &e)), "even");
+        refused(
+            &rsa_spki_with(true, &rsa_key(&modulus(1024), &e)),
+            "1024 bits",
+        );
+        refused(
+            &rsa_spki_with(true, &rsa_key(&modulus(8200), &e)),
+            "8200 bits",
+        );
+        // Exponents 1, even, too large.
+        for bad_e in [
+            &[1u8][..],
+            &[0x01, 0x00, 0x00],
+            &[0x02, 0x00, 0x00, 0x00, 0x01],
+        ] {
+            refused(&rsa_spki_with(true, &rsa_key(&n, bad_e)), "public exponent");
+        }
+    }
+}
+
+#[cfg(test)]
+mod time_checks {
+    use super::*;
+
+    fn responder() -> (IssuerKey, Vec<u8>) {
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pk.as_ref(), &rng).expect("key");
+        let point = ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec();
+        let spki = seq(&[
+            &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(oids::P256)]),
+            &bits(&point),
+        ]);
+        let name = encode_name(&DistinguishedName::common_name("Test CA")).expect("name");
+        let key = IssuerKey {
+            key_label: "t".into(),
+            key_id: "t".into(),
+            algorithm: Algorithm::EcdsaP256,
+            spki_der: spki,
+            name_der: name,
+        };
+        (key, point)
+    }
+
+    fn build(
+        produced_at: i64,
+        this_update: i64,
+        next: Option<i64>,
+        status: CertStatus,
+    ) -> Result<CheckedTbs, BuildError> {
+        let (key, point) = responder();
+        let issuer = OcspIssuer {
+            ca_name_der: &key.name_der,
+            ca_key_bits: &point,
+        };
+        let singles = [SingleSpec {
+            hash: castellan_proto::CertIdHash::Sha256,
+            serial: &[1, 2, 3],
+            status,
+            this_update,
+            next_update: next,
+        }];
+        build_ocsp(&key, &issuer, produced_at, &singles, None)
+    }
+
+    fn refused(r: Result<CheckedTbs, BuildError>, needle: &str) {
+        match r {
+            Err(BuildError::Invalid(m)) => assert!(m.contains(needle), "{needle:?} not in {m}"),
+            Err(other) => panic!("expected Invalid with {needle:?}, got {other:?}"),
+            Ok(_) => panic!("expected a refusal with {needle:?}"),
+        }
+    }
+
+    const T: i64 = 1_767_000_000;
+    const YEAR_10000: i64 = MAX_TIME + 1;
+
+    #[test]
+    fn ocsp_times_outside_1950_to_9999_are_refused() {
+        refused(
+            build(T, YEAR_10000, None, CertStatus::Good),
+            "OCSP thisUpdate",
+        );
+        refused(
+            build(T, T, Some(YEAR_10000), CertStatus::Good),
+            "OCSP nextUpdate",
+        );
+        refused(
+            build(YEAR_10000, T, None, CertStatus::Good),
+            "OCSP producedAt",
+        );
+        refused(
+            build(MIN_TIME - 1, T, None, CertStatus::Good),
+            "OCSP producedAt",
+        );
+        for at in [-70_000_000_000, i64::MIN, i64::MAX, MIN_TIME - 1] {
+            refused(
+                build(T, T, None, CertStatus::Revoked { at, reason: None }),
+                "OCSP revocationTime",
+            );
+        }
+        // The edges themselves are fine.
+        build(
+            T,
+            T,
+            None,
+            CertStatus::Revoked {
+                at: MIN_TIME,
+                reason: None,
+            },
+        )
+        .expect("1950");
+        build(T, T, Some(MAX_TIME), CertStatus::Good).expect("9999");
+    }
+
+    #[test]
+    fn ocsp_this_update_must_not_follow_produced_at_and_next_update_must_follow_it() {
+        refused(
+            build(T, T + OCSP_THIS_UPDATE_SKEW + 1, None, CertStatus::Good),
+            "after producedAt",
+        );
+        build(T, T + OCSP_THIS_UPDATE_SKEW, None, CertStatus::Good).expect("within the skew");
+        refused(
+            build(T, T, Some(T), CertStatus::Good),
+            "nextUpdate must be after thisUpdate",
+        );
+    }
+
+    #[test]
+    fn time_text_refuses_what_it_cannot_encode_without_overflowing() {
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX, MIN_TIME - 1, MAX_TIME + 1] {
+            assert_eq!(time_text(t, false), None, "{t}");
+            assert_eq!(CrlEntries::new().dates.time_text(t, true), None, "{t}");
+        }
+        assert!(time_text(MIN_TIME, false).is_some());
+        assert!(time_text(MAX_TIME, true).is_some());
+        let mut w = CrlEntries::new();
+        let e = w
+            .push(&CrlEntrySpec {
+                serial: &[1],
+                revoked_at: i64::MIN,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .expect_err("refused");
+        assert!(e.to_string().contains("1970 to 9999"), "{e}");
+    }
+
+    #[test]
+    fn certificate_and_crl_times_outside_what_they_can_carry_are_refused() {
+        let (key, _) = responder();
+        let (_, leaf_point) = responder();
+        let spki = seq(&[
+            &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(oids::P256)]),
+            &bits(&leaf_point),
+        ]);
+        let subject = encode_name(&DistinguishedName::common_name("leaf")).expect("name");
+        let cert = |nb: i64, na: i64| {
+            build_certificate(&CertSpec {
+                serial: &[0x41; 16],
+                issuer: &key,
+                subject_der: &subject,
+                subject_spki_der: &spki,
+                not_before: nb,
+                not_after: na,
+                sans: &[],
+                kind: CertKind::Leaf {
+                    key_usage: KeyUsage(KeyUsage::DIGITAL_SIGNATURE),
+                    eku: vec![],
+                },
+                urls: &castellan_proto::Urls::default(),
+            })
+        };
+        refused(cert(MIN_TIME - 1, T), "notBefore");
+        refused(cert(T, MAX_TIME + 1), "notAfter");
+        refused(cert(MIN_X509_TIME - 1, T), "1970 to 9999");
+        cert(MIN_X509_TIME, MAX_TIME).expect("the whole range");
+        let crl = |tu: i64, nu: i64| build_crl_from(&key, 1, tu, nu, CrlEntries::new());
+        refused(crl(i64::MIN, T), "thisUpdate");
+        refused(crl(T, i64::MAX), "nextUpdate");
+        refused(crl(MIN_X509_TIME - 1, T), "thisUpdate");
+        crl(MIN_X509_TIME, MAX_TIME).expect("the whole range");
+        let mut w = CrlEntries::new();
+        for (revoked_at, ok) in [
+            (MIN_X509_TIME, true),
+            (MAX_TIME, true),
+            (MIN_X509_TIME - 1, false),
+        ] {
+            let r = w.push(&CrlEntrySpec {
+                serial: &[1],
+                revoked_at,
+                reason_code: None,
+                invalidity_date: Some(revoked_at),
+            });
+            assert_eq!(r.is_ok(), ok, "{revoked_at}: {r:?}");
+        }
+        build_crl_from(&key, 2, T, T + 1, w).expect("entries at both ends read back");
+    }
+
+    #[test]
+    fn an_empty_key_usage_and_remove_from_crl_are_refused() {
+        let (key, point) = responder();
+        let spki = seq(&[
+            &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(oids::P256)]),
+            &bits(&point),
+        ]);
+        let subject = encode_name(&DistinguishedName::common_name("leaf")).expect("name");
+        let r = build_certificate(&CertSpec {
+            serial: &[0x41; 16],
+            issuer: &key,
+            subject_der: &subject,
+            subject_spki_der: &spki,
+            not_before: T,
+            not_after: T + 60,
+            sans: &[],
+            kind: CertKind::Leaf {
+                key_usage: KeyUsage(0),
+                eku: vec![],
+            },
+            urls: &castellan_proto::Urls::default(),
+        });
+        refused(r, "keyUsage must have at least one bit");
+        let mut w = CrlEntries::new();
+        let e = w
+            .push(&CrlEntrySpec {
+                serial: &[1],
+                revoked_at: T,
+                reason_code: Some(8),
+                invalidity_date: None,
+            })
+            .expect_err("removeFromCRL refused");
+        assert!(e.to_string().contains("delta CRLs"), "{e}");
+        assert!(w.is_empty());
     }
 }

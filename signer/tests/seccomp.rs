@@ -5,8 +5,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 
 fn run_selftest() -> Output {
+    run_selftest_ending_with("inet")
+}
+
+/// The self-test, ending with the forbidden call `last` ("inet": an
+/// AF_INET socket; "unix-stream": an AF_UNIX stream socket).
+fn run_selftest_ending_with(last: &str) -> Output {
     match Command::new(env!("CARGO_BIN_EXE_castellan-signer"))
         .arg("--danger-seccomp-selftest")
+        .env("CASTELLAN_SECCOMP_SELFTEST_LAST", last)
         .output()
     {
         Ok(out) => out,
@@ -47,6 +54,23 @@ fn opening_an_inet_socket_under_the_filter_kills_the_signer_with_sigsys() {
 }
 
 #[test]
+fn a_unix_stream_socket_under_the_filter_kills_the_signer_with_sigsys() {
+    let out = run_selftest_ending_with("unix-stream");
+    assert_eq!(out.status.signal(), Some(31), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("opening an AF_UNIX stream socket"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("FAILED"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
 fn files_threads_randomness_locks_and_unix_sockets_still_work_under_the_filter() {
     let out = run_selftest();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -54,7 +78,6 @@ fn files_threads_randomness_locks_and_unix_sockets_still_work_under_the_filter()
         .find("ok: install the seccomp filter")
         .unwrap_or_else(|| panic!("filter not installed\n{}", describe(&out)));
     for step in [
-        "mkdir",
         "open with O_CREAT|O_EXCL, mode 0600",
         "write",
         "fsync",
@@ -74,6 +97,8 @@ fn files_threads_randomness_locks_and_unix_sockets_still_work_under_the_filter()
         "spawn a named thread",
         "accept a connection",
         "SO_PEERCRED",
+        "SO_RCVTIMEO (mid-frame read timeout)",
+        "clear SO_RCVTIMEO",
         "join the thread",
         "socket(AF_UNIX, SOCK_DGRAM)",
         "sendto a datagram (journald)",

@@ -343,9 +343,17 @@ fn issuance_outside_policy_is_refused_and_signs_nothing(b: Backend) {
         "a refused issuance was signed"
     );
 
-    // The profile's maximum itself is allowed.
-    let mut tpl = server_template("inter", "max.suite.test");
+    // notAfter is a second of validity too (RFC 5280 §4.1.2.5): 397 days
+    // from notBefore is one second more than the profile allows...
+    let mut tpl = server_template("inter", "over.suite.test");
     tpl.validity = validity(t - 60, t - 60 + 397 * 86_400);
+    let e = s.refused(Request::IssueCertificate(tpl));
+    expect_kind(&e, ErrorKind::Policy, "397 days", "397 days and a second");
+    assert_eq!(s.status().journal_records, before);
+
+    // ... and the profile's maximum itself is allowed.
+    let mut tpl = server_template("inter", "max.suite.test");
+    tpl.validity = validity(t - 60, t - 60 + 397 * 86_400 - 1);
     s.issue(tpl);
     assert_eq!(s.status().journal_records, before + 1);
 }

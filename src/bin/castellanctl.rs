@@ -678,7 +678,8 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
                 spki_der: parsed.spki_der,
                 validity: Validity {
                     not_before: nb,
-                    not_after: nb + 60 + i64::from(days) * 86_400 - 1,
+                    // notAfter is itself a valid second (RFC 5280 4.1.2.5).
+                    not_after: nb + i64::from(days) * 86_400 - 1,
                 },
                 ca: false,
                 urls: Urls::default(),

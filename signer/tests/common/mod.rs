@@ -443,6 +443,23 @@ impl SignerProcess {
         let _ = fs::remove_file(&self.socket);
     }
 
+    /// Stops the signer, runs `castellan-signer run` on the same state
+    /// directory, asserts that it refuses to start and returns its output.
+    /// (Used by `refusals.rs`, not by every test crate that shares this.)
+    #[allow(dead_code)]
+    pub fn start_refused(&mut self) -> Output {
+        self.stop();
+        let mut cmd = self.command();
+        cmd.arg("run").arg("--config").arg(&self.config);
+        let out = run_bounded(&mut cmd);
+        assert!(
+            !out.status.success(),
+            "the signer was expected to refuse to start: {}",
+            describe(&out)
+        );
+        out
+    }
+
     /// Stops the signer and starts it again on the same state directory.
     pub fn restart(&mut self) {
         self.stop();

@@ -1,0 +1,704 @@
+//! What the signer refuses to start on, and requests it refuses before
+//! signing anything: a missing or older journal, an invalid stored
+//! custodian set, checkpoints that would rewrite the audit trail, OCSP
+//! batches whose answer cannot be framed, and arithmetic at the edges of
+//! time.
+//!
+//! The start-up refusals run the real binary; the request refusals drive a
+//! [`Signer`] in this process over a real software key store and journal
+//! (the transport is covered by `suite.rs`).
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use castellan_proto::{
+    Algorithm, CeremonyOp, CeremonyOutcome, CertIdHash, CertStatus, CheckpointRequest, CrlEntry,
+    CrlRequest, CustodianSet, ErrorKind, OcspBatch, OcspTemplate, Request, ResponderParams,
+    Response, RevocationReason, SignatureKind, SignedSubject, SignerError, SingleStatus,
+};
+use castellan_signer::backend::soft::SoftBackend;
+use castellan_signer::journal::{Journal, NewRecord};
+use castellan_signer::service::{Signer, initialise};
+use common::{
+    Backend, Custodians, SignerProcess, all_text, ceremony_id, intermediate_params, now,
+    root_params, server_template, validity,
+};
+use secrecy::SecretString;
+
+// ------------------------------------------------------------ in-process
+
+/// A signer state directory with a software key store and 3 custodians, 2
+/// of whom must approve.
+struct Lab {
+    dir: tempfile::TempDir,
+    custodians: Custodians,
+}
+
+fn pass() -> SecretString {
+    SecretString::from("refusals store passphrase".to_string())
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let custodians = Custodians::generate(3);
+        let set = CustodianSet {
+            threshold: 2,
+            custodians: (0..3)
+                .map(|i| castellan_proto::Custodian {
+                    name: custodians.names[i].clone(),
+                    public_key: custodians.public_key(i),
+                })
+                .collect(),
+        };
+        let backend = SoftBackend::create(&dir.path().join("keys"), &pass()).expect("key store");
+        initialise(dir.path(), &backend, &set).expect("initialise");
+        Lab { dir, custodians }
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    fn try_open(&self) -> Result<Signer, String> {
+        let backend = SoftBackend::open(&self.dir.path().join("keys"), &pass())
+            .map_err(|e| format!("key store: {e}"))?;
+        Signer::open(
+            self.dir.path(),
+            Box::new(backend),
+            castellan_signer::config::default_profiles(),
+        )
+    }
+
+    fn open(&self) -> Signer {
+        self.try_open().expect("the signer opens")
+    }
+
+    fn ceremony(&self, s: &Signer, op: CeremonyOp) -> Response {
+        let id = ceremony_id();
+        let proof = self.custodians.proof(id, &op, &[0, 1]);
+        s.handle(Request::Ceremony { op, proof })
+    }
+
+    /// A root and an intermediate ("inter") with a delegated OCSP responder.
+    fn pki(&self, s: &Signer) {
+        for op in [
+            CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+            CeremonyOp::CreateIntermediate(intermediate_params(
+                "inter",
+                "root",
+                Algorithm::EcdsaP256,
+            )),
+        ] {
+            let r = self.ceremony(s, op);
+            assert!(
+                matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+                "{r:?}"
+            );
+        }
+        let t = now();
+        let r = s.handle(Request::RotateOcspResponder(ResponderParams {
+            issuer: "inter".into(),
+            algorithm: Algorithm::EcdsaP256,
+            validity: validity(t - 3_600, t + 30 * 86_400),
+        }));
+        assert!(matches!(r, Response::Responder(_)), "{r:?}");
+    }
+}
+
+fn refused(r: Response) -> SignerError {
+    match r {
+        Response::Error(e) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn expect(e: &SignerError, kind: ErrorKind, needles: &[&str]) {
+    assert_eq!(e.kind, kind, "wrong kind: {}", e.message);
+    for n in needles {
+        assert!(e.message.contains(n), "{n:?} missing from: {}", e.message);
+    }
+}
+
+fn open_refused(lab: &Lab) -> String {
+    match lab.try_open() {
+        Ok(_) => panic!("the signer was expected to refuse to open"),
+        Err(e) => e,
+    }
+}
+
+fn journal_records(s: &Signer) -> u64 {
+    match s.handle(Request::Status) {
+        Response::Status(st) => st.journal_records,
+        other => panic!("status: {other:?}"),
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).expect("copy journal");
+}
+
+// ---------------------------------------------------------- 1. journal
+
+#[test]
+fn a_missing_journal_is_refused_not_recreated() {
+    let lab = Lab::new();
+    drop(lab.open());
+    std::fs::remove_file(lab.journal()).expect("remove journal");
+    let e = open_refused(&lab);
+    assert!(
+        e.contains("is missing") && e.contains("refuses to start") && e.contains("restore"),
+        "{e}"
+    );
+    assert!(!lab.journal().exists(), "no journal may be created on open");
+}
+
+#[test]
+fn a_journal_replaced_by_an_older_copy_is_refused_and_a_spent_ceremony_cannot_replay() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let older = lab.dir.path().join("journal.older");
+    copy(&lab.journal(), &older);
+    // A ceremony that changes the state: lower the threshold to 1.
+    let Response::PublicKeys(keys) = s.handle(Request::PublicKeys) else {
+        panic!("public keys")
+    };
+    let mut set = keys.custodians;
+    set.threshold = 1;
+    let op = CeremonyOp::ChangeCustodians(set);
+    let id = ceremony_id();
+    let proof = lab.custodians.proof(id, &op, &[0, 1]);
+    let r = s.handle(Request::Ceremony {
+        op: op.clone(),
+        proof: proof.clone(),
+    });
+    assert!(matches!(r, Response::Ceremony(_)), "{r:?}");
+    drop(s);
+    // Spent across a restart with its own journal.
+    let s = lab.open();
+    let e = refused(s.handle(Request::Ceremony {
+        op: op.clone(),
+        proof: proof.clone(),
+    }));
+    expect(&e, ErrorKind::QuorumInvalid, &["already executed"]);
+    drop(s);
+    // The journal from before the ceremony: it does not know the ceremony
+    // was spent, so the signer must not start on it.
+    copy(&older, &lab.journal());
+    let e = open_refused(&lab);
+    assert!(
+        e.contains("older copy") && e.contains("saved when it held") && e.contains("restore"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_journal_of_the_same_length_from_elsewhere_is_refused() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let Response::Status(st) = s.handle(Request::Status) else {
+        panic!("status")
+    };
+    let records = st.journal_records;
+    drop(s);
+    // Another journal with as many records.
+    let other = lab.dir.path().join("other.journal");
+    {
+        let (j, _) = Journal::create(&other).expect("create");
+        for i in 0..records {
+            j.append(NewRecord {
+                kind: SignatureKind::Checkpoint,
+                key_id: "audit".into(),
+                subject: SignedSubject::Checkpoint(i),
+                tbs_sha256: [7; 32],
+                ceremony_id: None,
+                intent: None,
+            })
+            .expect("append");
+        }
+    }
+    copy(&other, &lab.journal());
+    let e = open_refused(&lab);
+    assert!(
+        e.contains("does not belong") && e.contains(&format!("record {}", records - 1)),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_state_written_without_a_journal_floor_gets_one_on_open() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    drop(s);
+    let older = lab.dir.path().join("journal.older");
+    copy(&lab.journal(), &older);
+    // A state.json as written before the floor existed.
+    let text = std::fs::read_to_string(lab.state()).expect("read state");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v.as_object_mut().expect("object").remove("journal_floor");
+    std::fs::write(lab.state(), serde_json::to_vec(&v).expect("json")).expect("write state");
+    let s = lab.open();
+    let text = std::fs::read_to_string(lab.state()).expect("read state");
+    assert!(text.contains("journal_floor"), "{text}");
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root2", Algorithm::EcdsaP256)),
+    );
+    assert!(matches!(r, Response::Ceremony(_)), "{r:?}");
+    drop(s);
+    copy(&older, &lab.journal());
+    let e = open_refused(&lab);
+    assert!(e.contains("older copy"), "{e}");
+}
+
+// ------------------------------------------------- 9. custodian set
+
+#[test]
+fn a_stored_threshold_of_zero_is_refused_at_start() {
+    let lab = Lab::new();
+    drop(lab.open());
+    let text = std::fs::read_to_string(lab.state()).expect("read state");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["threshold"] = serde_json::json!(0);
+    std::fs::write(lab.state(), serde_json::to_vec(&v).expect("json")).expect("write state");
+    let e = open_refused(&lab);
+    assert!(
+        e.contains("custodian set is not valid") && e.contains("threshold 0"),
+        "{e}"
+    );
+    // Twice the same key is refused too.
+    v["threshold"] = serde_json::json!(1);
+    let first = v["custodians"][0]["public_key_hex"].clone();
+    v["custodians"][1]["public_key_hex"] = first;
+    std::fs::write(lab.state(), serde_json::to_vec(&v).expect("json")).expect("write state");
+    let e = open_refused(&lab);
+    assert!(e.contains("listed twice"), "{e}");
+}
+
+// ------------------------------------------------------- real binary
+
+#[test]
+fn the_binary_refuses_to_start_without_its_journal() {
+    let mut s = SignerProcess::start(Backend::Soft);
+    s.pki(Algorithm::EcdsaP256, Algorithm::EcdsaP256);
+    s.stop();
+    std::fs::remove_file(s.state_dir.join("journal")).expect("remove journal");
+    let out = s.start_refused();
+    let text = all_text(&out);
+    assert!(
+        text.contains("is missing") && text.contains("refuses to start"),
+        "{text}"
+    );
+    assert!(!s.state_dir.join("journal").exists());
+}
+
+// ------------------------------------------------- 4. checkpoints
+
+fn checkpoint(sequence: u64, head: u8, time: i64) -> Request {
+    Request::SignCheckpoint(CheckpointRequest {
+        sequence,
+        head_hash: [head; 32],
+        time,
+    })
+}
+
+fn signed(r: Response) {
+    assert!(matches!(r, Response::Checkpoint(_)), "{r:?}");
+}
+
+#[test]
+fn a_checkpoint_off_the_signers_clock_is_refused() {
+    let lab = Lab::new();
+    let s = lab.open();
+    let before = journal_records(&s);
+    // Backdated a day and ten minutes, ten minutes ahead, the extremes.
+    for time in [
+        now() - 86_400,
+        now() - 10 * 60,
+        now() + 10 * 60,
+        i64::MIN,
+        i64::MAX,
+    ] {
+        let e = refused(s.handle(checkpoint(5, 1, time)));
+        expect(
+            &e,
+            ErrorKind::Policy,
+            &["differs from the signer's clock", "120 s"],
+        );
+    }
+    assert_eq!(journal_records(&s), before, "nothing was signed");
+    signed(s.handle(checkpoint(5, 1, now() - 30)));
+}
+
+#[test]
+fn checkpoints_only_move_forward_and_one_sequence_has_one_head() {
+    let lab = Lab::new();
+    let s = lab.open();
+    signed(s.handle(checkpoint(10, 0xaa, now())));
+    // The same checkpoint again (a retry) is fine, also at another time.
+    signed(s.handle(checkpoint(10, 0xaa, now())));
+    signed(s.handle(checkpoint(10, 0xaa, now() - 5)));
+    let e = refused(s.handle(checkpoint(10, 0xbb, now())));
+    expect(
+        &e,
+        ErrorKind::Policy,
+        &["checkpointed already with head", "aaaa", "bbbb"],
+    );
+    let e = refused(s.handle(checkpoint(9, 0xcc, now())));
+    expect(&e, ErrorKind::Policy, &["below the last one signed (10)"]);
+    signed(s.handle(checkpoint(11, 0xdd, now())));
+    let t = now();
+    signed(s.handle(checkpoint(12, 0xee, t)));
+    drop(s);
+    // After a restart the journal still knows: lower refused, a different
+    // head for 12 refused, the identical request and higher ones fine.
+    let s = lab.open();
+    let e = refused(s.handle(checkpoint(11, 0xdd, now())));
+    expect(&e, ErrorKind::Policy, &["below the last one signed (12)"]);
+    let e = refused(s.handle(checkpoint(12, 0x11, t)));
+    expect(
+        &e,
+        ErrorKind::Policy,
+        &["checkpointed already", "before the signer's last start"],
+    );
+    signed(s.handle(checkpoint(12, 0xee, t)));
+    signed(s.handle(checkpoint(13, 0x13, now())));
+}
+
+// ---------------------------------------------- 3. OCSP answer size
+
+fn ocsp_single(
+    serial: u8,
+    status: CertStatus,
+    this_update: i64,
+    next: Option<i64>,
+) -> SingleStatus {
+    SingleStatus {
+        hash: CertIdHash::Sha256,
+        serial: vec![0x40, serial, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+        status,
+        this_update,
+        next_update: next,
+    }
+}
+
+fn ocsp(produced_at: i64, responses: Vec<OcspTemplate>) -> Request {
+    Request::SignOcsp(OcspBatch {
+        issuer: "inter".into(),
+        produced_at,
+        responses,
+    })
+}
+
+#[test]
+fn an_ocsp_batch_whose_answer_cannot_be_framed_is_refused_before_anything_is_signed() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let t = now();
+    let template = OcspTemplate {
+        singles: (0..64)
+            .map(|i| ocsp_single(i, CertStatus::Good, t - 60, Some(t + 3_600)))
+            .collect(),
+        nonce: None,
+    };
+    let before = journal_records(&s);
+    let e = refused(s.handle(ocsp(t, vec![template.clone(); 10_000])));
+    expect(
+        &e,
+        ErrorKind::BadRequest,
+        &[
+            "more than the 16777216 octets one frame carries",
+            "nothing was signed",
+        ],
+    );
+    assert_eq!(
+        journal_records(&s),
+        before,
+        "nothing was signed or journaled"
+    );
+    // A batch that fits is signed.
+    match s.handle(ocsp(t, vec![template; 100])) {
+        Response::Ocsp { responses } => assert_eq!(responses.len(), 100),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(journal_records(&s), before + 100);
+}
+
+// ------------------------------------------------- 5. times encoded
+
+#[test]
+fn ocsp_times_outside_1950_to_9999_or_out_of_order_are_refused() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let t = now();
+    let year_10000 = 253_402_300_800;
+    let before = journal_records(&s);
+    let one = |single: SingleStatus| {
+        vec![OcspTemplate {
+            singles: vec![single],
+            nonce: None,
+        }]
+    };
+    let cases = [
+        (
+            one(ocsp_single(1, CertStatus::Good, year_10000, None)),
+            t,
+            "OCSP thisUpdate",
+        ),
+        (
+            one(ocsp_single(
+                1,
+                CertStatus::Revoked {
+                    at: -70_000_000_000,
+                    reason: None,
+                },
+                t - 60,
+                Some(t + 60),
+            )),
+            t,
+            "OCSP revocationTime",
+        ),
+        (
+            one(ocsp_single(
+                1,
+                CertStatus::Revoked {
+                    at: i64::MIN,
+                    reason: Some(RevocationReason::KeyCompromise),
+                },
+                t - 60,
+                Some(t + 60),
+            )),
+            t,
+            "OCSP revocationTime",
+        ),
+        (
+            one(ocsp_single(1, CertStatus::Good, t + 3_600, Some(t + 7_200))),
+            t,
+            "is after producedAt",
+        ),
+        (
+            one(ocsp_single(1, CertStatus::Good, t - 60, Some(t - 60))),
+            t,
+            "nextUpdate must be after thisUpdate",
+        ),
+    ];
+    for (responses, produced_at, needle) in cases {
+        let e = refused(s.handle(ocsp(produced_at, responses)));
+        expect(&e, ErrorKind::BadRequest, &[needle]);
+    }
+    assert_eq!(journal_records(&s), before, "nothing was signed");
+    // thisUpdate a few seconds after producedAt is within the skew.
+    match s.handle(ocsp(
+        t,
+        one(ocsp_single(1, CertStatus::Good, t + 5, Some(t + 60))),
+    )) {
+        Response::Ocsp { responses } => assert_eq!(responses.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn crl(number: u64, this_update: i64, next_update: i64, entries: Vec<CrlEntry>) -> Request {
+    Request::SignCrl(CrlRequest {
+        issuer: "inter".into(),
+        crl_number: number,
+        this_update,
+        next_update,
+        entries: entries.into(),
+    })
+}
+
+fn entry(revoked_at: i64, reason: Option<RevocationReason>, invalidity: Option<i64>) -> CrlEntry {
+    CrlEntry {
+        serial: vec![0x41; 16],
+        revoked_at,
+        reason,
+        invalidity_date: invalidity,
+    }
+}
+
+// --------------------------------- 6. and 8. edges of time, RFC rules
+
+#[test]
+fn extreme_times_are_refused_with_errors_not_panics() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let t = now();
+    let before = journal_records(&s);
+    // Issuance: the subtraction of the validity ends used to overflow.
+    let mut leaf = server_template("inter", "edge.refusals.test");
+    leaf.validity = validity(i64::MIN, i64::MAX);
+    let e = refused(s.handle(Request::IssueCertificate(leaf.clone())));
+    expect(&e, ErrorKind::BadRequest, &["notBefore", "to 9999"]);
+    leaf.validity = validity(t, i64::MAX);
+    let e = refused(s.handle(Request::IssueCertificate(leaf)));
+    expect(&e, ErrorKind::BadRequest, &["notAfter", "to 9999"]);
+    // Responder rotation.
+    let e = refused(s.handle(Request::RotateOcspResponder(ResponderParams {
+        issuer: "inter".into(),
+        algorithm: Algorithm::EcdsaP256,
+        validity: validity(i64::MIN, i64::MAX),
+    })));
+    expect(&e, ErrorKind::BadRequest, &["to 9999"]);
+    // CRLs: entry times and the CRL's own.
+    for (req, needle) in [
+        (
+            crl(1, t - 60, t + 60, vec![entry(i64::MIN, None, None)]),
+            "revocation time",
+        ),
+        (
+            crl(1, t - 60, t + 60, vec![entry(i64::MAX, None, None)]),
+            "revocation time",
+        ),
+        (
+            crl(1, t - 60, t + 60, vec![entry(t - 60, None, Some(i64::MIN))]),
+            "invalidity date",
+        ),
+        (crl(1, i64::MIN, t + 60, vec![]), "thisUpdate"),
+        (crl(1, t - 60, i64::MAX, vec![]), "nextUpdate"),
+    ] {
+        let e = refused(s.handle(req));
+        expect(&e, ErrorKind::BadRequest, &[needle, "to 9999"]);
+    }
+    assert_eq!(journal_records(&s), before, "nothing was signed");
+    // Still serving.
+    assert!(matches!(
+        s.handle(crl(1, t - 60, t + 60, vec![])),
+        Response::Crl { .. }
+    ));
+}
+
+#[test]
+fn remove_from_crl_is_refused_in_a_full_crl() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let t = now();
+    let e = refused(s.handle(crl(
+        1,
+        t - 60,
+        t + 60,
+        vec![entry(t - 60, Some(RevocationReason::RemoveFromCrl), None)],
+    )));
+    expect(
+        &e,
+        ErrorKind::BadRequest,
+        &["removeFromCRL (8)", "delta CRLs"],
+    );
+    assert!(matches!(
+        s.handle(crl(
+            1,
+            t - 60,
+            t + 60,
+            vec![entry(t - 60, Some(RevocationReason::KeyCompromise), None)]
+        )),
+        Response::Crl { .. }
+    ));
+}
+
+#[test]
+fn the_profile_maximum_counts_not_after_as_valid() {
+    let lab = Lab::new();
+    let s = lab.open();
+    lab.pki(&s);
+    let max = 397 * 86_400; // the default server profile
+    let nb = now() - 60;
+    let mut leaf = server_template("inter", "max.refusals.test");
+    // notAfter - notBefore = max: max + 1 seconds of validity.
+    leaf.validity = validity(nb, nb + max);
+    let e = refused(s.handle(Request::IssueCertificate(leaf.clone())));
+    expect(
+        &e,
+        ErrorKind::Policy,
+        &["exceeds", "notAfter counts as valid"],
+    );
+    leaf.validity = validity(nb, nb + max - 1);
+    assert!(matches!(
+        s.handle(Request::IssueCertificate(leaf)),
+        Response::Certificate(_)
+    ));
+    // Delegated responders likewise (90 days).
+    let responder = |not_after| {
+        s.handle(Request::RotateOcspResponder(ResponderParams {
+            issuer: "inter".into(),
+            algorithm: Algorithm::EcdsaP256,
+            validity: validity(nb, not_after),
+        }))
+    };
+    let e = refused(responder(nb + 90 * 86_400));
+    expect(&e, ErrorKind::Policy, &["at most 90 days"]);
+    assert!(matches!(
+        responder(nb + 90 * 86_400 - 1),
+        Response::Responder(_)
+    ));
+}
+
+// ------------------------------------------- 6. stalled half frames
+
+/// Sends the first octets of a frame and stops: the signer drops that
+/// connection once `FRAME_DEADLINE` has passed since the first octet, while
+/// an idle connection (no octet of a frame sent) and new connections keep
+/// working.
+#[test]
+fn a_connection_stalled_in_the_middle_of_a_frame_is_dropped_and_others_keep_working() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    let deadline = castellan_signer::server::FRAME_DEADLINE;
+    let mut s = SignerProcess::start(Backend::Soft);
+    let mut idle = common::Conn::open(&s.socket).expect("idle connection");
+    let mut stalled = UnixStream::connect(&s.socket).expect("connect");
+    stalled
+        .set_read_timeout(Some(deadline * 4))
+        .expect("client timeout");
+    // Half a header: magic and part of the version.
+    stalled.write_all(b"CSTL\x01").expect("half a frame");
+    let started = Instant::now();
+    // Meanwhile the signer serves the other connections.
+    s.status();
+    assert!(matches!(
+        idle.call(Request::Status),
+        Ok(Response::Status(_))
+    ));
+    // The stalled connection gets an error frame and is closed.
+    let mut answer = Vec::new();
+    let read = stalled.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        read.is_ok(),
+        "the signer should close the stalled connection: {read:?}"
+    );
+    assert!(
+        waited + Duration::from_millis(200) >= deadline && waited < deadline * 3,
+        "dropped after {waited:?}, the deadline is {deadline:?}"
+    );
+    let frame: castellan_proto::ResponseFrame =
+        castellan_proto::decode_frame(&answer).expect("one error frame before the close");
+    match frame.response {
+        Response::Error(e) => expect(&e, ErrorKind::Protocol, &["part of a frame"]),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // The idle connection, silent for longer than the deadline, still works.
+    assert!(matches!(
+        idle.call(Request::Status),
+        Ok(Response::Status(_))
+    ));
+    s.status();
+    assert!(
+        s.log_text().contains("part of a frame"),
+        "the drop is logged:\n{}",
+        s.log_text()
+    );
+}
