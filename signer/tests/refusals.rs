@@ -36,6 +36,16 @@ struct Lab {
     custodians: Custodians,
 }
 
+/// The signer and custodian set approvals for `s` are made for.
+fn context_of(s: &Signer) -> castellan_proto::CeremonyContext {
+    match s.handle(Request::PublicKeys) {
+        Response::PublicKeys(k) => {
+            castellan_proto::CeremonyContext::new(&k.audit_spki_der, &k.custodians)
+        }
+        other => panic!("PublicKeys answered {other:?}"),
+    }
+}
+
 fn pass() -> SecretString {
     SecretString::from("refusals store passphrase".to_string())
 }
@@ -82,7 +92,7 @@ impl Lab {
 
     fn ceremony(&self, s: &Signer, op: CeremonyOp) -> Response {
         let id = ceremony_id();
-        let proof = self.custodians.proof(id, &op, &[0, 1]);
+        let proof = self.custodians.proof_for(&context_of(s), id, &op, &[0, 1]);
         s.handle(Request::Ceremony { op, proof })
     }
 
@@ -174,7 +184,7 @@ fn a_journal_replaced_by_an_older_copy_is_refused_and_a_spent_ceremony_cannot_re
     set.threshold = 1;
     let op = CeremonyOp::ChangeCustodians(set);
     let id = ceremony_id();
-    let proof = lab.custodians.proof(id, &op, &[0, 1]);
+    let proof = lab.custodians.proof_for(&context_of(&s), id, &op, &[0, 1]);
     let r = s.handle(Request::Ceremony {
         op: op.clone(),
         proof: proof.clone(),

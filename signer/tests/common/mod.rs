@@ -119,9 +119,26 @@ impl Custodians {
 
     /// A proof with the approvals of the custodians `who`, in that order.
     pub fn proof(&self, id: CeremonyId, op: &CeremonyOp, who: &[usize]) -> QuorumProof {
+        let ctx = self
+            .context
+            .expect("the custodians' context is learnt when the signer starts");
+        self.proof_for(&ctx, id, op, who)
+    }
+
+    /// [`Custodians::proof`] for the signer and custodian set `ctx` names.
+    pub fn proof_for(
+        &self,
+        ctx: &CeremonyContext,
+        id: CeremonyId,
+        op: &CeremonyOp,
+        who: &[usize],
+    ) -> QuorumProof {
         QuorumProof {
             ceremony_id: id,
-            approvals: who.iter().map(|i| self.approve(*i, &id, op)).collect(),
+            approvals: who
+                .iter()
+                .map(|i| approval(&self.keys[*i], ctx, &id, op))
+                .collect(),
         }
     }
 }
