@@ -307,7 +307,7 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx(work: &Path, root: &Path, port: u16) -> Nginx {
+fn start_nginx(work: &Path, root: &Path, port: u16, castellan_port: u16) -> Nginx {
     let site = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/nginx/castellan-revocation.conf"),
     )
@@ -316,7 +316,8 @@ fn start_nginx(work: &Path, root: &Path, port: u16) -> Nginx {
     let site = site
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
         .replace("listen [::]:80;", "")
-        .replace("/var/lib/castellan/publish", root.to_str().unwrap());
+        .replace("/var/lib/castellan/publish", root.to_str().unwrap())
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{castellan_port}"));
     std::fs::write(work.join("site.conf"), site).unwrap();
     std::fs::write(
         work.join("nginx.conf"),
@@ -404,7 +405,7 @@ fn the_publish_directory_holds_what_the_listener_serves_and_nginx_serves_it_to_o
     // nginx with the shipped site config serves the same files.
     let nginx_port = free_port();
     let work = tempfile::tempdir().unwrap();
-    let _nginx = start_nginx(work.path(), root, nginx_port);
+    let _nginx = start_nginx(work.path(), root, nginx_port, port);
     for (cert, status) in [("kept.pem", "good"), ("gone.pem", "revoked")] {
         let enc = get_path(dir, cert);
         curl(
@@ -681,5 +682,142 @@ fn with_the_signer_down_cached_answers_are_served_and_a_revoked_certificate_is_n
         assert!(!t.contains("goes.pem: good"), "{t}");
         t.contains("goes.pem: revoked").then_some(t)
     });
+    assert!(t.contains("Response verify OK"), "{t}");
+}
+
+/// The standard base64 of the DER request for `cert` (one SHA-1 CertID, no
+/// nonce): the name of its published answer below `ocsp/issuing/`.
+fn published_name(dir: &Path, cert: &str) -> String {
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            cert,
+            "-no_nonce",
+            "-reqout",
+            "published-req.der",
+        ],
+        dir,
+    );
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("published-req.der")).unwrap())
+}
+
+#[test]
+fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publish_directory() {
+    let publish = tempfile::tempdir().unwrap();
+    let (mut a, port) = public_appliance(
+        &format!("publish_dir = \"{}\"\n", publish.path().display()),
+        "",
+    );
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let goes = issue(&a, "goes");
+    eventually("goes's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &goes]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let file = publish
+        .path()
+        .join("ocsp/issuing")
+        .join(published_name(dir, "goes.pem"));
+    eventually("goes's answer to be published", || {
+        file.exists().then_some(())
+    });
+    let nginx_port = free_port();
+    let work = tempfile::tempdir().unwrap();
+    let _nginx = start_nginx(work.path(), publish.path(), nginx_port, port);
+
+    a.kill_signer();
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let said = v["ocsp"].as_str().unwrap();
+    assert!(said.starts_with("not yet signed"), "{v}");
+    assert!(said.contains("removed from the publish directory"), "{v}");
+    // Acknowledged: the published `good` is gone already, not later.
+    assert!(
+        !file.exists(),
+        "the publish directory still holds goes's answer after the revoke was acknowledged: {}",
+        openssl(
+            &[
+                "ocsp",
+                "-respin",
+                file.to_str().unwrap(),
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir
+        )
+    );
+    // nginx passes what it does not hold to castellan: tryLater, never good.
+    let t = openssl_exit(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "goes.pem",
+            "-no_nonce",
+            "-url",
+            &format!("http://127.0.0.1:{nginx_port}/ocsp/issuing"),
+        ],
+        dir,
+        1,
+    );
+    assert!(t.to_lowercase().contains("trylater"), "{t}");
+    assert!(!t.contains("goes.pem: good"), "{t}");
+
+    // The signer is back: the revoked answer is signed and published.
+    a.start_signer();
+    eventually("the revoked answer to be published", || {
+        if let Some(status) = a.signer_exited() {
+            panic!("castellan-signer ended: {status:?}");
+        }
+        std::fs::copy(&file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(!t.contains("goes.pem: good"), "{t}");
+        t.contains("goes.pem: revoked").then_some(())
+    });
+    let t = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "goes.pem",
+            "-no_nonce",
+            "-url",
+            &format!("http://127.0.0.1:{nginx_port}/ocsp/issuing"),
+            "-CAfile",
+            "chain.pem",
+        ],
+        dir,
+    );
+    assert!(t.contains("goes.pem: revoked"), "{t}");
     assert!(t.contains("Response verify OK"), "{t}");
 }

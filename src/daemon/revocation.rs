@@ -221,6 +221,9 @@ pub(crate) struct RevocationState {
     /// Serialises writes into the publish directory, so the file left is the
     /// one of the newest entry.
     publish_lock: Mutex<()>,
+    /// Published OCSP files whose write or removal failed: retried on every
+    /// OCSP tick until the publish directory holds the current entry.
+    unpublished: Mutex<Vec<(OcspKey, String)>>,
     /// CRL files being written in the background; a stopping daemon waits
     /// for them ([`Daemon::finish_writes`]).
     writes: std::sync::atomic::AtomicUsize,
@@ -246,6 +249,7 @@ impl RevocationState {
             crl_wake: tokio::sync::Notify::new(),
             crl_lock: tokio::sync::Mutex::new(()),
             publish_lock: Mutex::new(()),
+            unpublished: Mutex::new(Vec::new()),
             writes: std::sync::atomic::AtomicUsize::new(0),
             warmed: std::sync::atomic::AtomicBool::new(false),
             cas_stale: std::sync::atomic::AtomicBool::new(true),
@@ -510,36 +514,6 @@ fn published_ocsp_path(keys: &CaKeys, serial: &[u8]) -> String {
 pub(crate) fn write_atomically(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
     let parent = write_renamed(dir, rel, bytes)?;
     std::fs::File::open(&parent)?.sync_all()
-}
-
-/// Writes every (path, bytes) of `items` below `dir` as
-/// [`write_atomically`] does, with one fsync per directory rather than per
-/// file. Returns the first error; the other files are still written.
-fn write_all_atomically<'a>(
-    dir: &Path,
-    items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> std::io::Result<()> {
-    let mut parents = BTreeSet::new();
-    let mut first = Ok(());
-    for (rel, bytes) in items {
-        match write_renamed(dir, rel, bytes) {
-            Ok(p) => {
-                parents.insert(p);
-            }
-            Err(e) => {
-                if first.is_ok() {
-                    first = Err(std::io::Error::new(
-                        e.kind(),
-                        format!("{}: {e}", dir.join(rel).display()),
-                    ));
-                }
-            }
-        }
-    }
-    for p in parents {
-        std::fs::File::open(&p)?.sync_all()?;
-    }
-    first
 }
 
 /// Temporary file, fsync, rename; returns the directory to fsync.
@@ -859,8 +833,15 @@ impl Daemon {
     }
 
     /// Keeps the single-CertID answers of a round in the cache (statuses
-    /// other than `unknown`) and publishes the SHA-1 ones.
-    async fn keep(&self, issuer: &str, keys: &[(Vec<u8>, HashAlg)], round: Round) {
+    /// other than `unknown`) and publishes the SHA-1 ones. An error says
+    /// which published files could not be written (they are retried on
+    /// every OCSP tick).
+    async fn keep(
+        &self,
+        issuer: &str,
+        keys: &[(Vec<u8>, HashAlg)],
+        round: Round,
+    ) -> Result<(), String> {
         let mut published = Vec::new();
         let index = self.ca_index(false);
         let ca = index.iter().find(|k| k.ca_id == issuer);
@@ -904,39 +885,103 @@ impl Daemon {
                 published.push((key, published_ocsp_path(ca, serial)));
             }
         }
-        self.publish_ocsp(published).await;
+        self.publish_ocsp(published).await
     }
 
-    /// Writes the current cache entries of `items` into the publish
-    /// directory (the entry is read again under the lock, so the file left
-    /// behind is always the newest answer).
-    async fn publish_ocsp(&self, items: Vec<(OcspKey, String)>) {
+    /// Brings the files of `items` in the publish directory up to the
+    /// current cache entries (each entry is read again under the lock, so
+    /// the file left behind is always the newest answer): a signed answer is
+    /// written, a tombstone (a revocation not signed yet) removes the file,
+    /// so that nothing older than the revocation is served from there. The
+    /// items that failed are kept for the next OCSP tick; the error names
+    /// them.
+    async fn publish_ocsp(&self, items: Vec<(OcspKey, String)>) -> Result<(), String> {
         let Some(dir) = self.publish_dir() else {
-            return;
+            return Ok(());
         };
         if items.is_empty() {
-            return;
+            return Ok(());
         }
         let rev = Arc::clone(&self.rev);
         let r = tokio::task::spawn_blocking(move || {
             let _g = rev.publish_lock.lock();
-            let current: Vec<(String, Bytes)> = items
-                .into_iter()
-                .filter_map(|(key, rel)| {
-                    let entry = rev.get(&key)?;
-                    (!entry.der.is_empty()).then(|| (rel, entry.der.clone()))
-                })
-                .collect();
-            let files = current
-                .iter()
-                .map(|(rel, der)| (rel.as_str(), der.as_ref()));
-            if let Err(e) = write_all_atomically(&dir, files) {
-                tracing::warn!("publishing OCSP answers: {e}");
+            let mut failed: Vec<(OcspKey, String)> = Vec::new();
+            let mut first: Option<String> = None;
+            let mut writes: Vec<(OcspKey, String, Bytes)> = Vec::new();
+            let mut removed_from = BTreeSet::new();
+            for (key, rel) in items {
+                let Some(entry) = rev.get(&key) else { continue };
+                if !entry.der.is_empty() {
+                    writes.push((key, rel, entry.der.clone()));
+                    continue;
+                }
+                let path = dir.join(&rel);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        if let Some(p) = path.parent() {
+                            removed_from.insert(p.to_path_buf());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        first.get_or_insert_with(|| {
+                            format!("removing {}: {e}", path.display())
+                        });
+                        failed.push((key, rel));
+                    }
+                }
             }
+            for p in removed_from {
+                if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                    first.get_or_insert_with(|| format!("syncing {}: {e}", p.display()));
+                }
+            }
+            // One fsync per directory, not per file.
+            let mut parents: HashMap<PathBuf, Vec<(OcspKey, String)>> = HashMap::new();
+            for (key, rel, der) in writes {
+                match write_renamed(&dir, &rel, &der) {
+                    Ok(p) => parents.entry(p).or_default().push((key, rel)),
+                    Err(e) => {
+                        first.get_or_insert_with(|| format!("{}: {e}", dir.join(&rel).display()));
+                        failed.push((key, rel));
+                    }
+                }
+            }
+            for (p, written) in parents {
+                if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                    first.get_or_insert_with(|| format!("syncing {}: {e}", p.display()));
+                    failed.extend(written);
+                }
+            }
+            if !failed.is_empty()
+                && let Ok(mut u) = rev.unpublished.lock()
+            {
+                u.extend(failed);
+            }
+            first.map_or(Ok(()), Err)
         })
         .await;
-        if let Err(e) = r {
-            tracing::warn!("publishing OCSP answers: {e}");
+        let r = r.map_err(|e| e.to_string()).and_then(|r| r);
+        if let Err(e) = &r {
+            tracing::error!(
+                dir = %self.publish_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                "publishing OCSP answers: {e}; the publish directory may still hold older answers: fix it (space, permissions); castellan retries every {} s",
+                OCSP_TICK.as_secs()
+            );
+        }
+        r
+    }
+
+    /// Retries the publish-directory writes and removals that failed.
+    async fn republish_failed(&self) {
+        let items = self
+            .rev
+            .unpublished
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        if !items.is_empty() && self.publish_ocsp(items).await.is_ok() {
+            tracing::info!("publishing OCSP answers: the publish directory is up to date again");
         }
     }
 
@@ -1055,7 +1100,8 @@ impl Daemon {
                         log_pos,
                         responder_seq,
                     };
-                    self.keep(&issuer, &keys, round).await;
+                    // A failed publish is logged and retried by the OCSP task.
+                    let _ = self.keep(&issuer, &keys, round).await;
                 }
                 answer
             }
@@ -1142,7 +1188,7 @@ impl Daemon {
                 },
             );
         }
-        let keys = vec![(m.clone(), HashAlg::Sha1), (m, HashAlg::Sha256)];
+        let keys = vec![(m.clone(), HashAlg::Sha1), (m.clone(), HashAlg::Sha256)];
         let requests: Vec<Template> = keys.iter().map(|k| (vec![k.clone()], None)).collect();
         match self.sign_answers(issuer, &requests).await {
             Ok(round) => {
@@ -1152,16 +1198,52 @@ impl Daemon {
                     .and_then(|a| a.statuses.first())
                     .map(status_words)
                     .unwrap_or_default();
-                self.keep(issuer, &keys, round).await;
-                format!("{words} (pre-signed, served from now on)")
+                match self.keep(issuer, &keys, round).await {
+                    Ok(()) => format!("{words} (pre-signed, served from now on)"),
+                    Err(e) => format!(
+                        "{words} (pre-signed, served over HTTP by castellan from now on); the publish directory could not be updated ({e}) and may still hold the previous answer for this certificate until its nextUpdate: fix the directory (space, permissions), castellan retries every {} s",
+                        OCSP_TICK.as_secs()
+                    ),
+                }
             }
             Err(e) => {
                 tracing::warn!(ca = %issuer, "OCSP: signing the revoked answer: {e}");
+                // The published `good` answer must not outlive the
+                // acknowledgement: the tombstone removes its file.
+                let published = match self.published_paths(issuer, &m) {
+                    Some(items) => self.publish_ocsp(items).await,
+                    None => Ok(()),
+                };
+                let publish = match published {
+                    Ok(()) if self.publish_dir().is_some() => {
+                        "; its published answer was removed from the publish directory (the revoked answer is published once signed)".to_string()
+                    }
+                    Ok(()) => String::new(),
+                    Err(e) => format!(
+                        "; the publish directory could not be updated ({e}) and may still hold a good answer for this certificate until its nextUpdate: remove it or fix the directory (space, permissions), castellan retries every {} s",
+                        OCSP_TICK.as_secs()
+                    ),
+                };
                 format!(
-                    "not yet signed ({e}); OCSP answers tryLater for this certificate until the signer is back, never good"
+                    "not yet signed ({e}); OCSP answers tryLater for this certificate until the signer is back, never good{publish}"
                 )
             }
         }
+    }
+
+    /// The (cache key, file) of every answer the publish directory may hold
+    /// for `serial` (a magnitude) of `issuer`; `None` without a publish
+    /// directory or when the CA is not known.
+    fn published_paths(&self, issuer: &str, serial: &[u8]) -> Option<Vec<(OcspKey, String)>> {
+        self.publish_dir()?;
+        let index = self.ca_index(false);
+        let ca = index.iter().find(|k| k.ca_id == issuer)?;
+        let key = OcspKey {
+            issuer: issuer.to_string(),
+            serial: serial.to_vec(),
+            hash: HashAlg::Sha1,
+        };
+        Some(vec![(key, published_ocsp_path(ca, serial))])
     }
 
     /// What OCSP and the CRL say about a certificate now (for `cert show`).
@@ -1220,6 +1302,7 @@ impl Daemon {
                     tracing::warn!("OCSP pre-signing: {e}");
                 }
             }
+            self.republish_failed().await;
             tokio::select! {
                 _ = self.rev.ocsp_wake.notified() => {}
                 _ = tokio::time::sleep(OCSP_TICK) => {}
@@ -1301,7 +1384,8 @@ impl Daemon {
                         let requests: Vec<Template> =
                             keys.iter().map(|k| (vec![k.clone()], None)).collect();
                         let round = daemon.sign_answers(&issuer, &requests).await?;
-                        daemon.keep(&issuer, &keys, round).await;
+                        // A failed publish is logged and retried each tick.
+                        let _ = daemon.keep(&issuer, &keys, round).await;
                         Ok::<(), PoolError>(())
                     });
                 }
