@@ -924,9 +924,7 @@ impl Daemon {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        first.get_or_insert_with(|| {
-                            format!("removing {}: {e}", path.display())
-                        });
+                        first.get_or_insert_with(|| format!("removing {}: {e}", path.display()));
                         failed.push((key, rel));
                     }
                 }
