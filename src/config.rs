@@ -188,7 +188,8 @@ pub struct HttpConfig {
     /// to 90 days); the daemon rotates one in when less than a third of it
     /// remains.
     pub responder_validity_secs: u32,
-    /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800).
+    /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800, at
+    /// most a third of `responder_validity_secs`).
     pub ocsp_validity_secs: u32,
 }
 
@@ -1056,6 +1057,19 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
     let ocsp_validity_secs = raw.http.ocsp_validity_secs.unwrap_or(3600);
     if !(60..=604_800).contains(&ocsp_validity_secs) {
         return cfg_err("http.ocsp_validity_secs", "must be 60 to 604800 (7 days)");
+    }
+    // An answer never outlives its responder, and a responder is rotated
+    // with a third of its life left: a longer answer validity would end
+    // every answer early and have it re-signed over and over.
+    if ocsp_validity_secs > responder_validity_secs / 3 {
+        return cfg_err(
+            "http.ocsp_validity_secs",
+            format!(
+                "{ocsp_validity_secs} is more than a third of http.responder_validity_secs ({responder_validity_secs}): lower it to at most {} or raise http.responder_validity_secs to at least {}",
+                responder_validity_secs / 3,
+                u64::from(ocsp_validity_secs) * 3
+            ),
+        );
     }
     let http = HttpConfig {
         enabled,

@@ -344,6 +344,14 @@ fn out_of_range_ocsp_settings_exit_64_and_name_the_key() {
             "http.responder_validity_secs",
         ),
         ("[http]\nocsp_validity_secs = 10", "http.ocsp_validity_secs"),
+        (
+            "[http]\nresponder_validity_secs = 300\nocsp_validity_secs = 600",
+            "http.ocsp_validity_secs",
+        ),
+        (
+            "[http]\nresponder_validity_secs = 299\nocsp_validity_secs = 100",
+            "http.ocsp_validity_secs",
+        ),
         ("[crl]\nvalidity_secs = 299", "crl.validity_secs"),
         ("[crl]\ncoalesce_ms = 60001", "crl.coalesce_ms"),
         ("[crl]\nvalidity = 3600", "crl.validity_secs"),

@@ -9,11 +9,12 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
 use common::{
-    Appliance, WAIT, curl, eventually, free_port, issue, openssl, openssl_exit, public_appliance,
-    run, wait_http,
+    Appliance, WAIT, curl, eventually, eventually_within, free_port, issue, openssl, openssl_exit,
+    public_appliance, public_appliance_with, run, wait_http,
 };
 use serde_json::Value;
 
@@ -562,7 +563,9 @@ fn a_burst_of_revocations_gives_few_crls_and_the_last_lists_them_all() {
 
 #[test]
 fn the_responder_rotates_on_its_own_and_ocsp_keeps_verifying() {
-    let (a, port) = public_appliance("responder_validity_secs = 30\n", "");
+    // The shortest responder life the answers' validity allows (three
+    // times the shortest ocsp_validity_secs).
+    let (a, port) = public_appliance_with(60, "responder_validity_secs = 180\n", "");
     let dir = a.dir.path().to_path_buf();
     let dir = dir.as_path();
     issue(&a, "leaf");
@@ -589,10 +592,12 @@ fn the_responder_rotates_on_its_own_and_ocsp_keeps_verifying() {
             .count()
     };
     let initial = rotations(&a);
-    // A third of 30 s left: the daemon rotates by itself, nobody asks.
-    eventually("the issuing responder to rotate", || {
-        (rotations(&a) > initial).then_some(())
-    });
+    // A third of 180 s left: the daemon rotates by itself, nobody asks.
+    eventually_within(
+        "the issuing responder to rotate",
+        Duration::from_secs(240),
+        || (rotations(&a) > initial).then_some(()),
+    );
     // The pre-signed answer is re-signed by the new responder.
     let t = eventually("an answer from the new responder", || {
         let t = ocsp_text(dir, port, "leaf.pem");
@@ -820,4 +825,31 @@ fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publi
     );
     assert!(t.contains("goes.pem: revoked"), "{t}");
     assert!(t.contains("Response verify OK"), "{t}");
+}
+
+#[test]
+fn answers_are_re_signed_at_their_half_life_not_on_every_tick() {
+    // Answers valid 100 s, a responder living 300 s (rotated with 100 s
+    // left): an answer is re-signed some 40 s after it was signed.
+    let (a, _port) = public_appliance_with(100, "responder_validity_secs = 300\n", "");
+    let serial = issue(&a, "leaf");
+    eventually("leaf's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        seen.insert(v["ocsp"].as_str().unwrap_or_default().to_string());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // Once at most in 20 s (the half-life may fall inside them).
+    assert!(
+        seen.len() <= 2,
+        "the answer was signed {} times in 20 s: {seen:?}",
+        seen.len()
+    );
 }

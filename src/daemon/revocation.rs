@@ -759,8 +759,12 @@ impl Daemon {
             let log_pos = view.head().0;
             let responder = view.responder(issuer);
             let now = now_ms() / 1000;
-            let this_update = now - 60;
-            let mut next_update = this_update + i64::from(self.config().http.ocsp_validity_secs);
+            let validity = i64::from(self.config().http.ocsp_validity_secs);
+            // thisUpdate a little in the past for relying parties whose
+            // clocks are behind; at most a quarter of the validity, so that
+            // a short-lived answer is not past its half-life when signed.
+            let this_update = now - (validity / 4).min(60);
+            let mut next_update = this_update + validity;
             if let Some(r) = &responder
                 && r.not_after > now
             {
@@ -1312,7 +1316,6 @@ impl Daemon {
     /// certificate that has not expired.
     async fn presign_round(self: &Arc<Self>) -> Result<(), PoolError> {
         let now = now_ms() / 1000;
-        let validity = i64::from(self.config().http.ocsp_validity_secs);
         let mut work: HashMap<String, BTreeSet<Vec<u8>>> = HashMap::new();
         let first = !self.rev.warmed.load(std::sync::atomic::Ordering::Relaxed);
         let pending = self
@@ -1347,7 +1350,11 @@ impl Daemon {
                 if k.hash != HashAlg::Sha1 && e.der.is_empty() {
                     continue;
                 }
-                let stale = e.next_update - now < validity / 2
+                // Half of the answer's own window passed (a window cut short
+                // by the responder's end is judged as it is, not against
+                // the configured validity: that re-signed it on every tick).
+                let stale = e.der.is_empty()
+                    || now >= e.this_update + (e.next_update - e.this_update) / 2
                     || responders
                         .get(&k.issuer)
                         .is_some_and(|seq| *seq != e.responder_seq && !e.der.is_empty());
