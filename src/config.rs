@@ -191,6 +191,10 @@ pub struct HttpConfig {
     /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800, at
     /// most a third of `responder_validity_secs`).
     pub ocsp_validity_secs: u32,
+    /// Longest `max-age` an OCSP GET answer carries (seconds, 0–86400): an
+    /// HTTP cache may keep serving an answer that long after a revocation
+    /// replaced it. Never past the answer's nextUpdate.
+    pub ocsp_max_age_secs: u32,
 }
 
 /// `[crl]`: the full CRL each CA publishes.
@@ -815,6 +819,7 @@ struct RawHttp {
     publish_dir: Option<PathBuf>,
     responder_validity_secs: Option<u32>,
     ocsp_validity_secs: Option<u32>,
+    ocsp_max_age_secs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1071,12 +1076,20 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
             ),
         );
     }
+    let ocsp_max_age_secs = raw.http.ocsp_max_age_secs.unwrap_or(300);
+    if ocsp_max_age_secs > 86_400 {
+        return cfg_err(
+            "http.ocsp_max_age_secs",
+            "must be 0 to 86400 (1 day): HTTP caches keep an answer that long after a revocation",
+        );
+    }
     let http = HttpConfig {
         enabled,
         listen,
         publish_dir: raw.http.publish_dir,
         responder_validity_secs,
         ocsp_validity_secs,
+        ocsp_max_age_secs,
     };
     let crl = CrlConfig {
         validity_secs: bounded(

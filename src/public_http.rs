@@ -9,8 +9,12 @@
 //! - OCSP answers are always `application/ocsp-response`, errors included
 //!   (an unsigned OCSPResponse with the error status), never HTML or JSON.
 //!   Successful GET answers carry the RFC 5019 caching headers
-//!   (`Cache-Control`, `Expires`, `Last-Modified`, `ETag`) and honour
-//!   `If-None-Match` with 304. Single-CertID requests without nonce are
+//!   (`Cache-Control` with max-age at most `http.ocsp_max_age_secs` and
+//!   never past nextUpdate, `Expires`, `Last-Modified`, `ETag`) and honour
+//!   `If-None-Match` with 304. Error statuses, answers with a nonce and
+//!   `unknown` answers carry `Cache-Control: no-store`. `HEAD` works
+//!   wherever `GET` does; a 405 names the methods allowed in `Allow`.
+//!   `/ocsp/{issuer}/` (an AIA URL ending in `/`) works like `/ocsp/{issuer}`. Single-CertID requests without nonce are
 //!   answered from the pre-signed cache (see `daemon::revocation`), so the
 //!   same request gets the same bytes until the status or the answer's
 //!   half-life changes.
@@ -239,14 +243,17 @@ impl AsyncWrite for Guarded {
 
 async fn connection(daemon: Arc<Daemon>, stream: tokio::net::TcpStream, shed: &Notify) {
     let served = Cell::new(0u32);
+    // Read once per connection, not per request.
+    let max_age_cap = i64::from(daemon.config().http.ocsp_max_age_secs);
     let svc = service_fn(move |req| {
         let daemon = Arc::clone(&daemon);
         let n = served.get().saturating_add(1);
         served.set(n);
         async move {
-            let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&daemon, req)).await {
+            let handled = handle(&daemon, req, max_age_cap);
+            let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, handled).await {
                 Ok(r) => r,
-                Err(_) => ocsp_response(ocsp_error_der(crate::daemon::OCSP_TRY_LATER)),
+                Err(_) => ocsp_error(crate::daemon::OCSP_TRY_LATER),
             };
             if n >= MAX_REQUESTS_PER_CONNECTION {
                 r.headers_mut()
@@ -311,7 +318,28 @@ fn ocsp_response(der: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> {
+/// `Cache-Control: no-store`: an answer no HTTP cache may keep (an unsigned
+/// error, an answer with a nonce, `unknown`).
+fn no_store(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The unsigned OCSPResponse with error `status`, never cached.
+fn ocsp_error(status: u8) -> Response<Body> {
+    no_store(ocsp_response(ocsp_error_der(status)))
+}
+
+/// 405 naming the methods `allow`ed.
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>, max_age_cap: i64) -> Response<Body> {
     // The head is borrowed, never copied: this runs once per OCSP request.
     let (head, body) = req.into_parts();
     let path = head.uri.path();
@@ -320,15 +348,17 @@ async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> 
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
     let method = &head.method;
+    // hyper sends no body in an answer to HEAD (the headers stay as GET's).
+    let get = method == Method::GET || method == Method::HEAD;
     if let Some(rest) = path.strip_prefix("/ca/") {
-        if method != Method::GET && method != Method::HEAD {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        if !get {
+            return not_allowed("GET, HEAD");
         }
         return ca_certificate(daemon, rest);
     }
     if let Some(rest) = path.strip_prefix("/crl/") {
-        if method != Method::GET && method != Method::HEAD {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        if !get {
+            return not_allowed("GET, HEAD");
         }
         return crl(daemon, rest, if_none_match);
     }
@@ -339,33 +369,40 @@ async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> 
     } else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
-    match *method {
-        Method::POST => {
-            let issuer = match rest {
-                "" => None,
-                s if s.contains('/') => return plain(StatusCode::NOT_FOUND, "not found\n"),
-                s => Some(s),
-            };
-            let body = match Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return ocsp_response(ocsp_error_der(OCSP_MALFORMED)),
-            };
-            let answer = daemon.ocsp(&body, issuer).await;
-            ocsp_response(answer.der)
+    if get {
+        // An AIA URL ending in `/` gives `/ocsp//{base64}` or
+        // `/ocsp/{issuer}//{base64}`; a DER request's base64 never starts
+        // with `/` (it starts with `M`), so one empty segment is dropped.
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return ocsp_error(OCSP_MALFORMED);
         }
-        Method::GET => {
-            if rest.is_empty() {
-                return ocsp_response(ocsp_error_der(OCSP_MALFORMED));
-            }
-            let (issuer, segment) = split_issuer(daemon, rest);
-            let der = match crate::ocsp::decode_get_path(segment) {
-                Ok(d) => d,
-                Err(e) => return ocsp_response(ocsp_error_der(e.answer().code())),
-            };
-            let answer = daemon.ocsp(&der, issuer).await;
-            cached_get(answer, if_none_match)
-        }
-        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        let (issuer, segment) = split_issuer(daemon, rest);
+        let der = match crate::ocsp::decode_get_path(segment) {
+            Ok(d) => d,
+            Err(e) => return ocsp_error(e.answer().code()),
+        };
+        let answer = daemon.ocsp(&der, issuer).await;
+        return cached_get(answer, if_none_match, max_age_cap);
+    }
+    if method != Method::POST {
+        return not_allowed("GET, HEAD, POST");
+    }
+    // `/ocsp/{issuer}/` as `/ocsp/{issuer}`.
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let issuer = match rest {
+        "" => None,
+        s if s.contains('/') => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        s => Some(s),
+    };
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return ocsp_error(OCSP_MALFORMED),
+    };
+    let answer = daemon.ocsp(&body, issuer).await;
+    match answer.caching {
+        Some(_) => ocsp_response(answer.der),
+        None => no_store(ocsp_response(answer.der)),
     }
 }
 
@@ -375,17 +412,24 @@ fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str
         && !tail.is_empty()
         && daemon.holds_ca(first)
     {
+        let tail = match tail.strip_prefix('/') {
+            Some(t) if !t.is_empty() => t,
+            _ => tail,
+        };
         return (Some(first), tail);
     }
     (None, rest)
 }
 
-fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body> {
+/// A GET answer: the caching headers of a signed answer that may be
+/// cached (max-age at most `max_age_cap`, never past nextUpdate), or
+/// `no-store` (an error, a nonce, `unknown`: no caching headers made).
+fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>, max_age_cap: i64) -> Response<Body> {
     let Some(caching) = answer.caching else {
-        return ocsp_response(answer.der);
+        return no_store(ocsp_response(answer.der));
     };
     let now = now_ms() / 1000;
-    let max_age = (caching.next_update - now).max(0);
+    let max_age = (caching.next_update - now).clamp(0, max_age_cap);
     cacheable(ocsp_response(answer.der), &caching, if_none_match, max_age)
 }
 

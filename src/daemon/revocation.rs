@@ -417,9 +417,11 @@ fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> CertStatus {
     });
     match record {
         Some(c) if c.issuer == issuer => match &c.revocation {
+            // `unspecified` is never sent: RFC 5280 §5.3.1 (the CRL omits
+            // it too).
             Some(r) => CertStatus::Revoked {
                 at: r.revoked_at,
-                reason: Some(r.reason),
+                reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
             },
             None => CertStatus::Good,
         },
@@ -772,26 +774,44 @@ impl Daemon {
                 // verifies it.
                 next_update = next_update.min(r.not_after);
             }
+            // A revoked answer's thisUpdate is not before its revocation
+            // time (RFC 6960 §4.2.2.1); it stays before nextUpdate, as a
+            // revocation time is never after now.
+            let single_update = |status: &CertStatus| match status {
+                CertStatus::Revoked { at, .. } => this_update.max((*at).min(now)),
+                _ => this_update,
+            };
             let templates: Vec<OcspTemplate> = requests
                 .iter()
                 .map(|(singles, nonce)| OcspTemplate {
                     singles: singles
                         .iter()
-                        .map(|(serial, hash)| SingleStatus {
-                            hash: CertIdHash::from(*hash),
-                            serial: serial.clone(),
-                            status: cert_status(&view, issuer, serial),
-                            this_update,
-                            next_update: Some(next_update),
+                        .map(|(serial, hash)| {
+                            let status = cert_status(&view, issuer, serial);
+                            SingleStatus {
+                                hash: CertIdHash::from(*hash),
+                                serial: serial.clone(),
+                                this_update: single_update(&status),
+                                status,
+                                next_update: Some(next_update),
+                            }
                         })
                         .collect(),
                     nonce: nonce.clone(),
                 })
                 .collect();
             drop(view);
-            let statuses: Vec<Vec<CertStatus>> = templates
+            // Per answer: its statuses, and the earliest thisUpdate of its
+            // singles (the only one of a single-CertID answer).
+            let statuses: Vec<(Vec<CertStatus>, i64)> = templates
                 .iter()
-                .map(|t| t.singles.iter().map(|s| s.status).collect())
+                .map(|t| {
+                    let first = t.singles.iter().map(|s| s.this_update).min();
+                    (
+                        t.singles.iter().map(|s| s.status).collect(),
+                        first.unwrap_or(this_update),
+                    )
+                })
                 .collect();
             let batch = OcspBatch {
                 issuer: issuer.to_string(),
@@ -805,7 +825,7 @@ impl Daemon {
                         answers: responses
                             .into_iter()
                             .zip(statuses)
-                            .map(|(der, statuses)| Signed {
+                            .map(|(der, (statuses, this_update))| Signed {
                                 der,
                                 this_update,
                                 next_update,
@@ -1041,7 +1061,8 @@ impl Daemon {
             .iter()
             .map(|id| (magnitude(&id.serial), id.hash))
             .collect();
-        let single = keys.len() == 1 && req.nonce.is_none();
+        let has_nonce = req.nonce.is_some();
+        let single = keys.len() == 1 && !has_nonce;
         // The current pre-signed answer for a one-CertID request, if any.
         let cached = || -> Option<OcspAnswer> {
             if keys.len() != 1 {
@@ -1086,14 +1107,22 @@ impl Daemon {
         }
         match rx.await {
             Ok(Ok(signed)) => {
+                // An answer with a nonce or an `unknown` is for this request
+                // only: no caching headers (the listener says no-store).
+                let cacheable =
+                    !has_nonce && !signed.statuses.iter().any(|s| *s == CertStatus::Unknown);
                 let answer = OcspAnswer {
                     der: Bytes::from(signed.der.clone()),
-                    caching: CachingHeaders::new(
-                        &etag_of(&signed.der),
-                        signed.this_update,
-                        signed.next_update,
-                    )
-                    .map(Arc::new),
+                    caching: if cacheable {
+                        CachingHeaders::new(
+                            &etag_of(&signed.der),
+                            signed.this_update,
+                            signed.next_update,
+                        )
+                        .map(Arc::new)
+                    } else {
+                        None
+                    },
                 };
                 if single {
                     let (log_pos, responder_seq) = (signed.log_pos, signed.responder_seq);
