@@ -195,6 +195,11 @@ pub struct HttpConfig {
     /// HTTP cache may keep serving an answer that long after a revocation
     /// replaced it. Never past the answer's nextUpdate.
     pub ocsp_max_age_secs: u32,
+    /// OCSP answers signed on demand per second (1–100000; those with a
+    /// nonce, several CertIDs, or not pre-signed yet): each costs a
+    /// signature and a signer journal record. Over it, a request is
+    /// answered from the pre-signed cache (without its nonce) or tryLater.
+    pub ocsp_sign_rate: u32,
 }
 
 /// `[crl]`: the full CRL each CA publishes.
@@ -820,6 +825,7 @@ struct RawHttp {
     responder_validity_secs: Option<u32>,
     ocsp_validity_secs: Option<u32>,
     ocsp_max_age_secs: Option<u32>,
+    ocsp_sign_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1083,6 +1089,13 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
             "must be 0 to 86400 (1 day): HTTP caches keep an answer that long after a revocation",
         );
     }
+    let ocsp_sign_rate = raw.http.ocsp_sign_rate.unwrap_or(100);
+    if !(1..=100_000).contains(&ocsp_sign_rate) {
+        return cfg_err(
+            "http.ocsp_sign_rate",
+            "must be 1 to 100000 (OCSP answers signed on demand per second)",
+        );
+    }
     let http = HttpConfig {
         enabled,
         listen,
@@ -1090,6 +1103,7 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
         responder_validity_secs,
         ocsp_validity_secs,
         ocsp_max_age_secs,
+        ocsp_sign_rate,
     };
     let crl = CrlConfig {
         validity_secs: bounded(

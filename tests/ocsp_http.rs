@@ -414,7 +414,15 @@ fn http_caching_head_allow_and_lenient_paths() {
     let (a, port) = public_appliance("", "");
     let dir = a.dir.path();
     let url = format!("http://127.0.0.1:{port}/ocsp");
-    issue(&a, "leaf");
+    let serial = issue(&a, "leaf");
+    // The pre-signed answer: the same bytes for GET and HEAD below.
+    common::eventually("leaf's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
     openssl(
         &[
             "ocsp",
@@ -721,4 +729,124 @@ fn revoked_answers_omit_unspecified_and_start_at_the_revocation() {
             assert!(t.contains("Next Update:"), "{t}");
         }
     }
+}
+
+#[test]
+fn on_demand_signing_is_bounded_and_unknown_answers_are_kept() {
+    let (a, port) = public_appliance("ocsp_sign_rate = 1\n", "");
+    let dir = a.dir.path();
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    for tag in ["leaf", "leaf2"] {
+        let serial = issue(&a, tag);
+        common::eventually(&format!("{tag}'s answer to be pre-signed"), || {
+            let v = a.ctl(&["cert", "show", &serial]).ok().json();
+            v["ocsp"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("good (pre-signed"))
+                .then_some(())
+        });
+    }
+
+    // A serial never issued: signed once, then the same answer.
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            "0x4321",
+            "-no_nonce",
+            "-reqout",
+            "unknown.der",
+        ],
+        dir,
+    );
+    let get = format!("{url}/{}", url_encoded(dir, "unknown.der"));
+    curl(&["-o", "unknown-1.der", &get], dir);
+    curl(&["-o", "unknown-2.der", &get], dir);
+    let first = std::fs::read(dir.join("unknown-1.der")).unwrap();
+    let t = openssl(
+        &[
+            "ocsp",
+            "-respin",
+            "unknown-1.der",
+            "-resp_text",
+            "-noverify",
+        ],
+        dir,
+    );
+    assert!(t.contains("Cert Status: unknown"), "{t}");
+    assert!(
+        first == std::fs::read(dir.join("unknown-2.der")).unwrap(),
+        "a repeated unknown request was signed again"
+    );
+
+    // Requests with a nonce (openssl's default): about one signature per
+    // second; the others get the pre-signed answer, without the nonce.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let start = std::time::Instant::now();
+    let mut echoed = 0u64;
+    for _ in 0..10 {
+        let t = openssl(
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "leaf.pem",
+                "-url",
+                &url,
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(t.contains("leaf.pem: good"), "{t}");
+        assert!(t.contains("Response verify OK"), "{t}");
+        if !t.contains("WARNING: no nonce in response") {
+            echoed += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs();
+    assert!(
+        echoed <= 2 + secs,
+        "{echoed} answers signed with their nonce in {secs} s at ocsp_sign_rate = 1"
+    );
+
+    // Two CertIDs are never pre-signed: tryLater once the rate is spent.
+    let mut try_later = 0;
+    for _ in 0..5 {
+        let out = run(
+            Command::new("openssl")
+                .args([
+                    "ocsp",
+                    "-issuer",
+                    "issuing.pem",
+                    "-cert",
+                    "leaf.pem",
+                    "-cert",
+                    "leaf2.pem",
+                    "-no_nonce",
+                    "-url",
+                    &url,
+                    "-CAfile",
+                    "chain.pem",
+                ])
+                .current_dir(dir),
+            WAIT,
+        );
+        let t = format!("{}\n{}", out.stdout, out.stderr).to_lowercase();
+        if t.contains("trylater") {
+            try_later += 1;
+        } else {
+            assert!(
+                t.contains("leaf.pem: good") && t.contains("leaf2.pem: good"),
+                "{t}"
+            );
+        }
+    }
+    assert!(
+        try_later >= 3,
+        "only {try_later} of 5 over the rate got tryLater"
+    );
 }

@@ -12,8 +12,12 @@
 //! `revoked` answers, and only then is acknowledged.
 //!
 //! Answers with a nonce, several CertIDs, or a CertID not cached are signed
-//! on demand (and single SHA-1/SHA-256 ones are kept). `unknown` answers are
-//! never kept: the serial could be issued a moment later.
+//! on demand (and single SHA-1/SHA-256 ones are kept, `unknown` ones too:
+//! an issuance drops the cached `unknown` of its serial, and an `unknown`
+//! read before an issuance is not kept). On-demand signing is bounded by
+//! `http.ocsp_sign_rate` signatures per second: over it, a request with a
+//! nonce gets the pre-signed answer without the nonce (RFC 5019; RFC 8954
+//! §2.1) and one the cache cannot answer gets tryLater.
 //!
 //! **CRLs.** One full CRL per CA (no IssuingDistributionPoint: NSS refuses a
 //! CRL that carries one and fails the whole chain). A revocation marks its
@@ -224,6 +228,13 @@ pub(crate) struct RevocationState {
     /// Published OCSP files whose write or removal failed: retried on every
     /// OCSP tick until the publish directory holds the current entry.
     unpublished: Mutex<Vec<(OcspKey, String)>>,
+    /// Counts issuances (and CA changes): an `unknown` status read before
+    /// one may be out of date and is not kept.
+    issued_epoch: std::sync::atomic::AtomicU64,
+    /// Cached `unknown` answers, as of the last OCSP tick.
+    unknowns: std::sync::atomic::AtomicUsize,
+    /// Tokens for on-demand signing ([`SignBucket`]).
+    sign_bucket: Mutex<SignBucket>,
     /// CRL files being written in the background; a stopping daemon waits
     /// for them ([`Daemon::finish_writes`]).
     writes: std::sync::atomic::AtomicUsize,
@@ -250,6 +261,12 @@ impl RevocationState {
             crl_lock: tokio::sync::Mutex::new(()),
             publish_lock: Mutex::new(()),
             unpublished: Mutex::new(Vec::new()),
+            issued_epoch: std::sync::atomic::AtomicU64::new(0),
+            unknowns: std::sync::atomic::AtomicUsize::new(0),
+            sign_bucket: Mutex::new(SignBucket {
+                tokens: 0.0,
+                at: None,
+            }),
             writes: std::sync::atomic::AtomicUsize::new(0),
             warmed: std::sync::atomic::AtomicBool::new(false),
             cas_stale: std::sync::atomic::AtomicBool::new(true),
@@ -278,13 +295,60 @@ impl RevocationState {
     pub(crate) fn invalidate_cas(&self) {
         self.cas_stale
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A new CA certificate may be the serial of a cached `unknown`.
+        self.issued_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut map) = self.ocsp.write() {
+            map.retain(|_, e| e.status != Some(CertStatus::Unknown));
+        }
     }
 
     pub(crate) fn note_issued(&self, issuer: &str, serial: &[u8]) {
+        self.issued_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The serial's cached `unknown` (if someone asked before it was
+        // issued) goes now, not when the new answer is signed.
+        let m = magnitude(serial);
+        if let Ok(mut map) = self.ocsp.write() {
+            for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+                let key = OcspKey {
+                    issuer: issuer.to_string(),
+                    serial: m.clone(),
+                    hash,
+                };
+                if map
+                    .get(&key)
+                    .is_some_and(|e| e.status == Some(CertStatus::Unknown))
+                {
+                    map.remove(&key);
+                }
+            }
+        }
         if let Ok(mut p) = self.pending.lock() {
             p.push((issuer.to_string(), serial.to_vec()));
         }
         self.ocsp_wake.notify_one();
+    }
+
+    /// Takes one on-demand signature from the bucket of `rate` per second
+    /// (holding at most one second's worth); false when it is empty.
+    fn take_sign_token(&self, rate: u32) -> bool {
+        let Ok(mut b) = self.sign_bucket.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let rate = f64::from(rate);
+        b.tokens = match b.at {
+            None => rate,
+            Some(at) => (b.tokens + now.duration_since(at).as_secs_f64() * rate).min(rate),
+        };
+        b.at = Some(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn mark_crl_dirty(&self, issuer: &str) {
@@ -378,6 +442,7 @@ struct SignedAt {
     statuses: Vec<CertStatus>,
     log_pos: u64,
     responder_seq: u64,
+    epoch: u64,
 }
 
 impl From<SignedAt> for Signed {
@@ -391,6 +456,16 @@ impl From<SignedAt> for Signed {
     }
 }
 
+/// A token bucket for on-demand signatures.
+struct SignBucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+/// Most `unknown` answers kept in the cache (each came from a request for a
+/// serial castellan never issued; more are signed but not kept).
+const MAX_UNKNOWNS: usize = 100_000;
+
 /// Signing rounds for cache misses running at once per issuer.
 const MISS_ROUNDS: usize = 4;
 /// Most cache misses signed in one signer request.
@@ -402,6 +477,8 @@ struct Round {
     answers: Vec<Signed>,
     log_pos: u64,
     responder_seq: u64,
+    /// [`RevocationState::issued_epoch`] before the statuses were read.
+    epoch: u64,
 }
 
 /// The status of `serial` (a DER INTEGER magnitude) under `issuer`.
@@ -754,6 +831,10 @@ impl Daemon {
     async fn sign_answers(&self, issuer: &str, requests: &[Template]) -> Result<Round, PoolError> {
         let mut rotated = false;
         loop {
+            let epoch = self
+                .rev
+                .issued_epoch
+                .load(std::sync::atomic::Ordering::SeqCst);
             let view = self
                 .store
                 .read()
@@ -834,6 +915,7 @@ impl Daemon {
                             .collect(),
                         log_pos,
                         responder_seq: responder.map_or(0, |r| r.seq),
+                        epoch,
                     });
                 }
                 Ok(_) => {
@@ -874,17 +956,34 @@ impl Daemon {
             let Some(status) = signed.statuses.first().copied() else {
                 continue;
             };
-            if status == CertStatus::Unknown {
+            let unknown = status == CertStatus::Unknown;
+            // An `unknown` is kept only if no issuance happened since its
+            // status was read, and while there are not too many.
+            if unknown
+                && (self
+                    .rev
+                    .issued_epoch
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != round.epoch
+                    || self.rev.unknowns.load(std::sync::atomic::Ordering::Relaxed) >= MAX_UNKNOWNS)
+            {
                 continue;
             }
             let der = Bytes::from(signed.der);
-            caching = CachingHeaders::new_like(
-                caching.as_deref(),
-                &etag_of(&der),
-                signed.this_update,
-                signed.next_update,
-            )
-            .map(Arc::new);
+            // An `unknown` is never cached by HTTP caches (no caching
+            // headers: the listener says no-store).
+            let headers = if unknown {
+                None
+            } else {
+                caching = CachingHeaders::new_like(
+                    caching.as_deref(),
+                    &etag_of(&der),
+                    signed.this_update,
+                    signed.next_update,
+                )
+                .map(Arc::new);
+                caching.clone()
+            };
             let key = OcspKey {
                 issuer: issuer.to_string(),
                 serial: serial.clone(),
@@ -893,7 +992,7 @@ impl Daemon {
             let put = self.rev.put(
                 key.clone(),
                 CachedOcsp {
-                    caching: caching.clone(),
+                    caching: headers,
                     der,
                     this_update: signed.this_update,
                     next_update: signed.next_update,
@@ -903,6 +1002,7 @@ impl Daemon {
                 },
             );
             if put
+                && !unknown
                 && *hash == HashAlg::Sha1
                 && let Some(ca) = ca
             {
@@ -1084,6 +1184,12 @@ impl Daemon {
         if single && let Some(answer) = cached() {
             return answer;
         }
+        // Signing on demand costs a signature and a signer journal record:
+        // bounded. Over the rate, the pre-signed answer (without the nonce)
+        // if there is one, else tryLater.
+        if !self.rev.take_sign_token(self.config().http.ocsp_sign_rate) {
+            return cached().unwrap_or_else(|| OcspAnswer::error(OCSP_TRY_LATER));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = match self.rev.misses.lock() {
             Ok(mut m) => {
@@ -1109,8 +1215,7 @@ impl Daemon {
             Ok(Ok(signed)) => {
                 // An answer with a nonce or an `unknown` is for this request
                 // only: no caching headers (the listener says no-store).
-                let cacheable =
-                    !has_nonce && !signed.statuses.iter().any(|s| *s == CertStatus::Unknown);
+                let cacheable = !has_nonce && !signed.statuses.contains(&CertStatus::Unknown);
                 let answer = OcspAnswer {
                     der: Bytes::from(signed.der.clone()),
                     caching: if cacheable {
@@ -1125,11 +1230,13 @@ impl Daemon {
                     },
                 };
                 if single {
-                    let (log_pos, responder_seq) = (signed.log_pos, signed.responder_seq);
+                    let (log_pos, responder_seq, epoch) =
+                        (signed.log_pos, signed.responder_seq, signed.epoch);
                     let round = Round {
                         answers: vec![signed.into()],
                         log_pos,
                         responder_seq,
+                        epoch,
                     };
                     // A failed publish is logged and retried by the OCSP task.
                     let _ = self.keep(&issuer, &keys, round).await;
@@ -1177,6 +1284,7 @@ impl Daemon {
                             statuses: signed.statuses,
                             log_pos: round.log_pos,
                             responder_seq: round.responder_seq,
+                            epoch: round.epoch,
                         }));
                     }
                 }
@@ -1374,9 +1482,21 @@ impl Daemon {
         for (issuer, serial) in pending {
             work.entry(issuer).or_default().insert(magnitude(&serial));
         }
+        let mut expired_unknowns = Vec::new();
+        let mut unknowns = 0;
         if let Ok(map) = self.rev.ocsp.read() {
             for (k, e) in map.iter() {
                 if k.hash != HashAlg::Sha1 && e.der.is_empty() {
+                    continue;
+                }
+                // A cached `unknown` is not re-signed: it goes when it
+                // expires (asked again, it is signed again).
+                if e.status == Some(CertStatus::Unknown) {
+                    if now >= e.next_update {
+                        expired_unknowns.push(k.clone());
+                    } else {
+                        unknowns += 1;
+                    }
                     continue;
                 }
                 // Half of the answer's own window passed (a window cut short
@@ -1393,6 +1513,21 @@ impl Daemon {
                     work.entry(k.issuer.clone())
                         .or_default()
                         .insert(k.serial.clone());
+                }
+            }
+        }
+        self.rev
+            .unknowns
+            .store(unknowns, std::sync::atomic::Ordering::Relaxed);
+        if !expired_unknowns.is_empty()
+            && let Ok(mut map) = self.rev.ocsp.write()
+        {
+            for k in expired_unknowns {
+                if map
+                    .get(&k)
+                    .is_some_and(|e| e.status == Some(CertStatus::Unknown) && now >= e.next_update)
+                {
+                    map.remove(&k);
                 }
             }
         }
