@@ -93,6 +93,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
     let waiters = Arc::new(Semaphore::new(SLOT_WAITERS));
     // Told when every slot is taken: idle keep-alive connections close.
     let shed = Arc::new(Notify::new());
+    let mut last_shed: Option<std::time::Instant> = None;
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -110,7 +111,12 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
                         });
                         continue;
                     }
-                    shed.notify_waiters();
+                    // At most once per SLOT_WAIT: the connections opened
+                    // since are given their chance.
+                    if last_shed.is_none_or(|t| t.elapsed() >= SLOT_WAIT) {
+                        last_shed = Some(std::time::Instant::now());
+                        shed.notify_waiters();
+                    }
                     let Ok(waiting) = waiters.clone().try_acquire_owned() else {
                         tracing::warn!(max = MAX_CONNECTIONS, "public HTTP: connection limit reached");
                         drop(stream);

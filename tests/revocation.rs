@@ -853,3 +853,64 @@ fn answers_are_re_signed_at_their_half_life_not_on_every_tick() {
         seen.len()
     );
 }
+
+#[test]
+fn a_publish_directory_that_cannot_be_written_is_said_in_the_revoke_and_caught_up() {
+    let publish = tempfile::tempdir().unwrap();
+    let (a, _port) = public_appliance(
+        &format!("publish_dir = \"{}\"\n", publish.path().display()),
+        "",
+    );
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let goes = issue(&a, "goes");
+    eventually("goes's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &goes]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let file = publish
+        .path()
+        .join("ocsp/issuing")
+        .join(published_name(dir, "goes.pem"));
+    eventually("goes's answer to be published", || {
+        file.exists().then_some(())
+    });
+    // The answer's path made unwritable: a non-empty directory (root
+    // ignores permissions) that no rename can replace.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("blocker")).unwrap();
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let said = v["ocsp"].as_str().unwrap();
+    assert!(said.starts_with("revoked"), "{v}");
+    assert!(
+        said.contains("the publish directory could not be updated"),
+        "a failed publish is not said: {v}"
+    );
+    // Fixed: castellan catches up by itself.
+    std::fs::remove_dir_all(&file).unwrap();
+    eventually("the revoked answer to be published", || {
+        std::fs::copy(&file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        t.contains("goes.pem: revoked").then_some(())
+    });
+}
