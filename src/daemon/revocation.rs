@@ -1355,7 +1355,7 @@ impl Daemon {
                 };
                 let publish = match published {
                     Ok(()) if self.publish_dir().is_some() => {
-                        "; its published answer was removed from the publish directory (the revoked answer is published once signed)".to_string()
+                        "; the publish directory holds no answer for it (any published one was removed) until the revoked answer is signed and published".to_string()
                     }
                     Ok(()) => String::new(),
                     Err(e) => format!(
