@@ -945,3 +945,47 @@ fn a_pipelining_client_that_never_reads_is_disconnected_while_good_clients_are_s
     );
     drop(a);
 }
+
+/// Every connection slot taken by connections that send nothing: a new
+/// client is still served (the idle connections are closed to make room),
+/// well before the header timeout would have closed them.
+#[test]
+fn when_every_slot_is_taken_idle_connections_make_room_for_a_new_client() {
+    let (a, addr) = appliance();
+    let dir = a.dir.path().to_path_buf();
+    let max = castellan::public_http::MAX_CONNECTIONS;
+    let opened = Instant::now();
+    let idle: Vec<TcpStream> = (0..max)
+        .map(|i| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    // Every one accepted (castellan accepts in order; this one waits in
+    // the queue behind them).
+    std::thread::sleep(Duration::from_millis(500));
+    let code = tool(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}/ca/issuing.crt"),
+        ],
+        &dir,
+    );
+    let waited = opened.elapsed();
+    assert!(
+        waited < castellan::public_http::HEADER_TIMEOUT,
+        "took {waited:?}: the header timeout may have freed the slots instead"
+    );
+    match code {
+        Ok(c) => assert_eq!(c.trim(), "200", "the new client: HTTP {c}"),
+        Err(e) => panic!("the new client was not served with every slot taken: {e}"),
+    }
+    drop(idle);
+}
