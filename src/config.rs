@@ -188,8 +188,18 @@ pub struct HttpConfig {
     /// to 90 days); the daemon rotates one in when less than a third of it
     /// remains.
     pub responder_validity_secs: u32,
-    /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800).
+    /// nextUpdate − thisUpdate of each OCSP answer (seconds, 60–604800, at
+    /// most a third of `responder_validity_secs`).
     pub ocsp_validity_secs: u32,
+    /// Longest `max-age` an OCSP GET answer carries (seconds, 0–86400): an
+    /// HTTP cache may keep serving an answer that long after a revocation
+    /// replaced it. Never past the answer's nextUpdate.
+    pub ocsp_max_age_secs: u32,
+    /// OCSP answers signed on demand per second (1–100000; those with a
+    /// nonce, several CertIDs, or not pre-signed yet): each costs a
+    /// signature and a signer journal record. Over it, a request is
+    /// answered from the pre-signed cache (without its nonce) or tryLater.
+    pub ocsp_sign_rate: u32,
 }
 
 /// `[crl]`: the full CRL each CA publishes.
@@ -814,6 +824,8 @@ struct RawHttp {
     publish_dir: Option<PathBuf>,
     responder_validity_secs: Option<u32>,
     ocsp_validity_secs: Option<u32>,
+    ocsp_max_age_secs: Option<u32>,
+    ocsp_sign_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1057,12 +1069,41 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
     if !(60..=604_800).contains(&ocsp_validity_secs) {
         return cfg_err("http.ocsp_validity_secs", "must be 60 to 604800 (7 days)");
     }
+    // An answer never outlives its responder, and a responder is rotated
+    // with a third of its life left: a longer answer validity would end
+    // every answer early and have it re-signed over and over.
+    if ocsp_validity_secs > responder_validity_secs / 3 {
+        return cfg_err(
+            "http.ocsp_validity_secs",
+            format!(
+                "{ocsp_validity_secs} is more than a third of http.responder_validity_secs ({responder_validity_secs}): lower it to at most {} or raise http.responder_validity_secs to at least {}",
+                responder_validity_secs / 3,
+                u64::from(ocsp_validity_secs) * 3
+            ),
+        );
+    }
+    let ocsp_max_age_secs = raw.http.ocsp_max_age_secs.unwrap_or(300);
+    if ocsp_max_age_secs > 86_400 {
+        return cfg_err(
+            "http.ocsp_max_age_secs",
+            "must be 0 to 86400 (1 day): HTTP caches keep an answer that long after a revocation",
+        );
+    }
+    let ocsp_sign_rate = raw.http.ocsp_sign_rate.unwrap_or(100);
+    if !(1..=100_000).contains(&ocsp_sign_rate) {
+        return cfg_err(
+            "http.ocsp_sign_rate",
+            "must be 1 to 100000 (OCSP answers signed on demand per second)",
+        );
+    }
     let http = HttpConfig {
         enabled,
         listen,
         publish_dir: raw.http.publish_dir,
         responder_validity_secs,
         ocsp_validity_secs,
+        ocsp_max_age_secs,
+        ocsp_sign_rate,
     };
     let crl = CrlConfig {
         validity_secs: bounded(

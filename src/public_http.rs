@@ -9,8 +9,12 @@
 //! - OCSP answers are always `application/ocsp-response`, errors included
 //!   (an unsigned OCSPResponse with the error status), never HTML or JSON.
 //!   Successful GET answers carry the RFC 5019 caching headers
-//!   (`Cache-Control`, `Expires`, `Last-Modified`, `ETag`) and honour
-//!   `If-None-Match` with 304. Single-CertID requests without nonce are
+//!   (`Cache-Control` with max-age at most `http.ocsp_max_age_secs` and
+//!   never past nextUpdate, `Expires`, `Last-Modified`, `ETag`) and honour
+//!   `If-None-Match` with 304. Error statuses, answers with a nonce and
+//!   `unknown` answers carry `Cache-Control: no-store`. `HEAD` works
+//!   wherever `GET` does; a 405 names the methods allowed in `Allow`.
+//!   `/ocsp/{issuer}/` (an AIA URL ending in `/`) works like `/ocsp/{issuer}`. Single-CertID requests without nonce are
 //!   answered from the pre-signed cache (see `daemon::revocation`), so the
 //!   same request gets the same bytes until the status or the answer's
 //!   half-life changes.
@@ -22,12 +26,20 @@
 //! - Anything else: 404, plain text.
 //!
 //! Connections: a header read timeout (also closes idle keep-alive
-//! connections), keep-alive, and at most [`MAX_CONNECTIONS`] at once (a
-//! further connection is closed at once). No handler panics: every failure
-//! becomes an answer.
+//! connections), keep-alive, a write that makes no progress for
+//! [`WRITE_TIMEOUT`] closes the connection (a client that pipelines requests
+//! and never reads the answers), at most [`MAX_REQUESTS_PER_CONNECTION`]
+//! requests and [`MAX_CONNECTION_LIFETIME`] per connection, and at most
+//! [`MAX_CONNECTIONS`] at once: when all are taken, the idle keep-alive
+//! connections are closed to make room, and a new connection waits up to
+//! [`SLOT_WAIT`] for a slot before it is closed. No handler panics: every
+//! failure becomes an answer.
 
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,8 +49,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::daemon::{Daemon, OCSP_MALFORMED, OcspAnswer, now_ms, ocsp_error_der};
@@ -52,6 +65,20 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time one request may take (signing included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A write to a client that makes no progress for this long closes the
+/// connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests served on one connection; the last answer says
+/// `Connection: close`.
+pub const MAX_REQUESTS_PER_CONNECTION: u32 = 100_000;
+/// Longest life of one connection: after it, the request in progress is
+/// answered and the connection closed.
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a new connection waits for a slot while idle connections are
+/// being closed to make room.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// New connections waiting for a slot at once; more are closed at once.
+const SLOT_WAITERS: usize = 64;
 
 const OCSP_RESPONSE: &str = "application/ocsp-response";
 
@@ -63,6 +90,10 @@ pub const CRL_MAX_AGE: i64 = 300;
 /// Serves `listener` until `shutdown` completes.
 pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Future) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiters = Arc::new(Semaphore::new(SLOT_WAITERS));
+    // Told when every slot is taken: idle keep-alive connections close.
+    let shed = Arc::new(Notify::new());
+    let mut last_shed: Option<std::time::Instant> = None;
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -71,15 +102,36 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let daemon = Arc::clone(&daemon);
+                    let shed_rx = Arc::clone(&shed);
+                    if let Ok(permit) = slots.clone().try_acquire_owned() {
+                        tasks.spawn(async move {
+                            let _permit = permit;
+                            connection(daemon, stream, &shed_rx).await;
+                        });
+                        continue;
+                    }
+                    // At most once per SLOT_WAIT: the connections opened
+                    // since are given their chance.
+                    if last_shed.is_none_or(|t| t.elapsed() >= SLOT_WAIT) {
+                        last_shed = Some(std::time::Instant::now());
+                        shed.notify_waiters();
+                    }
+                    let Ok(waiting) = waiters.clone().try_acquire_owned() else {
                         tracing::warn!(max = MAX_CONNECTIONS, "public HTTP: connection limit reached");
                         drop(stream);
                         continue;
                     };
-                    let daemon = Arc::clone(&daemon);
+                    let slots = Arc::clone(&slots);
                     tasks.spawn(async move {
+                        let permit = tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await;
+                        drop(waiting);
+                        let Ok(Ok(permit)) = permit else {
+                            tracing::warn!(max = MAX_CONNECTIONS, "public HTTP: connection limit reached");
+                            return;
+                        };
                         let _permit = permit;
-                        connection(daemon, stream).await;
+                        connection(daemon, stream, &shed_rx).await;
                     });
                 }
                 Err(e) => {
@@ -92,14 +144,127 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
     tasks.abort_all();
 }
 
-async fn connection(daemon: Arc<Daemon>, stream: tokio::net::TcpStream) {
+/// A client socket whose writes must make progress: a write that makes none
+/// for [`WRITE_TIMEOUT`] fails (and hyper closes the connection). The timer
+/// is armed only when a write would block, so an answer written at once
+/// costs nothing more; it is allocated once per connection, at its first
+/// blocked write.
+struct Guarded {
+    io: tokio::net::TcpStream,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
+}
+
+impl Guarded {
+    fn new(io: tokio::net::TcpStream) -> Guarded {
+        Guarded {
+            io,
+            stall: None,
+            stalled: false,
+        }
+    }
+
+    /// After a write returned `Pending`: arms the timer on the first one,
+    /// and fails once it has run out.
+    fn poll_stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        if !self.stalled {
+            self.stalled = true;
+            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+            match &mut self.stall {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.stall.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the write timeout",
+            ))),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => self.poll_stall(cx),
+            ready => {
+                self.stalled = false;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.progress(cx, r)
+    }
+}
+
+async fn connection(daemon: Arc<Daemon>, stream: tokio::net::TcpStream, shed: &Notify) {
+    let served = Cell::new(0u32);
+    // Read once per connection, not per request.
+    let max_age_cap = i64::from(daemon.config().http.ocsp_max_age_secs);
     let svc = service_fn(move |req| {
         let daemon = Arc::clone(&daemon);
+        let n = served.get().saturating_add(1);
+        served.set(n);
         async move {
-            let r = match tokio::time::timeout(REQUEST_TIMEOUT, handle(&daemon, req)).await {
+            let handled = handle(&daemon, req, max_age_cap);
+            let mut r = match tokio::time::timeout(REQUEST_TIMEOUT, handled).await {
                 Ok(r) => r,
-                Err(_) => ocsp_response(ocsp_error_der(crate::daemon::OCSP_TRY_LATER)),
+                Err(_) => ocsp_error(crate::daemon::OCSP_TRY_LATER),
             };
+            if n >= MAX_REQUESTS_PER_CONNECTION {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(r)
         }
     });
@@ -117,7 +282,25 @@ async fn connection(daemon: Arc<Daemon>, stream: tokio::net::TcpStream) {
         .keep_alive(true)
         .half_close(true)
         .max_buf_size(64 * 1024);
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(Guarded::new(stream)), svc);
+    let mut conn = std::pin::pin!(conn);
+    let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
+    let mut lifetime = std::pin::pin!(lifetime);
+    let mut shed = std::pin::pin!(shed.notified());
+    // Either way the connection ends gracefully: the request in progress
+    // is answered (within the write timeout), an idle one closes at once.
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = &mut lifetime => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = &mut shed => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
         tracing::debug!(error = %e, "public HTTP connection ended");
     }
 }
@@ -141,7 +324,28 @@ fn ocsp_response(der: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> {
+/// `Cache-Control: no-store`: an answer no HTTP cache may keep (an unsigned
+/// error, an answer with a nonce, `unknown`).
+fn no_store(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The unsigned OCSPResponse with error `status`, never cached.
+fn ocsp_error(status: u8) -> Response<Body> {
+    no_store(ocsp_response(ocsp_error_der(status)))
+}
+
+/// 405 naming the methods `allow`ed.
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>, max_age_cap: i64) -> Response<Body> {
     // The head is borrowed, never copied: this runs once per OCSP request.
     let (head, body) = req.into_parts();
     let path = head.uri.path();
@@ -150,15 +354,17 @@ async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> 
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
     let method = &head.method;
+    // hyper sends no body in an answer to HEAD (the headers stay as GET's).
+    let get = method == Method::GET || method == Method::HEAD;
     if let Some(rest) = path.strip_prefix("/ca/") {
-        if method != Method::GET && method != Method::HEAD {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        if !get {
+            return not_allowed("GET, HEAD");
         }
         return ca_certificate(daemon, rest);
     }
     if let Some(rest) = path.strip_prefix("/crl/") {
-        if method != Method::GET && method != Method::HEAD {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        if !get {
+            return not_allowed("GET, HEAD");
         }
         return crl(daemon, rest, if_none_match);
     }
@@ -169,33 +375,40 @@ async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> 
     } else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
-    match *method {
-        Method::POST => {
-            let issuer = match rest {
-                "" => None,
-                s if s.contains('/') => return plain(StatusCode::NOT_FOUND, "not found\n"),
-                s => Some(s),
-            };
-            let body = match Limited::new(body, MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return ocsp_response(ocsp_error_der(OCSP_MALFORMED)),
-            };
-            let answer = daemon.ocsp(&body, issuer).await;
-            ocsp_response(answer.der)
+    if get {
+        // An AIA URL ending in `/` gives `/ocsp//{base64}` or
+        // `/ocsp/{issuer}//{base64}`; a DER request's base64 never starts
+        // with `/` (it starts with `M`), so one empty segment is dropped.
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return ocsp_error(OCSP_MALFORMED);
         }
-        Method::GET => {
-            if rest.is_empty() {
-                return ocsp_response(ocsp_error_der(OCSP_MALFORMED));
-            }
-            let (issuer, segment) = split_issuer(daemon, rest);
-            let der = match crate::ocsp::decode_get_path(segment) {
-                Ok(d) => d,
-                Err(e) => return ocsp_response(ocsp_error_der(e.answer().code())),
-            };
-            let answer = daemon.ocsp(&der, issuer).await;
-            cached_get(answer, if_none_match)
-        }
-        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        let (issuer, segment) = split_issuer(daemon, rest);
+        let der = match crate::ocsp::decode_get_path(segment) {
+            Ok(d) => d,
+            Err(e) => return ocsp_error(e.answer().code()),
+        };
+        let answer = daemon.ocsp(&der, issuer).await;
+        return cached_get(answer, if_none_match, max_age_cap);
+    }
+    if method != Method::POST {
+        return not_allowed("GET, HEAD, POST");
+    }
+    // `/ocsp/{issuer}/` as `/ocsp/{issuer}`.
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let issuer = match rest {
+        "" => None,
+        s if s.contains('/') => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        s => Some(s),
+    };
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return ocsp_error(OCSP_MALFORMED),
+    };
+    let answer = daemon.ocsp(&body, issuer).await;
+    match answer.caching {
+        Some(_) => ocsp_response(answer.der),
+        None => no_store(ocsp_response(answer.der)),
     }
 }
 
@@ -205,17 +418,24 @@ fn split_issuer<'a>(daemon: &Daemon, rest: &'a str) -> (Option<&'a str>, &'a str
         && !tail.is_empty()
         && daemon.holds_ca(first)
     {
+        let tail = match tail.strip_prefix('/') {
+            Some(t) if !t.is_empty() => t,
+            _ => tail,
+        };
         return (Some(first), tail);
     }
     (None, rest)
 }
 
-fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>) -> Response<Body> {
+/// A GET answer: the caching headers of a signed answer that may be
+/// cached (max-age at most `max_age_cap`, never past nextUpdate), or
+/// `no-store` (an error, a nonce, `unknown`: no caching headers made).
+fn cached_get(answer: OcspAnswer, if_none_match: Option<&str>, max_age_cap: i64) -> Response<Body> {
     let Some(caching) = answer.caching else {
-        return ocsp_response(answer.der);
+        return no_store(ocsp_response(answer.der));
     };
     let now = now_ms() / 1000;
-    let max_age = (caching.next_update - now).max(0);
+    let max_age = (caching.next_update - now).clamp(0, max_age_cap);
     cacheable(ocsp_response(answer.der), &caching, if_none_match, max_age)
 }
 

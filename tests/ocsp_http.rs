@@ -344,6 +344,18 @@ fn out_of_range_ocsp_settings_exit_64_and_name_the_key() {
             "http.responder_validity_secs",
         ),
         ("[http]\nocsp_validity_secs = 10", "http.ocsp_validity_secs"),
+        (
+            "[http]\nresponder_validity_secs = 300\nocsp_validity_secs = 600",
+            "http.ocsp_validity_secs",
+        ),
+        (
+            "[http]\nresponder_validity_secs = 299\nocsp_validity_secs = 100",
+            "http.ocsp_validity_secs",
+        ),
+        (
+            "[http]\nocsp_max_age_secs = 86401",
+            "http.ocsp_max_age_secs",
+        ),
         ("[crl]\nvalidity_secs = 299", "crl.validity_secs"),
         ("[crl]\ncoalesce_ms = 60001", "crl.coalesce_ms"),
         ("[crl]\nvalidity = 3600", "crl.validity_secs"),
@@ -360,4 +372,481 @@ fn out_of_range_ocsp_settings_exit_64_and_name_the_key() {
         assert_eq!(out.code, Some(64), "{out}");
         assert!(out.stderr.contains(key), "{out}");
     }
+}
+
+/// The headers of `curl -D` as lower-case text (for one answer).
+fn headers_of(dir: &std::path::Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap()
+        .to_ascii_lowercase()
+}
+
+/// The max-age of a `cache-control` header in `headers`.
+fn max_age(headers: &str) -> Option<i64> {
+    let line = headers.lines().find(|l| l.starts_with("cache-control:"))?;
+    let v = line.split("max-age=").nth(1)?;
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The standard base64 of a DER request file, percent-encoded for a URL.
+fn url_encoded(dir: &std::path::Path, file: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join(file)).unwrap())
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`):
+/// everything castellan sent.
+fn raw_http(port: u16, request: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn http_caching_head_allow_and_lenient_paths() {
+    let (a, port) = public_appliance("", "");
+    let dir = a.dir.path();
+    let url = format!("http://127.0.0.1:{port}/ocsp");
+    let serial = issue(&a, "leaf");
+    // The pre-signed answer: the same bytes for GET and HEAD below.
+    common::eventually("leaf's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+        dir,
+    );
+    let enc = url_encoded(dir, "req.der");
+
+    // A signed good answer: max-age capped by http.ocsp_max_age_secs
+    // (300 by default) although nextUpdate is some 10 minutes away.
+    let get_url = format!("{url}/issuing/{enc}");
+    curl(&["-D", "h-good.txt", "-o", "good.der", &get_url], dir);
+    let h = headers_of(dir, "h-good.txt");
+    let age = max_age(&h).unwrap_or_else(|| panic!("no max-age: {h}"));
+    assert!((1..=300).contains(&age), "max-age {age} over the cap: {h}");
+    assert!(h.contains("public"), "{h}");
+
+    // HEAD: the same headers, no body.
+    let head = raw_http(
+        port,
+        &format!("HEAD /ocsp/issuing/{enc} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let end = text.find("\r\n\r\n").expect("a complete head") + 4;
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert_eq!(end, head.len(), "HEAD answered with a body: {text}");
+    assert!(
+        text.contains("content-type: application/ocsp-response"),
+        "{text}"
+    );
+    assert!(text.contains("etag:"), "{text}");
+    let good_len = std::fs::metadata(dir.join("good.der")).unwrap().len();
+    assert!(
+        text.contains(&format!("content-length: {good_len}")),
+        "{text}"
+    );
+    for path in ["/crl/issuing.crl", "/ca/issuing.crt"] {
+        let code = |m: &str| {
+            curl(
+                &[
+                    "-s",
+                    "-X",
+                    m,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                    &format!("http://127.0.0.1:{port}{path}"),
+                ],
+                dir,
+            )
+            .stdout
+            .trim()
+            .to_string()
+        };
+        // The first CRL is published in the background.
+        common::eventually(&format!("GET {path} to answer"), || {
+            (code("GET") == "200").then_some(())
+        });
+        let out = curl(
+            &[
+                "-s",
+                "-I",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ],
+            dir,
+        );
+        assert_eq!(out.stdout.trim(), "200", "HEAD {path}");
+    }
+
+    // 405 says what is allowed.
+    for (path, allow) in [
+        (format!("/ocsp/issuing/{enc}"), "get, head, post"),
+        ("/ocsp".to_string(), "get, head, post"),
+        ("/crl/issuing.crl".to_string(), "get, head"),
+        ("/ca/issuing.crt".to_string(), "get, head"),
+    ] {
+        curl(
+            &[
+                "-s",
+                "-X",
+                "PUT",
+                "-D",
+                "h-405.txt",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ],
+            dir,
+        );
+        let h = headers_of(dir, "h-405.txt");
+        assert!(h.starts_with("http/1.1 405"), "PUT {path}: {h}");
+        assert!(
+            h.contains(&format!("allow: {allow}\r\n")),
+            "PUT {path}: {h}"
+        );
+    }
+
+    // Never kept by an HTTP cache: unsigned errors, nonces, `unknown`.
+    curl(
+        &[
+            "-s",
+            "-D",
+            "h-bad.txt",
+            "-o",
+            "bad.der",
+            &format!("{url}/issuing/%21%21"),
+        ],
+        dir,
+    );
+    let h = headers_of(dir, "h-bad.txt");
+    assert_eq!(
+        std::fs::read(dir.join("bad.der")).unwrap(),
+        [0x30, 0x03, 0x0a, 0x01, 0x01]
+    );
+    assert!(
+        h.contains("cache-control: no-store"),
+        "malformedRequest: {h}"
+    );
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            "0x1234",
+            "-no_nonce",
+            "-reqout",
+            "unknown.der",
+        ],
+        dir,
+    );
+    curl(
+        &[
+            "-D",
+            "h-unknown.txt",
+            "-o",
+            "unknown-resp.der",
+            &format!("{url}/issuing/{}", url_encoded(dir, "unknown.der")),
+        ],
+        dir,
+    );
+    let t = openssl(
+        &[
+            "ocsp",
+            "-respin",
+            "unknown-resp.der",
+            "-resp_text",
+            "-noverify",
+        ],
+        dir,
+    );
+    assert!(t.contains("Cert Status: unknown"), "{t}");
+    let h = headers_of(dir, "h-unknown.txt");
+    assert!(h.contains("cache-control: no-store"), "unknown: {h}");
+    assert!(max_age(&h).is_none(), "unknown: {h}");
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-reqout",
+            "nonce.der",
+        ],
+        dir,
+    );
+    curl(
+        &[
+            "-D",
+            "h-nonce.txt",
+            "-o",
+            "nonce-resp.der",
+            "-H",
+            "Content-Type: application/ocsp-request",
+            "--data-binary",
+            "@nonce.der",
+            &url,
+        ],
+        dir,
+    );
+    let h = headers_of(dir, "h-nonce.txt");
+    assert!(h.contains("cache-control: no-store"), "nonce: {h}");
+    curl(
+        &[
+            "-D",
+            "h-nonce-get.txt",
+            "-o",
+            "nonce-get.der",
+            &format!("{url}/{}", url_encoded(dir, "nonce.der")),
+        ],
+        dir,
+    );
+    let h = headers_of(dir, "h-nonce-get.txt");
+    assert!(h.contains("cache-control: no-store"), "nonce over GET: {h}");
+
+    // An AIA URL ending in `/`, and POST to `/ocsp/{issuer}/`.
+    for get in [format!("{url}/issuing//{enc}"), format!("{url}//{enc}")] {
+        curl(&["--path-as-is", "-o", "slash.der", &get], dir);
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "slash.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "leaf.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(t.contains("leaf.pem: good"), "GET {get}: {t}");
+    }
+    let t = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-url",
+            &format!("{url}/issuing/"),
+            "-CAfile",
+            "chain.pem",
+        ],
+        dir,
+    );
+    assert!(t.contains("leaf.pem: good"), "POST /ocsp/issuing/: {t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+}
+
+/// `Mon DD HH:MM:SS YYYY GMT` (as openssl prints times) as a sortable tuple.
+fn openssl_time(text: &str, label: &str) -> (u32, u32, u32, String) {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label} in {text}"));
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == parts[0]).unwrap() as u32;
+    let day: u32 = parts[1].parse().unwrap();
+    let year: u32 = parts[3].parse().unwrap();
+    (year, month, day, parts[2].to_string())
+}
+
+#[test]
+fn revoked_answers_omit_unspecified_and_start_at_the_revocation() {
+    let (a, port) = public_appliance("", "");
+    let dir = a.dir.path();
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    let u = issue(&a, "u");
+    let k = issue(&a, "k");
+    a.ctl(&["revoke", &u, "--reason", "unspecified"]).ok();
+    a.ctl(&["revoke", &k, "--reason", "keyCompromise"]).ok();
+    for (cert, reason) in [("u.pem", None), ("k.pem", Some("keyCompromise"))] {
+        for nonce in [true, false] {
+            let mut args = vec![
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                cert,
+                "-url",
+                &url,
+            ];
+            args.extend(["-CAfile", "chain.pem", "-resp_text"]);
+            if !nonce {
+                args.push("-no_nonce");
+            }
+            let t = openssl(&args, dir);
+            assert!(t.contains(&format!("{cert}: revoked")), "{t}");
+            assert!(t.contains("Response verify OK"), "{t}");
+            match reason {
+                None => assert!(
+                    !t.contains("Reason"),
+                    "unspecified (0) is sent although RFC 5280 says to omit it: {t}"
+                ),
+                Some(r) => assert!(t.contains(&format!("Reason: {r}")), "{t}"),
+            }
+            let revoked = openssl_time(&t, "Revocation Time:");
+            let this_update = openssl_time(&t, "This Update:");
+            assert!(
+                this_update >= revoked,
+                "thisUpdate {this_update:?} before the revocation {revoked:?}: {t}"
+            );
+            assert!(t.contains("Next Update:"), "{t}");
+        }
+    }
+}
+
+#[test]
+fn on_demand_signing_is_bounded_and_unknown_answers_are_kept() {
+    let (a, port) = public_appliance("ocsp_sign_rate = 1\n", "");
+    let dir = a.dir.path();
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    for tag in ["leaf", "leaf2"] {
+        let serial = issue(&a, tag);
+        common::eventually(&format!("{tag}'s answer to be pre-signed"), || {
+            let v = a.ctl(&["cert", "show", &serial]).ok().json();
+            v["ocsp"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("good (pre-signed"))
+                .then_some(())
+        });
+    }
+
+    // A serial never issued: signed once, then the same answer.
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            "0x4321",
+            "-no_nonce",
+            "-reqout",
+            "unknown.der",
+        ],
+        dir,
+    );
+    let get = format!("{url}/{}", url_encoded(dir, "unknown.der"));
+    curl(&["-o", "unknown-1.der", &get], dir);
+    curl(&["-o", "unknown-2.der", &get], dir);
+    let first = std::fs::read(dir.join("unknown-1.der")).unwrap();
+    let t = openssl(
+        &[
+            "ocsp",
+            "-respin",
+            "unknown-1.der",
+            "-resp_text",
+            "-noverify",
+        ],
+        dir,
+    );
+    assert!(t.contains("Cert Status: unknown"), "{t}");
+    assert!(
+        first == std::fs::read(dir.join("unknown-2.der")).unwrap(),
+        "a repeated unknown request was signed again"
+    );
+
+    // Requests with a nonce (openssl's default): about one signature per
+    // second; the others get the pre-signed answer, without the nonce.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let start = std::time::Instant::now();
+    let mut echoed = 0u64;
+    for _ in 0..10 {
+        let t = openssl(
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "leaf.pem",
+                "-url",
+                &url,
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(t.contains("leaf.pem: good"), "{t}");
+        assert!(t.contains("Response verify OK"), "{t}");
+        if !t.contains("WARNING: no nonce in response") {
+            echoed += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs();
+    assert!(
+        echoed <= 2 + secs,
+        "{echoed} answers signed with their nonce in {secs} s at ocsp_sign_rate = 1"
+    );
+
+    // Two CertIDs are never pre-signed: tryLater once the rate is spent.
+    let mut try_later = 0;
+    for _ in 0..5 {
+        let out = run(
+            Command::new("openssl")
+                .args([
+                    "ocsp",
+                    "-issuer",
+                    "issuing.pem",
+                    "-cert",
+                    "leaf.pem",
+                    "-cert",
+                    "leaf2.pem",
+                    "-no_nonce",
+                    "-url",
+                    &url,
+                    "-CAfile",
+                    "chain.pem",
+                ])
+                .current_dir(dir),
+            WAIT,
+        );
+        let t = format!("{}\n{}", out.stdout, out.stderr).to_lowercase();
+        if t.contains("trylater") {
+            try_later += 1;
+        } else {
+            assert!(
+                t.contains("leaf.pem: good") && t.contains("leaf2.pem: good"),
+                "{t}"
+            );
+        }
+    }
+    assert!(
+        try_later >= 3,
+        "only {try_later} of 5 over the rate got tryLater"
+    );
 }

@@ -848,3 +848,144 @@ fn idle_connections_slowloris_and_garbage_do_not_stop_a_good_client() {
     assert!(a.daemon_running(), "castellan exited under the abuse");
     good_round(&dir, &url, &get_url, "after").expect("the good client after the abuse");
 }
+
+/// A client that pipelines requests and never reads the answers: castellan
+/// stops writing to it when its writes make no progress and closes the
+/// connection, while a good client is served meanwhile.
+#[test]
+fn a_pipelining_client_that_never_reads_is_disconnected_while_good_clients_are_served() {
+    let (a, addr) = appliance();
+    let dir = a.dir.path().to_path_buf();
+    let url = format!("http://{addr}/ocsp");
+    tool(
+        "openssl",
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-no_nonce",
+            "-reqout",
+            "req.der",
+        ],
+        &dir,
+    )
+    .expect("openssl ocsp -reqout");
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("req.der")).expect("req.der"));
+    let get_url = format!(
+        "{url}/{}",
+        b64.replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    );
+
+    // How long one answer is.
+    let one = b"GET /ca/issuing.crt HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (answer, _) = exchange(
+        addr,
+        b"GET /ca/issuing.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("one answer");
+    let answer_len = answer.len() as u64;
+
+    // Pipeline until the socket blocks: castellan's answers fill every
+    // buffer between it and this client.
+    let mut stuck = TcpStream::connect(addr).expect("connecting");
+    stuck
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("write timeout");
+    let mut sent = 0u64;
+    for _ in 0..200_000 {
+        match stuck.write_all(one) {
+            Ok(()) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    println!("{sent} requests pipelined before the socket blocked");
+
+    // Good clients are served meanwhile, past castellan's write timeout.
+    let start = Instant::now();
+    let mut round = 0;
+    while start.elapsed() < castellan::public_http::WRITE_TIMEOUT + Duration::from_secs(5) {
+        good_round(&dir, &url, &get_url, &format!("stall{round}"))
+            .expect("the good client while a connection stalls");
+        round += 1;
+    }
+
+    // Reading now: what was in the buffers, then the end of the
+    // connection — not the answers to every request pipelined.
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ended = loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        match stuck.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        ended,
+        "the connection that never read is still open ({got} octets read)"
+    );
+    assert!(
+        got < sent * answer_len / 2,
+        "castellan answered every pipelined request ({got} octets for {sent} requests): the stalled connection was kept"
+    );
+    drop(a);
+}
+
+/// Every connection slot taken by connections that send nothing: a new
+/// client is still served (the idle connections are closed to make room),
+/// well before the header timeout would have closed them.
+#[test]
+fn when_every_slot_is_taken_idle_connections_make_room_for_a_new_client() {
+    let (a, addr) = appliance();
+    let dir = a.dir.path().to_path_buf();
+    let max = castellan::public_http::MAX_CONNECTIONS;
+    let opened = Instant::now();
+    let idle: Vec<TcpStream> = (0..max)
+        .map(|i| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    // Every one accepted (castellan accepts in order; this one waits in
+    // the queue behind them).
+    std::thread::sleep(Duration::from_millis(500));
+    let code = tool(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}/ca/issuing.crt"),
+        ],
+        &dir,
+    );
+    let waited = opened.elapsed();
+    assert!(
+        waited < castellan::public_http::HEADER_TIMEOUT,
+        "took {waited:?}: the header timeout may have freed the slots instead"
+    );
+    match code {
+        Ok(c) => assert_eq!(c.trim(), "200", "the new client: HTTP {c}"),
+        Err(e) => panic!("the new client was not served with every slot taken: {e}"),
+    }
+    drop(idle);
+}

@@ -9,11 +9,12 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
 use common::{
-    Appliance, WAIT, curl, eventually, free_port, issue, openssl, openssl_exit, public_appliance,
-    run, wait_http,
+    Appliance, WAIT, curl, eventually, eventually_within, free_port, issue, openssl, openssl_exit,
+    public_appliance, public_appliance_with, run, wait_http,
 };
 use serde_json::Value;
 
@@ -307,7 +308,7 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx(work: &Path, root: &Path, port: u16) -> Nginx {
+fn start_nginx(work: &Path, root: &Path, port: u16, castellan_port: u16) -> Nginx {
     let site = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/nginx/castellan-revocation.conf"),
     )
@@ -316,7 +317,8 @@ fn start_nginx(work: &Path, root: &Path, port: u16) -> Nginx {
     let site = site
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
         .replace("listen [::]:80;", "")
-        .replace("/var/lib/castellan/publish", root.to_str().unwrap());
+        .replace("/var/lib/castellan/publish", root.to_str().unwrap())
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{castellan_port}"));
     std::fs::write(work.join("site.conf"), site).unwrap();
     std::fs::write(
         work.join("nginx.conf"),
@@ -404,7 +406,7 @@ fn the_publish_directory_holds_what_the_listener_serves_and_nginx_serves_it_to_o
     // nginx with the shipped site config serves the same files.
     let nginx_port = free_port();
     let work = tempfile::tempdir().unwrap();
-    let _nginx = start_nginx(work.path(), root, nginx_port);
+    let _nginx = start_nginx(work.path(), root, nginx_port, port);
     for (cert, status) in [("kept.pem", "good"), ("gone.pem", "revoked")] {
         let enc = get_path(dir, cert);
         curl(
@@ -561,7 +563,9 @@ fn a_burst_of_revocations_gives_few_crls_and_the_last_lists_them_all() {
 
 #[test]
 fn the_responder_rotates_on_its_own_and_ocsp_keeps_verifying() {
-    let (a, port) = public_appliance("responder_validity_secs = 30\n", "");
+    // The shortest responder life the answers' validity allows (three
+    // times the shortest ocsp_validity_secs).
+    let (a, port) = public_appliance_with(60, "responder_validity_secs = 180\n", "");
     let dir = a.dir.path().to_path_buf();
     let dir = dir.as_path();
     issue(&a, "leaf");
@@ -588,10 +592,12 @@ fn the_responder_rotates_on_its_own_and_ocsp_keeps_verifying() {
             .count()
     };
     let initial = rotations(&a);
-    // A third of 30 s left: the daemon rotates by itself, nobody asks.
-    eventually("the issuing responder to rotate", || {
-        (rotations(&a) > initial).then_some(())
-    });
+    // A third of 180 s left: the daemon rotates by itself, nobody asks.
+    eventually_within(
+        "the issuing responder to rotate",
+        Duration::from_secs(240),
+        || (rotations(&a) > initial).then_some(()),
+    );
     // The pre-signed answer is re-signed by the new responder.
     let t = eventually("an answer from the new responder", || {
         let t = ocsp_text(dir, port, "leaf.pem");
@@ -682,4 +688,232 @@ fn with_the_signer_down_cached_answers_are_served_and_a_revoked_certificate_is_n
         t.contains("goes.pem: revoked").then_some(t)
     });
     assert!(t.contains("Response verify OK"), "{t}");
+}
+
+/// The standard base64 of the DER request for `cert` (one SHA-1 CertID, no
+/// nonce): the name of its published answer below `ocsp/issuing/`.
+fn published_name(dir: &Path, cert: &str) -> String {
+    openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            cert,
+            "-no_nonce",
+            "-reqout",
+            "published-req.der",
+        ],
+        dir,
+    );
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join("published-req.der")).unwrap())
+}
+
+#[test]
+fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publish_directory() {
+    let publish = tempfile::tempdir().unwrap();
+    let (mut a, port) = public_appliance(
+        &format!("publish_dir = \"{}\"\n", publish.path().display()),
+        "",
+    );
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let goes = issue(&a, "goes");
+    eventually("goes's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &goes]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let file = publish
+        .path()
+        .join("ocsp/issuing")
+        .join(published_name(dir, "goes.pem"));
+    eventually("goes's answer to be published", || {
+        file.exists().then_some(())
+    });
+    let nginx_port = free_port();
+    let work = tempfile::tempdir().unwrap();
+    let _nginx = start_nginx(work.path(), publish.path(), nginx_port, port);
+
+    a.kill_signer();
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let said = v["ocsp"].as_str().unwrap();
+    assert!(said.starts_with("not yet signed"), "{v}");
+    assert!(
+        said.contains("the publish directory holds no answer for it"),
+        "{v}"
+    );
+    // Acknowledged: the published `good` is gone already, not later.
+    assert!(
+        !file.exists(),
+        "the publish directory still holds goes's answer after the revoke was acknowledged: {}",
+        openssl(
+            &[
+                "ocsp",
+                "-respin",
+                file.to_str().unwrap(),
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir
+        )
+    );
+    // nginx passes what it does not hold to castellan: tryLater, never good.
+    let t = openssl_exit(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "goes.pem",
+            "-no_nonce",
+            "-url",
+            &format!("http://127.0.0.1:{nginx_port}/ocsp/issuing"),
+        ],
+        dir,
+        1,
+    );
+    assert!(t.to_lowercase().contains("trylater"), "{t}");
+    assert!(!t.contains("goes.pem: good"), "{t}");
+
+    // The signer is back: the revoked answer is signed and published.
+    a.start_signer();
+    eventually("the revoked answer to be published", || {
+        if let Some(status) = a.signer_exited() {
+            panic!("castellan-signer ended: {status:?}");
+        }
+        std::fs::copy(&file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(!t.contains("goes.pem: good"), "{t}");
+        t.contains("goes.pem: revoked").then_some(())
+    });
+    let t = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "goes.pem",
+            "-no_nonce",
+            "-url",
+            &format!("http://127.0.0.1:{nginx_port}/ocsp/issuing"),
+            "-CAfile",
+            "chain.pem",
+        ],
+        dir,
+    );
+    assert!(t.contains("goes.pem: revoked"), "{t}");
+    assert!(t.contains("Response verify OK"), "{t}");
+}
+
+#[test]
+fn answers_are_re_signed_at_their_half_life_not_on_every_tick() {
+    // Answers valid 100 s, a responder living 300 s (rotated with 100 s
+    // left): an answer is re-signed some 40 s after it was signed.
+    let (a, _port) = public_appliance_with(100, "responder_validity_secs = 300\n", "");
+    let serial = issue(&a, "leaf");
+    eventually("leaf's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let v = a.ctl(&["cert", "show", &serial]).ok().json();
+        seen.insert(v["ocsp"].as_str().unwrap_or_default().to_string());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // Once at most in 20 s (the half-life may fall inside them).
+    assert!(
+        seen.len() <= 2,
+        "the answer was signed {} times in 20 s: {seen:?}",
+        seen.len()
+    );
+}
+
+#[test]
+fn a_publish_directory_that_cannot_be_written_is_said_in_the_revoke_and_caught_up() {
+    let publish = tempfile::tempdir().unwrap();
+    let (a, _port) = public_appliance(
+        &format!("publish_dir = \"{}\"\n", publish.path().display()),
+        "",
+    );
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let goes = issue(&a, "goes");
+    eventually("goes's answer to be pre-signed", || {
+        let v = a.ctl(&["cert", "show", &goes]).ok().json();
+        v["ocsp"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("good (pre-signed"))
+            .then_some(())
+    });
+    let file = publish
+        .path()
+        .join("ocsp/issuing")
+        .join(published_name(dir, "goes.pem"));
+    eventually("goes's answer to be published", || {
+        file.exists().then_some(())
+    });
+    // The answer's path made unwritable: a non-empty directory (root
+    // ignores permissions) that no rename can replace.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("blocker")).unwrap();
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let said = v["ocsp"].as_str().unwrap();
+    assert!(said.starts_with("revoked"), "{v}");
+    assert!(
+        said.contains("the publish directory could not be updated"),
+        "a failed publish is not said: {v}"
+    );
+    // Fixed: castellan catches up by itself.
+    std::fs::remove_dir_all(&file).unwrap();
+    eventually("the revoked answer to be published", || {
+        std::fs::copy(&file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        t.contains("goes.pem: revoked").then_some(())
+    });
 }

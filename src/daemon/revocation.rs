@@ -12,8 +12,12 @@
 //! `revoked` answers, and only then is acknowledged.
 //!
 //! Answers with a nonce, several CertIDs, or a CertID not cached are signed
-//! on demand (and single SHA-1/SHA-256 ones are kept). `unknown` answers are
-//! never kept: the serial could be issued a moment later.
+//! on demand (and single SHA-1/SHA-256 ones are kept, `unknown` ones too:
+//! an issuance drops the cached `unknown` of its serial, and an `unknown`
+//! read before an issuance is not kept). On-demand signing is bounded by
+//! `http.ocsp_sign_rate` signatures per second: over it, a request with a
+//! nonce gets the pre-signed answer without the nonce (RFC 5019; RFC 8954
+//! §2.1) and one the cache cannot answer gets tryLater.
 //!
 //! **CRLs.** One full CRL per CA (no IssuingDistributionPoint: NSS refuses a
 //! CRL that carries one and fails the whole chain). A revocation marks its
@@ -221,6 +225,16 @@ pub(crate) struct RevocationState {
     /// Serialises writes into the publish directory, so the file left is the
     /// one of the newest entry.
     publish_lock: Mutex<()>,
+    /// Published OCSP files whose write or removal failed: retried on every
+    /// OCSP tick until the publish directory holds the current entry.
+    unpublished: Mutex<Vec<(OcspKey, String)>>,
+    /// Counts issuances (and CA changes): an `unknown` status read before
+    /// one may be out of date and is not kept.
+    issued_epoch: std::sync::atomic::AtomicU64,
+    /// Cached `unknown` answers, as of the last OCSP tick.
+    unknowns: std::sync::atomic::AtomicUsize,
+    /// Tokens for on-demand signing ([`SignBucket`]).
+    sign_bucket: Mutex<SignBucket>,
     /// CRL files being written in the background; a stopping daemon waits
     /// for them ([`Daemon::finish_writes`]).
     writes: std::sync::atomic::AtomicUsize,
@@ -246,6 +260,13 @@ impl RevocationState {
             crl_wake: tokio::sync::Notify::new(),
             crl_lock: tokio::sync::Mutex::new(()),
             publish_lock: Mutex::new(()),
+            unpublished: Mutex::new(Vec::new()),
+            issued_epoch: std::sync::atomic::AtomicU64::new(0),
+            unknowns: std::sync::atomic::AtomicUsize::new(0),
+            sign_bucket: Mutex::new(SignBucket {
+                tokens: 0.0,
+                at: None,
+            }),
             writes: std::sync::atomic::AtomicUsize::new(0),
             warmed: std::sync::atomic::AtomicBool::new(false),
             cas_stale: std::sync::atomic::AtomicBool::new(true),
@@ -274,13 +295,60 @@ impl RevocationState {
     pub(crate) fn invalidate_cas(&self) {
         self.cas_stale
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A new CA certificate may be the serial of a cached `unknown`.
+        self.issued_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut map) = self.ocsp.write() {
+            map.retain(|_, e| e.status != Some(CertStatus::Unknown));
+        }
     }
 
     pub(crate) fn note_issued(&self, issuer: &str, serial: &[u8]) {
+        self.issued_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The serial's cached `unknown` (if someone asked before it was
+        // issued) goes now, not when the new answer is signed.
+        let m = magnitude(serial);
+        if let Ok(mut map) = self.ocsp.write() {
+            for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+                let key = OcspKey {
+                    issuer: issuer.to_string(),
+                    serial: m.clone(),
+                    hash,
+                };
+                if map
+                    .get(&key)
+                    .is_some_and(|e| e.status == Some(CertStatus::Unknown))
+                {
+                    map.remove(&key);
+                }
+            }
+        }
         if let Ok(mut p) = self.pending.lock() {
             p.push((issuer.to_string(), serial.to_vec()));
         }
         self.ocsp_wake.notify_one();
+    }
+
+    /// Takes one on-demand signature from the bucket of `rate` per second
+    /// (holding at most one second's worth); false when it is empty.
+    fn take_sign_token(&self, rate: u32) -> bool {
+        let Ok(mut b) = self.sign_bucket.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let rate = f64::from(rate);
+        b.tokens = match b.at {
+            None => rate,
+            Some(at) => (b.tokens + now.duration_since(at).as_secs_f64() * rate).min(rate),
+        };
+        b.at = Some(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn mark_crl_dirty(&self, issuer: &str) {
@@ -374,6 +442,7 @@ struct SignedAt {
     statuses: Vec<CertStatus>,
     log_pos: u64,
     responder_seq: u64,
+    epoch: u64,
 }
 
 impl From<SignedAt> for Signed {
@@ -387,6 +456,16 @@ impl From<SignedAt> for Signed {
     }
 }
 
+/// A token bucket for on-demand signatures.
+struct SignBucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+/// Most `unknown` answers kept in the cache (each came from a request for a
+/// serial castellan never issued; more are signed but not kept).
+const MAX_UNKNOWNS: usize = 100_000;
+
 /// Signing rounds for cache misses running at once per issuer.
 const MISS_ROUNDS: usize = 4;
 /// Most cache misses signed in one signer request.
@@ -398,6 +477,8 @@ struct Round {
     answers: Vec<Signed>,
     log_pos: u64,
     responder_seq: u64,
+    /// [`RevocationState::issued_epoch`] before the statuses were read.
+    epoch: u64,
 }
 
 /// The status of `serial` (a DER INTEGER magnitude) under `issuer`.
@@ -413,9 +494,11 @@ fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> CertStatus {
     });
     match record {
         Some(c) if c.issuer == issuer => match &c.revocation {
+            // `unspecified` is never sent: RFC 5280 §5.3.1 (the CRL omits
+            // it too).
             Some(r) => CertStatus::Revoked {
                 at: r.revoked_at,
-                reason: Some(r.reason),
+                reason: (r.reason != RevocationReason::Unspecified).then_some(r.reason),
             },
             None => CertStatus::Good,
         },
@@ -510,36 +593,6 @@ fn published_ocsp_path(keys: &CaKeys, serial: &[u8]) -> String {
 pub(crate) fn write_atomically(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
     let parent = write_renamed(dir, rel, bytes)?;
     std::fs::File::open(&parent)?.sync_all()
-}
-
-/// Writes every (path, bytes) of `items` below `dir` as
-/// [`write_atomically`] does, with one fsync per directory rather than per
-/// file. Returns the first error; the other files are still written.
-fn write_all_atomically<'a>(
-    dir: &Path,
-    items: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> std::io::Result<()> {
-    let mut parents = BTreeSet::new();
-    let mut first = Ok(());
-    for (rel, bytes) in items {
-        match write_renamed(dir, rel, bytes) {
-            Ok(p) => {
-                parents.insert(p);
-            }
-            Err(e) => {
-                if first.is_ok() {
-                    first = Err(std::io::Error::new(
-                        e.kind(),
-                        format!("{}: {e}", dir.join(rel).display()),
-                    ));
-                }
-            }
-        }
-    }
-    for p in parents {
-        std::fs::File::open(&p)?.sync_all()?;
-    }
-    first
 }
 
 /// Temporary file, fsync, rename; returns the directory to fsync.
@@ -778,6 +831,10 @@ impl Daemon {
     async fn sign_answers(&self, issuer: &str, requests: &[Template]) -> Result<Round, PoolError> {
         let mut rotated = false;
         loop {
+            let epoch = self
+                .rev
+                .issued_epoch
+                .load(std::sync::atomic::Ordering::SeqCst);
             let view = self
                 .store
                 .read()
@@ -785,8 +842,12 @@ impl Daemon {
             let log_pos = view.head().0;
             let responder = view.responder(issuer);
             let now = now_ms() / 1000;
-            let this_update = now - 60;
-            let mut next_update = this_update + i64::from(self.config().http.ocsp_validity_secs);
+            let validity = i64::from(self.config().http.ocsp_validity_secs);
+            // thisUpdate a little in the past for relying parties whose
+            // clocks are behind; at most a quarter of the validity, so that
+            // a short-lived answer is not past its half-life when signed.
+            let this_update = now - (validity / 4).min(60);
+            let mut next_update = this_update + validity;
             if let Some(r) = &responder
                 && r.not_after > now
             {
@@ -794,26 +855,44 @@ impl Daemon {
                 // verifies it.
                 next_update = next_update.min(r.not_after);
             }
+            // A revoked answer's thisUpdate is not before its revocation
+            // time (RFC 6960 §4.2.2.1); it stays before nextUpdate, as a
+            // revocation time is never after now.
+            let single_update = |status: &CertStatus| match status {
+                CertStatus::Revoked { at, .. } => this_update.max((*at).min(now)),
+                _ => this_update,
+            };
             let templates: Vec<OcspTemplate> = requests
                 .iter()
                 .map(|(singles, nonce)| OcspTemplate {
                     singles: singles
                         .iter()
-                        .map(|(serial, hash)| SingleStatus {
-                            hash: CertIdHash::from(*hash),
-                            serial: serial.clone(),
-                            status: cert_status(&view, issuer, serial),
-                            this_update,
-                            next_update: Some(next_update),
+                        .map(|(serial, hash)| {
+                            let status = cert_status(&view, issuer, serial);
+                            SingleStatus {
+                                hash: CertIdHash::from(*hash),
+                                serial: serial.clone(),
+                                this_update: single_update(&status),
+                                status,
+                                next_update: Some(next_update),
+                            }
                         })
                         .collect(),
                     nonce: nonce.clone(),
                 })
                 .collect();
             drop(view);
-            let statuses: Vec<Vec<CertStatus>> = templates
+            // Per answer: its statuses, and the earliest thisUpdate of its
+            // singles (the only one of a single-CertID answer).
+            let statuses: Vec<(Vec<CertStatus>, i64)> = templates
                 .iter()
-                .map(|t| t.singles.iter().map(|s| s.status).collect())
+                .map(|t| {
+                    let first = t.singles.iter().map(|s| s.this_update).min();
+                    (
+                        t.singles.iter().map(|s| s.status).collect(),
+                        first.unwrap_or(this_update),
+                    )
+                })
                 .collect();
             let batch = OcspBatch {
                 issuer: issuer.to_string(),
@@ -827,7 +906,7 @@ impl Daemon {
                         answers: responses
                             .into_iter()
                             .zip(statuses)
-                            .map(|(der, statuses)| Signed {
+                            .map(|(der, (statuses, this_update))| Signed {
                                 der,
                                 this_update,
                                 next_update,
@@ -836,6 +915,7 @@ impl Daemon {
                             .collect(),
                         log_pos,
                         responder_seq: responder.map_or(0, |r| r.seq),
+                        epoch,
                     });
                 }
                 Ok(_) => {
@@ -859,8 +939,15 @@ impl Daemon {
     }
 
     /// Keeps the single-CertID answers of a round in the cache (statuses
-    /// other than `unknown`) and publishes the SHA-1 ones.
-    async fn keep(&self, issuer: &str, keys: &[(Vec<u8>, HashAlg)], round: Round) {
+    /// other than `unknown`) and publishes the SHA-1 ones. An error says
+    /// which published files could not be written (they are retried on
+    /// every OCSP tick).
+    async fn keep(
+        &self,
+        issuer: &str,
+        keys: &[(Vec<u8>, HashAlg)],
+        round: Round,
+    ) -> Result<(), String> {
         let mut published = Vec::new();
         let index = self.ca_index(false);
         let ca = index.iter().find(|k| k.ca_id == issuer);
@@ -869,17 +956,34 @@ impl Daemon {
             let Some(status) = signed.statuses.first().copied() else {
                 continue;
             };
-            if status == CertStatus::Unknown {
+            let unknown = status == CertStatus::Unknown;
+            // An `unknown` is kept only if no issuance happened since its
+            // status was read, and while there are not too many.
+            if unknown
+                && (self
+                    .rev
+                    .issued_epoch
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != round.epoch
+                    || self.rev.unknowns.load(std::sync::atomic::Ordering::Relaxed) >= MAX_UNKNOWNS)
+            {
                 continue;
             }
             let der = Bytes::from(signed.der);
-            caching = CachingHeaders::new_like(
-                caching.as_deref(),
-                &etag_of(&der),
-                signed.this_update,
-                signed.next_update,
-            )
-            .map(Arc::new);
+            // An `unknown` is never cached by HTTP caches (no caching
+            // headers: the listener says no-store).
+            let headers = if unknown {
+                None
+            } else {
+                caching = CachingHeaders::new_like(
+                    caching.as_deref(),
+                    &etag_of(&der),
+                    signed.this_update,
+                    signed.next_update,
+                )
+                .map(Arc::new);
+                caching.clone()
+            };
             let key = OcspKey {
                 issuer: issuer.to_string(),
                 serial: serial.clone(),
@@ -888,7 +992,7 @@ impl Daemon {
             let put = self.rev.put(
                 key.clone(),
                 CachedOcsp {
-                    caching: caching.clone(),
+                    caching: headers,
                     der,
                     this_update: signed.this_update,
                     next_update: signed.next_update,
@@ -898,45 +1002,108 @@ impl Daemon {
                 },
             );
             if put
+                && !unknown
                 && *hash == HashAlg::Sha1
                 && let Some(ca) = ca
             {
                 published.push((key, published_ocsp_path(ca, serial)));
             }
         }
-        self.publish_ocsp(published).await;
+        self.publish_ocsp(published).await
     }
 
-    /// Writes the current cache entries of `items` into the publish
-    /// directory (the entry is read again under the lock, so the file left
-    /// behind is always the newest answer).
-    async fn publish_ocsp(&self, items: Vec<(OcspKey, String)>) {
+    /// Brings the files of `items` in the publish directory up to the
+    /// current cache entries (each entry is read again under the lock, so
+    /// the file left behind is always the newest answer): a signed answer is
+    /// written, a tombstone (a revocation not signed yet) removes the file,
+    /// so that nothing older than the revocation is served from there. The
+    /// items that failed are kept for the next OCSP tick; the error names
+    /// them.
+    async fn publish_ocsp(&self, items: Vec<(OcspKey, String)>) -> Result<(), String> {
         let Some(dir) = self.publish_dir() else {
-            return;
+            return Ok(());
         };
         if items.is_empty() {
-            return;
+            return Ok(());
         }
         let rev = Arc::clone(&self.rev);
         let r = tokio::task::spawn_blocking(move || {
             let _g = rev.publish_lock.lock();
-            let current: Vec<(String, Bytes)> = items
-                .into_iter()
-                .filter_map(|(key, rel)| {
-                    let entry = rev.get(&key)?;
-                    (!entry.der.is_empty()).then(|| (rel, entry.der.clone()))
-                })
-                .collect();
-            let files = current
-                .iter()
-                .map(|(rel, der)| (rel.as_str(), der.as_ref()));
-            if let Err(e) = write_all_atomically(&dir, files) {
-                tracing::warn!("publishing OCSP answers: {e}");
+            let mut failed: Vec<(OcspKey, String)> = Vec::new();
+            let mut first: Option<String> = None;
+            let mut writes: Vec<(OcspKey, String, Bytes)> = Vec::new();
+            let mut removed_from = BTreeSet::new();
+            for (key, rel) in items {
+                let Some(entry) = rev.get(&key) else { continue };
+                if !entry.der.is_empty() {
+                    writes.push((key, rel, entry.der.clone()));
+                    continue;
+                }
+                let path = dir.join(&rel);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        if let Some(p) = path.parent() {
+                            removed_from.insert(p.to_path_buf());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        first.get_or_insert_with(|| format!("removing {}: {e}", path.display()));
+                        failed.push((key, rel));
+                    }
+                }
             }
+            for p in removed_from {
+                if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                    first.get_or_insert_with(|| format!("syncing {}: {e}", p.display()));
+                }
+            }
+            // One fsync per directory, not per file.
+            let mut parents: HashMap<PathBuf, Vec<(OcspKey, String)>> = HashMap::new();
+            for (key, rel, der) in writes {
+                match write_renamed(&dir, &rel, &der) {
+                    Ok(p) => parents.entry(p).or_default().push((key, rel)),
+                    Err(e) => {
+                        first.get_or_insert_with(|| format!("{}: {e}", dir.join(&rel).display()));
+                        failed.push((key, rel));
+                    }
+                }
+            }
+            for (p, written) in parents {
+                if let Err(e) = std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                    first.get_or_insert_with(|| format!("syncing {}: {e}", p.display()));
+                    failed.extend(written);
+                }
+            }
+            if !failed.is_empty()
+                && let Ok(mut u) = rev.unpublished.lock()
+            {
+                u.extend(failed);
+            }
+            first.map_or(Ok(()), Err)
         })
         .await;
-        if let Err(e) = r {
-            tracing::warn!("publishing OCSP answers: {e}");
+        let r = r.map_err(|e| e.to_string()).and_then(|r| r);
+        if let Err(e) = &r {
+            tracing::error!(
+                dir = %self.publish_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                "publishing OCSP answers: {e}; the publish directory may still hold older answers: fix it (space, permissions); castellan retries every {} s",
+                OCSP_TICK.as_secs()
+            );
+        }
+        r
+    }
+
+    /// Retries the publish-directory writes and removals that failed.
+    async fn republish_failed(&self) {
+        let items = self
+            .rev
+            .unpublished
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        if !items.is_empty() && self.publish_ocsp(items).await.is_ok() {
+            tracing::info!("publishing OCSP answers: the publish directory is up to date again");
         }
     }
 
@@ -994,7 +1161,8 @@ impl Daemon {
             .iter()
             .map(|id| (magnitude(&id.serial), id.hash))
             .collect();
-        let single = keys.len() == 1 && req.nonce.is_none();
+        let has_nonce = req.nonce.is_some();
+        let single = keys.len() == 1 && !has_nonce;
         // The current pre-signed answer for a one-CertID request, if any.
         let cached = || -> Option<OcspAnswer> {
             if keys.len() != 1 {
@@ -1015,6 +1183,12 @@ impl Daemon {
         };
         if single && let Some(answer) = cached() {
             return answer;
+        }
+        // Signing on demand costs a signature and a signer journal record:
+        // bounded. Over the rate, the pre-signed answer (without the nonce)
+        // if there is one, else tryLater.
+        if !self.rev.take_sign_token(self.config().http.ocsp_sign_rate) {
+            return cached().unwrap_or_else(|| OcspAnswer::error(OCSP_TRY_LATER));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = match self.rev.misses.lock() {
@@ -1039,23 +1213,33 @@ impl Daemon {
         }
         match rx.await {
             Ok(Ok(signed)) => {
+                // An answer with a nonce or an `unknown` is for this request
+                // only: no caching headers (the listener says no-store).
+                let cacheable = !has_nonce && !signed.statuses.contains(&CertStatus::Unknown);
                 let answer = OcspAnswer {
                     der: Bytes::from(signed.der.clone()),
-                    caching: CachingHeaders::new(
-                        &etag_of(&signed.der),
-                        signed.this_update,
-                        signed.next_update,
-                    )
-                    .map(Arc::new),
+                    caching: if cacheable {
+                        CachingHeaders::new(
+                            &etag_of(&signed.der),
+                            signed.this_update,
+                            signed.next_update,
+                        )
+                        .map(Arc::new)
+                    } else {
+                        None
+                    },
                 };
                 if single {
-                    let (log_pos, responder_seq) = (signed.log_pos, signed.responder_seq);
+                    let (log_pos, responder_seq, epoch) =
+                        (signed.log_pos, signed.responder_seq, signed.epoch);
                     let round = Round {
                         answers: vec![signed.into()],
                         log_pos,
                         responder_seq,
+                        epoch,
                     };
-                    self.keep(&issuer, &keys, round).await;
+                    // A failed publish is logged and retried by the OCSP task.
+                    let _ = self.keep(&issuer, &keys, round).await;
                 }
                 answer
             }
@@ -1100,6 +1284,7 @@ impl Daemon {
                             statuses: signed.statuses,
                             log_pos: round.log_pos,
                             responder_seq: round.responder_seq,
+                            epoch: round.epoch,
                         }));
                     }
                 }
@@ -1142,7 +1327,7 @@ impl Daemon {
                 },
             );
         }
-        let keys = vec![(m.clone(), HashAlg::Sha1), (m, HashAlg::Sha256)];
+        let keys = vec![(m.clone(), HashAlg::Sha1), (m.clone(), HashAlg::Sha256)];
         let requests: Vec<Template> = keys.iter().map(|k| (vec![k.clone()], None)).collect();
         match self.sign_answers(issuer, &requests).await {
             Ok(round) => {
@@ -1152,16 +1337,52 @@ impl Daemon {
                     .and_then(|a| a.statuses.first())
                     .map(status_words)
                     .unwrap_or_default();
-                self.keep(issuer, &keys, round).await;
-                format!("{words} (pre-signed, served from now on)")
+                match self.keep(issuer, &keys, round).await {
+                    Ok(()) => format!("{words} (pre-signed, served from now on)"),
+                    Err(e) => format!(
+                        "{words} (pre-signed, served over HTTP by castellan from now on); the publish directory could not be updated ({e}) and may still hold the previous answer for this certificate until its nextUpdate: fix the directory (space, permissions), castellan retries every {} s",
+                        OCSP_TICK.as_secs()
+                    ),
+                }
             }
             Err(e) => {
                 tracing::warn!(ca = %issuer, "OCSP: signing the revoked answer: {e}");
+                // The published `good` answer must not outlive the
+                // acknowledgement: the tombstone removes its file.
+                let published = match self.published_paths(issuer, &m) {
+                    Some(items) => self.publish_ocsp(items).await,
+                    None => Ok(()),
+                };
+                let publish = match published {
+                    Ok(()) if self.publish_dir().is_some() => {
+                        "; the publish directory holds no answer for it (any published one was removed) until the revoked answer is signed and published".to_string()
+                    }
+                    Ok(()) => String::new(),
+                    Err(e) => format!(
+                        "; the publish directory could not be updated ({e}) and may still hold a good answer for this certificate until its nextUpdate: remove it or fix the directory (space, permissions), castellan retries every {} s",
+                        OCSP_TICK.as_secs()
+                    ),
+                };
                 format!(
-                    "not yet signed ({e}); OCSP answers tryLater for this certificate until the signer is back, never good"
+                    "not yet signed ({e}); OCSP answers tryLater for this certificate until the signer is back, never good{publish}"
                 )
             }
         }
+    }
+
+    /// The (cache key, file) of every answer the publish directory may hold
+    /// for `serial` (a magnitude) of `issuer`; `None` without a publish
+    /// directory or when the CA is not known.
+    fn published_paths(&self, issuer: &str, serial: &[u8]) -> Option<Vec<(OcspKey, String)>> {
+        self.publish_dir()?;
+        let index = self.ca_index(false);
+        let ca = index.iter().find(|k| k.ca_id == issuer)?;
+        let key = OcspKey {
+            issuer: issuer.to_string(),
+            serial: serial.to_vec(),
+            hash: HashAlg::Sha1,
+        };
+        Some(vec![(key, published_ocsp_path(ca, serial))])
     }
 
     /// What OCSP and the CRL say about a certificate now (for `cert show`).
@@ -1220,6 +1441,7 @@ impl Daemon {
                     tracing::warn!("OCSP pre-signing: {e}");
                 }
             }
+            self.republish_failed().await;
             tokio::select! {
                 _ = self.rev.ocsp_wake.notified() => {}
                 _ = tokio::time::sleep(OCSP_TICK) => {}
@@ -1231,7 +1453,6 @@ impl Daemon {
     /// certificate that has not expired.
     async fn presign_round(self: &Arc<Self>) -> Result<(), PoolError> {
         let now = now_ms() / 1000;
-        let validity = i64::from(self.config().http.ocsp_validity_secs);
         let mut work: HashMap<String, BTreeSet<Vec<u8>>> = HashMap::new();
         let first = !self.rev.warmed.load(std::sync::atomic::Ordering::Relaxed);
         let pending = self
@@ -1261,12 +1482,28 @@ impl Daemon {
         for (issuer, serial) in pending {
             work.entry(issuer).or_default().insert(magnitude(&serial));
         }
+        let mut expired_unknowns = Vec::new();
+        let mut unknowns = 0;
         if let Ok(map) = self.rev.ocsp.read() {
             for (k, e) in map.iter() {
                 if k.hash != HashAlg::Sha1 && e.der.is_empty() {
                     continue;
                 }
-                let stale = e.next_update - now < validity / 2
+                // A cached `unknown` is not re-signed: it goes when it
+                // expires (asked again, it is signed again).
+                if e.status == Some(CertStatus::Unknown) {
+                    if now >= e.next_update {
+                        expired_unknowns.push(k.clone());
+                    } else {
+                        unknowns += 1;
+                    }
+                    continue;
+                }
+                // Half of the answer's own window passed (a window cut short
+                // by the responder's end is judged as it is, not against
+                // the configured validity: that re-signed it on every tick).
+                let stale = e.der.is_empty()
+                    || now >= e.this_update + (e.next_update - e.this_update) / 2
                     || responders
                         .get(&k.issuer)
                         .is_some_and(|seq| *seq != e.responder_seq && !e.der.is_empty());
@@ -1276,6 +1513,21 @@ impl Daemon {
                     work.entry(k.issuer.clone())
                         .or_default()
                         .insert(k.serial.clone());
+                }
+            }
+        }
+        self.rev
+            .unknowns
+            .store(unknowns, std::sync::atomic::Ordering::Relaxed);
+        if !expired_unknowns.is_empty()
+            && let Ok(mut map) = self.rev.ocsp.write()
+        {
+            for k in expired_unknowns {
+                if map
+                    .get(&k)
+                    .is_some_and(|e| e.status == Some(CertStatus::Unknown) && now >= e.next_update)
+                {
+                    map.remove(&k);
                 }
             }
         }
@@ -1301,7 +1553,8 @@ impl Daemon {
                         let requests: Vec<Template> =
                             keys.iter().map(|k| (vec![k.clone()], None)).collect();
                         let round = daemon.sign_answers(&issuer, &requests).await?;
-                        daemon.keep(&issuer, &keys, round).await;
+                        // A failed publish is logged and retried each tick.
+                        let _ = daemon.keep(&issuer, &keys, round).await;
                         Ok::<(), PoolError>(())
                     });
                 }

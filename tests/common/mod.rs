@@ -699,13 +699,22 @@ pub fn wait_http(port: u16) {
 /// more lines for `[http]`; `extra`: more tables appended), with root and
 /// `issuing` CAs and chain.pem (root + issuing).
 pub fn public_appliance(http_extra: &str, extra: &str) -> (Appliance, u16) {
+    public_appliance_with(600, http_extra, extra)
+}
+
+/// As [`public_appliance`], with `http.ocsp_validity_secs` of its own.
+pub fn public_appliance_with(
+    ocsp_validity_secs: u32,
+    http_extra: &str,
+    extra: &str,
+) -> (Appliance, u16) {
     let mut a = Appliance::prepare(Settings::default());
     let port = free_port();
     // The issuance URL templates follow http.listen by default.
     let text = a.config_text(None).replace(
         "[http]\nenabled = false\n",
         &format!(
-            "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nocsp_validity_secs = 600\n{http_extra}\n{extra}\n"
+            "[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nocsp_validity_secs = {ocsp_validity_secs}\n{http_extra}\n{extra}\n"
         ),
     );
     std::fs::write(&a.config, text).unwrap();
@@ -727,6 +736,18 @@ pub fn issue(a: &Appliance, tag: &str) -> String {
         .ok()
         .json();
     v["serial"].as_str().expect("a serial").to_string()
+}
+
+/// As [`eventually`], waiting at most `bound`.
+pub fn eventually_within<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {bound:?} for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Polls `f` until it gives a value (at most [`WAIT`]; panics naming
