@@ -778,7 +778,9 @@ impl Daemon {
             return Ok(());
         }
         let not_before = (now - 60).max(ca_nb);
-        let not_after = (now + secs).min(ca_na);
+        // The lifetime, notAfter itself included (RFC 5280 4.1.2.5), is
+        // at most the configured one: the signer holds responders to it.
+        let not_after = (not_before + secs - 1).min(ca_na);
         if not_after <= now + 10 {
             return Err(refused(format!(
                 "CA {ca_id:?} expires too soon for an OCSP responder"
