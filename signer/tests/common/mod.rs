@@ -104,11 +104,6 @@ impl Custodians {
             .expect("32-octet ed25519 key")
     }
 
-    /// Custodian `i`'s approval of (`id`, `op`).
-    pub fn approve(&self, i: usize, id: &CeremonyId, op: &CeremonyOp) -> Approval {
-        self.approval_by(&self.keys[i], id, op)
-    }
-
     /// `key`'s approval of (`id`, `op`) for the same signer and set.
     pub fn approval_by(&self, key: &Ed25519KeyPair, id: &CeremonyId, op: &CeremonyOp) -> Approval {
         let ctx = self
