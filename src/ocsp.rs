@@ -61,26 +61,48 @@ pub const MAX_NONCE_LEN: usize = 32;
 /// RFC 5280 §4.1.2.2: at most 20 octets (of the magnitude).
 pub const MAX_SERIAL_LEN: usize = 20;
 
-/// The CertID hash algorithms castellan answers in.
+/// The CertID hash algorithms castellan answers in, with the form of the
+/// AlgorithmIdentifier's parameters the request used: an answer echoes
+/// the CertID exactly as asked (RFC 6960 §4.2.1), and clients write the
+/// parameters both ways (OpenSSL NULL; SHA-2 generators per RFC 5754
+/// absent). `Sha1` and `Sha256` (NULL) are the forms castellan pre-signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HashAlg {
     Sha1,
     Sha256,
+    Sha1NoParams,
+    Sha256NoParams,
 }
 
 impl HashAlg {
+    /// Every form: what a revocation must clear from the cache.
+    pub const ALL: [HashAlg; 4] = [
+        HashAlg::Sha1,
+        HashAlg::Sha256,
+        HashAlg::Sha1NoParams,
+        HashAlg::Sha256NoParams,
+    ];
+
+    /// The same hash with NULL parameters (the forms that are pre-signed).
+    pub fn canonical(&self) -> HashAlg {
+        match self {
+            HashAlg::Sha1 | HashAlg::Sha1NoParams => HashAlg::Sha1,
+            HashAlg::Sha256 | HashAlg::Sha256NoParams => HashAlg::Sha256,
+        }
+    }
+
     /// Octets of one hash in this algorithm.
     pub fn output_len(&self) -> usize {
-        match self {
+        match self.canonical() {
             HashAlg::Sha1 => 20,
-            HashAlg::Sha256 => 32,
+            _ => 32,
         }
     }
 
     fn digest(&self, data: &[u8]) -> Vec<u8> {
-        let alg = match self {
+        let alg = match self.canonical() {
             HashAlg::Sha1 => &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            HashAlg::Sha256 => &ring::digest::SHA256,
+            _ => &ring::digest::SHA256,
         };
         ring::digest::digest(alg, data).as_ref().to_vec()
     }
@@ -91,6 +113,8 @@ impl From<HashAlg> for castellan_proto::CertIdHash {
         match h {
             HashAlg::Sha1 => castellan_proto::CertIdHash::Sha1,
             HashAlg::Sha256 => castellan_proto::CertIdHash::Sha256,
+            HashAlg::Sha1NoParams => castellan_proto::CertIdHash::Sha1NoParams,
+            HashAlg::Sha256NoParams => castellan_proto::CertIdHash::Sha256NoParams,
         }
     }
 }
@@ -106,6 +130,8 @@ impl From<castellan_proto::CertIdHash> for HashAlg {
         match h {
             castellan_proto::CertIdHash::Sha1 => HashAlg::Sha1,
             castellan_proto::CertIdHash::Sha256 => HashAlg::Sha256,
+            castellan_proto::CertIdHash::Sha1NoParams => HashAlg::Sha1NoParams,
+            castellan_proto::CertIdHash::Sha256NoParams => HashAlg::Sha256NoParams,
         }
     }
 }
@@ -382,17 +408,16 @@ fn hash_algorithm(t: Tlv<'_>) -> Result<Result<HashAlg, &[u8]>, RequestError> {
         Some(r.any("hashAlgorithm.parameters")?)
     };
     r.finish("hashAlgorithm")?;
-    let alg = match oid.content {
-        OID_SHA1 => HashAlg::Sha1,
-        OID_SHA256 => HashAlg::Sha256,
+    let (null_params, absent_params) = match oid.content {
+        OID_SHA1 => (HashAlg::Sha1, HashAlg::Sha1NoParams),
+        OID_SHA256 => (HashAlg::Sha256, HashAlg::Sha256NoParams),
         other => return Ok(Err(other)),
     };
-    if let Some(p) = params
-        && (p.tag != TAG_NULL || !p.content.is_empty())
-    {
-        return malformed("hashAlgorithm.parameters: must be absent or NULL");
+    match params {
+        None => Ok(Ok(absent_params)),
+        Some(p) if p.tag == TAG_NULL && p.content.is_empty() => Ok(Ok(null_params)),
+        Some(_) => malformed("hashAlgorithm.parameters: must be absent or NULL"),
     }
-    Ok(Ok(alg))
 }
 
 /// What a CertID parse found.

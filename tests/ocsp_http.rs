@@ -850,3 +850,131 @@ fn on_demand_signing_is_bounded_and_unknown_answers_are_kept() {
         "only {try_later} of 5 over the rate got tryLater"
     );
 }
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n < 0x100 {
+        out.extend([0x81, n as u8]);
+    } else {
+        out.extend([0x82, (n >> 8) as u8, n as u8]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// RFC 6960 §4.2.1: the answer's CertID is the request's, octet for octet —
+/// whether the client wrote the hash algorithm's parameters as NULL (as
+/// OpenSSL does) or left them out (as RFC 5754 asks SHA-2 generators to).
+/// Clients that compare CertIDs structurally find no answer otherwise. The
+/// absent form is no way around a revocation either.
+#[test]
+fn the_cert_id_is_echoed_exactly_with_null_or_absent_hash_parameters() {
+    let (a, port) = public_appliance("", "");
+    let dir = a.dir.path();
+    let serial = issue(&a, "echo");
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    let mut forms = Vec::new();
+    for (digest, oid) in [
+        ("-sha1", &[0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a][..]),
+        (
+            "-sha256",
+            &[
+                0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+            ][..],
+        ),
+    ] {
+        let out = format!("req{digest}.der");
+        openssl(
+            &[
+                "ocsp",
+                "-issuer",
+                "issuing.pem",
+                digest,
+                "-cert",
+                "echo.pem",
+                "-no_nonce",
+                "-reqout",
+                &out,
+            ],
+            dir,
+        );
+        let req = std::fs::read(dir.join(&out)).expect("the request openssl wrote");
+        let id = castellan::ocsp::parse_request(&req).expect("openssl's request parses");
+        let id = &id.cert_ids[0];
+        let mut serial_content = id.serial.clone();
+        if serial_content[0] & 0x80 != 0 {
+            serial_content.insert(0, 0);
+        }
+        for with_null in [true, false] {
+            let mut alg = oid.to_vec();
+            if with_null {
+                alg.extend([0x05, 0x00]);
+            }
+            let mut cid = der_tlv(0x30, &alg);
+            cid.extend(der_tlv(0x04, &id.issuer_name_hash));
+            cid.extend(der_tlv(0x04, &id.issuer_key_hash));
+            cid.extend(der_tlv(0x02, &serial_content));
+            forms.push((format!("{digest} NULL={with_null}"), der_tlv(0x30, &cid)));
+        }
+    }
+    let ask = |name: &str, cert_id: &[u8], file: &str| -> (Vec<u8>, String) {
+        // OCSPRequest { TBSRequest { requestList { Request { reqCert } } } }
+        let der = der_tlv(
+            0x30,
+            &der_tlv(0x30, &der_tlv(0x30, &der_tlv(0x30, cert_id))),
+        );
+        let req = format!("{file}.req");
+        std::fs::write(dir.join(&req), der).expect("write the request");
+        curl(
+            &[
+                "-sS",
+                "-o",
+                file,
+                "-H",
+                "Content-Type: application/ocsp-request",
+                "--data-binary",
+                &format!("@{req}"),
+                &url,
+            ],
+            dir,
+        );
+        let resp = std::fs::read(dir.join(file)).expect("the answer");
+        let text = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                file,
+                "-resp_text",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        assert!(text.contains("Response verify OK"), "{name}: {text}");
+        (resp, text)
+    };
+    for (i, (name, cert_id)) in forms.iter().enumerate() {
+        let (resp, text) = ask(name, cert_id, &format!("good{i}.der"));
+        assert!(text.contains("Cert Status: good"), "{name}: {text}");
+        assert!(
+            resp.windows(cert_id.len()).any(|w| w == cert_id.as_slice()),
+            "{name}: the answer does not carry the request's CertID octet for octet"
+        );
+    }
+    a.ctl(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok();
+    for (i, (name, cert_id)) in forms.iter().enumerate() {
+        let (resp, text) = ask(name, cert_id, &format!("revoked{i}.der"));
+        assert!(
+            text.contains("Cert Status: revoked"),
+            "{name} after the revocation: {text}"
+        );
+        assert!(
+            resp.windows(cert_id.len()).any(|w| w == cert_id.as_slice()),
+            "{name}: the revoked answer does not carry the request's CertID"
+        );
+    }
+}

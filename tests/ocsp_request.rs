@@ -566,7 +566,9 @@ fn hand_built_requests() {
     let (nh, kh) = issuer_hashes(&n, &k, &HashAlg::Sha256);
     let no_null = cert_id_der(&seq(&[SHA256_OID]), &nh, &kh, &[0x05]);
     let r = parse_ok(&request(&[single(no_null)], None));
-    assert_eq!(r.cert_ids[0].hash, HashAlg::Sha256);
+    // Kept apart from the NULL form: the answer echoes the CertID as asked.
+    assert_eq!(r.cert_ids[0].hash, HashAlg::Sha256NoParams);
+    assert_eq!(r.cert_ids[0].hash.canonical(), HashAlg::Sha256);
     assert!(cert_id_matches(&r.cert_ids[0], &n, &k));
     // ...but other parameters are refused.
     let bad_params = cert_id_der(&seq(&[SHA256_OID, &tlv(0x04, b"")]), &nh, &kh, &[5]);

@@ -1329,12 +1329,19 @@ pub struct SingleSpec<'a> {
 }
 
 fn cert_id(issuer: &OcspIssuer<'_>, hash: CertIdHash, serial: &[u8]) -> Vec<u8> {
-    let (alg, o) = match hash {
-        CertIdHash::Sha1 => (&digest::SHA1_FOR_LEGACY_USE_ONLY, oids::SHA1),
-        CertIdHash::Sha256 => (&digest::SHA256, oids::SHA256),
+    let (alg, o, null_params) = match hash {
+        CertIdHash::Sha1 => (&digest::SHA1_FOR_LEGACY_USE_ONLY, oids::SHA1, true),
+        CertIdHash::Sha256 => (&digest::SHA256, oids::SHA256, true),
+        CertIdHash::Sha1NoParams => (&digest::SHA1_FOR_LEGACY_USE_ONLY, oids::SHA1, false),
+        CertIdHash::Sha256NoParams => (&digest::SHA256, oids::SHA256, false),
+    };
+    let algorithm = if null_params {
+        seq(&[&oid(o), &null()])
+    } else {
+        seq(&[&oid(o)])
     };
     seq(&[
-        &seq(&[&oid(o), &null()]),
+        &algorithm,
         &octets(digest::digest(alg, issuer.ca_name_der).as_ref()),
         &octets(digest::digest(alg, issuer.ca_key_bits).as_ref()),
         &uint(serial),

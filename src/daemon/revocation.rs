@@ -146,9 +146,9 @@ struct CaKeys {
 
 impl CaKeys {
     fn matches(&self, id: &crate::ocsp::CertId) -> bool {
-        let (name, key) = match id.hash {
+        let (name, key) = match id.hash.canonical() {
             HashAlg::Sha1 => &self.sha1,
-            HashAlg::Sha256 => &self.sha256,
+            _ => &self.sha256,
         };
         ct_eq(&id.issuer_name_hash, name) & ct_eq(&id.issuer_key_hash, key)
     }
@@ -277,13 +277,26 @@ impl RevocationState {
         self.ocsp.read().ok()?.get(key).cloned()
     }
 
-    /// Puts `entry` unless the cache holds one read at a later log position.
+    /// Puts `entry` unless the cache holds one read at a later log position
+    /// — for a CertID written with absent parameters, also under the same
+    /// CertID with NULL parameters, where a revocation leaves its tombstone.
     /// Returns whether it was put.
     fn put(&self, key: OcspKey, entry: CachedOcsp) -> bool {
         let Ok(mut map) = self.ocsp.write() else {
             return false;
         };
         if let Some(old) = map.get(&key)
+            && old.log_pos > entry.log_pos
+        {
+            return false;
+        }
+        let canonical = key.hash.canonical();
+        if canonical != key.hash
+            && let Some(old) = map.get(&OcspKey {
+                issuer: key.issuer.clone(),
+                serial: key.serial.clone(),
+                hash: canonical,
+            })
             && old.log_pos > entry.log_pos
         {
             return false;
@@ -310,7 +323,7 @@ impl RevocationState {
         // issued) goes now, not when the new answer is signed.
         let m = magnitude(serial);
         if let Ok(mut map) = self.ocsp.write() {
-            for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+            for hash in HashAlg::ALL {
                 let key = OcspKey {
                     issuer: issuer.to_string(),
                     serial: m.clone(),
@@ -1328,6 +1341,18 @@ impl Daemon {
                     status: None,
                 },
             );
+        }
+        // Answers for CertIDs written with absent parameters go: the
+        // tombstones above also block any such answer read before the
+        // revocation (see `put`).
+        if let Ok(mut map) = self.rev.ocsp.write() {
+            for hash in [HashAlg::Sha1NoParams, HashAlg::Sha256NoParams] {
+                map.remove(&OcspKey {
+                    issuer: issuer.to_string(),
+                    serial: m.clone(),
+                    hash,
+                });
+            }
         }
         let keys = vec![(m.clone(), HashAlg::Sha1), (m.clone(), HashAlg::Sha256)];
         let requests: Vec<Template> = keys.iter().map(|k| (vec![k.clone()], None)).collect();

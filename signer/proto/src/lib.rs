@@ -586,10 +586,20 @@ pub struct StagedCrlRequest {
     pub staged: u64,
 }
 
+/// The hash algorithm of a CertID and how its AlgorithmIdentifier is
+/// written: the answer echoes the request's CertID exactly (RFC 6960
+/// §4.2.1), and clients send the parameters both ways (OpenSSL NULL, RFC
+/// 5754 generators for SHA-2 absent).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertIdHash {
+    /// SHA-1, parameters NULL.
     Sha1,
+    /// SHA-256, parameters NULL.
     Sha256,
+    /// SHA-1, parameters absent.
+    Sha1NoParams,
+    /// SHA-256, parameters absent.
+    Sha256NoParams,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

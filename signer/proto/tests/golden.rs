@@ -149,7 +149,12 @@ fn revocation_reasons() -> Vec<RevocationReason> {
 }
 
 fn cert_id_hashes() -> Vec<CertIdHash> {
-    vec![CertIdHash::Sha1, CertIdHash::Sha256]
+    vec![
+        CertIdHash::Sha1,
+        CertIdHash::Sha256,
+        CertIdHash::Sha1NoParams,
+        CertIdHash::Sha256NoParams,
+    ]
 }
 
 fn cert_statuses() -> Vec<CertStatus> {
@@ -337,7 +342,8 @@ fn requests() -> Vec<(&'static str, Request)> {
                         .into_iter()
                         .enumerate()
                         .map(|(i, status)| SingleStatus {
-                            hash: hashes[i % hashes.len()],
+                            // The two variants this golden was made with.
+                            hash: hashes[i % 2],
                             serial: vec![0x20, i as u8],
                             status,
                             this_update: 1_767_500_000,
@@ -429,6 +435,26 @@ fn requests() -> Vec<(&'static str, Request)> {
         Request::FindIntents(IntentQuery {
             since: 1_767_225_600_000,
             intents: vec![[0x1d; 16], [0x2e; 16]],
+        }),
+    ));
+    out.push((
+        "request_sign_ocsp_parameters_absent",
+        Request::SignOcsp(OcspBatch {
+            issuer: "issuing-2026".into(),
+            produced_at: 1_767_500_000,
+            responses: vec![OcspTemplate {
+                singles: hashes[2..]
+                    .iter()
+                    .map(|hash| SingleStatus {
+                        hash: *hash,
+                        serial: vec![0x21],
+                        status: CertStatus::Good,
+                        this_update: 1_767_500_000,
+                        next_update: Some(1_767_586_400),
+                    })
+                    .collect(),
+                nonce: None,
+            }],
         }),
     ));
     out

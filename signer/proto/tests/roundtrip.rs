@@ -268,7 +268,12 @@ fn cert_status() -> impl Strategy<Value = CertStatus> {
 }
 
 fn ocsp_batch() -> impl Strategy<Value = OcspBatch> {
-    let hash = prop_oneof![Just(CertIdHash::Sha1), Just(CertIdHash::Sha256)];
+    let hash = prop_oneof![
+        Just(CertIdHash::Sha1),
+        Just(CertIdHash::Sha256),
+        Just(CertIdHash::Sha1NoParams),
+        Just(CertIdHash::Sha256NoParams),
+    ];
     let single = (
         hash,
         octets(),
