@@ -925,7 +925,7 @@ impl Config {
                 "cannot compare the configurations; restart castellan",
             );
         };
-        match first_difference(&a, &b, "") {
+        match differing_settings(&a, &b, RELOADABLE).into_iter().next() {
             None => Ok(()),
             Some(key) => {
                 let problem = format!("`{key}` cannot change on reload; restart castellan");
@@ -933,42 +933,58 @@ impl Config {
             }
         }
     }
+
+    /// Dotted names of the settings that differ from `new` (values left
+    /// out), for the audit log's record of a reload.
+    pub fn changed_settings(&self, new: &Config) -> Vec<String> {
+        match (serde_json::to_value(self), serde_json::to_value(new)) {
+            (Ok(a), Ok(b)) => differing_settings(&a, &b, &[]),
+            // Cannot happen (see Config::sha256); the digests still differ.
+            _ => vec!["(unknown)".into()],
+        }
+    }
 }
 
-fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
-    use serde_json::Value;
-    if RELOADABLE.contains(&path) {
-        return None;
-    }
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match (x.get(k.as_str()), y.get(k.as_str())) {
-                    (Some(va), Some(vb)) => {
-                        if let Some(d) = first_difference(va, vb, &p) {
-                            return Some(d);
-                        }
-                    }
-                    _ => {
-                        if !RELOADABLE.contains(&p.as_str()) {
-                            return Some(p);
-                        }
+/// Dotted names of the settings that differ between two configurations as
+/// they serialise (under the file's key names), in key order, without
+/// descending into the names in `skip`.
+fn differing_settings(a: &serde_json::Value, b: &serde_json::Value, skip: &[&str]) -> Vec<String> {
+    fn walk(
+        a: &serde_json::Value,
+        b: &serde_json::Value,
+        path: &str,
+        skip: &[&str],
+        out: &mut Vec<String>,
+    ) {
+        use serde_json::Value;
+        if skip.contains(&path) {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match (x.get(k.as_str()), y.get(k.as_str())) {
+                        (Some(va), Some(vb)) => walk(va, vb, &p, skip, out),
+                        _ if skip.contains(&p.as_str()) => {}
+                        _ => out.push(p),
                     }
                 }
             }
-            None
+            _ if a == b => {}
+            _ => out.push(path.to_string()),
         }
-        _ if a == b => None,
-        _ => Some(path.to_string()),
     }
+    let mut out = Vec::new();
+    walk(a, b, "", skip, &mut out);
+    out
 }
 
 fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, ConfigError> {

@@ -334,7 +334,7 @@ impl Daemon {
         apply: impl FnOnce(&Config),
     ) -> Result<Vec<String>, ApiError> {
         let _gate = self.reload_gate.write().await;
-        let changed = changed_settings(&self.config(), &new);
+        let changed = self.config().changed_settings(&new);
         let event = EventPayload::ConfigReloaded {
             config_sha256: new.sha256(),
             file_sha256,
@@ -1547,41 +1547,6 @@ fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
         ))),
         Some(n) => Ok(n),
     }
-}
-
-/// Dotted names of the settings that differ between two configurations
-/// (as they serialise, under the file's key names), values left out.
-fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
-    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
-        use serde_json::Value;
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    match (x.get(k.as_str()), y.get(k.as_str())) {
-                        (Some(va), Some(vb)) => walk(va, vb, &p, out),
-                        _ => out.push(p),
-                    }
-                }
-            }
-            _ if a == b => {}
-            _ => out.push(path.to_string()),
-        }
-    }
-    let mut out = Vec::new();
-    match (serde_json::to_value(old), serde_json::to_value(new)) {
-        (Ok(a), Ok(b)) => walk(&a, &b, "", &mut out),
-        // Cannot happen (see Config::sha256); the digests still differ.
-        _ => out.push("(unknown)".into()),
-    }
-    out
 }
 
 /// The profile's rules for key type, key size and names.

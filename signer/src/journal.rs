@@ -1141,10 +1141,14 @@ impl Journal {
         }
     }
 
-    /// Records with `since <= time_ms < until`, read back from the file and
-    /// verified on the way; the chain read must end at the head this journal
-    /// knows, or the file was replaced underneath it.
-    pub fn export(&self, window: JournalWindow) -> Result<Vec<JournalRecord>, JournalError> {
+    /// Reads the durable part of the file back, verifying it on the way,
+    /// and hands every record (with its intent id, if any) to `visit`. The
+    /// chain read must end at the head this journal knows, or the file was
+    /// replaced underneath it.
+    fn read_back(
+        &self,
+        mut visit: impl FnMut(JournalRecord, Option<IntentId>),
+    ) -> Result<(), JournalError> {
         let (end, head) = {
             let st = self.lock()?;
             (st.durable_len, st.durable)
@@ -1155,11 +1159,8 @@ impl Journal {
             end,
         };
         let mut v = Verifier::new(BufReader::new(reader))?;
-        let mut out = Vec::new();
         while let Some(r) = v.next()? {
-            if in_window(&window, r.time_ms) {
-                out.push(r);
-            }
+            visit(r, v.last_intent);
         }
         if v.next_seq != head.next_seq || v.prev_hash != head.hash {
             return Err(JournalError::Corrupt {
@@ -1171,35 +1172,37 @@ impl Journal {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Records with `since <= time_ms < until`, read back from the file and
+    /// verified on the way (see [`Journal::read_back`]).
+    pub fn export(&self, window: JournalWindow) -> Result<Vec<JournalRecord>, JournalError> {
+        let mut out = Vec::new();
+        self.read_back(|r, _| {
+            if in_window(&window, r.time_ms) {
+                out.push(r);
+            }
+        })?;
         Ok(out)
     }
 
     /// The certificate signatures made for any of `intents` in records with
-    /// `time_ms >= since`, in journal order. Reads (and verifies) the file
-    /// like [`Journal::export`] but keeps only the matches, so the answer
-    /// stays small however many records the window holds.
+    /// `time_ms >= since`, in journal order. Reads (and verifies) the whole
+    /// file like [`Journal::export`] but keeps only the matches, so the
+    /// answer stays small however many records the window holds.
     pub fn find_intents(
         &self,
         since: UnixMillis,
         intents: &std::collections::HashSet<IntentId>,
     ) -> Result<Vec<IntentFound>, JournalError> {
-        let (end, head) = {
-            let st = self.lock()?;
-            (st.durable_len, st.durable)
-        };
-        let reader = ReadAt {
-            file: &self.file,
-            pos: 0,
-            end,
-        };
-        let mut v = Verifier::new(BufReader::new(reader))?;
         let mut out = Vec::new();
-        while let Some(r) = v.next()? {
-            let Some(intent) = v.last_intent else {
-                continue;
+        self.read_back(|r, intent| {
+            let Some(intent) = intent else {
+                return;
             };
             if r.time_ms < since || !intents.contains(&intent) {
-                continue;
+                return;
             }
             if let SignedSubject::Serial(serial) = r.subject {
                 out.push(IntentFound {
@@ -1210,17 +1213,7 @@ impl Journal {
                     time_ms: r.time_ms,
                 });
             }
-        }
-        if v.next_seq != head.next_seq || v.prev_hash != head.hash {
-            return Err(JournalError::Corrupt {
-                record: v.next_seq,
-                offset: v.offset,
-                what: format!(
-                    "the file no longer ends at the head this signer wrote ({} records); {ALTERED}",
-                    head.next_seq
-                ),
-            });
-        }
+        })?;
         Ok(out)
     }
 
