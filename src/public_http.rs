@@ -14,7 +14,8 @@
 //!   `If-None-Match` with 304. Error statuses, answers with a nonce and
 //!   `unknown` answers carry `Cache-Control: no-store`. `HEAD` works
 //!   wherever `GET` does; a 405 names the methods allowed in `Allow`.
-//!   `/ocsp/{issuer}/` (an AIA URL ending in `/`) works like `/ocsp/{issuer}`. Single-CertID requests without nonce are
+//!   `/ocsp/{issuer}/` (an AIA URL ending in `/`) works like
+//!   `/ocsp/{issuer}`. Single-CertID requests without nonce are
 //!   answered from the pre-signed cache (see `daemon::revocation`), so the
 //!   same request gets the same bytes until the status or the answer's
 //!   half-life changes.
