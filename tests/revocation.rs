@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -710,15 +710,22 @@ fn published_name(dir: &Path, cert: &str) -> String {
         .encode(std::fs::read(dir.join("published-req.der")).unwrap())
 }
 
-#[test]
-fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publish_directory() {
+/// An appliance with a publish directory and one leaf, "goes", whose `good`
+/// answer is pre-signed and published; the answer's file.
+struct Published {
+    publish: tempfile::TempDir,
+    a: Appliance,
+    port: u16,
+    goes: String,
+    file: PathBuf,
+}
+
+fn with_a_published_answer() -> Published {
     let publish = tempfile::tempdir().unwrap();
-    let (mut a, port) = public_appliance(
+    let (a, port) = public_appliance(
         &format!("publish_dir = \"{}\"\n", publish.path().display()),
         "",
     );
-    let dir = a.dir.path().to_path_buf();
-    let dir = dir.as_path();
     let goes = issue(&a, "goes");
     eventually("goes's answer to be pre-signed", || {
         let v = a.ctl(&["cert", "show", &goes]).ok().json();
@@ -730,10 +737,30 @@ fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publi
     let file = publish
         .path()
         .join("ocsp/issuing")
-        .join(published_name(dir, "goes.pem"));
+        .join(published_name(a.dir.path(), "goes.pem"));
     eventually("goes's answer to be published", || {
         file.exists().then_some(())
     });
+    Published {
+        publish,
+        a,
+        port,
+        goes,
+        file,
+    }
+}
+
+#[test]
+fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publish_directory() {
+    let Published {
+        publish,
+        mut a,
+        port,
+        goes,
+        file,
+    } = with_a_published_answer();
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
     let nginx_port = free_port();
     let work = tempfile::tempdir().unwrap();
     let _nginx = start_nginx(work.path(), publish.path(), nginx_port, port);
@@ -859,28 +886,16 @@ fn answers_are_re_signed_at_their_half_life_not_on_every_tick() {
 
 #[test]
 fn a_publish_directory_that_cannot_be_written_is_said_in_the_revoke_and_caught_up() {
-    let publish = tempfile::tempdir().unwrap();
-    let (a, _port) = public_appliance(
-        &format!("publish_dir = \"{}\"\n", publish.path().display()),
-        "",
-    );
+    // The publish directory lives as long as `_publish`.
+    let Published {
+        publish: _publish,
+        a,
+        goes,
+        file,
+        ..
+    } = with_a_published_answer();
     let dir = a.dir.path().to_path_buf();
     let dir = dir.as_path();
-    let goes = issue(&a, "goes");
-    eventually("goes's answer to be pre-signed", || {
-        let v = a.ctl(&["cert", "show", &goes]).ok().json();
-        v["ocsp"]
-            .as_str()
-            .is_some_and(|o| o.starts_with("good (pre-signed"))
-            .then_some(())
-    });
-    let file = publish
-        .path()
-        .join("ocsp/issuing")
-        .join(published_name(dir, "goes.pem"));
-    eventually("goes's answer to be published", || {
-        file.exists().then_some(())
-    });
     // The answer's path made unwritable: a non-empty directory (root
     // ignores permissions) that no rename can replace.
     std::fs::remove_file(&file).unwrap();
