@@ -147,6 +147,10 @@ pub struct StatusView {
     /// Why it does not, and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_problem: Option<String>,
+    /// The custodian set as last observed from the signer (`None` until
+    /// castellan has reached it once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custodians: Option<CustodiansView>,
 }
 
 fn yes() -> bool {
@@ -219,6 +223,34 @@ pub struct CeremonyView {
     pub signer_id: Option<String>,
     #[serde(default)]
     pub custodians_sha256: Option<String>,
+    /// The certificate the ceremony made, once executed: the new CA's
+    /// (root, intermediate, rotate) or the cross-certificate (cross-sign).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CeremonyCertificateView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CeremonyCertificateView {
+    /// Serial number in hex.
+    pub serial: String,
+    /// The CA that signed it (the CA itself for a root).
+    pub issuer: String,
+    pub certificate_pem: String,
+}
+
+/// The custodian set the signer enforces.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CustodiansView {
+    /// Approvals a ceremony needs.
+    pub threshold: u8,
+    pub members: Vec<CustodianView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CustodianView {
+    pub name: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

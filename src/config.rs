@@ -1507,6 +1507,12 @@ fn build_profiles(
                 "profile names use letters, digits, '-' and '_' (at most 63)",
             );
         }
+        if name == crate::store::records::CROSS_CERTIFICATE_PROFILE {
+            return cfg_err(
+                &key,
+                "this name is reserved for cross-certificates made by `cross-sign` ceremonies; choose another",
+            );
+        }
         let k = |field: &str| format!("{key}.{field}");
         let kind = match (&p.kind, ProfileKind::parse(&name)) {
             (Some(s), _) => ProfileKind::parse(s).ok_or_else(|| ConfigError {

@@ -67,6 +67,32 @@ const ST: ObjectIdentifier = oid("2.5.4.8");
 const SERIAL_NUMBER: ObjectIdentifier = oid("2.5.4.5");
 const DC: ObjectIdentifier = oid("0.9.2342.19200300.100.1.25");
 
+/// The attributes of an X.509 name castellan issues under (CN, O, OU, C, L,
+/// ST, serialNumber, DC; UTF8, printable or IA5 strings), in order.
+pub fn distinguished_name(name: &x509_cert::name::Name) -> Result<DistinguishedName, String> {
+    let mut attrs = Vec::new();
+    for atv in name.iter() {
+        let v = attr_value(&atv.value)?;
+        let a = match atv.oid {
+            o if o == CN => NameAttribute::CommonName(v),
+            o if o == O => NameAttribute::Organization(v),
+            o if o == OU => NameAttribute::OrganizationalUnit(v),
+            o if o == C => NameAttribute::Country(v),
+            o if o == L => NameAttribute::Locality(v),
+            o if o == ST => NameAttribute::State(v),
+            o if o == SERIAL_NUMBER => NameAttribute::SerialNumber(v),
+            o if o == DC => NameAttribute::DomainComponent(v),
+            o => {
+                return Err(format!(
+                    "subject attribute {o} is not supported; use CN, O, OU, C, L, ST, serialNumber or DC"
+                ));
+            }
+        };
+        attrs.push(a);
+    }
+    Ok(DistinguishedName(attrs))
+}
+
 fn attr_value(any: &der::Any) -> Result<String, String> {
     match any.tag() {
         der::Tag::Utf8String | der::Tag::PrintableString | der::Tag::Ia5String => {
@@ -232,26 +258,7 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         .verify(req.info_der, sig)
         .map_err(|_| "the CSR's signature does not verify: it was altered or not signed by the key it carries".to_string())?;
 
-    let mut attrs = Vec::new();
-    for atv in info.subject.iter() {
-        let v = attr_value(&atv.value)?;
-        let a = match atv.oid {
-            o if o == CN => NameAttribute::CommonName(v),
-            o if o == O => NameAttribute::Organization(v),
-            o if o == OU => NameAttribute::OrganizationalUnit(v),
-            o if o == C => NameAttribute::Country(v),
-            o if o == L => NameAttribute::Locality(v),
-            o if o == ST => NameAttribute::State(v),
-            o if o == SERIAL_NUMBER => NameAttribute::SerialNumber(v),
-            o if o == DC => NameAttribute::DomainComponent(v),
-            o => {
-                return Err(format!(
-                    "subject attribute {o} is not supported; use CN, O, OU, C, L, ST, serialNumber or DC"
-                ));
-            }
-        };
-        attrs.push(a);
-    }
+    let subject = distinguished_name(&info.subject)?;
 
     let mut sans = Vec::new();
     for attr in info.attributes.iter() {
@@ -281,7 +288,7 @@ pub fn parse(input: &[u8]) -> Result<ParsedCsr, String> {
         }
     }
     Ok(ParsedCsr {
-        subject: DistinguishedName(attrs),
+        subject,
         sans,
         spki_der: info.spki_der.to_vec(),
         key: key_kind,

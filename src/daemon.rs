@@ -251,6 +251,7 @@ fn ceremony_view(
     r: &CeremonyRecord,
     keys: Option<&SignerKeys>,
     ca: Option<CaView>,
+    certificate: Option<CeremonyCertificateView>,
 ) -> CeremonyView {
     let threshold = keys.map_or(0, |k| usize::from(k.custodians.threshold));
     let ctx = keys.map(|k| CeremonyContext::new(&k.audit_spki_der, &k.custodians));
@@ -274,15 +275,107 @@ fn ceremony_view(
             .collect(),
         approved: r.approvals.len(),
         threshold,
-        state: match r.status {
-            CeremonyStatus::Open => "open".into(),
-            CeremonyStatus::Executed { .. } => "executed".into(),
+        state: if r.status.is_open() {
+            "open".into()
+        } else {
+            "executed".into()
         },
         last_error: r.last_error.clone(),
         ca,
+        certificate,
         signer_id: ctx.map(|c| hex::encode(c.signer_id)),
         custodians_sha256: ctx.map(|c| hex::encode(c.custodians_sha256)),
     }
+}
+
+/// The events that record an executed ceremony and what it made.
+fn ceremony_result_events(
+    v: &dyn ReadView,
+    ceremony_id: CeremonyId,
+    op: &CeremonyOp,
+    outcome: CeremonyOutcome,
+) -> Vec<EventPayload> {
+    let mut events = vec![EventPayload::CeremonyExecuted { ceremony_id }];
+    match outcome {
+        CeremonyOutcome::Ca(ca) => {
+            events.push(EventPayload::CaRegistered {
+                ca_id: ca.ca_id,
+                parent: ca.parent,
+                algorithm: ca.algorithm,
+                status: ca.status,
+                certificate_der: ca.certificate_der,
+            });
+            // The signer retired the rotated CA in the same step.
+            if let CeremonyOp::Rotate(r) = op
+                && let Some(old) = v.ca(&r.ca_id)
+                && old.status != castellan_proto::CaStatus::Retired
+            {
+                events.push(EventPayload::CaRegistered {
+                    ca_id: old.ca_id,
+                    parent: old.parent,
+                    algorithm: old.algorithm,
+                    status: castellan_proto::CaStatus::Retired,
+                    certificate_der: old.certificate_der,
+                });
+            }
+        }
+        CeremonyOutcome::CrossCertificate(c) => {
+            let issuer = match op {
+                CeremonyOp::CrossSign(p) => p.issuer.clone(),
+                _ => String::new(),
+            };
+            let (subject, not_before, not_after) = cross_certificate_facts(&c.der);
+            events.push(EventPayload::CrossCertificateIssued {
+                ceremony_id,
+                issuer,
+                serial: c.serial,
+                subject,
+                not_before,
+                not_after,
+                certificate_der: c.der,
+                signer_journal_seq: c.journal_seq,
+            });
+        }
+        CeremonyOutcome::Custodians(set) => {
+            if let Some(keys) = v.signer_keys() {
+                events.push(EventPayload::SignerKeysObserved {
+                    audit_spki_der: keys.audit_spki_der,
+                    audit_algorithm: keys.audit_algorithm,
+                    custodians: set,
+                });
+            }
+        }
+    }
+    events
+}
+
+/// Subject, notBefore and notAfter of a cross-certificate the signer made.
+/// A subject castellan cannot express attribute by attribute (another
+/// organisation's CA) is kept as its text in one CN: the DER in the event
+/// is what counts.
+fn cross_certificate_facts(der: &[u8]) -> (DistinguishedName, i64, i64) {
+    use der::Decode;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return (DistinguishedName(Vec::new()), 0, 0);
+    };
+    let tbs = cert.tbs_certificate();
+    let subject = crate::csr::distinguished_name(tbs.subject()).unwrap_or_else(|_| {
+        DistinguishedName(vec![castellan_proto::NameAttribute::CommonName(
+            tbs.subject().to_string(),
+        )])
+    });
+    (
+        subject,
+        tbs.validity().not_before.to_unix_duration().as_secs() as i64,
+        tbs.validity().not_after.to_unix_duration().as_secs() as i64,
+    )
+}
+
+/// The serial number octets of a DER certificate.
+fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().serial_number().as_bytes().to_vec())
 }
 
 /// Which CA a ceremony made, if any.
@@ -549,6 +642,18 @@ impl Daemon {
             last_checkpoint: v.latest_checkpoint().map(|c| c.sequence),
             actor: c.actor.describe(),
             role: c.role,
+            custodians: v.signer_keys().map(|k| CustodiansView {
+                threshold: k.custodians.threshold,
+                members: k
+                    .custodians
+                    .custodians
+                    .iter()
+                    .map(|m| CustodianView {
+                        name: m.name.clone(),
+                        public_key: hex::encode(m.public_key),
+                    })
+                    .collect(),
+            }),
         })
     }
 
@@ -679,7 +784,7 @@ impl Daemon {
         let keys = v.signer_keys();
         Ok(v.ceremonies()
             .iter()
-            .map(|r| ceremony_view(r, keys.as_ref(), None))
+            .map(|r| ceremony_view(r, keys.as_ref(), None, None))
             .collect())
     }
 
@@ -722,11 +827,29 @@ impl Daemon {
                 ),
             )
         })?;
-        let ca = match (&r.status, ceremony_ca_id(&r.op)) {
-            (CeremonyStatus::Executed { .. }, Some(ca_id)) => v.ca(ca_id).map(|c| ca_view(&c)),
+        let made = match (&r.status, ceremony_ca_id(&r.op)) {
+            (CeremonyStatus::Executed { .. }, Some(ca_id)) => v.ca(ca_id),
             _ => None,
         };
-        Ok(ceremony_view(&r, v.signer_keys().as_ref(), ca))
+        let certificate = match (&r.status, &made) {
+            (CeremonyStatus::ExecutedWithCertificate { serial, .. }, _) => {
+                v.cert(serial).and_then(|c| {
+                    Some(CeremonyCertificateView {
+                        serial: hex::encode(&c.serial),
+                        issuer: c.issuer,
+                        certificate_pem: crate::pem::encode("CERTIFICATE", &c.certificate_der?),
+                    })
+                })
+            }
+            (_, Some(ca)) => Some(CeremonyCertificateView {
+                serial: cert_serial(&ca.certificate_der).map_or_else(String::new, hex::encode),
+                issuer: ca.parent.clone().unwrap_or_else(|| ca.ca_id.clone()),
+                certificate_pem: crate::pem::encode("CERTIFICATE", &ca.certificate_der),
+            }),
+            _ => None,
+        };
+        let ca = made.as_ref().map(ca_view);
+        Ok(ceremony_view(&r, v.signer_keys().as_ref(), ca, certificate))
     }
 
     pub async fn approve_ceremony(
@@ -838,6 +961,7 @@ impl Daemon {
                 },
             )
         };
+        let op_done = op.clone();
         let outcome = match self.signer(Request::Ceremony { op, proof }).await {
             Ok(Response::Ceremony(o)) => o,
             Ok(_) => return Err(err(ErrorKind::Internal, "unexpected answer to a ceremony")),
@@ -858,19 +982,12 @@ impl Daemon {
                 return Err(e);
             }
         };
+        // Everything the ceremony changed goes into the log with it, in one
+        // commit: the new CA, the CA a rotation retired, the new custodian
+        // set, the cross-certificate.
         self.store
-            .execute(c.actor.clone(), move |_| {
-                let mut events = vec![EventPayload::CeremonyExecuted { ceremony_id: cid }];
-                match outcome {
-                    CeremonyOutcome::Ca(ca) => events.push(EventPayload::CaRegistered {
-                        ca_id: ca.ca_id,
-                        parent: ca.parent,
-                        algorithm: ca.algorithm,
-                        status: ca.status,
-                        certificate_der: ca.certificate_der,
-                    }),
-                    CeremonyOutcome::CrossCertificate(_) | CeremonyOutcome::Custodians(_) => {}
-                }
+            .execute(c.actor.clone(), move |v: &dyn ReadView| {
+                let events = ceremony_result_events(v, cid, &op_done, outcome);
                 Decision::Commit { events, output: () }
             })
             .await

@@ -161,6 +161,19 @@ pub enum EventPayload {
         file_sha256: Option<[u8; 32]>,
         changed: Vec<String>,
     },
+    /// A `cross-sign` ceremony's result: `issuer` certified another CA's
+    /// name and key. Kept with the certificates `issuer` issued, so it is
+    /// listed, answered by OCSP and revocable onto `issuer`'s CRL.
+    CrossCertificateIssued {
+        ceremony_id: CeremonyId,
+        issuer: String,
+        serial: Vec<u8>,
+        subject: DistinguishedName,
+        not_before: i64,
+        not_after: i64,
+        certificate_der: Vec<u8>,
+        signer_journal_seq: u64,
+    },
 }
 
 impl EventPayload {
@@ -181,6 +194,7 @@ impl EventPayload {
             EventPayload::IssuanceRecovered { .. } => "issuance-recovered",
             EventPayload::CertificateRevoked { .. } => "certificate-revoked",
             EventPayload::CheckpointSigned { .. } => "checkpoint-signed",
+            EventPayload::CrossCertificateIssued { .. } => "cross-certificate-issued",
             EventPayload::ResponderRotated { .. } => "responder-rotated",
             EventPayload::CrlPublished { .. } => "crl-published",
             EventPayload::ConfigReloaded { .. } => "config-reloaded",
@@ -253,6 +267,16 @@ impl EventPayload {
             EventPayload::CertificateRevoked { serial, issuer, .. } => {
                 vec![hex::encode(serial), issuer.clone()]
             }
+            EventPayload::CrossCertificateIssued {
+                ceremony_id,
+                issuer,
+                serial,
+                ..
+            } => vec![
+                hex::encode(ceremony_id),
+                hex::encode(serial),
+                issuer.clone(),
+            ],
             _ => vec![],
         }
     }

@@ -548,6 +548,7 @@ fn ceremony_view(approved: usize) -> Value {
         ca: None,
         signer_id: Some(hex::encode(FAKE_SIGNER.signer_id)),
         custodians_sha256: Some(hex::encode(FAKE_SIGNER.custodians_sha256)),
+        certificate: None,
     })
     .unwrap()
 }

@@ -376,6 +376,45 @@ fn rich_history(store: &Store) {
             },
         ],
     );
+    // A cross-sign ceremony: root certifies another CA, kept with root's
+    // certificates; a second certificate for the same ceremony is skipped.
+    let cross = [8u8; 16];
+    let cross_cert = |serial: &[u8]| EventPayload::CrossCertificateIssued {
+        ceremony_id: cross,
+        issuer: "root".into(),
+        serial: serial.to_vec(),
+        subject: DistinguishedName::common_name("Other Root"),
+        not_before: 1_700_000_000,
+        not_after: 1_800_000_000,
+        certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x2a],
+        signer_journal_seq: 12,
+    };
+    commit(
+        store,
+        alice(),
+        vec![EventPayload::CeremonyOpened {
+            ceremony_id: cross,
+            op: CeremonyOp::CrossSign(castellan_proto::CrossSignParams {
+                issuer: "root".into(),
+                subject_certificate_der: vec![0x30, 0x00],
+                validity: castellan_proto::Validity {
+                    not_before: 1_700_000_000,
+                    not_after: 1_800_000_000,
+                },
+                path_len: Some(0),
+                urls: castellan_proto::Urls::default(),
+            }),
+        }],
+    );
+    commit(
+        store,
+        Actor::System,
+        vec![
+            EventPayload::CeremonyExecuted { ceremony_id: cross },
+            cross_cert(&[0x20, 0x01]),
+            cross_cert(&[0x20, 0x02]),
+        ],
+    );
     let (_, cp) = checkpoint_now(store, &key);
     commit(store, Actor::System, vec![cp]);
 }
@@ -393,6 +432,24 @@ fn projections_answer_what_the_history_implies() {
     assert_eq!(c.last_error.as_deref(), Some("signer unreachable"));
     assert_eq!(c.opened_by, alice());
 
+    let x = v.ceremony(&[8; 16]).unwrap();
+    assert!(
+        matches!(&x.status, CeremonyStatus::ExecutedWithCertificate { serial, .. } if serial == &[0x20, 0x01]),
+        "{:?}",
+        x.status
+    );
+    let cross = v.cert(&[0x20, 0x01]).unwrap();
+    assert_eq!(
+        (cross.issuer.as_str(), cross.profile.as_str(), cross.state),
+        ("root", "cross-certificate", CertState::Issued)
+    );
+    assert_eq!(cross.identity, "CN=Other Root");
+    assert!(
+        v.cert(&[0x20, 0x02]).is_none(),
+        "one certificate per ceremony"
+    );
+    assert_eq!(v.children("ca:root"), vec!["ca:issuing", "cert:2001"]);
+
     assert_eq!(v.cas().len(), 2);
     assert_eq!(
         v.responder("issuing").map(|r| r.certificate_der),
@@ -400,7 +457,6 @@ fn projections_answer_what_the_history_implies() {
     );
     assert!(v.responder("root").is_none());
     assert_eq!(v.ca("issuing").unwrap().parent.as_deref(), Some("root"));
-    assert_eq!(v.children("ca:root"), vec!["ca:issuing".to_string()]);
     assert_eq!(
         v.children("ca:issuing"),
         vec!["cert:1001", "cert:1002", "cert:1004"]

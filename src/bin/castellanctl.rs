@@ -1167,6 +1167,18 @@ fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
              check `systemctl status castellan-signer`"
         );
     }
+    if let Some(c) = &s.custodians {
+        println!(
+            "  custodians:   {} of {} ({})",
+            c.threshold,
+            c.members.len(),
+            c.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!("  CAs:          {}", s.cas);
     println!("  certificates: {}", s.certificates);
     if s.pending_intents > 0 {
@@ -1613,13 +1625,26 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                 &format!("/v1/ceremonies/{}/execute", seg(&id)),
                 &serde_json::json!({}),
             )?;
-            if let (Some(out), Some(ca)) = (&out, &c.ca) {
-                write_out(out, &ca.certificate_pem)?;
+            if let (Some(out), Some(cert)) = (&out, &c.certificate) {
+                write_out(out, &cert.certificate_pem)?;
             }
             if ctx.json {
                 return print_json(&c);
             }
             println!("ceremony {} {}: {}", c.id, c.state, c.description);
+            if let (None, Some(cert)) = (&c.ca, &c.certificate) {
+                println!(
+                    "  cross-certificate {} issued by {} (revocable like any certificate: `castellanctl revoke {}`)",
+                    cert.serial, cert.issuer, cert.serial
+                );
+                match &out {
+                    Some(out) => println!("  certificate: {}", out.display()),
+                    None => println!(
+                        "  certificate: `castellanctl cert show {}` (PEM with --json)",
+                        cert.serial
+                    ),
+                }
+            }
             if let Some(ca) = &c.ca {
                 println!(
                     "  CA {}: {} ({}), valid until {}",

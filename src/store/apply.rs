@@ -12,8 +12,9 @@
 use crate::events::{Event, EventPayload};
 
 use super::records::{
-    ApprovalRecord, CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState,
-    CheckpointRecord, CrlRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
+    ApprovalRecord, CROSS_CERTIFICATE_PROFILE, CaRecord, CeremonyRecord, CeremonyStatus,
+    CertRecord, CertState, CheckpointRecord, CrlRecord, IntentRecord, ResponderRecord, Revocation,
+    SignerKeys,
 };
 use super::tables::{
     BY_IDENTITY, BY_ISSUER, CAS, CEREMONIES, CERTS, CHECKPOINTS, CRLS, GRAPH, INTENTS, RESPONDERS,
@@ -307,6 +308,53 @@ pub(crate) fn apply(t: &mut WriteTables<'_>, ev: &Event) -> Result<(), String> {
             c.revocation = Some(revocation);
             t.put(CERTS, serial, &enc(&c)?)?;
             t.put(REVOKED, &compound(&c.issuer, serial), &entry)
+        }
+        EventPayload::CrossCertificateIssued {
+            ceremony_id,
+            issuer,
+            serial,
+            subject,
+            not_before,
+            not_after,
+            certificate_der,
+            ..
+        } => {
+            let Some(mut cer) = t.load::<CeremonyRecord>(CEREMONIES, ceremony_id)? else {
+                skip(ev, "no such ceremony");
+                return Ok(());
+            };
+            let CeremonyStatus::Executed { seq } = cer.status else {
+                skip(
+                    ev,
+                    "the ceremony is not executed, or already has its certificate",
+                );
+                return Ok(());
+            };
+            if t.load::<CertRecord>(CERTS, serial)?.is_some() {
+                skip(ev, "a certificate with this serial is already recorded");
+                return Ok(());
+            }
+            cer.status = CeremonyStatus::ExecutedWithCertificate {
+                seq,
+                serial: serial.clone(),
+            };
+            t.put(CEREMONIES, ceremony_id, &enc(&cer)?)?;
+            let c = CertRecord {
+                serial: serial.clone(),
+                issuer: issuer.clone(),
+                profile: CROSS_CERTIFICATE_PROFILE.into(),
+                identity: crate::names::format_subject(subject),
+                subject: subject.clone(),
+                sans: Vec::new(),
+                not_before: *not_before,
+                not_after: *not_after,
+                certificate_der: Some(certificate_der.clone()),
+                state: CertState::Issued,
+                request_id: *ceremony_id,
+                issued_seq: ev.seq,
+                revocation: None,
+            };
+            insert_cert(t, &c)
         }
         EventPayload::CheckpointSigned {
             sequence,

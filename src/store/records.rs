@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Actor, Millis, RequestId};
 
+/// The profile name under which a cross-certificate (made by a `cross-sign`
+/// ceremony) is kept with the certificates its issuer issued. Not a
+/// configurable profile: the configuration refuses this name.
+pub const CROSS_CERTIFICATE_PROFILE: &str = "cross-certificate";
+
 /// The signer's keys as last observed (`SignerKeysObserved`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SignerKeys {
@@ -104,13 +109,26 @@ pub struct ApprovalRecord {
     pub time_ms: Millis,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum CeremonyStatus {
     Open,
     /// Executed by the event with this sequence number.
     Executed {
         seq: u64,
     },
+    /// Executed by the event with sequence number `seq`, making the
+    /// certificate with this serial (a cross-signature; it is in the
+    /// certificates table).
+    ExecutedWithCertificate {
+        seq: u64,
+        serial: Vec<u8>,
+    },
+}
+
+impl CeremonyStatus {
+    pub fn is_open(&self) -> bool {
+        matches!(self, CeremonyStatus::Open)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,368 @@
+//! Every ceremony purpose through the daemon, end to end: the real
+//! `castellan`, `castellan-signer` and `castellanctl`, checked with
+//! `openssl`. Root and intermediate are covered by the demo path in
+//! `tests/daemon.rs`; here: rotation, cross-signature and a change of the
+//! custodian set, and what each leaves in the log.
+//!
+//! Build every binary first: `cargo build --workspace --bins`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Appliance, WAIT, ctl_bin, kind, openssl, openssl_exit, run, subjects};
+use serde_json::Value;
+
+fn ca<'a>(cas: &'a Value, id: &str) -> &'a Value {
+    cas.as_array()
+        .expect("ca list is a list")
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no CA {id} in {cas}"))
+}
+
+/// The subject or issuer line `openssl x509` prints for `file`.
+fn x509_line(a: &Appliance, file: &str, what: &str) -> String {
+    openssl(&["x509", "-in", file, "-noout", what], a.dir.path())
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn rotation_retires_the_old_ca_moves_issuance_to_its_successor_and_keeps_revocation() {
+    let a = Appliance::start();
+    a.make_cas();
+    let old_serial = common::issue(&a, "before");
+
+    let rot = a.open_ceremony(&[
+        "--purpose",
+        "rotate",
+        "--ca-id",
+        "issuing",
+        "--new-ca-id",
+        "issuing-2",
+        "--subject",
+        "CN=castellan test issuing CA 2,O=castellan tests",
+        "--days",
+        "1000",
+        "--path-len",
+        "0",
+    ]);
+    a.approve(&rot, "alice").ok();
+    a.approve(&rot, "carol").ok();
+    let v = a.execute(&rot, Some(&a.path("issuing-2.pem"))).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    assert_eq!(v["ca"]["id"], "issuing-2", "{v}");
+    assert_eq!(v["ca"]["parent"], "root", "{v}");
+
+    // The log says at once that the old CA is retired (not only after the
+    // next periodic look at the signer).
+    let cas = a.ctl(&["ca", "list"]).ok().json();
+    assert_eq!(ca(&cas, "issuing")["status"], "retired", "{cas}");
+    assert_eq!(ca(&cas, "issuing-2")["status"], "active", "{cas}");
+    openssl(
+        &["verify", "-CAfile", "root.pem", "issuing-2.pem"],
+        a.dir.path(),
+    );
+
+    // The retired CA issues nothing; its successor does.
+    let refused = a.issue_generated("late", "late.example");
+    assert_ne!(refused.code, Some(0), "{refused}");
+    let (_, m) = refused.error();
+    assert!(m.contains("issuing"), "{m}");
+    let key = a.path("after.key");
+    let pem = a.path("after.pem");
+    let v = a
+        .ctl(&[
+            "issue",
+            "--generate-key",
+            "--subject",
+            "CN=after.example",
+            "--san",
+            "DNS:after.example",
+            "--key-out",
+            key.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--issuer",
+            "issuing-2",
+            "--ttl",
+            "30",
+            "--out",
+            pem.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(v["issuer"], "issuing-2", "{v}");
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "issuing-2.pem",
+            "after.pem",
+        ],
+        a.dir.path(),
+    );
+
+    // What the retired CA issued stays revocable.
+    let v = a
+        .ctl(&["revoke", &old_serial, "--reason", "superseded"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+}
+
+#[test]
+fn a_cross_certificate_is_kept_in_the_log_listed_written_out_and_revocable() {
+    let (a, port) = common::public_appliance("", "");
+    // A second root to be cross-certified by the first.
+    let r2 = a.open_ceremony(&[
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root-2",
+        "--subject",
+        "CN=castellan test root 2,O=castellan tests",
+        "--days",
+        "3000",
+        "--path-len",
+        "1",
+    ]);
+    a.approve(&r2, "alice").ok();
+    a.approve(&r2, "bob").ok();
+    a.execute(&r2, Some(&a.path("root-2.pem"))).ok();
+
+    let root2 = a.path("root-2.pem");
+    let cross = a.open_ceremony(&[
+        "--purpose",
+        "cross-sign",
+        "--parent",
+        "root",
+        "--certificate",
+        root2.to_str().unwrap(),
+        "--days",
+        "365",
+        "--path-len",
+        "0",
+    ]);
+    a.approve(&cross, "bob").ok();
+    a.approve(&cross, "carol").ok();
+    let out = a.path("cross.pem");
+    let v = a.execute(&cross, Some(&out)).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    let serial = v["certificate"]["serial"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the executed cross-sign names its certificate: {v}"))
+        .to_string();
+    assert!(out.exists(), "the cross-certificate is written to --out");
+
+    // The cross-certificate: root-2's name and key, issued by root.
+    assert_eq!(
+        x509_line(&a, "cross.pem", "-subject"),
+        x509_line(&a, "root-2.pem", "-subject")
+    );
+    assert_eq!(
+        x509_line(&a, "cross.pem", "-issuer").replace("issuer=", ""),
+        x509_line(&a, "root.pem", "-subject").replace("subject=", "")
+    );
+    assert_eq!(
+        x509_line(&a, "cross.pem", "-pubkey"),
+        x509_line(&a, "root-2.pem", "-pubkey")
+    );
+    openssl(
+        &["verify", "-CAfile", "root.pem", "cross.pem"],
+        a.dir.path(),
+    );
+    let serial_line = x509_line(&a, "cross.pem", "-serial");
+    assert_eq!(
+        serial_line
+            .trim_start_matches("serial=")
+            .to_ascii_lowercase(),
+        serial.trim_start_matches("0").to_ascii_lowercase(),
+        "{serial_line} vs {serial}"
+    );
+
+    // `ceremony show` still has it, and the log recorded it.
+    let v = a.ctl(&["ceremony", "show", &cross]).ok().json();
+    assert_eq!(v["certificate"]["serial"], serial.as_str(), "{v}");
+    assert!(
+        v["certificate"]["certificate_pem"]
+            .as_str()
+            .is_some_and(|p| p == std::fs::read_to_string(&out).unwrap()),
+        "{v}"
+    );
+    let events = a.events();
+    let issued: Vec<&Value> = events
+        .iter()
+        .filter(|e| kind(e) == "cross-certificate-issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{events:?}");
+    assert!(subjects(issued[0]).contains(&serial), "{:?}", issued[0]);
+
+    // Listed with the certificates root issued, and revocable like them.
+    let c = a.ctl(&["cert", "show", &serial]).ok().json();
+    assert_eq!(c["issuer"], "root", "{c}");
+    assert_eq!(c["profile"], "cross-certificate", "{c}");
+    assert_eq!(c["state"], "issued", "{c}");
+    let v = a
+        .ctl(&["revoke", &serial, "--reason", "cACompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    // Relying parties see it: root's OCSP answer, then root's CRL.
+    let dir = a.dir.path();
+    let ocsp = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "root.pem",
+            "-cert",
+            "cross.pem",
+            "-CAfile",
+            "root.pem",
+            "-url",
+            &format!("http://127.0.0.1:{port}/ocsp"),
+        ],
+        dir,
+    );
+    assert!(ocsp.contains("Response verify OK"), "{ocsp}");
+    assert!(ocsp.contains("cross.pem: revoked"), "{ocsp}");
+    assert!(ocsp.contains("Reason: cACompromise"), "{ocsp}");
+    let listed = common::eventually("root's CRL to list the cross-certificate", || {
+        let got = run(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "60", "-o", "root.crl"])
+                .arg(format!("http://127.0.0.1:{port}/crl/root.crl"))
+                .current_dir(dir),
+            WAIT,
+        );
+        if got.code != Some(0) {
+            return None; // not published yet
+        }
+        let text = openssl(
+            &[
+                "crl", "-inform", "DER", "-in", "root.crl", "-noout", "-text",
+            ],
+            dir,
+        );
+        text.to_ascii_lowercase()
+            .contains(&format!("serial number: {serial}"))
+            .then_some(text)
+    });
+    assert!(listed.contains("CA Compromise"), "{listed}");
+    let v = a.ctl(&["audit", "verify"]).ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+
+    // The same ceremony cannot make a second one.
+    let again = a.execute(&cross, None);
+    assert_ne!(again.code, Some(0), "{again}");
+    assert!(again.error().1.contains("already executed"), "{again}");
+}
+
+#[test]
+fn a_new_custodian_set_takes_over_and_approvals_under_the_old_set_stop_counting() {
+    let a = Appliance::start();
+    a.make_cas();
+    // dave joins: 3 of 4.
+    std::fs::write(a.path("dave.pass"), "dave-passphrase\n").unwrap();
+    run(
+        Command::new(ctl_bin())
+            .args(["custodian", "keygen", "--name", "dave", "--out"])
+            .arg(a.path("dave.key"))
+            .arg("--passphrase-file")
+            .arg(a.path("dave.pass")),
+        WAIT,
+    )
+    .ok();
+    let member = |who: &str| format!("{who}={}", a.path(&format!("{who}.key.pub")).display());
+    let (al, bo, ca_, da) = (
+        member("alice"),
+        member("bob"),
+        member("carol"),
+        member("dave"),
+    );
+
+    // A ceremony approved under the old set, not yet executed.
+    let stale = a.open_ceremony(&[
+        "--purpose",
+        "root",
+        "--ca-id",
+        "stale-root",
+        "--subject",
+        "CN=castellan stale root",
+        "--days",
+        "100",
+    ]);
+    a.approve(&stale, "alice").ok();
+    a.approve(&stale, "bob").ok();
+
+    let change = a.open_ceremony(&[
+        "--purpose",
+        "custodians",
+        "--custodian",
+        &al,
+        "--custodian",
+        &bo,
+        "--custodian",
+        &ca_,
+        "--custodian",
+        &da,
+        "--threshold",
+        "3",
+    ]);
+    a.approve(&change, "alice").ok();
+    a.approve(&change, "carol").ok();
+    let v = a.execute(&change, None).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+
+    // The log knows the new set at once.
+    let status = a.ctl(&["status"]).ok().json();
+    assert_eq!(status["custodians"]["threshold"], 3, "{status}");
+    let members = status["custodians"]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4, "{status}");
+    assert!(members.iter().any(|m| m["name"] == "dave"), "{status}");
+    let observed = a
+        .events()
+        .into_iter()
+        .filter(|e| kind(e) == "signer-keys-observed")
+        .count();
+    assert!(observed >= 2, "the new set is recorded");
+
+    // The old approvals no longer count.
+    let refused = a.execute(&stale, None);
+    assert_ne!(refused.code, Some(0), "{refused}");
+    let (_, m) = refused.error();
+    assert!(m.contains("custodian"), "{m}");
+
+    // Under the new set: two approvals are not enough, three are, and dave
+    // counts.
+    let next = a.open_ceremony(&[
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root-3",
+        "--subject",
+        "CN=castellan test root 3",
+        "--days",
+        "100",
+    ]);
+    a.approve(&next, "alice").ok();
+    a.approve(&next, "dave").ok();
+    let refused = a.execute(&next, None);
+    assert_ne!(refused.code, Some(0), "{refused}");
+    assert!(
+        refused.error().1.contains("quorum not met: 2 of 3"),
+        "{refused}"
+    );
+    a.approve(&next, "bob").ok();
+    let v = a.execute(&next, Some(&a.path("root-3.pem"))).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    let text = openssl_exit(
+        &["x509", "-in", "root-3.pem", "-noout", "-subject"],
+        a.dir.path(),
+        0,
+    );
+    assert!(text.contains("castellan test root 3"), "{text}");
+}
