@@ -966,6 +966,17 @@ impl Daemon {
             Ok(Response::Ceremony(o)) => o,
             Ok(_) => return Err(err(ErrorKind::Internal, "unexpected answer to a ceremony")),
             Err(e) => {
+                // Refused because the signer already executed it (its answer
+                // was lost before it was recorded here): record what it made.
+                if e.kind == ErrorKind::Refused
+                    && let Some(o) = self.executed_outcome(cid, &op_done).await
+                {
+                    tracing::warn!(
+                        ceremony = id,
+                        "the signer had already executed this ceremony; recording its outcome now"
+                    );
+                    return self.record_ceremony(c, id, cid, op_done, o).await;
+                }
                 if e.kind == ErrorKind::Refused {
                     let reason = e.message.clone();
                     let _ = self
@@ -982,12 +993,45 @@ impl Daemon {
                 return Err(e);
             }
         };
+        self.record_ceremony(c, id, cid, op_done, outcome).await
+    }
+
+    /// What the signer made for ceremony `cid` if it executed it with `op`.
+    async fn executed_outcome(&self, cid: CeremonyId, op: &CeremonyOp) -> Option<CeremonyOutcome> {
+        let q = castellan_proto::CeremonyOutcomeQuery {
+            ceremony_id: cid,
+            parameters_sha256: statement_digest(op),
+        };
+        match self.signer(Request::CeremonyOutcome(q)).await {
+            Ok(Response::Ceremony(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Records an executed ceremony and what it made.
+    async fn record_ceremony(
+        &self,
+        c: &Caller,
+        id: &str,
+        cid: CeremonyId,
+        op: CeremonyOp,
+        outcome: CeremonyOutcome,
+    ) -> Result<CeremonyView, ApiError> {
         // Everything the ceremony changed goes into the log with it, in one
         // commit: the new CA, the CA a rotation retired, the new custodian
         // set, the cross-certificate.
         self.store
             .execute(c.actor.clone(), move |v: &dyn ReadView| {
-                let events = ceremony_result_events(v, cid, &op_done, outcome);
+                if !v.ceremony(&cid).is_some_and(|r| r.status.is_open()) {
+                    return Decision::Refuse {
+                        events: vec![],
+                        error: format!(
+                            "ceremony {} was already recorded as executed",
+                            hex::encode(cid)
+                        ),
+                    };
+                }
+                let events = ceremony_result_events(v, cid, &op, outcome);
                 Decision::Commit { events, output: () }
             })
             .await

@@ -511,7 +511,9 @@ fn answer_check(request: &Request) -> fn(&Response) -> bool {
             |r| matches!(r, Response::Certificate(_))
         }
         Request::FindIntents(_) => |r| matches!(r, Response::IntentsFound { .. }),
-        Request::Ceremony { .. } => |r| matches!(r, Response::Ceremony(_)),
+        Request::Ceremony { .. } | Request::CeremonyOutcome(_) => {
+            |r| matches!(r, Response::Ceremony(_))
+        }
         Request::SignCrl(_) | Request::SignStagedCrl(_) => {
             |r| matches!(r, Response::Crl { .. } | Response::CrlStored { .. })
         }

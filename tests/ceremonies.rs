@@ -366,3 +366,76 @@ fn a_new_custodian_set_takes_over_and_approvals_under_the_old_set_stop_counting(
     );
     assert!(text.contains("castellan test root 3"), "{text}");
 }
+
+/// The signer executes a ceremony whose answer never reaches the log (as
+/// when castellan dies between the signer's answer and its commit). The
+/// operator runs `ceremony execute` again: the signer refuses to execute
+/// twice, and castellan records what the first execution made instead of
+/// calling the ceremony failed.
+#[test]
+fn a_ceremony_whose_answer_was_lost_is_recorded_from_the_signer_when_executed_again() {
+    use castellan::custodian::{CustodianKey, read_passphrase};
+    use castellan::signer_client::SignerClient;
+    use castellan_proto::{CeremonyContext, CeremonyOp, QuorumProof, Request, Response};
+
+    let a = Appliance::start();
+    let id = a.open_root();
+    let view = a.ctl(&["ceremony", "show", &id]).ok().json();
+    let op: CeremonyOp = serde_json::from_value(view["op"].clone()).expect("the op");
+    let hex32 = |v: &Value| -> [u8; 32] {
+        hex::decode(v.as_str().expect("hex"))
+            .expect("hex")
+            .try_into()
+            .expect("32 octets")
+    };
+    let ctx = CeremonyContext {
+        signer_id: hex32(&view["signer_id"]),
+        custodians_sha256: hex32(&view["custodians_sha256"]),
+    };
+    let cid: [u8; 16] = hex::decode(&id).unwrap().try_into().unwrap();
+    let approvals = ["alice", "bob"]
+        .iter()
+        .map(|who| {
+            let pass = read_passphrase(&a.path(&format!("{who}.pass"))).unwrap();
+            CustodianKey::load(&a.path(&format!("{who}.key")), &pass)
+                .unwrap()
+                .approve(&ctx, &cid, &op)
+        })
+        .collect();
+    // Straight to the signer: castellan never hears the answer.
+    let mut signer = SignerClient::connect(&a.signer_socket).expect("the signer socket");
+    let made = match signer
+        .call(Request::Ceremony {
+            op: op.clone(),
+            proof: QuorumProof {
+                ceremony_id: cid,
+                approvals,
+            },
+        })
+        .expect("an answer")
+    {
+        Response::Ceremony(castellan_proto::CeremonyOutcome::Ca(info)) => info,
+        other => panic!("the ceremony was not executed: {other:?}"),
+    };
+    let v = a.ctl(&["ceremony", "show", &id]).ok().json();
+    assert_eq!(v["state"], "open", "{v}");
+
+    a.approve(&id, "alice").ok();
+    a.approve(&id, "bob").ok();
+    let v = a.execute(&id, Some(&a.path("root.pem"))).ok().json();
+    assert_eq!(v["state"], "executed", "{v}");
+    assert_eq!(v["last_error"], Value::Null, "{v}");
+    assert_eq!(v["ca"]["id"], "root", "{v}");
+    let pem = std::fs::read_to_string(a.path("root.pem")).unwrap();
+    assert_eq!(
+        pem,
+        castellan::pem::encode("CERTIFICATE", &made.certificate_der),
+        "the CA the signer made, not another"
+    );
+    let kinds: Vec<String> = a.events().iter().map(|e| kind(e).to_string()).collect();
+    assert!(kinds.contains(&"ceremony-executed".into()), "{kinds:?}");
+    assert!(!kinds.contains(&"ceremony-failed".into()), "{kinds:?}");
+    // And it is still one ceremony, one operation.
+    let again = a.execute(&id, None);
+    assert!(again.error().1.contains("already executed"), "{again}");
+}

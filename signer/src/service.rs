@@ -9,12 +9,12 @@ use std::sync::{Mutex, RwLock};
 
 use castellan_proto::{
     Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome,
-    CertificateTemplate, CheckpointRequest, CrlChunk, CrlEntry, CrlRequest, CrossSignParams,
-    CustodianSet, ErrorKind, IntentId, IntentQuery, IssuedCertificate, JournalWindow, MAX_CRL_PART,
-    MAX_INLINE_CRL, MAX_INTENT_QUERY, MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof,
-    Request, ResponderInfo, ResponderParams, Response, RotateParams, SignatureKind,
-    SignedCheckpoint, SignedSubject, SignerError, StagedCrlRequest, StatusInfo, checkpoint_message,
-    frame::MAX_PAYLOAD,
+    CeremonyOutcomeQuery, CertificateTemplate, CheckpointRequest, CrlChunk, CrlEntry, CrlRequest,
+    CrossSignParams, Custodian, CustodianSet, ErrorKind, IntentId, IntentQuery, IssuedCertificate,
+    JournalWindow, MAX_CRL_PART, MAX_INLINE_CRL, MAX_INTENT_QUERY, MAX_STAGED_CRL_ENTRIES,
+    OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo, ResponderParams, Response,
+    RotateParams, SignatureKind, SignedCheckpoint, SignedSubject, SignerError, StagedCrlRequest,
+    StatusInfo, ceremony::statement_digest, checkpoint_message, frame::MAX_PAYLOAD,
 };
 use ring::rand::SystemRandom;
 
@@ -22,7 +22,10 @@ use crate::backend::{Backend, BackendError};
 use crate::config::Profile;
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::quorum;
-use crate::state::{JOURNAL_FILE, JournalFloor, State, StoredCa, StoredResponder};
+use crate::state::{
+    JOURNAL_FILE, JournalFloor, Made, State, StoredCa, StoredCustodian, StoredOutcome,
+    StoredResponder,
+};
 use crate::x509::{
     self, BuildError, CertKind, CertSpec, CheckedTbs, CrlEntries, CrlEntrySpec, IssuerKey,
     OcspIssuer, Signed, SingleSpec,
@@ -489,6 +492,7 @@ impl Signer {
             }),
             Request::FindIntents(q) => self.find_intents(&q),
             Request::Ceremony { op, proof } => self.ceremony(&op, &proof).map(Response::Ceremony),
+            Request::CeremonyOutcome(q) => self.ceremony_outcome(&q).map(Response::Ceremony),
             Request::SignCrl(r) => self.sign_crl(&r),
             Request::StageCrlEntries(c) => self.stage_crl(&c),
             Request::SignStagedCrl(r) => self.sign_staged_crl(&r),
@@ -690,8 +694,112 @@ impl Signer {
                 CeremonyOutcome::Custodians(self.change_custodians(set, id)?)
             }
         };
-        self.write()?.used_ceremonies.insert(id);
+        let made = match &outcome {
+            CeremonyOutcome::Ca(info) => Made::Ca {
+                ca_id: info.ca_id.clone(),
+            },
+            CeremonyOutcome::CrossCertificate(c) => Made::CrossCertificate {
+                serial_hex: hex::encode(&c.serial),
+                certificate_hex: hex::encode(&c.der),
+                journal_seq: c.journal_seq,
+            },
+            CeremonyOutcome::Custodians(set) => Made::Custodians {
+                threshold: set.threshold,
+                custodians: set
+                    .custodians
+                    .iter()
+                    .map(|c| StoredCustodian {
+                        name: c.name.clone(),
+                        public_key_hex: hex::encode(c.public_key),
+                    })
+                    .collect(),
+            },
+        };
+        let mut inner = self.write()?;
+        inner.used_ceremonies.insert(id);
+        inner.state.ceremonies.insert(
+            hex::encode(id),
+            StoredOutcome {
+                parameters_sha256: hex::encode(statement_digest(op)),
+                made,
+            },
+        );
+        // The ceremony is done and journaled: a failure to keep its outcome
+        // only costs the answer to a later `CeremonyOutcome`.
+        if let Err(e) = self.save_state(&mut inner) {
+            tracing::error!(
+                ceremony = %hex::encode(id),
+                "executed, but its outcome could not be kept in state.json: {}",
+                e.message
+            );
+        }
         Ok(outcome)
+    }
+
+    /// What executed ceremony `q.ceremony_id` made, if it was executed with
+    /// the parameters `q` names. Signs nothing.
+    fn ceremony_outcome(&self, q: &CeremonyOutcomeQuery) -> Result<CeremonyOutcome, SignerError> {
+        let inner = self.read()?;
+        let id = hex::encode(q.ceremony_id);
+        let Some(kept) = inner.state.ceremonies.get(&id) else {
+            return Err(bad(if inner.used_ceremonies.contains(&q.ceremony_id) {
+                format!(
+                    "ceremony {id} was executed (the journal says so) but this signer did not keep its outcome; see `castellan-signer journal export` for what it signed"
+                )
+            } else {
+                format!("this signer has not executed ceremony {id}")
+            }));
+        };
+        if kept.parameters_sha256 != hex::encode(q.parameters_sha256) {
+            return Err(policy(format!(
+                "ceremony {id} was executed with other parameters (SHA-256 {}) than those asked about",
+                kept.parameters_sha256
+            )));
+        }
+        let damaged = || {
+            err(
+                ErrorKind::Internal,
+                format!("state.json: the kept outcome of ceremony {id} is malformed"),
+            )
+        };
+        Ok(match &kept.made {
+            Made::Ca { ca_id } => CeremonyOutcome::Ca(
+                inner
+                    .cas
+                    .get(ca_id)
+                    .map(|c| c.info.clone())
+                    .ok_or_else(damaged)?,
+            ),
+            Made::CrossCertificate {
+                serial_hex,
+                certificate_hex,
+                journal_seq,
+            } => CeremonyOutcome::CrossCertificate(IssuedCertificate {
+                serial: hex::decode(serial_hex).map_err(|_| damaged())?,
+                der: hex::decode(certificate_hex).map_err(|_| damaged())?,
+                journal_seq: *journal_seq,
+            }),
+            Made::Custodians {
+                threshold,
+                custodians,
+            } => {
+                let mut set = Vec::new();
+                for c in custodians {
+                    let public_key = hex::decode(&c.public_key_hex)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(damaged)?;
+                    set.push(Custodian {
+                        name: c.name.clone(),
+                        public_key,
+                    });
+                }
+                CeremonyOutcome::Custodians(CustodianSet {
+                    threshold: *threshold,
+                    custodians: set,
+                })
+            }
+        })
     }
 
     /// Makes a new CA key and its certificate, self-signed or by `parent`.

@@ -40,6 +40,32 @@ pub struct StoredResponder {
     pub certificate_hex: String,
 }
 
+/// What an executed ceremony made, kept so that a daemon that lost the
+/// answer (a crash between the signer's answer and its own record) can ask
+/// again (`Request::CeremonyOutcome`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredOutcome {
+    /// SHA-256 of the parameters executed (`statement_digest`), hex.
+    pub parameters_sha256: String,
+    pub made: Made,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Made {
+    /// A new CA (root, intermediate, or a rotation's successor).
+    Ca { ca_id: String },
+    CrossCertificate {
+        serial_hex: String,
+        certificate_hex: String,
+        journal_seq: u64,
+    },
+    Custodians {
+        threshold: u8,
+        custodians: Vec<StoredCustodian>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
     pub format: u32,
@@ -58,6 +84,9 @@ pub struct State {
     /// is refused. Absent only in states written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_floor: Option<JournalFloor>,
+    /// Executed ceremonies by id (hex) and what each made.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ceremonies: BTreeMap<String, StoredOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -118,6 +147,7 @@ impl State {
             responders: BTreeMap::new(),
             key_counter: 0,
             journal_floor: None,
+            ceremonies: BTreeMap::new(),
         };
         s.set_custodians(set);
         s

@@ -673,6 +673,15 @@ pub struct IntentQuery {
     pub intents: Vec<IntentId>,
 }
 
+/// Which ceremony's outcome is asked for, and the SHA-256 of the
+/// parameters the caller recorded for it ([`ceremony::statement_digest`]):
+/// the signer answers only when they are the parameters it executed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CeremonyOutcomeQuery {
+    pub ceremony_id: CeremonyId,
+    pub parameters_sha256: [u8; 32],
+}
+
 /// A journaled certificate signature made for an intent.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct IntentFound {
@@ -728,6 +737,10 @@ pub enum Request {
     IssueCertificateForIntent(IntentTemplate),
     /// Answered with [`Response::IntentsFound`].
     FindIntents(IntentQuery),
+    /// What an executed ceremony made, answered with [`Response::Ceremony`]
+    /// as the execution was; for a caller that lost that answer (a crash
+    /// between the signer's answer and its own record). Signs nothing.
+    CeremonyOutcome(CeremonyOutcomeQuery),
 }
 
 impl Request {
@@ -747,6 +760,7 @@ impl Request {
             Request::ReadCrl { .. } => "read-crl",
             Request::IssueCertificateForIntent(_) => "issue-certificate-for-intent",
             Request::FindIntents(_) => "find-intents",
+            Request::CeremonyOutcome(_) => "ceremony-outcome",
         }
     }
 }

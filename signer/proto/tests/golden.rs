@@ -457,6 +457,13 @@ fn requests() -> Vec<(&'static str, Request)> {
             }],
         }),
     ));
+    out.push((
+        "request_ceremony_outcome",
+        Request::CeremonyOutcome(CeremonyOutcomeQuery {
+            ceremony_id: [0x3c; 16],
+            parameters_sha256: [0x4d; 32],
+        }),
+    ));
     out
 }
 

@@ -348,6 +348,12 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::collection::vec(any::<[u8; 16]>(), 0..8)
         )
             .prop_map(|(since, intents)| Request::FindIntents(IntentQuery { since, intents })),
+        (any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(|(ceremony_id, parameters_sha256)| {
+            Request::CeremonyOutcome(CeremonyOutcomeQuery {
+                ceremony_id,
+                parameters_sha256,
+            })
+        }),
     ]
 }
 
