@@ -1369,11 +1369,24 @@ fn print_ceremony(c: &CeremonyView) {
     if let Some(e) = &c.last_error {
         println!("  last error: {e}");
     }
-    if let Some(ca) = &c.ca {
-        println!(
-            "  made CA:    {} ({}), valid until {}",
-            ca.id, ca.subject, ca.not_after
-        );
+    if let Some(line) = ceremony_made(c) {
+        println!("  made:       {line}");
+    }
+}
+
+/// What an executed ceremony made, in one line, or `None` (not executed,
+/// or a custodian change).
+fn ceremony_made(c: &CeremonyView) -> Option<String> {
+    match (&c.ca, &c.certificate) {
+        (Some(ca), _) => Some(format!(
+            "CA {}: {} ({}), valid until {}",
+            ca.id, ca.subject, ca.algorithm, ca.not_after
+        )),
+        (None, Some(cert)) => Some(format!(
+            "cross-certificate {} issued by {}; listed and revocable like any certificate (`castellanctl cert show {}`)",
+            cert.serial, cert.issuer, cert.serial
+        )),
+        (None, None) => None,
     }
 }
 
@@ -1632,29 +1645,17 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                 return print_json(&c);
             }
             println!("ceremony {} {}: {}", c.id, c.state, c.description);
-            if let (None, Some(cert)) = (&c.ca, &c.certificate) {
-                println!(
-                    "  cross-certificate {} issued by {} (revocable like any certificate: `castellanctl revoke {}`)",
-                    cert.serial, cert.issuer, cert.serial
-                );
-                match &out {
-                    Some(out) => println!("  certificate: {}", out.display()),
-                    None => println!(
-                        "  certificate: `castellanctl cert show {}` (PEM with --json)",
-                        cert.serial
-                    ),
-                }
-            }
-            if let Some(ca) = &c.ca {
-                println!(
-                    "  CA {}: {} ({}), valid until {}",
-                    ca.id, ca.subject, ca.algorithm, ca.not_after
-                );
-                match &out {
-                    Some(out) => println!("  certificate: {}", out.display()),
-                    None => println!(
+            if let Some(line) = ceremony_made(&c) {
+                println!("  {line}");
+                match (&out, &c.ca) {
+                    (Some(out), _) => println!("  certificate: {}", out.display()),
+                    (None, Some(ca)) => println!(
                         "  certificate: `castellanctl ca show {} --out <file>`",
                         ca.id
+                    ),
+                    (None, None) => println!(
+                        "  certificate: `castellanctl --json ceremony show {}` (certificate.certificate_pem)",
+                        c.id
                     ),
                 }
             }
