@@ -112,6 +112,18 @@ fn ocsp_text(dir: &Path, port: u16, cert: &str) -> String {
     )
 }
 
+/// `openssl ocsp` for goes.pem (with `extra` arguments) through `port`
+/// gets tryLater, never good.
+fn says_try_later(dir: &Path, port: u16, extra: &[&str]) {
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    let mut args = vec!["ocsp", "-issuer", "issuing.pem", "-cert", "goes.pem"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-url", &url]);
+    let t = openssl_exit(&args, dir, 1);
+    assert!(t.to_lowercase().contains("trylater"), "{t}");
+    assert!(!t.contains("goes.pem: good"), "{t}");
+}
+
 #[test]
 fn crls_follow_revocations_emergency_mode_and_restarts_and_cert_show_says_what_is_served() {
     let (mut a, port) = public_appliance("", "[crl]\ncoalesce_ms = 100\n");
@@ -643,21 +655,7 @@ fn with_the_signer_down_cached_answers_are_served_and_a_revoked_certificate_is_n
         v["ocsp"].as_str().unwrap().starts_with("not yet signed"),
         "{v}"
     );
-    let t = openssl_exit(
-        &[
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            "goes.pem",
-            "-url",
-            &format!("http://127.0.0.1:{port}/ocsp/issuing"),
-        ],
-        dir,
-        1,
-    );
-    assert!(t.to_lowercase().contains("trylater"), "{t}");
-    assert!(!t.contains("goes.pem: good"), "{t}");
+    says_try_later(dir, port, &[]);
     let t = ocsp_text(dir, port, "stays.pem");
     assert!(t.contains("stays.pem: good"), "{t}");
 
@@ -797,22 +795,7 @@ fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publi
         )
     );
     // nginx passes what it does not hold to castellan: tryLater, never good.
-    let t = openssl_exit(
-        &[
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            "goes.pem",
-            "-no_nonce",
-            "-url",
-            &format!("http://127.0.0.1:{nginx_port}/ocsp/issuing"),
-        ],
-        dir,
-        1,
-    );
-    assert!(t.to_lowercase().contains("trylater"), "{t}");
-    assert!(!t.contains("goes.pem: good"), "{t}");
+    says_try_later(dir, nginx_port, &["-no_nonce"]);
 
     // The signer is back: the revoked answer is signed and published.
     a.start_signer();
