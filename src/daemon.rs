@@ -793,7 +793,16 @@ impl Daemon {
         c: &Caller,
         r: OpenCeremony,
     ) -> Result<CeremonyView, ApiError> {
-        let op = build_op(&r)?;
+        let op = {
+            let config = self.config();
+            let v = self
+                .store
+                .read()
+                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+            build_op(&r, &config.issuance.urls, |ca| {
+                v.ca(ca).and_then(|c| c.parent)
+            })?
+        };
         let mut id = [0u8; 16];
         self.rng
             .fill(&mut id)
@@ -1037,6 +1046,7 @@ impl Daemon {
             .await
             .map_err(exec_err)?;
         self.rev.invalidate_cas();
+        self.rev.wake_publishers();
         // A rotation retires the old CA and a custodian change replaces the
         // set: take the signer's view of both into the log.
         if let Err(e) = self.sync_signer().await {
@@ -1845,8 +1855,16 @@ fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
     }
 }
 
-/// The ceremony operation an admin asked for.
-fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
+/// The ceremony operation an admin asked for. A certificate signed by
+/// another CA (intermediate, rotation's successor, cross-certificate)
+/// carries that CA's OCSP, caIssuers and CRL URLs, as leaves do, so relying
+/// parties can check its revocation too; a root carries none. `parent_of`
+/// names a CA's parent, for a rotation.
+fn build_op(
+    r: &OpenCeremony,
+    urls: &crate::config::UrlTemplates,
+    parent_of: impl Fn(&str) -> Option<String>,
+) -> Result<CeremonyOp, ApiError> {
     let purpose = castellan_proto::Purpose::parse(&r.purpose).ok_or_else(|| {
         bad(format!(
             "unknown purpose {:?}; use root, intermediate, rotate, cross-sign or custodians",
@@ -1900,15 +1918,19 @@ fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
                 .ok_or_else(|| bad("an intermediate needs --parent <issuing CA id>"))?;
             CeremonyOp::CreateIntermediate(CaParams {
                 ca_id: ca_id()?,
+                urls: urls.expand(&parent),
                 parent: Some(parent),
                 algorithm,
                 subject: subject()?,
                 validity,
                 path_len: r.path_len,
-                urls: Urls::default(),
             })
         }
         castellan_proto::Purpose::Rotate => CeremonyOp::Rotate(RotateParams {
+            urls: ca_id()
+                .ok()
+                .and_then(|id| parent_of(&id))
+                .map_or_else(Urls::default, |p| urls.expand(&p)),
             ca_id: ca_id()?,
             new_ca_id: r
                 .new_ca_id
@@ -1918,22 +1940,22 @@ fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
             subject: subject()?,
             validity,
             path_len: r.path_len,
-            urls: Urls::default(),
         }),
         castellan_proto::Purpose::CrossSign => {
             let pem = r.certificate_pem.as_deref().ok_or_else(|| {
                 bad("a cross-signature needs the CA certificate to certify (--certificate FILE)")
             })?;
             let der = crate::pem::decode(pem.as_bytes(), &["CERTIFICATE"]).map_err(bad)?;
+            let issuer = r
+                .parent
+                .clone()
+                .ok_or_else(|| bad("a cross-signature needs --parent <issuing CA id>"))?;
             CeremonyOp::CrossSign(CrossSignParams {
-                issuer: r
-                    .parent
-                    .clone()
-                    .ok_or_else(|| bad("a cross-signature needs --parent <issuing CA id>"))?,
+                urls: urls.expand(&issuer),
+                issuer,
                 subject_certificate_der: der,
                 validity,
                 path_len: r.path_len,
-                urls: Urls::default(),
             })
         }
         castellan_proto::Purpose::Custodians => {

@@ -28,6 +28,21 @@ fn x509_line(a: &Appliance, file: &str, what: &str) -> String {
         .to_string()
 }
 
+/// The DER CRL of `ca` as served, once there is one, in `<ca>.crl`.
+fn fetch_crl(a: &Appliance, port: u16, ca: &str) -> String {
+    let file = format!("{ca}.crl");
+    common::eventually(&format!("a CRL of {ca}"), || {
+        let got = run(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "60", "-o", &file])
+                .arg(format!("http://127.0.0.1:{port}/crl/{ca}.crl"))
+                .current_dir(a.dir.path()),
+            WAIT,
+        );
+        (got.code == Some(0)).then(|| file.clone())
+    })
+}
+
 #[test]
 fn rotation_retires_the_old_ca_moves_issuance_to_its_successor_and_keeps_revocation() {
     let a = Appliance::start();
@@ -117,6 +132,53 @@ fn rotation_retires_the_old_ca_moves_issuance_to_its_successor_and_keeps_revocat
 #[test]
 fn a_cross_certificate_is_kept_in_the_log_listed_written_out_and_revocable() {
     let (a, port) = common::public_appliance("", "");
+    let dir = a.dir.path();
+    // An intermediate carries its issuer's revocation URLs as leaves do; a
+    // root none.
+    let base = format!("http://127.0.0.1:{port}");
+    let text = openssl(&["x509", "-in", "issuing.pem", "-noout", "-text"], dir);
+    for url in [
+        format!("URI:{base}/crl/root.crl"),
+        format!("OCSP - URI:{base}/ocsp/root"),
+        format!("CA Issuers - URI:{base}/ca/root.crt"),
+    ] {
+        assert!(text.contains(&url), "no {url} in {text}");
+    }
+    let text = openssl(&["x509", "-in", "root.pem", "-noout", "-text"], dir);
+    assert!(!text.contains("CRL Distribution"), "{text}");
+    assert!(!text.contains("Authority Information Access"), "{text}");
+    // With both CAs' CRLs, the whole chain checks.
+    common::issue(&a, "leaf");
+    for ca in ["root", "issuing"] {
+        let crl = fetch_crl(&a, port, ca);
+        openssl(
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                &crl,
+                "-out",
+                &format!("{ca}.crl.pem"),
+            ],
+            dir,
+        );
+    }
+    let ok = openssl(
+        &[
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            "chain.pem",
+            "-CRLfile",
+            "root.crl.pem",
+            "-CRLfile",
+            "issuing.crl.pem",
+            "leaf.pem",
+        ],
+        dir,
+    );
+    assert!(ok.contains("leaf.pem: OK"), "{ok}");
     // A second root to be cross-certified by the first.
     let r2 = a.open_ceremony(&[
         "--purpose",
@@ -212,7 +274,6 @@ fn a_cross_certificate_is_kept_in_the_log_listed_written_out_and_revocable() {
         .json();
     assert_eq!(v["state"], "revoked", "{v}");
     // Relying parties see it: root's OCSP answer, then root's CRL.
-    let dir = a.dir.path();
     let ocsp = openssl(
         &[
             "ocsp",
@@ -231,20 +292,9 @@ fn a_cross_certificate_is_kept_in_the_log_listed_written_out_and_revocable() {
     assert!(ocsp.contains("cross.pem: revoked"), "{ocsp}");
     assert!(ocsp.contains("Reason: cACompromise"), "{ocsp}");
     let listed = common::eventually("root's CRL to list the cross-certificate", || {
-        let got = run(
-            Command::new("curl")
-                .args(["-sSf", "--max-time", "60", "-o", "root.crl"])
-                .arg(format!("http://127.0.0.1:{port}/crl/root.crl"))
-                .current_dir(dir),
-            WAIT,
-        );
-        if got.code != Some(0) {
-            return None; // not published yet
-        }
+        let crl = fetch_crl(&a, port, "root");
         let text = openssl(
-            &[
-                "crl", "-inform", "DER", "-in", "root.crl", "-noout", "-text",
-            ],
+            &["crl", "-inform", "DER", "-in", &crl, "-noout", "-text"],
             dir,
         );
         text.to_ascii_lowercase()

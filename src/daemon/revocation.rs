@@ -316,6 +316,14 @@ impl RevocationState {
         }
     }
 
+    /// A ceremony made or changed a CA: its responder and first CRL are
+    /// made now, not at the next tick, since certificates already name their
+    /// URLs.
+    pub(crate) fn wake_publishers(&self) {
+        self.ocsp_wake.notify_one();
+        self.crl_wake.notify_one();
+    }
+
     pub(crate) fn note_issued(&self, issuer: &str, serial: &[u8]) {
         self.issued_epoch
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
