@@ -144,6 +144,22 @@ fn a_cross_certificate_is_kept_in_the_log_listed_written_out_and_revocable() {
     ] {
         assert!(text.contains(&url), "no {url} in {text}");
     }
+    let ocsp = openssl(
+        &[
+            "ocsp",
+            "-issuer",
+            "root.pem",
+            "-cert",
+            "issuing.pem",
+            "-CAfile",
+            "root.pem",
+            "-url",
+            &format!("{base}/ocsp/root"),
+        ],
+        dir,
+    );
+    assert!(ocsp.contains("issuing.pem: good"), "{ocsp}");
+    assert!(ocsp.contains("Response verify OK"), "{ocsp}");
     let text = openssl(&["x509", "-in", "root.pem", "-noout", "-text"], dir);
     assert!(!text.contains("CRL Distribution"), "{text}");
     assert!(!text.contains("Authority Information Access"), "{text}");
