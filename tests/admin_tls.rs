@@ -831,3 +831,50 @@ fn a_reload_is_recorded_in_the_audit_log_before_it_applies_and_a_refused_one_is_
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["checkpoint_keys"], "signer", "{v}");
 }
+
+/// One HTTP request through `openssl s_client` to the mTLS listener, with
+/// `args` (client certificate, session file); returns s_client's whole
+/// output (handshake report and the HTTP answer).
+fn s_client(a: &Appliance, args: &[&str], request: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "r=$1 port=$2 ca=$3; shift 3; printf '%s' \"$r\" | timeout 60 openssl s_client \
+             -connect \"127.0.0.1:$port\" -CAfile \"$ca\" -ign_eof \"$@\" 2>&1",
+        )
+        .arg("sh")
+        .arg(format!(
+            "{request} HTTP/1.1\r\nHost: castellan\r\nConnection: close\r\n\r\n"
+        ))
+        .arg(a.port.to_string())
+        .arg(a.path("root.pem"))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_connection_verifies_the_client_certificate_no_session_is_resumed() {
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    let session = a.path("alice.session");
+    let (cert, key, sess) = (
+        alice.cert.to_str().unwrap(),
+        alice.key.to_str().unwrap(),
+        session.to_str().unwrap(),
+    );
+    let first = s_client(
+        &a,
+        &["-cert", cert, "-key", key, "-sess_out", sess],
+        "GET /v1/status",
+    );
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    // A resumed session would carry alice's certificate chain from the
+    // first handshake without verifying it again (an expired certificate
+    // would go on working). Offered a session and no certificate, the
+    // server must make a full handshake and refuse.
+    let second = s_client(&a, &["-sess_in", sess], "GET /v1/status");
+    assert!(!second.contains("Reused,"), "{second}");
+    assert!(!second.contains("HTTP/1.1 200"), "{second}");
+}
