@@ -878,3 +878,46 @@ fn every_connection_verifies_the_client_certificate_no_session_is_resumed() {
     assert!(!second.contains("Reused,"), "{second}");
     assert!(!second.contains("HTTP/1.1 200"), "{second}");
 }
+
+#[test]
+fn one_host_without_a_certificate_cannot_take_every_connection_of_the_listener() {
+    let mut a = Appliance::start();
+    let (server, alice) = with_https(&mut a, "");
+    // 8 connections in all; handshakes may take a minute, so the idle
+    // connections below stay open for the whole test.
+    let config = a.config(&a.https(&server, ""), "").replace(
+        "[admin]\n",
+        "[admin]\nmax_connections = 8\nheader_timeout_ms = 60000\n",
+    );
+    std::fs::write(a.path("castellan.toml"), config).unwrap();
+    a.stop_daemon();
+    a.start_daemon();
+    a.wait_for_https();
+
+    // A host (127.0.0.2) opens as many TCP connections as the listener
+    // serves and never starts a handshake.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let idle: Vec<tokio::net::TcpStream> = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            held.push(s.connect(target).await.unwrap());
+        }
+        held
+    });
+
+    // An admin client on another host is still served.
+    let v = a.status_as(&alice);
+    assert_eq!(v["role"], "operator", "{v}");
+    assert!(
+        a.log().contains("holds its share of connections"),
+        "{}",
+        a.log()
+    );
+    drop(idle);
+}

@@ -67,7 +67,8 @@
 //!   half-way by the HTTP layer.
 //! - Bodies are bounded by `max_body_bytes` (413); at most
 //!   `max_connections` connections are served, further ones are closed at
-//!   once.
+//!   once. On the mTLS listener one client address holds at most a quarter
+//!   of them, handshakes included.
 //! - Every error is `{"error": {"kind", "message"}}` ([`ErrorBody`]) with
 //!   the HTTP status of its [`ErrorKind`].
 //!
@@ -1190,6 +1191,11 @@ pub(crate) trait Listener {
     type Stream;
     type Peer: std::fmt::Debug;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+    /// The network client a connection comes from, for the limit of
+    /// connections per client; `None` where there is none (a local socket).
+    fn client(_peer: &Self::Peer) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 impl Listener for UnixListener {
@@ -1208,11 +1214,58 @@ impl Listener for tokio::net::TcpListener {
     ) -> impl Future<Output = io::Result<(tokio::net::TcpStream, Self::Peer)>> + Send {
         tokio::net::TcpListener::accept(self)
     }
+    fn client(peer: &Self::Peer) -> Option<std::net::IpAddr> {
+        Some(peer.ip().to_canonical())
+    }
+}
+
+/// Of `max_connections`, the share one network client may hold at once
+/// (at least one): a single host, with or without a certificate, cannot
+/// take every slot of the mTLS listener with connections it keeps in the
+/// handshake or idle, and so lock every other admin client out.
+const CLIENT_SHARE: usize = 4;
+
+/// Connections open per network client ([`Listener::client`]).
+type ClientCounts = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection counted for its client until dropped.
+struct ClientSlot {
+    counts: ClientCounts,
+    client: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    /// A slot for `client`, unless it already holds `max`.
+    fn take(counts: &ClientCounts, client: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown`, each served by
 /// `serve` in a task of its own, at most `max_connections` at once (fixed at
-/// start: a reload cannot change it; one over is closed at once). Then stops
+/// start: a reload cannot change it; one over is closed at once), of which
+/// one network client holds at most a quarter ([`CLIENT_SHARE`]). Then stops
 /// listening, tells the connections to stop and lets in-flight requests
 /// finish ([`drain`]).
 pub(crate) async fn accept_loop<L, F>(
@@ -1227,6 +1280,8 @@ pub(crate) async fn accept_loop<L, F>(
 {
     let max_connections = settings.current().max_connections;
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let per_client = (max_connections / CLIENT_SHARE).max(1);
+    let clients: ClientCounts = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -1236,6 +1291,22 @@ pub(crate) async fn accept_loop<L, F>(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let client = match L::client(&peer) {
+                        None => None,
+                        Some(ip) => match ClientSlot::take(&clients, ip, per_client) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                tracing::warn!(
+                                    max = per_client,
+                                    client = %ip,
+                                    "{what}: this client holds its share of connections; \
+                                     closing a new one"
+                                );
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(
                             max = max_connections,
@@ -1245,7 +1316,11 @@ pub(crate) async fn accept_loop<L, F>(
                         drop(stream);
                         continue;
                     };
-                    tasks.spawn(serve(stream, peer, stop_rx.clone(), permit));
+                    let served = serve(stream, peer, stop_rx.clone(), permit);
+                    tasks.spawn(async move {
+                        let _client = client;
+                        served.await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
