@@ -921,3 +921,50 @@ fn one_host_without_a_certificate_cannot_take_every_connection_of_the_listener()
     );
     drop(idle);
 }
+
+#[test]
+fn a_client_certificate_cannot_have_admin_listener_credentials_issued() {
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    // Whoever holds alice's operator certificate asks for a fresh admin
+    // credential with a key of their own, which would outlive the
+    // revocation of alice's.
+    let key = a.path("mallory.key");
+    let out = Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-subj", "/CN=mallory", "-keyout"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let csr = String::from_utf8(out.stdout).unwrap();
+    let issue = |profile: &str| {
+        let body = serde_json::json!({"csr_pem": csr, "profile": profile, "issuer": "issuing"});
+        let out = Command::new("timeout")
+            .args(["60", "curl", "-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(a.path("root.pem"))
+            .arg("--cert")
+            .arg(&alice.cert)
+            .arg("--key")
+            .arg(&alice.key)
+            .args(["-H", "content-type: application/json", "-d"])
+            .arg(body.to_string())
+            .arg(format!("https://127.0.0.1:{}/v1/certificates", a.port))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (status.to_string(), body.to_string())
+    };
+    let (status, body) = issue("admin-client");
+    assert_eq!(status, "403", "{body}");
+    let message = error_message(&body);
+    assert!(message.contains("\"admin-client\""), "{message}");
+    assert!(message.contains("admin socket"), "{message}");
+    let listed = a.ctl_json(&["cert", "list"]).to_string();
+    assert!(!listed.contains("mallory"), "{listed}");
+
+    // The refusal is recorded with the certificate as the actor.
+    let log = a.ctl_json(&["audit", "log", "--kind", "issuance-refused"]);
+    assert!(log.to_string().contains("mtls:CN=alice"), "{log}");
+}
