@@ -58,7 +58,9 @@
 //!
 //! - Request headers must arrive within `header_timeout`. hyper arms that
 //!   timer whenever it waits for a request head, so it also closes idle
-//!   keep-alive connections.
+//!   keep-alive connections. A client that takes none of an answer for
+//!   `header_timeout` (it sends requests and never reads) is cut off too
+//!   ([`WriteStall`]).
 //! - The whole request (body and domain operation) is bounded by
 //!   `request_timeout`. A domain operation, once started, runs to completion
 //!   in its own task even if the client goes away or the timeout fires:
@@ -1379,7 +1381,112 @@ async fn connection<B: AdminBackend>(
             return;
         }
     };
+    let stall = settings.current().header_timeout;
+    let stream = WriteStall::new(stream, stall);
     serve_http(backend, settings, TokioIo::new(stream), peer, stop).await;
+}
+
+/// A connection whose writes fail with `TimedOut` once the client has
+/// taken none of castellan's output for `limit`: a client that sends
+/// requests and never reads the answers would otherwise hold its
+/// connection (and a slot of `max_connections`) for ever, as no read
+/// timeout runs while an answer is being written.
+pub(crate) struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write, flush or shutdown waits for the client.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    pub(crate) fn new(inner: S, limit: Duration) -> Self {
+        WriteStall {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// `r` as it is, or `TimedOut` if the client has made no progress
+    /// for `limit`.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<io::Result<T>>,
+    ) -> std::task::Poll<io::Result<T>> {
+        use std::task::Poll;
+        if r.is_ready() {
+            self.timer = None;
+            return r;
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timer = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client read none of the answer for {}s; closing",
+                        limit.as_secs_f64()
+                    ),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
 }
 
 /// Serves HTTP/1.1 on one authenticated connection until it closes or

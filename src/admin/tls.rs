@@ -228,6 +228,8 @@ async fn connection<B: AdminBackend>(
     let now = tls.current();
     let header_timeout = settings.current().header_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(now.server_config.clone());
+    // A client that stops reading is cut off, in the handshake or later.
+    let stream = super::WriteStall::new(stream, header_timeout);
     let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
