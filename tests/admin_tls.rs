@@ -931,7 +931,14 @@ fn a_client_certificate_cannot_have_admin_listener_credentials_issued() {
     // revocation of alice's.
     let key = a.path("mallory.key");
     let out = Command::new("openssl")
-        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-subj", "/CN=mallory", "-keyout"])
         .arg(&key)
         .output()
@@ -967,4 +974,21 @@ fn a_client_certificate_cannot_have_admin_listener_credentials_issued() {
     // The refusal is recorded with the certificate as the actor.
     let log = a.ctl_json(&["audit", "log", "--kind", "issuance-refused"]);
     assert!(log.to_string().contains("mtls:CN=alice"), "{log}");
+}
+
+#[test]
+fn a_reload_that_moves_the_state_directory_is_refused_naming_the_key() {
+    let a = Appliance::start();
+    // The file says where castellan's state is; a new place takes a restart.
+    let moved = a.config("", "").replace("/state\"", "/elsewhere\"");
+    assert!(moved.contains("/elsewhere\""), "{moved}");
+    a.reload(&moved);
+    wait_until("the refused reload", || a.log().contains("reload refused"));
+    let log = a.log();
+    // (the database, whose default place follows it, or state_dir itself)
+    assert!(
+        log.contains("cannot change on reload; restart castellan"),
+        "{log}"
+    );
+    assert!(reloads(&a).is_empty());
 }
