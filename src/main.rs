@@ -236,6 +236,12 @@ async fn run(
     config_path: Option<PathBuf>,
     state_dir_override: Option<PathBuf>,
 ) -> Result<(), String> {
+    // Handled before anything is bound: from the moment the admin socket
+    // answers, a SIGHUP (`systemctl reload`) is a reload, never the
+    // signal's default action, which ends the process. One arriving during
+    // start-up is acted on once castellan serves.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))?;
     let store =
@@ -371,8 +377,6 @@ async fn run(
         "castellan ready"
     );
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     loop {

@@ -992,3 +992,37 @@ fn a_reload_that_moves_the_state_directory_is_refused_naming_the_key() {
     );
     assert!(reloads(&a).is_empty());
 }
+
+#[test]
+fn a_sighup_as_soon_as_the_admin_socket_answers_is_a_reload_not_the_end() {
+    let mut a = Appliance::start();
+    a.stop_daemon();
+    let sock = a.path("admin.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.path("castellan.log"))
+        .unwrap();
+    let mut child = Command::new(castellan_bin())
+        .arg("--config")
+        .arg(a.path("castellan.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // A reload sent the moment the socket accepts connections (an admin's
+    // `systemctl reload` right after the start).
+    let t0 = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(t0.elapsed() < WAIT, "castellan's admin socket never came");
+        assert!(child.try_wait().unwrap().is_none(), "castellan exited");
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    wait_until("the reload", || {
+        let status = child.try_wait().unwrap();
+        assert!(status.is_none(), "castellan ended on SIGHUP: {status:?}");
+        a.log().contains("configuration reloaded")
+    });
+    a.daemon = Some(child);
+    assert!(a.ctl(&["status"]).status.success());
+}
