@@ -1026,3 +1026,56 @@ fn a_sighup_as_soon_as_the_admin_socket_answers_is_a_reload_not_the_end() {
     a.daemon = Some(child);
     assert!(a.ctl(&["status"]).status.success());
 }
+
+#[test]
+fn a_revocation_applies_to_the_next_request_on_an_open_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    let mut s = Command::new("timeout")
+        .args(["120", "openssl", "s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{}", a.port))
+        .arg("-CAfile")
+        .arg(a.path("root.pem"))
+        .arg("-cert")
+        .arg(&alice.cert)
+        .arg("-key")
+        .arg(&alice.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = s.stdin.take().unwrap();
+    let mut output = BufReader::new(s.stdout.take().unwrap());
+    // One keep-alive connection; each answer is read whole (by its length).
+    let mut ask = |path: &str| -> String {
+        write!(input, "GET {path} HTTP/1.1\r\nHost: castellan\r\n\r\n").unwrap();
+        input.flush().unwrap();
+        let (mut head, mut length) = (String::new(), 0usize);
+        loop {
+            let mut line = String::new();
+            assert_ne!(output.read_line(&mut line).unwrap(), 0, "closed: {head}");
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(&mut output, &mut body).unwrap();
+        format!("{head}{}", String::from_utf8_lossy(&body))
+    };
+    let before = ask("/v1/status");
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    let out = a.ctl(&["revoke", &alice.serial, "--reason", "keyCompromise"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = ask("/v1/status");
+    assert!(after.starts_with("HTTP/1.1 403"), "{after}");
+    assert!(after.contains("revoked"), "{after}");
+    drop(input);
+    let _ = s.kill();
+    let _ = s.wait();
+}
