@@ -1214,12 +1214,33 @@ impl Daemon {
         // A profile whose certificates carry a role on the mTLS admin
         // listener mints admin credentials: only a caller holding that
         // role (or more) may have one issued, or an operator could make
-        // itself an admin, or a client renew its own access forever.
-        if let Some(need) = config
+        // itself an admin.
+        let carried = config
             .admin
             .https
             .as_ref()
-            .and_then(|h| h.roles.get(&r.profile).copied())
+            .and_then(|h| h.roles.get(&r.profile).copied());
+        // And only on the admin socket: a client certificate that could
+        // have another one issued would renew its own access forever, and
+        // whoever stole one would keep access after its revocation.
+        if carried.is_some()
+            && let Actor::Mtls { .. } = c.actor
+        {
+            return Err(self
+                .refuse_issuance_as(
+                    c,
+                    ErrorKind::Forbidden,
+                    format!(
+                        "profile {:?} issues admin-listener credentials ([admin.https] roles); \
+                         they are issued on the admin socket only, never to a caller \
+                         authenticated by a client certificate ({}); ask an admin to issue it",
+                        r.profile,
+                        c.actor.describe()
+                    ),
+                )
+                .await);
+        }
+        if let Some(need) = carried
             && c.role < need
         {
             return Err(self

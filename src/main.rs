@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config, tls, cli.config)) {
+    match runtime.block_on(run(config, tls, cli.config, cli.state_dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(m) => {
             tracing::error!("{m}");
@@ -203,10 +203,10 @@ fn file_sha256(path: &std::path::Path) -> Result<[u8; 32], String> {
 fn reload(
     daemon: &Daemon,
     config_path: Option<&std::path::Path>,
-    state_dir: &std::path::Path,
+    state_dir_override: Option<&std::path::Path>,
 ) -> Result<Reload, String> {
     let before = config_path.map(file_sha256).transpose()?;
-    let new = Config::load(config_path, Some(state_dir)).map_err(|e| e.to_string())?;
+    let new = Config::load(config_path, state_dir_override).map_err(|e| e.to_string())?;
     // The digest recorded must be of the file that was parsed.
     let after = config_path.map(file_sha256).transpose()?;
     if before != after {
@@ -227,11 +227,21 @@ fn reload(
     })
 }
 
+/// `state_dir_override` is `--state-dir`: it wins over the file at a reload
+/// as at start, and without it a reload reads `state_dir` from the file (so
+/// that a change is refused, not silently ignored).
 async fn run(
     config: Arc<Config>,
     tls: Option<TlsSettings>,
     config_path: Option<PathBuf>,
+    state_dir_override: Option<PathBuf>,
 ) -> Result<(), String> {
+    // Handled before anything is bound: from the moment the admin socket
+    // answers, a SIGHUP (`systemctl reload`) is a reload, never the
+    // signal's default action, which ends the process. One arriving during
+    // start-up is acted on once castellan serves.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))?;
     let store =
@@ -367,13 +377,11 @@ async fn run(
         "castellan ready"
     );
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match reload(&daemon, config_path.as_deref(), &config.state_dir) {
+            _ = hup.recv() => match reload(&daemon, config_path.as_deref(), state_dir_override.as_deref()) {
                 Ok(Reload { config: new, tls: new_tls, file_sha256 }) => {
                     // Recorded in the log first, then swapped with no admin
                     // request running: each request sees one configuration.

@@ -972,3 +972,66 @@ fn an_operation_waits_while_a_reload_holds_the_gate() {
     assert_eq!(status, 200);
     assert_eq!(s.fake.calls.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off_while_another_is_served() {
+    let s = Server::start(
+        Some(Role::Auditor),
+        |st| {
+            st.max_connections = 1;
+            st.header_timeout = Duration::from_millis(300);
+            st.request_timeout = Duration::from_secs(1);
+        },
+        Fake {
+            answer: Some(Box::new(|_| json!({"padding": "x".repeat(256 * 1024)}))),
+            ..Fake::default()
+        },
+    );
+    // A few pipelined requests whose answers fill the socket's buffers;
+    // the client never reads one.
+    // It holds the only slot once answered (retrying while the start-up
+    // probe's connection still holds it).
+    let t0 = Instant::now();
+    let stalled = loop {
+        let mut c = UnixStream::connect(&s.sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n");
+        let mut buf = [0u8; 512];
+        if let Ok(n) = c.read(&mut buf)
+            && buf[..n].starts_with(b"HTTP/1.1 200")
+        {
+            break c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never served");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut writer = stalled.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let pump = std::thread::spawn(move || {
+        let one = b"GET /v1/status HTTP/1.1\r\nHost: c\r\n\r\n";
+        for _ in 0..8 {
+            if writer.write_all(one).is_err() {
+                break;
+            }
+        }
+    });
+    // Once castellan gives up on the stalled connection, the only slot
+    // serves another client.
+    let t0 = Instant::now();
+    loop {
+        match s.client().request("GET", "/healthz", None) {
+            Ok(r) if r.status == 200 => break,
+            _ => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "a client that does not read its answers holds its connection"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    drop(stalled);
+    pump.join().unwrap();
+}

@@ -831,3 +831,251 @@ fn a_reload_is_recorded_in_the_audit_log_before_it_applies_and_a_refused_one_is_
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["checkpoint_keys"], "signer", "{v}");
 }
+
+/// One HTTP request through `openssl s_client` to the mTLS listener, with
+/// `args` (client certificate, session file); returns s_client's whole
+/// output (handshake report and the HTTP answer).
+fn s_client(a: &Appliance, args: &[&str], request: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "r=$1 port=$2 ca=$3; shift 3; printf '%s' \"$r\" | timeout 60 openssl s_client \
+             -connect \"127.0.0.1:$port\" -CAfile \"$ca\" -ign_eof \"$@\" 2>&1",
+        )
+        .arg("sh")
+        .arg(format!(
+            "{request} HTTP/1.1\r\nHost: castellan\r\nConnection: close\r\n\r\n"
+        ))
+        .arg(a.port.to_string())
+        .arg(a.path("root.pem"))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_connection_verifies_the_client_certificate_no_session_is_resumed() {
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    let session = a.path("alice.session");
+    let (cert, key, sess) = (
+        alice.cert.to_str().unwrap(),
+        alice.key.to_str().unwrap(),
+        session.to_str().unwrap(),
+    );
+    let first = s_client(
+        &a,
+        &["-cert", cert, "-key", key, "-sess_out", sess],
+        "GET /v1/status",
+    );
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    // A resumed session would carry alice's certificate chain from the
+    // first handshake without verifying it again (an expired certificate
+    // would go on working). Offered a session and no certificate, the
+    // server must make a full handshake and refuse.
+    let second = s_client(&a, &["-sess_in", sess], "GET /v1/status");
+    assert!(!second.contains("Reused,"), "{second}");
+    assert!(!second.contains("HTTP/1.1 200"), "{second}");
+}
+
+#[test]
+fn one_host_without_a_certificate_cannot_take_every_connection_of_the_listener() {
+    let mut a = Appliance::start();
+    let (server, alice) = with_https(&mut a, "");
+    // 8 connections in all; handshakes may take a minute, so the idle
+    // connections below stay open for the whole test.
+    let config = a.config(&a.https(&server, ""), "").replace(
+        "[admin]\n",
+        "[admin]\nmax_connections = 8\nheader_timeout_ms = 60000\n",
+    );
+    std::fs::write(a.path("castellan.toml"), config).unwrap();
+    a.stop_daemon();
+    a.start_daemon();
+    a.wait_for_https();
+
+    // A host (127.0.0.2) opens as many TCP connections as the listener
+    // serves and never starts a handshake.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", a.port).parse().unwrap();
+    let idle: Vec<tokio::net::TcpStream> = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            held.push(s.connect(target).await.unwrap());
+        }
+        held
+    });
+
+    // An admin client on another host is still served.
+    let v = a.status_as(&alice);
+    assert_eq!(v["role"], "operator", "{v}");
+    assert!(
+        a.log().contains("holds its share of connections"),
+        "{}",
+        a.log()
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_client_certificate_cannot_have_admin_listener_credentials_issued() {
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    // Whoever holds alice's operator certificate asks for a fresh admin
+    // credential with a key of their own, which would outlive the
+    // revocation of alice's.
+    let key = a.path("mallory.key");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=mallory", "-keyout"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let csr = String::from_utf8(out.stdout).unwrap();
+    let issue = |profile: &str| {
+        let body = serde_json::json!({"csr_pem": csr, "profile": profile, "issuer": "issuing"});
+        let out = Command::new("timeout")
+            .args(["60", "curl", "-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(a.path("root.pem"))
+            .arg("--cert")
+            .arg(&alice.cert)
+            .arg("--key")
+            .arg(&alice.key)
+            .args(["-H", "content-type: application/json", "-d"])
+            .arg(body.to_string())
+            .arg(format!("https://127.0.0.1:{}/v1/certificates", a.port))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (status.to_string(), body.to_string())
+    };
+    let (status, body) = issue("admin-client");
+    assert_eq!(status, "403", "{body}");
+    let message = error_message(&body);
+    assert!(message.contains("\"admin-client\""), "{message}");
+    assert!(message.contains("admin socket"), "{message}");
+    let listed = a.ctl_json(&["cert", "list"]).to_string();
+    assert!(!listed.contains("mallory"), "{listed}");
+
+    // The refusal is recorded with the certificate as the actor.
+    let log = a.ctl_json(&["audit", "log", "--kind", "issuance-refused"]);
+    assert!(log.to_string().contains("mtls:CN=alice"), "{log}");
+}
+
+#[test]
+fn a_reload_that_moves_the_state_directory_is_refused_naming_the_key() {
+    let a = Appliance::start();
+    // The file says where castellan's state is; a new place takes a restart.
+    let moved = a.config("", "").replace("/state\"", "/elsewhere\"");
+    assert!(moved.contains("/elsewhere\""), "{moved}");
+    a.reload(&moved);
+    wait_until("the refused reload", || a.log().contains("reload refused"));
+    let log = a.log();
+    // (the database, whose default place follows it, or state_dir itself)
+    assert!(
+        log.contains("cannot change on reload; restart castellan"),
+        "{log}"
+    );
+    assert!(reloads(&a).is_empty());
+}
+
+#[test]
+fn a_sighup_as_soon_as_the_admin_socket_answers_is_a_reload_not_the_end() {
+    let mut a = Appliance::start();
+    a.stop_daemon();
+    let sock = a.path("admin.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.path("castellan.log"))
+        .unwrap();
+    let mut child = Command::new(castellan_bin())
+        .arg("--config")
+        .arg(a.path("castellan.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // A reload sent the moment the socket accepts connections (an admin's
+    // `systemctl reload` right after the start).
+    let t0 = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(t0.elapsed() < WAIT, "castellan's admin socket never came");
+        assert!(child.try_wait().unwrap().is_none(), "castellan exited");
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+    wait_until("the reload", || {
+        let status = child.try_wait().unwrap();
+        assert!(status.is_none(), "castellan ended on SIGHUP: {status:?}");
+        a.log().contains("configuration reloaded")
+    });
+    a.daemon = Some(child);
+    assert!(a.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn a_revocation_applies_to_the_next_request_on_an_open_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut a = Appliance::start();
+    let (_server, alice) = with_https(&mut a, "");
+    let mut s = Command::new("timeout")
+        .args(["120", "openssl", "s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{}", a.port))
+        .arg("-CAfile")
+        .arg(a.path("root.pem"))
+        .arg("-cert")
+        .arg(&alice.cert)
+        .arg("-key")
+        .arg(&alice.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = s.stdin.take().unwrap();
+    let mut output = BufReader::new(s.stdout.take().unwrap());
+    // One keep-alive connection; each answer is read whole (by its length).
+    let mut ask = |path: &str| -> String {
+        write!(input, "GET {path} HTTP/1.1\r\nHost: castellan\r\n\r\n").unwrap();
+        input.flush().unwrap();
+        let (mut head, mut length) = (String::new(), 0usize);
+        loop {
+            let mut line = String::new();
+            assert_ne!(output.read_line(&mut line).unwrap(), 0, "closed: {head}");
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(&mut output, &mut body).unwrap();
+        format!("{head}{}", String::from_utf8_lossy(&body))
+    };
+    let before = ask("/v1/status");
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    let out = a.ctl(&["revoke", &alice.serial, "--reason", "keyCompromise"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = ask("/v1/status");
+    assert!(after.starts_with("HTTP/1.1 403"), "{after}");
+    assert!(after.contains("revoked"), "{after}");
+    drop(input);
+    let _ = s.kill();
+    let _ = s.wait();
+}

@@ -58,7 +58,9 @@
 //!
 //! - Request headers must arrive within `header_timeout`. hyper arms that
 //!   timer whenever it waits for a request head, so it also closes idle
-//!   keep-alive connections.
+//!   keep-alive connections. A client that takes none of an answer for
+//!   `header_timeout` (it sends requests and never reads) is cut off too
+//!   ([`WriteStall`]).
 //! - The whole request (body and domain operation) is bounded by
 //!   `request_timeout`. A domain operation, once started, runs to completion
 //!   in its own task even if the client goes away or the timeout fires:
@@ -67,7 +69,8 @@
 //!   half-way by the HTTP layer.
 //! - Bodies are bounded by `max_body_bytes` (413); at most
 //!   `max_connections` connections are served, further ones are closed at
-//!   once.
+//!   once. On the mTLS listener one client address holds at most a quarter
+//!   of them, handshakes included.
 //! - Every error is `{"error": {"kind", "message"}}` ([`ErrorBody`]) with
 //!   the HTTP status of its [`ErrorKind`].
 //!
@@ -1190,6 +1193,11 @@ pub(crate) trait Listener {
     type Stream;
     type Peer: std::fmt::Debug;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+    /// The network client a connection comes from, for the limit of
+    /// connections per client; `None` where there is none (a local socket).
+    fn client(_peer: &Self::Peer) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 impl Listener for UnixListener {
@@ -1208,11 +1216,58 @@ impl Listener for tokio::net::TcpListener {
     ) -> impl Future<Output = io::Result<(tokio::net::TcpStream, Self::Peer)>> + Send {
         tokio::net::TcpListener::accept(self)
     }
+    fn client(peer: &Self::Peer) -> Option<std::net::IpAddr> {
+        Some(peer.ip().to_canonical())
+    }
+}
+
+/// Of `max_connections`, the share one network client may hold at once
+/// (at least one): a single host, with or without a certificate, cannot
+/// take every slot of the mTLS listener with connections it keeps in the
+/// handshake or idle, and so lock every other admin client out.
+const CLIENT_SHARE: usize = 4;
+
+/// Connections open per network client ([`Listener::client`]).
+type ClientCounts = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// One connection counted for its client until dropped.
+struct ClientSlot {
+    counts: ClientCounts,
+    client: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    /// A slot for `client`, unless it already holds `max`.
+    fn take(counts: &ClientCounts, client: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown`, each served by
 /// `serve` in a task of its own, at most `max_connections` at once (fixed at
-/// start: a reload cannot change it; one over is closed at once). Then stops
+/// start: a reload cannot change it; one over is closed at once), of which
+/// one network client holds at most a quarter ([`CLIENT_SHARE`]). Then stops
 /// listening, tells the connections to stop and lets in-flight requests
 /// finish ([`drain`]).
 pub(crate) async fn accept_loop<L, F>(
@@ -1227,6 +1282,8 @@ pub(crate) async fn accept_loop<L, F>(
 {
     let max_connections = settings.current().max_connections;
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let per_client = (max_connections / CLIENT_SHARE).max(1);
+    let clients: ClientCounts = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -1236,6 +1293,22 @@ pub(crate) async fn accept_loop<L, F>(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let client = match L::client(&peer) {
+                        None => None,
+                        Some(ip) => match ClientSlot::take(&clients, ip, per_client) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                tracing::warn!(
+                                    max = per_client,
+                                    client = %ip,
+                                    "{what}: this client holds its share of connections; \
+                                     closing a new one"
+                                );
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         tracing::warn!(
                             max = max_connections,
@@ -1245,7 +1318,11 @@ pub(crate) async fn accept_loop<L, F>(
                         drop(stream);
                         continue;
                     };
-                    tasks.spawn(serve(stream, peer, stop_rx.clone(), permit));
+                    let served = serve(stream, peer, stop_rx.clone(), permit);
+                    tasks.spawn(async move {
+                        let _client = client;
+                        served.await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -1304,7 +1381,112 @@ async fn connection<B: AdminBackend>(
             return;
         }
     };
+    let stall = settings.current().header_timeout;
+    let stream = WriteStall::new(stream, stall);
     serve_http(backend, settings, TokioIo::new(stream), peer, stop).await;
+}
+
+/// A connection whose writes fail with `TimedOut` once the client has
+/// taken none of castellan's output for `limit`: a client that sends
+/// requests and never reads the answers would otherwise hold its
+/// connection (and a slot of `max_connections`) for ever, as no read
+/// timeout runs while an answer is being written.
+pub(crate) struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write, flush or shutdown waits for the client.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    pub(crate) fn new(inner: S, limit: Duration) -> Self {
+        WriteStall {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// `r` as it is, or `TimedOut` if the client has made no progress
+    /// for `limit`.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<io::Result<T>>,
+    ) -> std::task::Poll<io::Result<T>> {
+        use std::task::Poll;
+        if r.is_ready() {
+            self.timer = None;
+            return r;
+        }
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timer = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client read none of the answer for {}s; closing",
+                        limit.as_secs_f64()
+                    ),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
 }
 
 /// Serves HTTP/1.1 on one authenticated connection until it closes or

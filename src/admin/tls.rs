@@ -4,7 +4,8 @@
 //! Who the caller is:
 //! 1. rustls verifies the client certificate against `client_ca` (chain,
 //!    validity, the clientAuth extended key usage). No certificate, no
-//!    connection: the handshake fails.
+//!    connection: the handshake fails. Sessions are never resumed, so
+//!    every connection is verified in full.
 //! 2. At every request that needs a role, castellan looks the certificate
 //!    up in its own store by serial. It must be a certificate castellan
 //!    issued (the same DER), in state `issued` (not revoked, not
@@ -152,6 +153,13 @@ fn build_server_config(
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: a resumed session carries the client
+    // certificate of its first handshake without verifying it again, and
+    // each resumption hands out new tickets, so a certificate that has
+    // expired since (or no longer chains to a reloaded client CA) would go
+    // on working. Every connection makes a full handshake instead.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -220,6 +228,8 @@ async fn connection<B: AdminBackend>(
     let now = tls.current();
     let header_timeout = settings.current().header_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(now.server_config.clone());
+    // A client that stops reading is cut off, in the handshake or later.
+    let stream = super::WriteStall::new(stream, header_timeout);
     let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
