@@ -243,7 +243,7 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -252,7 +252,13 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
             .open(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // A partial temporary (a full disk) would only hold on to the space
+        // that is missing; the next save writes it anew anyway.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
+    written?;
     std::fs::File::open(&dir)?.sync_all()
 }

@@ -52,7 +52,12 @@ fn pass() -> SecretString {
 
 impl Lab {
     fn new() -> Lab {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        Lab::new_in(&std::env::temp_dir())
+    }
+
+    /// A lab whose state directory is created under `root`.
+    fn new_in(root: &Path) -> Lab {
+        let dir = tempfile::tempdir_in(root).expect("temporary directory");
         let custodians = Custodians::generate(3);
         let set = CustodianSet {
             threshold: 2,
@@ -241,6 +246,171 @@ fn a_journal_of_the_same_length_from_elsewhere_is_refused() {
         e.contains("does not belong") && e.contains(&format!("record {}", records - 1)),
         "{e}"
     );
+}
+
+/// A small tmpfs (tests run as root), unmounted when dropped, even by a
+/// failing test (lazily, so a file still open does not keep it mounted).
+struct Tmpfs {
+    path: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let path = parent.path().join("fs");
+        std::fs::create_dir(&path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs {
+            path,
+            _parent: parent,
+        }
+    }
+
+    fn block_size(&self) -> u64 {
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%S"])
+            .arg(&self.path)
+            .output()
+            .expect("run stat");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("block size")
+    }
+
+    /// Fills the file system, then frees `blocks` blocks again.
+    fn fill_leaving(&self, blocks: u64) {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let len = f.metadata().expect("filler size").len();
+        f.set_len(len.saturating_sub(blocks * self.block_size()))
+            .expect("free blocks");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn issue_from(s: &Signer, issuer: &str) -> Response {
+    s.handle(Request::IssueCertificate(server_template(
+        issuer,
+        "www.example.test",
+    )))
+}
+
+#[test]
+fn a_ca_that_state_json_could_not_keep_is_not_used_and_its_key_label_is_not_reused() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    let before = journal_records(&s);
+    // One free block: enough for the new key file (and state.json with the
+    // key's label, whose old copy's block the rename frees), not for the
+    // state.json that names the new CA as well.
+    fs.fill_leaving(1);
+    let op =
+        CeremonyOp::CreateIntermediate(intermediate_params("inter", "root", Algorithm::EcdsaP256));
+    let id = ceremony_id();
+    let proof = lab.custodians.proof_for(&context_of(&s), id, &op, &[0, 1]);
+    let e = refused(s.handle(Request::Ceremony {
+        op: op.clone(),
+        proof: proof.clone(),
+    }));
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "state.json",
+            "No space left on device",
+            "journaled",
+            "was not created",
+            "open a new ceremony",
+        ],
+    );
+    assert_eq!(
+        journal_records(&s),
+        before + 1,
+        "the CA certificate is journaled"
+    );
+    // What the signer uses is what a restart would load: no CA "inter".
+    expect(
+        &refused(issue_from(&s, "inter")),
+        ErrorKind::Policy,
+        &["not a CA held by this signer"],
+    );
+    // The journal holds the ceremony: it is spent now as after a restart.
+    expect(
+        &refused(s.handle(Request::Ceremony { op, proof })),
+        ErrorKind::QuorumInvalid,
+        &["already executed"],
+    );
+    assert!(
+        !lab.dir.path().join("state.tmp").exists(),
+        "a partial state.tmp was left behind on the full disk"
+    );
+
+    fs.free();
+    drop(s);
+    let s = lab.open();
+    expect(
+        &refused(issue_from(&s, "inter")),
+        ErrorKind::Policy,
+        &["not a CA held by this signer"],
+    );
+    // A new ceremony makes the CA; its key gets a label no key has yet.
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateIntermediate(intermediate_params("inter", "root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    assert!(matches!(issue_from(&s, "inter"), Response::Certificate(_)));
+    drop(s);
+    let s = lab.open();
+    assert!(matches!(issue_from(&s, "inter"), Response::Certificate(_)));
+    assert_eq!(journal_records(&s), before + 4);
 }
 
 #[test]
