@@ -252,7 +252,7 @@ fn a_journal_of_the_same_length_from_elsewhere_is_refused() {
 /// failing test (lazily, so a file still open does not keep it mounted).
 struct Tmpfs {
     path: PathBuf,
-    _parent: tempfile::TempDir,
+    _parent: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
@@ -260,6 +260,13 @@ impl Tmpfs {
         let parent = tempfile::tempdir().expect("temporary directory");
         let path = parent.path().join("fs");
         std::fs::create_dir(&path).expect("mount point");
+        let mut fs = Tmpfs::mount_at(&path, size);
+        fs._parent = Some(parent);
+        fs
+    }
+
+    /// Mounts over the empty directory `path`.
+    fn mount_at(path: &Path, size: &str) -> Tmpfs {
         let status = std::process::Command::new("mount")
             .args([
                 "-t",
@@ -268,13 +275,13 @@ impl Tmpfs {
                 &format!("size={size},mode=0700"),
                 "tmpfs",
             ])
-            .arg(&path)
+            .arg(path)
             .status()
             .expect("run mount");
         assert!(status.success(), "mounting a tmpfs needs root");
         Tmpfs {
-            path,
-            _parent: parent,
+            path: path.to_path_buf(),
+            _parent: None,
         }
     }
 
@@ -321,6 +328,76 @@ impl Drop for Tmpfs {
             .arg(&self.path)
             .status();
     }
+}
+
+#[test]
+fn on_a_full_disk_the_signer_returns_no_signature_it_could_not_journal_and_recovers() {
+    let mut s = SignerProcess::start(Backend::Soft);
+    s.pki(Algorithm::EcdsaP256, Algorithm::EcdsaP256);
+    s.stop();
+    // The state directory (journal, state.json, key store) moves onto a
+    // small file system of its own.
+    let saved = s.dir.path().join("state-saved");
+    std::fs::rename(&s.state_dir, &saved).expect("move the state directory");
+    std::fs::create_dir(&s.state_dir).expect("mount point");
+    let fs = Tmpfs::mount_at(&s.state_dir, "1m");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(saved.join("."))
+        .arg(&s.state_dir)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copy the state directory");
+    s.restart();
+
+    fs.fill_leaving(0);
+    let template = || server_template("inter", "full.example.test");
+    let mut acknowledged = 0u64;
+    let e = loop {
+        match s.call(Request::IssueCertificate(template())) {
+            Ok(Response::Certificate(_)) => acknowledged += 1,
+            Ok(other) => panic!("IssueCertificate answered {other:?}"),
+            Err(e) => break e,
+        }
+        // The journal's last block fills after a few dozen records.
+        assert!(acknowledged < 10_000, "the journal never hit the full disk");
+    };
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "no record of this batch was acknowledged",
+        ],
+    );
+    let records = s.status().journal_records;
+    // Still refused, still answering.
+    let e = s.refused(Request::IssueCertificate(template()));
+    assert!(
+        e.message.contains("No space left on device"),
+        "{}",
+        e.message
+    );
+    assert_eq!(s.status().journal_records, records);
+
+    fs.free();
+    let issued = s.issue(template());
+    assert_eq!(
+        issued.journal_seq, records,
+        "the failed records were undone"
+    );
+    s.stop();
+    let journal = s.state_dir.join("journal");
+    let journal_arg = journal.to_str().expect("utf-8 path");
+    let out = s.cli(&["journal", "verify", "--journal", journal_arg]);
+    assert!(out.status.success(), "{}", all_text(&out));
+    assert!(
+        all_text(&out).contains(&format!("{} records", records + 1)),
+        "{}",
+        all_text(&out)
+    );
+    s.restart();
+    s.issue(template());
 }
 
 fn issue_from(s: &Signer, issuer: &str) -> Response {
