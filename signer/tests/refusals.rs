@@ -400,6 +400,67 @@ fn on_a_full_disk_the_signer_returns_no_signature_it_could_not_journal_and_recov
     s.issue(template());
 }
 
+#[test]
+fn a_journal_tail_left_by_a_crash_is_refused_with_the_way_out_which_works() {
+    let mut s = SignerProcess::start(Backend::Soft);
+    s.pki(Algorithm::EcdsaP256, Algorithm::EcdsaP256);
+    s.issue(server_template("inter", "kept.example.test"));
+    let records = s.status().journal_records;
+    s.stop();
+    let journal = s.state_dir.join("journal");
+    let journal_arg = journal.to_str().expect("utf-8 path").to_string();
+    let len = std::fs::metadata(&journal).expect("journal").len();
+    // A record cut short, and blocks allocated but never written: the two
+    // tails a crash during an append leaves.
+    for name in ["cut short", "zeros"] {
+        if name == "cut short" {
+            s.restart();
+            s.issue(server_template("inter", "lost.example.test"));
+            s.stop();
+            let whole = std::fs::metadata(&journal).expect("journal").len();
+            assert!(whole > len + 20);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .and_then(|f| f.set_len(whole - 20))
+                .expect("cut the journal short");
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .and_then(|f| f.set_len(len + 4096))
+                .expect("extend the journal with zeros");
+        }
+        let out = s.start_refused();
+        let text = all_text(&out);
+        assert!(
+            text.contains(&format!("journal record {records} (byte offset {len})"))
+                && text.contains("journal recover-torn-tail"),
+            "{name}: {text}"
+        );
+        let out = s.cli(&["journal", "verify", "--journal", &journal_arg]);
+        assert!(!out.status.success(), "{name}: {}", all_text(&out));
+        assert!(
+            all_text(&out).contains("journal recover-torn-tail"),
+            "{name}: {}",
+            all_text(&out)
+        );
+        let out = s.cli(&["journal", "recover-torn-tail", "--journal", &journal_arg]);
+        assert!(out.status.success(), "{name}: {}", all_text(&out));
+        assert!(
+            s.state_dir.join(format!("journal.torn-{len}")).exists(),
+            "{name}: the removed tail was not kept"
+        );
+        std::fs::remove_file(s.state_dir.join(format!("journal.torn-{len}"))).expect("rm");
+        assert_eq!(std::fs::metadata(&journal).expect("journal").len(), len);
+        s.restart();
+        assert_eq!(s.status().journal_records, records, "{name}");
+        s.stop();
+    }
+    s.restart();
+    s.issue(server_template("inter", "after.example.test"));
+}
+
 fn issue_from(s: &Signer, issuer: &str) -> Response {
     s.handle(Request::IssueCertificate(server_template(
         issuer,
