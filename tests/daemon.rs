@@ -1436,57 +1436,6 @@ fn event_and_certificate_lists_come_in_bounded_pages_that_castellanctl_follows()
     assert_eq!(paged, listed);
 }
 
-/// A small tmpfs mounted over an empty directory (tests run as root),
-/// unmounted when dropped, even by a failing test (lazily, so a daemon
-/// that still holds a file open does not keep it mounted).
-struct Tmpfs {
-    path: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount_at(path: &Path, size: &str) -> Tmpfs {
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// Writes a file until the file system is full.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.path.join("filler")).expect("create filler");
-        let chunk = vec![0x5a_u8; 64 * 1024];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling the tmpfs: {e}"),
-            }
-        }
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 #[test]
 fn on_a_full_disk_nothing_is_acknowledged_reads_go_on_and_a_restart_recovers() {
     let mut a = Appliance::start();
@@ -1495,7 +1444,7 @@ fn on_a_full_disk_nothing_is_acknowledged_reads_go_on_and_a_restart_recovers() {
     // The event store moves onto a small file system of its own.
     let fs_dir = a.path("log-fs");
     std::fs::create_dir(&fs_dir).expect("mount point");
-    let fs = Tmpfs::mount_at(&fs_dir, "4m");
+    let fs = common::Tmpfs::mount_at(&fs_dir, "4m");
     let database = fs_dir.join("castellan.redb");
     std::fs::copy(a.database(), &database).expect("copy the event store");
     let config = a.path("castellan-small-disk.toml");
