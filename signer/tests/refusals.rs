@@ -461,6 +461,52 @@ fn a_journal_tail_left_by_a_crash_is_refused_with_the_way_out_which_works() {
     s.issue(server_template("inter", "after.example.test"));
 }
 
+fn custodian_set_of(s: &Signer) -> CustodianSet {
+    match s.handle(Request::PublicKeys) {
+        Response::PublicKeys(k) => k.custodians,
+        other => panic!("PublicKeys answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_custodian_change_that_state_json_could_not_keep_leaves_the_old_set_in_force() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let old = custodian_set_of(&s);
+    assert_eq!(old.threshold, 2);
+    let stricter = CustodianSet {
+        threshold: 3,
+        custodians: old.custodians.clone(),
+    };
+    // The journal's block has room for the change's record; state.json
+    // cannot be rewritten.
+    fs.fill_leaving(0);
+    let e = refused(lab.ceremony(&s, CeremonyOp::ChangeCustodians(stricter)));
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "journaled",
+            "the old custodian set stays in force",
+        ],
+    );
+    // In force is what a restart loads: the old set, 2 of 3.
+    assert_eq!(custodian_set_of(&s), old);
+    fs.free();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    drop(s);
+    assert_eq!(custodian_set_of(&lab.open()), old);
+}
+
 fn issue_from(s: &Signer, issuer: &str) -> Response {
     s.handle(Request::IssueCertificate(server_template(
         issuer,
