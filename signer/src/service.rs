@@ -429,8 +429,17 @@ impl Signer {
     fn commit_state(&self, inner: &mut Inner, mut next: State) -> Result<(), SignerError> {
         let (records, head) = self.journal.head();
         next.journal_floor = Some(JournalFloor::new(records, &head));
-        next.save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))?;
+        match next.save_checked(&self.dir) {
+            Ok(()) => {}
+            // The new state.json is the one in place: it is in force.
+            Err(e) if e.replaced => tracing::error!(
+                "state.json was replaced but its directory could not be synced ({}); a crash \
+                 before the next successful save may bring back the previous state.json: \
+                 check the disk",
+                e.message
+            ),
+            Err(e) => return Err(err(ErrorKind::Backend, e.message)),
+        }
         inner.state = next;
         Ok(())
     }
