@@ -507,6 +507,57 @@ fn a_custodian_change_that_state_json_could_not_keep_leaves_the_old_set_in_force
     assert_eq!(custodian_set_of(&lab.open()), old);
 }
 
+fn responders_of(s: &Signer) -> Vec<castellan_proto::ResponderInfo> {
+    match s.handle(Request::PublicKeys) {
+        Response::PublicKeys(k) => k.responders,
+        other => panic!("PublicKeys answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_responder_that_state_json_could_not_keep_is_not_used() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    let before = responders_of(&s);
+    assert!(before.is_empty());
+    let t = now();
+    let rotate = |s: &Signer| {
+        s.handle(Request::RotateOcspResponder(ResponderParams {
+            issuer: "root".into(),
+            algorithm: Algorithm::EcdsaP256,
+            validity: validity(t - 3_600, t + 30 * 86_400),
+        }))
+    };
+    // Room for the key file (and state.json with the key's label, whose old
+    // copy's block the rename frees), not for the larger state.json that
+    // names the responder as well.
+    fs.fill_leaving(1);
+    expect(
+        &refused(rotate(&s)),
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "the previous responder stays in use",
+        ],
+    );
+    assert_eq!(responders_of(&s), before);
+    fs.free();
+    drop(s);
+    let s = lab.open();
+    assert_eq!(responders_of(&s), before);
+    assert!(matches!(rotate(&s), Response::Responder(_)));
+    assert_ne!(responders_of(&s), before);
+}
+
 fn issue_from(s: &Signer, issuer: &str) -> Response {
     s.handle(Request::IssueCertificate(server_template(
         issuer,
