@@ -453,8 +453,8 @@ impl Signer {
             err(
                 ErrorKind::Backend,
                 format!(
-                    "{}; nothing was generated or signed: free space in the signer's state \
-                     directory {} and retry",
+                    "{}; nothing was generated or signed: make the signer's state directory {} \
+                     writable again (free space, check the disk and permissions) and retry",
                     e.message,
                     self.dir.display()
                 ),
@@ -968,8 +968,9 @@ impl Signer {
                 format!(
                     "the certificate of CA {ca_id:?} was signed and journaled (journal record \
                      {seq}, ceremony {}), but the CA could not be kept: {}; the CA was not \
-                     created and this ceremony is spent: free space in the signer's state \
-                     directory {}, then open a new ceremony",
+                     created and this ceremony is spent: make the signer's state directory {} \
+                     writable again (free space, check the disk and permissions), then open a \
+                     new ceremony",
                     hex::encode(id),
                     e.message,
                     self.dir.display()
@@ -1007,8 +1008,8 @@ impl Signer {
                 ErrorKind::Backend,
                 format!(
                     "the successor CA {:?} was created, but {:?} could not be marked retired: {}; \
-                     it still issues: free space in the signer's state directory {}, then \
-                     rotate it in a new ceremony",
+                     it still issues: make the signer's state directory {} writable again (free \
+                     space, check the disk and permissions), then rotate it in a new ceremony",
                     r.new_ca_id,
                     r.ca_id,
                     e.message,
@@ -1097,8 +1098,9 @@ impl Signer {
                 format!(
                     "the custodian change was journaled (journal record {}, ceremony {}), but \
                      the new set could not be kept: {}; the old custodian set stays in force \
-                     and this ceremony is spent: free space in the signer's state directory \
-                     {}, then open a new ceremony",
+                     and this ceremony is spent: make the signer's state directory {} writable \
+                     again (free space, check the disk and permissions), then open a new \
+                     ceremony",
                     rec.seq,
                     hex::encode(id),
                     e.message,
@@ -1516,8 +1518,8 @@ impl Signer {
                 format!(
                     "the new OCSP responder certificate of {:?} was signed and journaled \
                      (journal record {seq}), but could not be kept: {}; the previous responder \
-                     stays in use: free space in the signer's state directory {}, then rotate \
-                     the responder again",
+                     stays in use: make the signer's state directory {} writable again (free \
+                     space, check the disk and permissions), then rotate the responder again",
                     p.issuer,
                     e.message,
                     self.dir.display()
