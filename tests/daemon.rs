@@ -1435,3 +1435,69 @@ fn event_and_certificate_lists_come_in_bounded_pages_that_castellanctl_follows()
     assert_eq!(paged.len(), 3);
     assert_eq!(paged, listed);
 }
+
+#[test]
+fn on_a_full_disk_nothing_is_acknowledged_reads_go_on_and_a_restart_recovers() {
+    let mut a = Appliance::start();
+    a.make_cas();
+    a.stop_daemon();
+    // The event store moves onto a small file system of its own.
+    let fs_dir = a.path("log-fs");
+    std::fs::create_dir(&fs_dir).expect("mount point");
+    let fs = common::Tmpfs::mount_at(&fs_dir, "4m");
+    let database = fs_dir.join("castellan.redb");
+    std::fs::copy(a.database(), &database).expect("copy the event store");
+    let config = a.path("castellan-small-disk.toml");
+    std::fs::write(&config, a.config_text(Some(&database))).expect("write config");
+    a.start_daemon_with(&config);
+    a.issue_generated("before", "before.example.test").ok();
+
+    fs.fill();
+    let refused = a.issue_generated("full", "full.example.test");
+    assert_ne!(refused.code, Some(0), "{refused}");
+    let (_, message) = refused.error();
+    assert!(
+        message.contains("No space left on device") && message.contains("restart"),
+        "{message}"
+    );
+    assert!(
+        !a.path("full.pem").exists(),
+        "a certificate was handed out that the log does not hold"
+    );
+    // The daemon stays up, answers reads and says what is wrong.
+    assert!(a.daemon_running());
+    let status = a.ctl(&["status"]).ok().json();
+    let problem = status["log_problem"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(problem.contains("restart castellan"), "{status}");
+    assert!(
+        a.certs()
+            .iter()
+            .any(|c| c["identity"] == "before.example.test" && c["state"] == "issued")
+    );
+    // Space alone does not bring writes back: the failed commit leaves the
+    // file to be repaired by reopening it, and the refusal says so.
+    fs.free();
+    let (_, message) = a.issue_generated("freed", "freed.example.test").error();
+    assert!(message.contains("restart"), "{message}");
+
+    a.stop_daemon();
+    a.start_daemon_with(&config);
+    a.issue_generated("after", "after.example.test").ok();
+    let verify = a.ctl(&["audit", "verify"]).ok().json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    let issued: Vec<String> = a
+        .certs()
+        .iter()
+        .filter(|c| c["state"] == "issued")
+        .filter_map(|c| c["identity"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        issued.contains(&"before.example.test".to_string())
+            && issued.contains(&"after.example.test".to_string()),
+        "{issued:?}"
+    );
+    a.stop_daemon();
+}

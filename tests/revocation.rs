@@ -915,3 +915,82 @@ fn a_publish_directory_that_cannot_be_written_is_said_in_the_revoke_and_caught_u
         t.contains("goes.pem: revoked").then_some(())
     });
 }
+
+#[test]
+fn a_full_publish_directory_is_said_in_the_revoke_keeps_no_partial_files_and_is_caught_up() {
+    let outer = tempfile::tempdir().unwrap();
+    let fs = common::Tmpfs::mount_at(outer.path(), "1m");
+    let root = fs.path.clone();
+    let (a, _port) = public_appliance(
+        &format!("publish_dir = \"{}\"\n", root.display()),
+        "[crl]\ncoalesce_ms = 100\n",
+    );
+    let dir = a.dir.path().to_path_buf();
+    let dir = dir.as_path();
+    let goes = issue(&a, "goes");
+    let file = root
+        .join("ocsp/issuing")
+        .join(published_name(dir, "goes.pem"));
+    eventually("goes's answer to be published", || {
+        file.exists().then_some(())
+    });
+
+    fs.fill();
+    let v = a
+        .ctl(&["revoke", &goes, "--reason", "keyCompromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let said = v["ocsp"].as_str().unwrap();
+    assert!(
+        said.contains("the publish directory could not be updated")
+            && said.contains("No space left on device"),
+        "a failed publish is not said: {v}"
+    );
+    let partial: Vec<PathBuf> = walk(&root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".tmp"))
+        })
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "partial temporary files left in the full publish directory: {partial:?}"
+    );
+
+    fs.free();
+    eventually("the revoked answer to be published", || {
+        std::fs::copy(&file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        t.contains("goes.pem: revoked").then_some(())
+    });
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

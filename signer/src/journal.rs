@@ -638,7 +638,7 @@ fn open_for_reading(path: &Path) -> Result<File, JournalError> {
 pub fn verify_file(path: &Path) -> Result<VerifySummary, JournalError> {
     let file = open_for_reading(path)?;
     let mut v = Verifier::new(BufReader::new(&file))?;
-    while v.next()?.is_some() {}
+    while v.next().map_err(|f| explain_zero_tail(&file, f))?.is_some() {}
     Ok(VerifySummary {
         records: v.next_seq,
         head: v.prev_hash,
@@ -854,6 +854,36 @@ fn all_zero(file: &File, from: u64, to: u64) -> Result<bool, JournalError> {
     }
 }
 
+/// A tail of zero octets (blocks that a crash left allocated but never
+/// written) fails the record magic as an edit would; it is reported as
+/// what it is, with the way to remove it (see the module documentation).
+fn explain_zero_tail(file: &File, fault: ReadFault) -> JournalError {
+    if let ReadFault::Damaged {
+        record,
+        offset,
+        torn: false,
+        ..
+    } = &fault
+        && *offset >= FILE_HEADER_LEN
+        && let Ok(meta) = file.metadata()
+        && meta.len() > *offset
+        && matches!(all_zero(file, *offset, meta.len()), Ok(true))
+    {
+        return JournalError::Corrupt {
+            record: *record,
+            offset: *offset,
+            what: format!(
+                "the file ends in {} zero octets from here: blocks a crash left allocated but \
+                 never written, holding no acknowledged record. Keep a copy of the file, then \
+                 remove them with `castellan-signer journal recover-torn-tail`, which saves \
+                 them beside the journal",
+                meta.len() - offset
+            ),
+        };
+    }
+    fault.into()
+}
+
 impl Journal {
     /// Creates a new, empty journal at `path` (mode 0600) and opens it.
     /// Refuses if a journal exists there already: an existing journal is
@@ -877,7 +907,7 @@ impl Journal {
     /// number.
     pub fn open(path: &Path) -> Result<(Journal, Vec<JournalRecord>), JournalError> {
         let file = open_locked(path)?;
-        let (recs, tail, len) = read_all(&file)?;
+        let (recs, tail, len) = read_all(&file).map_err(|f| explain_zero_tail(&file, f))?;
         Ok((Journal::from_parts(file, tail, len), recs))
     }
 

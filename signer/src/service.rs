@@ -419,16 +419,60 @@ impl Signer {
         })
     }
 
-    /// Saves the state with the journal's current head as its floor (see
-    /// [`crate::state::JournalFloor`]). Called after the records of the
-    /// change were journaled, so the floor covers them.
-    fn save_state(&self, inner: &mut Inner) -> Result<(), SignerError> {
+    /// Saves `next` with the journal's current head as its floor (see
+    /// [`crate::state::JournalFloor`]) and only then makes it the state in
+    /// memory: what the signer holds is always what a restart loads, so a
+    /// failed save (a full disk) leaves it working on the old state rather
+    /// than on a CA, responder or custodian set that a restart would forget.
+    /// Called after the records of the change were journaled, so the floor
+    /// covers them.
+    fn commit_state(&self, inner: &mut Inner, mut next: State) -> Result<(), SignerError> {
         let (records, head) = self.journal.head();
-        inner.state.journal_floor = Some(JournalFloor::new(records, &head));
-        inner
-            .state
-            .save(&self.dir)
-            .map_err(|e| err(ErrorKind::Backend, e))
+        next.journal_floor = Some(JournalFloor::new(records, &head));
+        match next.save_checked(&self.dir) {
+            Ok(()) => {}
+            // The new state.json is the one in place: it is in force.
+            Err(e) if e.replaced => tracing::error!(
+                "state.json was replaced but its directory could not be synced ({}); a crash \
+                 before the next successful save may bring back the previous state.json: \
+                 check the disk",
+                e.message
+            ),
+            Err(e) => return Err(err(ErrorKind::Backend, e.message)),
+        }
+        inner.state = next;
+        Ok(())
+    }
+
+    /// Takes a fresh key label and keeps it in state.json before the key is
+    /// made: a restart never hands out a label again whose key may exist.
+    fn reserve_key_label(&self, inner: &mut Inner, prefix: &str) -> Result<String, SignerError> {
+        let mut next = inner.state.clone();
+        let label = next.next_key_label(prefix);
+        self.commit_state(inner, next).map_err(|e| {
+            err(
+                ErrorKind::Backend,
+                format!(
+                    "{}; nothing was generated or signed: make the signer's state directory {} \
+                     writable again (free space, check the disk and permissions) and retry",
+                    e.message,
+                    self.dir.display()
+                ),
+            )
+        })?;
+        Ok(label)
+    }
+
+    /// A ceremony whose record is in the journal is spent, whatever happens
+    /// after: the journal makes it spent for every later start too.
+    fn spend_ceremony(&self, id: Option<CeremonyId>) {
+        if let Some(id) = id {
+            let mut inner = match self.inner.write() {
+                Ok(i) => i,
+                Err(p) => p.into_inner(),
+            };
+            inner.used_ceremonies.insert(id);
+        }
     }
 
     /// The CRL staging; if a request panicked while holding it, what was
@@ -582,6 +626,7 @@ impl Signer {
             ceremony_id,
             intent,
         })?;
+        self.spend_ceremony(ceremony_id);
         Ok((signed, rec.seq))
     }
 
@@ -717,7 +762,8 @@ impl Signer {
         };
         let mut inner = self.write()?;
         inner.used_ceremonies.insert(id);
-        inner.state.ceremonies.insert(
+        let mut next = inner.state.clone();
+        next.ceremonies.insert(
             hex::encode(id),
             StoredOutcome {
                 parameters_sha256: hex::encode(statement_digest(op)),
@@ -726,7 +772,7 @@ impl Signer {
         );
         // The ceremony is done and journaled: a failure to keep its outcome
         // only costs the answer to a later `CeremonyOutcome`.
-        if let Err(e) = self.save_state(&mut inner) {
+        if let Err(e) = self.commit_state(&mut inner, next) {
             tracing::error!(
                 ceremony = %hex::encode(id),
                 "executed, but its outcome could not be kept in state.json: {}",
@@ -879,10 +925,8 @@ impl Signer {
                 }
                 None => None,
             };
-            (
-                parent_ca,
-                inner.state.next_key_label(&format!("ca-{ca_id}")),
-            )
+            let label = self.reserve_key_label(&mut inner, &format!("ca-{ca_id}"))?;
+            (parent_ca, label)
         };
         let spki = self.backend.generate(&label, algorithm)?;
         let own = IssuerKey {
@@ -906,7 +950,7 @@ impl Signer {
             kind: CertKind::Ca { path_len },
             urls: if parent_ca.is_some() { urls } else { &no_urls },
         })?;
-        let (signed, _) = self.sign_and_journal(tbs, issuer, Some(id))?;
+        let (signed, seq) = self.sign_and_journal(tbs, issuer, Some(id))?;
         let stored = StoredCa {
             key_label: label,
             parent: parent.clone(),
@@ -916,9 +960,24 @@ impl Signer {
         };
         let ca = Ca::from_stored(ca_id, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
         let mut inner = self.write()?;
-        inner.state.cas.insert(ca_id.to_string(), stored);
+        let mut next = inner.state.clone();
+        next.cas.insert(ca_id.to_string(), stored);
+        self.commit_state(&mut inner, next).map_err(|e| {
+            err(
+                ErrorKind::Backend,
+                format!(
+                    "the certificate of CA {ca_id:?} was signed and journaled (journal record \
+                     {seq}, ceremony {}), but the CA could not be kept: {}; the CA was not \
+                     created and this ceremony is spent: make the signer's state directory {} \
+                     writable again (free space, check the disk and permissions), then open a \
+                     new ceremony",
+                    hex::encode(id),
+                    e.message,
+                    self.dir.display()
+                ),
+            )
+        })?;
         inner.cas.insert(ca_id.to_string(), ca.clone());
-        self.save_state(&mut inner)?;
         Ok(ca.info)
     }
 
@@ -940,13 +999,27 @@ impl Signer {
             id,
         )?;
         let mut inner = self.write()?;
-        if let Some(s) = inner.state.cas.get_mut(&r.ca_id) {
+        let mut next = inner.state.clone();
+        if let Some(s) = next.cas.get_mut(&r.ca_id) {
             s.status = CaStatus::Retired;
         }
+        self.commit_state(&mut inner, next).map_err(|e| {
+            err(
+                ErrorKind::Backend,
+                format!(
+                    "the successor CA {:?} was created, but {:?} could not be marked retired: {}; \
+                     it still issues: make the signer's state directory {} writable again (free \
+                     space, check the disk and permissions), then rotate it in a new ceremony",
+                    r.new_ca_id,
+                    r.ca_id,
+                    e.message,
+                    self.dir.display()
+                ),
+            )
+        })?;
         if let Some(c) = inner.cas.get_mut(&r.ca_id) {
             c.info.status = CaStatus::Retired;
         }
-        self.save_state(&mut inner)?;
         Ok(info)
     }
 
@@ -1007,7 +1080,7 @@ impl Signer {
             .try_into()
             .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
         // Journal first: the journal is what proves the change was authorised.
-        self.journal.append(NewRecord {
+        let rec = self.journal.append(NewRecord {
             kind: SignatureKind::CustodianChange,
             key_id: "custodians".into(),
             subject: SignedSubject::None,
@@ -1015,10 +1088,27 @@ impl Signer {
             ceremony_id: Some(id),
             intent: None,
         })?;
+        self.spend_ceremony(Some(id));
         let mut inner = self.write()?;
-        inner.state.set_custodians(set);
+        let mut next = inner.state.clone();
+        next.set_custodians(set);
+        self.commit_state(&mut inner, next).map_err(|e| {
+            err(
+                ErrorKind::Backend,
+                format!(
+                    "the custodian change was journaled (journal record {}, ceremony {}), but \
+                     the new set could not be kept: {}; the old custodian set stays in force \
+                     and this ceremony is spent: make the signer's state directory {} writable \
+                     again (free space, check the disk and permissions), then open a new \
+                     ceremony",
+                    rec.seq,
+                    hex::encode(id),
+                    e.message,
+                    self.dir.display()
+                ),
+            )
+        })?;
         inner.custodians = set.clone();
-        self.save_state(&mut inner)?;
         Ok(set.clone())
     }
 
@@ -1391,10 +1481,10 @@ impl Signer {
                 "the responder's validity must lie inside the CA's validity",
             ));
         }
-        let label = self
-            .write()?
-            .state
-            .next_key_label(&format!("ocsp-{}", p.issuer));
+        let label = {
+            let mut inner = self.write()?;
+            self.reserve_key_label(&mut inner, &format!("ocsp-{}", p.issuer))?
+        };
         let spki = self.backend.generate(&label, p.algorithm)?;
         let mut cn = String::from("OCSP responder for ");
         cn.push_str(&p.issuer);
@@ -1411,7 +1501,7 @@ impl Signer {
             kind: CertKind::OcspResponder,
             urls: &castellan_proto::Urls::default(),
         })?;
-        let (signed, _) = self.sign_and_journal(tbs, &ca.key, None)?;
+        let (signed, seq) = self.sign_and_journal(tbs, &ca.key, None)?;
         let stored = StoredResponder {
             key_label: label,
             algorithm: p.algorithm,
@@ -1420,9 +1510,23 @@ impl Signer {
         let responder =
             Responder::from_stored(&p.issuer, &stored).map_err(|e| err(ErrorKind::Internal, e))?;
         let mut inner = self.write()?;
-        inner.state.responders.insert(p.issuer.clone(), stored);
+        let mut next = inner.state.clone();
+        next.responders.insert(p.issuer.clone(), stored);
+        self.commit_state(&mut inner, next).map_err(|e| {
+            err(
+                ErrorKind::Backend,
+                format!(
+                    "the new OCSP responder certificate of {:?} was signed and journaled \
+                     (journal record {seq}), but could not be kept: {}; the previous responder \
+                     stays in use: make the signer's state directory {} writable again (free \
+                     space, check the disk and permissions), then rotate the responder again",
+                    p.issuer,
+                    e.message,
+                    self.dir.display()
+                ),
+            )
+        })?;
         inner.responders.insert(p.issuer.clone(), responder);
-        self.save_state(&mut inner)?;
         Ok(ResponderInfo {
             issuer: p.issuer.clone(),
             certificate_der: signed.der,

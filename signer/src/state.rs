@@ -228,22 +228,48 @@ impl State {
     }
 
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let text =
-            serde_json::to_vec_pretty(self).map_err(|e| format!("cannot encode state: {e}"))?;
-        write_atomic(&dir.join(STATE_FILE), &text)
-            .map_err(|e| format!("cannot write {}: {e}", dir.join(STATE_FILE).display()))
+        self.save_checked(dir).map_err(|e| e.message)
     }
+
+    /// [`State::save`], telling a failure before the new file was put in
+    /// place from one after.
+    pub fn save_checked(&self, dir: &Path) -> Result<(), SaveError> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| SaveError {
+            message: format!("cannot encode state: {e}"),
+            replaced: false,
+        })?;
+        let path = dir.join(STATE_FILE);
+        write_replacing(&path, &text).map_err(|(e, replaced)| SaveError {
+            message: format!("cannot write {}: {e}", path.display()),
+            replaced,
+        })
+    }
+}
+
+/// Why [`State::save_checked`] failed.
+#[derive(Debug)]
+pub struct SaveError {
+    pub message: String,
+    /// The new file is in place and only the fsync of its directory failed:
+    /// it is what a start reads now, though a crash may still bring back
+    /// the old one.
+    pub replaced: bool,
 }
 
 /// Writes a file so that after a crash it holds either the old or the new
 /// content: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_replacing(path, content).map_err(|(e, _)| e)
+}
+
+/// [`write_atomic`]; the error says whether the new file was in place.
+fn write_replacing(path: &Path, content: &[u8]) -> Result<(), (std::io::Error, bool)> {
     let dir = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -252,7 +278,15 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
             .open(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // A partial temporary (a full disk) would only hold on to the space
+        // that is missing; the next save writes it anew anyway.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()
+    written.map_err(|e| (e, false))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| (e, true))
 }

@@ -52,7 +52,12 @@ fn pass() -> SecretString {
 
 impl Lab {
     fn new() -> Lab {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        Lab::new_in(&std::env::temp_dir())
+    }
+
+    /// A lab whose state directory is created under `root`.
+    fn new_in(root: &Path) -> Lab {
+        let dir = tempfile::tempdir_in(root).expect("temporary directory");
         let custodians = Custodians::generate(3);
         let set = CustodianSet {
             threshold: 2,
@@ -241,6 +246,406 @@ fn a_journal_of_the_same_length_from_elsewhere_is_refused() {
         e.contains("does not belong") && e.contains(&format!("record {}", records - 1)),
         "{e}"
     );
+}
+
+/// A small tmpfs (tests run as root), unmounted when dropped, even by a
+/// failing test (lazily, so a file still open does not keep it mounted).
+struct Tmpfs {
+    path: PathBuf,
+    _parent: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let path = parent.path().join("fs");
+        std::fs::create_dir(&path).expect("mount point");
+        let mut fs = Tmpfs::mount_at(&path, size);
+        fs._parent = Some(parent);
+        fs
+    }
+
+    /// Mounts over the empty directory `path`.
+    fn mount_at(path: &Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs {
+            path: path.to_path_buf(),
+            _parent: None,
+        }
+    }
+
+    fn block_size(&self) -> u64 {
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%S"])
+            .arg(&self.path)
+            .output()
+            .expect("run stat");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("block size")
+    }
+
+    /// Fills the file system, then frees `blocks` blocks again.
+    fn fill_leaving(&self, blocks: u64) {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0x5a_u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let len = f.metadata().expect("filler size").len();
+        f.set_len(len.saturating_sub(blocks * self.block_size()))
+            .expect("free blocks");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_the_signer_returns_no_signature_it_could_not_journal_and_recovers() {
+    let mut s = SignerProcess::start(Backend::Soft);
+    s.pki(Algorithm::EcdsaP256, Algorithm::EcdsaP256);
+    s.stop();
+    // The state directory (journal, state.json, key store) moves onto a
+    // small file system of its own.
+    let saved = s.dir.path().join("state-saved");
+    std::fs::rename(&s.state_dir, &saved).expect("move the state directory");
+    std::fs::create_dir(&s.state_dir).expect("mount point");
+    let fs = Tmpfs::mount_at(&s.state_dir, "1m");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(saved.join("."))
+        .arg(&s.state_dir)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copy the state directory");
+    s.restart();
+
+    fs.fill_leaving(0);
+    let template = || server_template("inter", "full.example.test");
+    let mut acknowledged = 0u64;
+    let e = loop {
+        match s.call(Request::IssueCertificate(template())) {
+            Ok(Response::Certificate(_)) => acknowledged += 1,
+            Ok(other) => panic!("IssueCertificate answered {other:?}"),
+            Err(e) => break e,
+        }
+        // The journal's last block fills after a few dozen records.
+        assert!(acknowledged < 10_000, "the journal never hit the full disk");
+    };
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "no record of this batch was acknowledged",
+        ],
+    );
+    let records = s.status().journal_records;
+    // Still refused, still answering.
+    let e = s.refused(Request::IssueCertificate(template()));
+    assert!(
+        e.message.contains("No space left on device"),
+        "{}",
+        e.message
+    );
+    assert_eq!(s.status().journal_records, records);
+
+    fs.free();
+    let issued = s.issue(template());
+    assert_eq!(
+        issued.journal_seq, records,
+        "the failed records were undone"
+    );
+    s.stop();
+    let journal = s.state_dir.join("journal");
+    let journal_arg = journal.to_str().expect("utf-8 path");
+    let out = s.cli(&["journal", "verify", "--journal", journal_arg]);
+    assert!(out.status.success(), "{}", all_text(&out));
+    assert!(
+        all_text(&out).contains(&format!("{} records", records + 1)),
+        "{}",
+        all_text(&out)
+    );
+    s.restart();
+    s.issue(template());
+}
+
+#[test]
+fn a_journal_tail_left_by_a_crash_is_refused_with_the_way_out_which_works() {
+    let mut s = SignerProcess::start(Backend::Soft);
+    s.pki(Algorithm::EcdsaP256, Algorithm::EcdsaP256);
+    s.issue(server_template("inter", "kept.example.test"));
+    let records = s.status().journal_records;
+    s.stop();
+    let journal = s.state_dir.join("journal");
+    let journal_arg = journal.to_str().expect("utf-8 path").to_string();
+    let len = std::fs::metadata(&journal).expect("journal").len();
+    // A record cut short, and blocks allocated but never written: the two
+    // tails a crash during an append leaves.
+    for name in ["cut short", "zeros"] {
+        if name == "cut short" {
+            s.restart();
+            s.issue(server_template("inter", "lost.example.test"));
+            s.stop();
+            let whole = std::fs::metadata(&journal).expect("journal").len();
+            assert!(whole > len + 20);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .and_then(|f| f.set_len(whole - 20))
+                .expect("cut the journal short");
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .and_then(|f| f.set_len(len + 4096))
+                .expect("extend the journal with zeros");
+        }
+        let out = s.start_refused();
+        let text = all_text(&out);
+        assert!(
+            text.contains(&format!("journal record {records} (byte offset {len})"))
+                && text.contains("journal recover-torn-tail"),
+            "{name}: {text}"
+        );
+        let out = s.cli(&["journal", "verify", "--journal", &journal_arg]);
+        assert!(!out.status.success(), "{name}: {}", all_text(&out));
+        assert!(
+            all_text(&out).contains("journal recover-torn-tail"),
+            "{name}: {}",
+            all_text(&out)
+        );
+        let out = s.cli(&["journal", "recover-torn-tail", "--journal", &journal_arg]);
+        assert!(out.status.success(), "{name}: {}", all_text(&out));
+        assert!(
+            s.state_dir.join(format!("journal.torn-{len}")).exists(),
+            "{name}: the removed tail was not kept"
+        );
+        std::fs::remove_file(s.state_dir.join(format!("journal.torn-{len}"))).expect("rm");
+        assert_eq!(std::fs::metadata(&journal).expect("journal").len(), len);
+        s.restart();
+        assert_eq!(s.status().journal_records, records, "{name}");
+        s.stop();
+    }
+    s.restart();
+    s.issue(server_template("inter", "after.example.test"));
+}
+
+fn custodian_set_of(s: &Signer) -> CustodianSet {
+    match s.handle(Request::PublicKeys) {
+        Response::PublicKeys(k) => k.custodians,
+        other => panic!("PublicKeys answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_custodian_change_that_state_json_could_not_keep_leaves_the_old_set_in_force() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let old = custodian_set_of(&s);
+    assert_eq!(old.threshold, 2);
+    let stricter = CustodianSet {
+        threshold: 3,
+        custodians: old.custodians.clone(),
+    };
+    // The journal's block has room for the change's record; state.json
+    // cannot be rewritten.
+    fs.fill_leaving(0);
+    let e = refused(lab.ceremony(&s, CeremonyOp::ChangeCustodians(stricter)));
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "journaled",
+            "the old custodian set stays in force",
+        ],
+    );
+    // In force is what a restart loads: the old set, 2 of 3.
+    assert_eq!(custodian_set_of(&s), old);
+    fs.free();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    drop(s);
+    assert_eq!(custodian_set_of(&lab.open()), old);
+}
+
+fn responders_of(s: &Signer) -> Vec<castellan_proto::ResponderInfo> {
+    match s.handle(Request::PublicKeys) {
+        Response::PublicKeys(k) => k.responders,
+        other => panic!("PublicKeys answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_responder_that_state_json_could_not_keep_is_not_used() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    let before = responders_of(&s);
+    assert!(before.is_empty());
+    let t = now();
+    let rotate = |s: &Signer| {
+        s.handle(Request::RotateOcspResponder(ResponderParams {
+            issuer: "root".into(),
+            algorithm: Algorithm::EcdsaP256,
+            validity: validity(t - 3_600, t + 30 * 86_400),
+        }))
+    };
+    // Room for the key file (and state.json with the key's label, whose old
+    // copy's block the rename frees), not for the larger state.json that
+    // names the responder as well.
+    fs.fill_leaving(1);
+    expect(
+        &refused(rotate(&s)),
+        ErrorKind::Backend,
+        &[
+            "No space left on device",
+            "the previous responder stays in use",
+        ],
+    );
+    assert_eq!(responders_of(&s), before);
+    fs.free();
+    drop(s);
+    let s = lab.open();
+    assert_eq!(responders_of(&s), before);
+    assert!(matches!(rotate(&s), Response::Responder(_)));
+    assert_ne!(responders_of(&s), before);
+}
+
+fn issue_from(s: &Signer, issuer: &str) -> Response {
+    s.handle(Request::IssueCertificate(server_template(
+        issuer,
+        "www.example.test",
+    )))
+}
+
+#[test]
+fn a_ca_that_state_json_could_not_keep_is_not_used_and_its_key_label_is_not_reused() {
+    let fs = Tmpfs::mount("1m");
+    let lab = Lab::new_in(&fs.path);
+    let s = lab.open();
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    let before = journal_records(&s);
+    // One free block: enough for the new key file (and state.json with the
+    // key's label, whose old copy's block the rename frees), not for the
+    // state.json that names the new CA as well.
+    fs.fill_leaving(1);
+    let op =
+        CeremonyOp::CreateIntermediate(intermediate_params("inter", "root", Algorithm::EcdsaP256));
+    let id = ceremony_id();
+    let proof = lab.custodians.proof_for(&context_of(&s), id, &op, &[0, 1]);
+    let e = refused(s.handle(Request::Ceremony {
+        op: op.clone(),
+        proof: proof.clone(),
+    }));
+    expect(
+        &e,
+        ErrorKind::Backend,
+        &[
+            "state.json",
+            "No space left on device",
+            "journaled",
+            "was not created",
+            "open a new ceremony",
+        ],
+    );
+    assert_eq!(
+        journal_records(&s),
+        before + 1,
+        "the CA certificate is journaled"
+    );
+    // What the signer uses is what a restart would load: no CA "inter".
+    expect(
+        &refused(issue_from(&s, "inter")),
+        ErrorKind::Policy,
+        &["not a CA held by this signer"],
+    );
+    // The journal holds the ceremony: it is spent now as after a restart.
+    expect(
+        &refused(s.handle(Request::Ceremony { op, proof })),
+        ErrorKind::QuorumInvalid,
+        &["already executed"],
+    );
+    assert!(
+        !lab.dir.path().join("state.tmp").exists(),
+        "a partial state.tmp was left behind on the full disk"
+    );
+
+    fs.free();
+    drop(s);
+    let s = lab.open();
+    expect(
+        &refused(issue_from(&s, "inter")),
+        ErrorKind::Policy,
+        &["not a CA held by this signer"],
+    );
+    // A new ceremony makes the CA; its key gets a label no key has yet.
+    let r = lab.ceremony(
+        &s,
+        CeremonyOp::CreateIntermediate(intermediate_params("inter", "root", Algorithm::EcdsaP256)),
+    );
+    assert!(
+        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+        "{r:?}"
+    );
+    assert!(matches!(issue_from(&s, "inter"), Response::Certificate(_)));
+    drop(s);
+    let s = lab.open();
+    assert!(matches!(issue_from(&s, "inter"), Response::Certificate(_)));
+    assert_eq!(journal_records(&s), before + 4);
 }
 
 #[test]

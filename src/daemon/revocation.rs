@@ -630,7 +630,7 @@ fn write_renamed(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<PathBuf
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp"));
-    {
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -638,8 +638,14 @@ fn write_renamed(dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<PathBuf
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        // A partial temporary would hold on to space a full disk lacks (and
+        // stay for good if its answer is never published again).
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, &path)?;
+    written?;
     Ok(parent)
 }
 
