@@ -650,6 +650,164 @@ fn castellanctl_exit_codes_follow_the_error_kind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'ceremony'"));
 }
 
+fn cert_view_answer() -> Answer {
+    Box::new(|_| {
+        serde_json::to_value(castellan::api::CertView {
+            serial: "0a1b".into(),
+            issuer: "issuing".into(),
+            profile: "server".into(),
+            identity: "web.example.internal".into(),
+            subject: "CN=web.example.internal".into(),
+            sans: vec![],
+            not_before: "2025-01-01T00:00:00Z".into(),
+            not_after: "2026-01-01T00:00:00Z".into(),
+            state: "issued".into(),
+            revocation: None,
+            certificate_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            ),
+            ocsp: None,
+            crl: None,
+        })
+        .unwrap()
+    })
+}
+
+#[test]
+fn castellanctl_never_writes_a_certificate_over_a_private_key() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(cert_view_answer()),
+            ..Fake::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("web.key");
+    let key_pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n";
+    std::fs::write(&key, key_pem).unwrap();
+
+    // `--out` given the key's name by mistake: the key stays.
+    let out = ctl(
+        &s.sock,
+        &["cert", "show", "0a1b", "--out", key.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a private key"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
+
+    // Nothing is issued for an --out that could not be written.
+    let csr = dir.path().join("web.csr");
+    let csr_pem = rcgen::CertificateParams::new(vec!["web.example.internal".into()])
+        .unwrap()
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    std::fs::write(&csr, csr_pem).unwrap();
+    let calls_before = s.fake.calls.lock().unwrap().len();
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a private key"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+
+    // An older certificate is replaced whole and keeps its mode; no
+    // temporary file is left behind.
+    let cert = dir.path().join("web.pem");
+    std::fs::write(&cert, "old certificate").unwrap();
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = ctl(
+        &s.sock,
+        &["cert", "show", "0a1b", "--out", cert.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(
+        std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["web.csr", "web.key", "web.pem"]);
+}
+
+#[test]
+fn custodian_keygen_never_replaces_either_half_of_an_existing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("dave.pass");
+    std::fs::write(&pass, "dave-passphrase\n").unwrap();
+    let keygen = |name: &str, out: &std::path::Path, pass: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellanctl"))
+            .args(["custodian", "keygen", "--name", name, "--out"])
+            .arg(out)
+            .arg("--passphrase-file")
+            .arg(pass)
+            .output()
+            .unwrap()
+    };
+    let key = dir.path().join("dave.key");
+    let pub_file = dir.path().join("dave.key.pub");
+    assert!(keygen("dave", &key, &pass).status.success());
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_text = std::fs::read(&key).unwrap();
+    let pub_text = std::fs::read(&pub_file).unwrap();
+
+    // The key file itself: refused, both halves unchanged.
+    let out = keygen("dave", &key, &pass);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read(&key).unwrap(), key_text);
+    assert_eq!(std::fs::read(&pub_file).unwrap(), pub_text);
+
+    // The key file moved offline, its registered public half left here:
+    // a new key would silently replace it.
+    let offline = dir.path().join("offline.key");
+    std::fs::rename(&key, &offline).unwrap();
+    let out = keygen("dave2", &key, &pass);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dave.key.pub exists already"), "{stderr}");
+    assert_eq!(std::fs::read(&pub_file).unwrap(), pub_text);
+    assert!(!key.exists(), "no half-made key is left behind");
+
+    // A passphrase file whose first line is empty says what it expects.
+    let blank = dir.path().join("blank.pass");
+    std::fs::write(&blank, "\nsecond-line-passphrase\n").unwrap();
+    let out = keygen("erin", &dir.path().join("erin.key"), &blank);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the passphrase is its first line"), "{stderr}");
+    assert!(!dir.path().join("erin.key").exists());
+}
+
 #[test]
 fn castellanctl_generates_the_key_locally_and_sends_only_a_csr() {
     let s = Server::start(

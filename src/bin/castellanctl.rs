@@ -602,15 +602,13 @@ fn read_ceremony(path: &Path) -> Result<(CeremonyId, CeremonyFile), Failure> {
 
 fn write_ceremony(path: &Path, file: &CeremonyFile) -> Result<(), Failure> {
     let text = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::replace(path, &text).map_err(refused)
 }
 
+/// Writes a certificate, chain or public key: whole or not at all, and
+/// never over a private key.
 fn write_out(path: &Path, content: &str) -> Result<(), Failure> {
-    std::fs::write(path, content)
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::replace(path, content.as_bytes()).map_err(refused)
 }
 
 fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failure> {
@@ -668,6 +666,7 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             let raw = std::fs::read(&csr_path)
                 .map_err(|e| format!("cannot read {}: {e}", csr_path.display()))?;
             let parsed = csr::parse(&raw).map_err(|e| format!("{}: {e}", csr_path.display()))?;
+            castellan::files::check_replaceable(&out).map_err(refused)?;
             // Backdated a minute for relying parties with slightly slow clocks.
             let nb = now() - 60;
             let template = CertificateTemplate {
@@ -848,10 +847,8 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                 op,
                 approvals: vec![],
             };
-            if out.exists() {
-                return Err(refused(format!("{} exists already", out.display())));
-            }
-            write_ceremony(&out, &file)?;
+            let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+            castellan::files::create_new(&out, &text, 0o644).map_err(refused)?;
             println!(
                 "ceremony {} ({}) written to {}",
                 file.ceremony_id,
@@ -928,6 +925,9 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
         }
         SignerCeremonyCmd::Execute { file, out } => {
             let (id, f) = read_ceremony(&file)?;
+            if let Some(out) = &out {
+                castellan::files::check_replaceable(out).map_err(refused)?;
+            }
             let mut approvals = Vec::new();
             for a in &f.approvals {
                 approvals.push(Approval {
@@ -1634,6 +1634,9 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
             Ok(())
         }
         CeremonyCmd::Execute { id, out } => {
+            if let Some(out) = &out {
+                castellan::files::check_replaceable(out).map_err(refused)?;
+            }
             let c: CeremonyView = ctx.post(
                 &format!("/v1/ceremonies/{}/execute", seg(&id)),
                 &serde_json::json!({}),
@@ -1794,23 +1797,10 @@ fn rcgen_dn(dn: &DistinguishedName) -> rcgen::DistinguishedName {
     out
 }
 
-/// Writes a private key: a new file, mode 0600 from its creation.
+/// Writes a private key: a new file, mode 0600 from its creation, whole or
+/// not at all.
 fn write_private_key(path: &Path, pem_text: &str) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            refused(format!(
-                "cannot create {}: {e} (an existing key is never overwritten)",
-                path.display()
-            ))
-        })?;
-    f.write_all(pem_text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::create_new(path, pem_text.as_bytes(), 0o600).map_err(refused)
 }
 
 /// A new key and its CSR, made here; returns (CSR PEM, key PEM).
@@ -1841,6 +1831,11 @@ fn generate_key_and_csr(
 }
 
 fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
+    // Checked before anything is issued: a certificate that cannot be
+    // saved would be issued for nothing.
+    for out in std::iter::once(&a.out).chain(&a.chain_out) {
+        castellan::files::check_replaceable(out).map_err(refused)?;
+    }
     let mut key_written: Option<PathBuf> = None;
     let csr_pem = if a.generate_key {
         let (Some(subject), Some(key_out)) = (&a.subject, &a.key_out) else {
@@ -1892,9 +1887,16 @@ fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
             return Err(e);
         }
     };
-    write_out(&a.out, &issued.certificate_pem)?;
-    if let Some(chain) = &a.chain_out {
-        write_out(chain, &issued.chain_pem)?;
+    let saved = write_out(&a.out, &issued.certificate_pem).and_then(|()| match &a.chain_out {
+        Some(chain) => write_out(chain, &issued.chain_pem),
+        None => Ok(()),
+    });
+    if let Err(Failure::Api(e)) = saved {
+        return Err(refused(format!(
+            "{}; the certificate WAS issued, serial {}: save it with `castellanctl cert show {} \
+             --out <file>`",
+            e.message, issued.serial, issued.serial
+        )));
     }
     if ctx.json {
         return print_json(&issued);
