@@ -398,6 +398,44 @@ pub struct EventView {
     pub payload: serde_json::Value,
 }
 
+/// A certificate serial number as an admin pastes it, as the octets of its
+/// magnitude without leading zero octets: hex in either case, with or
+/// without colons (`openssl x509 -text`), with the `serial=` prefix of
+/// `openssl x509 -serial` or a `0x` prefix, with leading zeros, with an odd
+/// number of digits. The error says what to give instead.
+pub fn parse_serial(s: &str) -> Result<Vec<u8>, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("serial=").unwrap_or(t);
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let mut digits: String = t
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    if digits.len() % 2 == 1 {
+        digits.insert(0, '0');
+    }
+    let mut v = hex::decode(&digits).map_err(|_| {
+        format!(
+            "{s:?} is not a serial number: give its hex digits as `castellanctl cert list` or \
+             `openssl x509 -noout -serial` show them, e.g. 5f3a09c1d2 (colons and a serial= \
+             prefix are fine)"
+        )
+    })?;
+    while v.len() > 1 && v[0] == 0 {
+        v.remove(0);
+    }
+    if v.is_empty() || v.len() > 20 {
+        return Err(format!(
+            "{s:?} is not a serial number: a serial number has 1 to 20 octets (up to 40 hex \
+             digits); copy it from `castellanctl cert list`"
+        ));
+    }
+    Ok(v)
+}
+
 /// Page size of event and certificate lists when `limit` is not given.
 pub const DEFAULT_PAGE: usize = 1_000;
 /// Largest page of event and certificate lists.
@@ -454,4 +492,32 @@ pub struct LogQuery {
     /// First sequence number to consider (the `next` of the previous page).
     #[serde(default)]
     pub from_seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_serial;
+
+    #[test]
+    fn serials_are_read_as_openssl_and_admins_write_them() {
+        let want = vec![0x07, 0xb8, 0x93];
+        for s in [
+            "07b893",
+            "07B893",
+            "7b893",
+            "serial=07B893",
+            "0x7b893",
+            "0X07B893",
+            "07:b8:93",
+            "00:07:b8:93",
+            " 0007b893\n",
+        ] {
+            assert_eq!(parse_serial(s), Ok(want.clone()), "{s:?}");
+        }
+        assert_eq!(parse_serial("00"), Ok(vec![0]));
+        for s in ["", "serial=", "zz", "07b8 93g", &"ab".repeat(21)] {
+            let e = parse_serial(s).unwrap_err();
+            assert!(e.contains("castellanctl cert list"), "{s:?}: {e}");
+        }
+    }
 }

@@ -162,15 +162,7 @@ fn hex_id(s: &str) -> Result<CeremonyId, ApiError> {
 }
 
 fn serial_from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
-    let s = s.trim().trim_start_matches("0x").replace(':', "");
-    let mut v = hex::decode(&s).map_err(|_| bad(format!("{s:?} is not a serial number in hex")))?;
-    while v.len() > 1 && v[0] == 0 {
-        v.remove(0);
-    }
-    if v.is_empty() || v.len() > 20 {
-        return Err(bad("a serial number has 1 to 20 octets"));
-    }
-    Ok(v)
+    crate::api::parse_serial(s).map_err(bad)
 }
 
 fn ca_view(r: &CaRecord) -> CaView {
@@ -1517,6 +1509,25 @@ impl Daemon {
             ),
             None => None,
         };
+        // An unknown serial is not found (castellanctl exits 3), not a
+        // refusal (exit 1): a script tells a mistyped serial from one that
+        // cannot be revoked.
+        let known = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .cert(&serial)
+            .is_some();
+        if !known {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "castellan never issued serial {}; find the serial with `castellanctl cert \
+                     list --identity <name>`",
+                    hex::encode(&serial)
+                ),
+            ));
+        }
         let revoked_at = now_ms() / 1000;
         let s2 = serial.clone();
         let revoked = self

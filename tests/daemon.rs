@@ -817,6 +817,71 @@ fn an_auditor_cannot_revoke_and_the_certificate_stays_issued() {
     );
 }
 
+#[test]
+fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
+    let a = Appliance::start();
+    a.make_cas();
+    let serial = serial_of(a.issue_generated("leaf", "leaf.serials.test"));
+    // As `openssl x509 -serial` prints it: "serial=" and upper case.
+    let printed = openssl(&["x509", "-in", "leaf.pem", "-noout", "-serial"], a.dir.path())
+        .stdout
+        .trim()
+        .to_string();
+    assert!(printed.starts_with("serial="), "{printed}");
+    // As `openssl x509 -text` prints it: octets joined by colons.
+    let padded = format!("{}{serial}", "0".repeat(serial.len() % 2));
+    let colons = padded
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    for form in [
+        printed.clone(),
+        colons.clone(),
+        format!("0X00{}", serial.to_uppercase()),
+    ] {
+        let v = a.ctl(&["cert", "show", &form]).ok().json();
+        assert_eq!(v["serial"], serial.as_str(), "{form}: {v}");
+    }
+    let events = a
+        .ctl(&["audit", "log", "--subject", &colons])
+        .ok()
+        .json();
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| kind(e) == "certificate-issued")),
+        "{colons}: {events}"
+    );
+
+    // Not a serial at all: what to give instead.
+    let out = a.ctl(&["cert", "show", "leaf.serials.test"]);
+    assert_eq!(out.code, Some(2), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "bad-request", "{m}");
+    assert!(m.contains("castellanctl cert list"), "{m}");
+
+    // A serial castellan never issued is not found (exit 3), for revoke
+    // as for show; a certificate already revoked is refused (exit 1).
+    for args in [
+        &["cert", "show", "0badc0de"][..],
+        &["revoke", "0badc0de", "--reason", "keyCompromise"],
+    ] {
+        let out = a.ctl(args);
+        assert_eq!(out.code, Some(3), "{out}");
+        assert_eq!(out.error().0, "not-found", "{out}");
+    }
+    let v = a
+        .ctl(&["revoke", &printed, "--reason", "key-compromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let out = a.ctl(&["revoke", &serial, "--reason", "keyCompromise"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(out.error().0, "refused", "{out}");
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(
