@@ -650,6 +650,31 @@ fn castellanctl_exit_codes_follow_the_error_kind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'ceremony'"));
 }
 
+#[test]
+fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
+    let s = Server::start(Some(Role::Operator), |_| {}, Fake::default());
+    for (args, hint) in [
+        (&["--json", "ceremny", "list"][..], "'ceremony'"),
+        (&["--json", "cert", "list", "--status", "revokd"], "'revoked'"),
+        (&["--json", "revoke", "0a1b"], "--reason <REASON>"),
+    ] {
+        let out = ctl(&s.sock, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}");
+        let v: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout:?}"));
+        let e = error_of(&v);
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{args:?}");
+        assert!(e.message.contains(hint), "{args:?}: {}", e.message);
+    }
+    // Without --json, clap's own message on stderr, as before.
+    let out = ctl(&s.sock, &["ceremny", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'ceremony'"));
+    assert!(s.fake.calls.lock().unwrap().is_empty());
+}
+
 fn cert_view_answer() -> Answer {
     Box::new(|_| {
         serde_json::to_value(castellan::api::CertView {

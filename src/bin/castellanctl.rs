@@ -483,7 +483,10 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -501,6 +504,30 @@ fn main() -> ExitCode {
             ExitCode::from(e.kind.exit_code())
         }
     }
+}
+
+/// A command line clap refused: with `--json`, the error body on stdout
+/// like every other error (exit 2, bad request); otherwise clap's own
+/// message, with its suggestions, on stderr.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !json || matches!(e.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let text = text.trim_end();
+    let body = ErrorBody {
+        error: ApiError::new(
+            ErrorKind::BadRequest,
+            text.strip_prefix("error: ").unwrap_or(text),
+        ),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+    );
+    ExitCode::from(ErrorKind::BadRequest.exit_code())
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
