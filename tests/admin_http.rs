@@ -675,6 +675,39 @@ fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
     assert!(s.fake.calls.lock().unwrap().is_empty());
 }
 
+#[test]
+fn castellanctl_reads_a_revocation_reason_however_it_is_spelt_and_offers_only_valid_ones() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(cert_view_answer()),
+            ..Fake::default()
+        },
+    );
+    let out = ctl(&s.sock, &["revoke", "0a1b", "--reason", "stolen"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("keyCompromise"), "{stderr}");
+    // castellan refuses removeFromCRL: it is not offered.
+    assert!(!stderr.contains("removeFromCRL"), "{stderr}");
+    assert!(s.fake.calls.lock().unwrap().is_empty());
+
+    for spelt in ["key compromise", "Key-Compromise", "keycompromise"] {
+        let out = ctl(&s.sock, &["revoke", "0a1b", "--reason", spelt]);
+        assert!(
+            out.status.success(),
+            "{spelt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = s.fake.calls.lock().unwrap();
+        let Some(Call::Revoke { request, .. }) = calls.last().map(|c| &c.1) else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(request.reason, "keyCompromise", "{spelt}");
+    }
+}
+
 fn cert_view_answer() -> Answer {
     Box::new(|_| {
         serde_json::to_value(castellan::api::CertView {

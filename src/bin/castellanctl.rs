@@ -2054,8 +2054,15 @@ fn revoke_cmd(
     reason: &str,
     invalidity_date: Option<String>,
 ) -> Result<(), Failure> {
-    let Some(r) = RevocationReason::parse(reason) else {
-        let names: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.as_str()).collect();
+    // "key compromise" as well as keyCompromise, key-compromise, KEY_COMPROMISE.
+    let spaced: String = reason.split_whitespace().collect();
+    let Some(r) = RevocationReason::parse(&spaced) else {
+        // removeFromCRL belongs to delta CRLs: castellan refuses it.
+        let names: Vec<&str> = RevocationReason::ALL
+            .iter()
+            .filter(|r| **r != RevocationReason::RemoveFromCrl)
+            .map(|r| r.as_str())
+            .collect();
         return Err(usage(format!(
             "unknown revocation reason {reason:?}; use one of: {}",
             names.join(", ")
