@@ -882,6 +882,64 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
     assert_eq!(out.error().0, "refused", "{out}");
 }
 
+#[test]
+fn signer_ceremonies_as_files_answer_in_json_with_json() {
+    let mut a = Appliance::prepare(Settings::default());
+    a.start_signer();
+    let signer = |args: &[&str]| {
+        run(
+            Command::new(ctl_bin())
+                .arg("--json")
+                .arg("--socket")
+                .arg(&a.signer_socket)
+                .arg("signer")
+                .args(args),
+            WAIT,
+        )
+        .ok()
+        .json()
+    };
+    let file = a.path("root.ceremony");
+    let file_s = file.to_str().unwrap();
+    let v = signer(&[
+        "ceremony",
+        "new",
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root",
+        "--subject",
+        "CN=castellan test root",
+        "--out",
+        file_s,
+    ]);
+    let id = v["ceremony_id"].as_str().expect("a ceremony id").to_string();
+    assert_eq!(v["purpose"], "root", "{v}");
+    for (n, who) in ["alice", "bob"].into_iter().enumerate() {
+        let v = signer(&[
+            "ceremony",
+            "approve",
+            file_s,
+            "--key",
+            a.path(&format!("{who}.key")).to_str().unwrap(),
+            "--passphrase-file",
+            a.path(&format!("{who}.pass")).to_str().unwrap(),
+        ]);
+        assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
+        assert_eq!(v["custodian"], who, "{v}");
+        assert_eq!(v["approvals"], n + 1, "{v}");
+    }
+    let pem = a.path("root.pem");
+    let v = signer(&["ceremony", "execute", file_s, "--out", pem.to_str().unwrap()]);
+    assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
+    assert_eq!(v["ca_id"], "root", "{v}");
+    let subject = openssl(&["x509", "-in", "root.pem", "-noout", "-subject"], a.dir.path());
+    assert!(
+        subject.stdout.contains("castellan test root"),
+        "{subject}"
+    );
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(

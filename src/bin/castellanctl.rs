@@ -876,12 +876,23 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             };
             let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
             castellan::files::create_new(&out, &text, 0o644).map_err(refused)?;
-            println!(
-                "ceremony {} ({}) written to {}",
-                file.ceremony_id,
-                castellan::names::describe_ceremony(&file.op),
-                out.display()
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony_id": file.ceremony_id,
+                        "purpose": file.op.purpose().as_str(),
+                        "description": castellan::names::describe_ceremony(&file.op),
+                        "parameters_sha256": hex::encode(statement_digest(&file.op)),
+                        "signer_id": file.signer_id, "file": out})
+                );
+            } else {
+                println!(
+                    "ceremony {} ({}) written to {}",
+                    file.ceremony_id,
+                    castellan::names::describe_ceremony(&file.op),
+                    out.display()
+                );
+            }
             Ok(())
         }
         SignerCeremonyCmd::Show { file } => {
@@ -941,13 +952,23 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                 signature: hex::encode(&a.signature),
             });
             write_ceremony(&file, &f)?;
-            println!(
-                "{} approved ceremony {}: {} (for signer {})",
-                k.name,
-                hex::encode(id),
-                castellan::names::describe_ceremony(&f.op),
-                short(&f.signer_id, 16)
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony_id": hex::encode(id), "custodian": k.name,
+                        "public_key": hex::encode(k.public_key()),
+                        "description": castellan::names::describe_ceremony(&f.op),
+                        "signer_id": f.signer_id, "approvals": f.approvals.len(), "file": file})
+                );
+            } else {
+                println!(
+                    "{} approved ceremony {}: {} (for signer {})",
+                    k.name,
+                    hex::encode(id),
+                    castellan::names::describe_ceremony(&f.op),
+                    short(&f.signer_id, 16)
+                );
+            }
             Ok(())
         }
         SignerCeremonyCmd::Execute { file, out } => {
@@ -977,35 +998,47 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             else {
                 return Err(refused("unexpected answer".into()));
             };
-            let der = match &outcome {
-                CeremonyOutcome::Ca(info) => {
-                    println!(
-                        "ceremony {} executed: CA {:?} created",
-                        hex::encode(id),
-                        info.ca_id
-                    );
-                    Some(info.certificate_der.clone())
-                }
-                CeremonyOutcome::CrossCertificate(c) => {
-                    println!(
-                        "ceremony {} executed: cross-certificate {}",
-                        hex::encode(id),
-                        hex::encode(&c.serial)
-                    );
-                    Some(c.der.clone())
-                }
-                CeremonyOutcome::Custodians(s) => {
-                    println!(
-                        "ceremony {} executed: custodian set is now {} of {}",
-                        hex::encode(id),
+            let (der, summary, made) = match &outcome {
+                CeremonyOutcome::Ca(info) => (
+                    Some(info.certificate_der.clone()),
+                    serde_json::json!({"ca_id": info.ca_id}),
+                    format!("CA {:?} created", info.ca_id),
+                ),
+                CeremonyOutcome::CrossCertificate(c) => (
+                    Some(c.der.clone()),
+                    serde_json::json!({"cross_certificate_serial": hex::encode(&c.serial)}),
+                    format!("cross-certificate {}", hex::encode(&c.serial)),
+                ),
+                CeremonyOutcome::Custodians(s) => (
+                    None,
+                    serde_json::json!({"custodians": {"threshold": s.threshold,
+                        "count": s.custodians.len()}}),
+                    format!(
+                        "custodian set is now {} of {}",
                         s.threshold,
                         s.custodians.len()
-                    );
-                    None
-                }
+                    ),
+                ),
             };
-            if let (Some(out), Some(der)) = (out, der) {
-                write_out(&out, &pem::encode("CERTIFICATE", &der))?;
+            if let (Some(out), Some(der)) = (&out, &der) {
+                castellan::files::replace(out, pem::encode("CERTIFICATE", der).as_bytes())
+                    .map_err(|e| {
+                        refused(format!(
+                            "{e}; ceremony {} WAS executed ({made}): for a CA, write its \
+                             certificate with `castellanctl signer ca-cert --ca <id> --out <file>`",
+                            hex::encode(id)
+                        ))
+                    })?;
+            }
+            if json {
+                let mut v = serde_json::json!({"ceremony_id": hex::encode(id),
+                    "executed": true, "certificate": out});
+                if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), summary) {
+                    v.extend(extra);
+                }
+                println!("{v}");
+            } else {
+                println!("ceremony {} executed: {made}", hex::encode(id));
             }
             Ok(())
         }
