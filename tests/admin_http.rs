@@ -667,6 +667,14 @@ fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
         assert_eq!(e.kind, ErrorKind::BadRequest, "{args:?}");
         assert!(e.message.contains(hint), "{args:?}: {}", e.message);
     }
+    // --help says what each exit status means.
+    let out = ctl(&s.sock, &["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for code in ["0 ok", "2 usage", "3 not found", "69 ", "77 forbidden"] {
+        assert!(help.contains(code), "{code}: {help}");
+    }
+
     // Without --json, clap's own message on stderr, as before.
     let out = ctl(&s.sock, &["ceremny", "list"]);
     assert_eq!(out.status.code(), Some(2));

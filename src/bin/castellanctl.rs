@@ -37,7 +37,16 @@ const DEFAULT_SIGNER_SOCKET: &str = "/run/castellan-signer/signer.sock";
 const ADMIN_SOCKET_ENV: &str = "CASTELLAN_ADMIN_SOCKET";
 
 #[derive(Parser)]
-#[command(name = "castellanctl", version, about = "Administer castellan")]
+#[command(
+    name = "castellanctl",
+    version,
+    about = "Administer castellan",
+    after_help = "Exit status: 0 ok; 1 refused or failed (the message says why and what to do); \
+                  2 usage or bad request; 3 not found; 69 castellan or the signer unavailable; \
+                  70 internal error; 77 forbidden (your uid's role does not allow it). \
+                  With --json, results and error bodies ({\"error\": {\"kind\", \"message\"}}) \
+                  are printed on stdout."
+)]
 struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
