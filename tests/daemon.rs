@@ -940,6 +940,72 @@ fn signer_ceremonies_as_files_answer_in_json_with_json() {
     );
 }
 
+#[test]
+fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_unknown_parent_is_named() {
+    let a = Appliance::start();
+    a.make_cas();
+    let before = a.ctl(&["ceremony", "list"]).ok().json();
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root",
+        "--subject",
+        "CN=another root",
+    ]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "refused", "{m}");
+    assert!(m.contains("exists already"), "{m}");
+    assert!(m.contains("--purpose rotate"), "{m}");
+    assert_eq!(a.ctl(&["ceremony", "list"]).ok().json(), before);
+
+    // A parent castellan does not know: opened (it may be made later), but
+    // the admin is told at once which CAs there are.
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "second",
+        "--parent",
+        "roo",
+        "--subject",
+        "CN=second issuing CA",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("warning"), "{out}");
+    assert!(out.stderr.contains("known: issuing, root"), "{out}");
+    // A parent that an open ceremony creates: no warning.
+    a.open_ceremony(&[
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "third",
+        "--parent",
+        "issuing",
+        "--subject",
+        "CN=third",
+    ]);
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "fourth",
+        "--parent",
+        "third",
+        "--subject",
+        "CN=fourth",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stderr.contains("warning"), "{out}");
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(

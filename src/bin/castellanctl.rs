@@ -1459,6 +1459,84 @@ fn ceremony_made(c: &CeremonyView) -> Option<String> {
     }
 }
 
+/// Catches a mistyped CA id before a ceremony is opened and custodians are
+/// gathered to approve it: a CA id that is taken can never be created
+/// again (refused); a CA to sign with or to rotate that castellan does not
+/// know, and that no open ceremony creates, gets a warning (castellan may
+/// not have seen a CA made on the signer yet). Skipped if castellan cannot
+/// be asked.
+fn check_ca_names(
+    ctx: &Ctx,
+    purpose: &str,
+    ca_id: Option<&str>,
+    new_ca_id: Option<&str>,
+    parent: Option<&str>,
+) -> Result<(), Failure> {
+    let Ok(cas) = ctx.get::<Vec<CaView>>("/v1/cas") else {
+        return Ok(());
+    };
+    let in_use = || {
+        let ids: Vec<&str> = cas.iter().map(|c| c.id.as_str()).collect();
+        if ids.is_empty() {
+            "none yet".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    let created = match purpose {
+        "root" | "intermediate" => ca_id.map(|id| (id, "--ca-id")),
+        "rotate" => new_ca_id.map(|id| (id, "--new-ca-id")),
+        _ => None,
+    };
+    if let Some((id, flag)) = created
+        && let Some(ca) = cas.iter().find(|c| c.id == id)
+    {
+        return Err(refused(format!(
+            "CA {id:?} exists already ({}, {}); a CA id is used once: choose another {flag} \
+             (in use: {}){}",
+            ca.subject,
+            ca.status,
+            in_use(),
+            if purpose == "rotate" {
+                String::new()
+            } else {
+                format!(
+                    ", or give {id:?} a new key with --purpose rotate --ca-id {id} --new-ca-id <new id>"
+                )
+            }
+        )));
+    }
+    let needed = match purpose {
+        "intermediate" | "cross-sign" => parent.map(|p| (p, "--parent")),
+        "rotate" => ca_id.map(|id| (id, "--ca-id")),
+        _ => None,
+    };
+    if let Some((id, flag)) = needed
+        && !cas.iter().any(|c| c.id == id)
+    {
+        let pending = ctx
+            .get::<Vec<CeremonyView>>("/v1/ceremonies")
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.state == "open")
+            .filter_map(|c| serde_json::from_value::<CeremonyOp>(c.op.clone()).ok())
+            .any(|op| match op {
+                CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => p.ca_id == id,
+                CeremonyOp::Rotate(r) => r.new_ca_id == id,
+                _ => false,
+            });
+        if !pending {
+            eprintln!(
+                "castellanctl: warning: {flag} {id:?}: castellan knows no CA {id:?} (known: {}) \
+                 and no open ceremony creates it; this ceremony cannot be executed until it \
+                 exists — if {id:?} is a typo, open a new ceremony with the right id",
+                in_use()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
     match command {
         CeremonyCmd::Open {
@@ -1549,6 +1627,13 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                     }
                 }
             }
+            check_ca_names(
+                ctx,
+                &purpose,
+                ca_id.as_deref(),
+                new_ca_id.as_deref(),
+                parent.as_deref(),
+            )?;
             let req = OpenCeremony {
                 purpose,
                 ca_id,
