@@ -716,6 +716,33 @@ fn castellanctl_reads_a_revocation_reason_however_it_is_spelt_and_offers_only_va
     }
 }
 
+#[test]
+fn castellanctl_output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    let s = Server::start(
+        Some(Role::Auditor),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|_| json!([]))),
+            ..Fake::default()
+        },
+    );
+    // A pipe whose reader is gone, as with `castellanctl ca list | head -0`.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellanctl"))
+        .arg("--socket")
+        .arg(&s.sock)
+        .args(["ca", "list"])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(s.fake.calls.lock().unwrap().len(), 1);
+}
+
 fn cert_view_answer() -> Answer {
     Box::new(|_| {
         serde_json::to_value(castellan::api::CertView {

@@ -11,7 +11,6 @@
 //! 69 castellan or the signer unavailable, 70 internal error, 77 forbidden.
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,6 +32,36 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+// Output to a closed pipe (`castellanctl audit log | head`) ends castellanctl
+// quietly with status 141, as SIGPIPE ends other tools, instead of the
+// panic of std's `println!`; any other failure to write the output is
+// reported (status 74). These shadow std's macros in this file.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("castellanctl: cannot write the output: {e}");
+    std::process::exit(74);
+}
+
 const DEFAULT_SIGNER_SOCKET: &str = "/run/castellan-signer/signer.sock";
 const ADMIN_SOCKET_ENV: &str = "CASTELLAN_ADMIN_SOCKET";
 
@@ -43,7 +72,8 @@ const ADMIN_SOCKET_ENV: &str = "CASTELLAN_ADMIN_SOCKET";
     about = "Administer castellan",
     after_help = "Exit status: 0 ok; 1 refused or failed (the message says why and what to do); \
                   2 usage or bad request; 3 not found; 69 castellan or the signer unavailable; \
-                  70 internal error; 77 forbidden (your uid's role does not allow it). \
+                  70 internal error; 74 the output could not be written; 77 forbidden (your \
+                  uid's role does not allow it); 141 the output was closed early (| head). \
                   With --json, results and error bodies ({\"error\": {\"kind\", \"message\"}}) \
                   are printed on stdout."
 )]
@@ -1160,10 +1190,9 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         }
         out.trim_end().to_string()
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", line(header.to_vec()));
+    println!("{}", line(header.to_vec()));
     for row in rows {
-        let _ = writeln!(stdout, "{}", line(row.iter().map(String::as_str).collect()));
+        println!("{}", line(row.iter().map(String::as_str).collect()));
     }
 }
 
