@@ -1857,6 +1857,19 @@ fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
 }
 
 /// The ceremony operation an admin asked for.
+/// The signer's rule for CA ids.
+fn valid_ca_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
+}
+
 fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
     let purpose = castellan_proto::Purpose::parse(&r.purpose).ok_or_else(|| {
         bad(format!(
@@ -1872,7 +1885,22 @@ fn build_op(r: &OpenCeremony) -> Result<CeremonyOp, ApiError> {
         })?,
         None => Algorithm::EcdsaP256,
     };
+    // What the signer would refuse only after the custodians approved is
+    // refused now, before they are called.
     let days = i64::from(r.days.unwrap_or(3650));
+    if days == 0 {
+        return Err(bad("--days must be at least 1 (the CA's validity in days)"));
+    }
+    for (flag, id) in [("--ca-id", &r.ca_id), ("--new-ca-id", &r.new_ca_id)] {
+        if let Some(id) = id
+            && !valid_ca_id(id)
+        {
+            return Err(bad(format!(
+                "{flag} {id:?}: a CA id is 1-63 characters of a-z, 0-9, '-', '_', '.', \
+                 starting with a letter or digit (e.g. root, issuing-2026)"
+            )));
+        }
+    }
     // Backdated an hour so certificates issued right after fit inside.
     let nb = now_ms() / 1000 - 3600;
     let validity = Validity {

@@ -1006,6 +1006,35 @@ fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_u
     assert!(!out.stderr.contains("warning"), "{out}");
 }
 
+#[test]
+fn a_ceremony_the_signer_would_refuse_after_approval_is_refused_when_opened() {
+    let a = Appliance::start();
+    for (args, said) in [
+        (&["--ca-id", "", "--subject", "CN=r"][..], "a CA id is 1-63"),
+        (&["--ca-id", "Root CA", "--subject", "CN=r"], "a CA id is 1-63"),
+        (&["--ca-id", "r", "--subject", "CN=r", "--days", "0"], "--days"),
+        (&["--ca-id", "r", "--subject", "CN=,O=Example"], "empty value"),
+    ] {
+        let mut all = vec!["ceremony", "open", "--purpose", "root"];
+        all.extend_from_slice(args);
+        let out = a.ctl(&all);
+        assert_eq!(out.code, Some(2), "{args:?}: {out}");
+        let (k, m) = out.error();
+        assert_eq!(k, "bad-request", "{args:?}: {m}");
+        assert!(m.contains(said), "{args:?}: {m}");
+    }
+    // Also straight to the API, without castellanctl's own checks.
+    let r = AdminClient::new(&a.admin_socket)
+        .request(
+            "POST",
+            "/v1/ceremonies",
+            Some(br#"{"purpose": "root", "ca_id": "r", "subject": "CN=r", "days": 0}"#),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", error_kind(&r.body));
+    assert_eq!(a.ctl(&["ceremony", "list"]).ok().json(), serde_json::json!([]));
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(
