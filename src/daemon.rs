@@ -934,7 +934,7 @@ impl Daemon {
             let k = r.approvals.len();
             if k < m {
                 return Err(refused(format!(
-                    "quorum not met: {k} of {m} custodian approvals for ceremony {id}; custodians approve with `castellanctl ceremony approve {id} --key <custodian key>`"
+                    "quorum not met: {k} of {m} custodian approvals for ceremony {id}; custodians approve with `castellanctl ceremony approve {id} --key <custodian key file> --passphrase-file <file>`"
                 )));
             }
             let approvals = r

@@ -743,6 +743,48 @@ fn castellanctl_output_into_a_closed_pipe_ends_quietly_without_a_panic() {
     assert_eq!(s.fake.calls.lock().unwrap().len(), 1);
 }
 
+#[test]
+fn castellanctl_names_the_ceremony_a_shortened_id_could_be_and_never_guesses() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|call| match call {
+                Call::Ceremonies => json!([ceremony_view(0)]),
+                _ => ceremony_view(0),
+            })),
+            ..Fake::default()
+        },
+    );
+    for short in [&CEREMONY_ID[..8], &format!("{}…", &CEREMONY_ID[..16])] {
+        let out = ctl(&s.sock, &["ceremony", "show", short]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{short}: {stderr}");
+        assert!(
+            stderr.contains(&format!("did you mean {CEREMONY_ID}")),
+            "{short}: {stderr}"
+        );
+    }
+    let calls = s.fake.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|(_, c)| matches!(c, Call::Ceremonies)),
+        "a shortened id is never used: {calls:?}"
+    );
+    // Upper case and stray spaces, as pasted: the ceremony itself.
+    let pasted = format!(" {} ", CEREMONY_ID.to_uppercase());
+    let out = ctl(&s.sock, &["ceremony", "show", &pasted]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = s.fake.calls.lock().unwrap();
+    assert!(
+        matches!(calls.last(), Some((_, Call::Ceremony { id })) if id == CEREMONY_ID),
+        "{calls:?}"
+    );
+}
+
 fn cert_view_answer() -> Answer {
     Box::new(|_| {
         serde_json::to_value(castellan::api::CertView {

@@ -1004,6 +1004,15 @@ fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_u
     ]);
     assert_eq!(out.code, Some(0), "{out}");
     assert!(!out.stderr.contains("warning"), "{out}");
+    // Executed before its quorum: the approve command to run, complete.
+    let id = out.json()["id"].as_str().expect("a ceremony id").to_string();
+    let out = a.ctl(&["ceremony", "execute", &id]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let (_, m) = out.error();
+    assert!(
+        m.contains(&format!("castellanctl ceremony approve {id} --key")) && m.contains("--passphrase-file"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -1566,7 +1566,62 @@ fn check_ca_names(
     Ok(())
 }
 
+/// A ceremony id as the admin typed it: trimmed, lower case, without the
+/// "…" of a shortened id. Anything but 32 hex digits is refused here,
+/// naming the ceremonies it could be (a shortened id, a prefix) — never
+/// guessed: an approval must name its ceremony exactly.
+fn ceremony_id_arg(ctx: &Ctx, id: &str) -> Result<String, Failure> {
+    let t = id.trim().trim_end_matches('…').to_ascii_lowercase();
+    if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(t);
+    }
+    let candidates: Vec<CeremonyView> = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        ctx.get::<Vec<CeremonyView>>("/v1/ceremonies")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.id.starts_with(&t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let hint = match candidates.as_slice() {
+        [] => "list them with `castellanctl ceremony list`".to_string(),
+        [c] => format!("did you mean {} ({}: {})?", c.id, c.state, c.description),
+        many => format!(
+            "it starts {} ceremonies: {}",
+            many.len(),
+            many.iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(usage(format!(
+        "{id:?} is not a ceremony id (32 hex digits); {hint}"
+    )))
+}
+
 fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
+    let command = match command {
+        CeremonyCmd::Approve {
+            id,
+            key,
+            passphrase_file,
+        } => CeremonyCmd::Approve {
+            id: ceremony_id_arg(ctx, &id)?,
+            key,
+            passphrase_file,
+        },
+        CeremonyCmd::Show { id } => CeremonyCmd::Show {
+            id: ceremony_id_arg(ctx, &id)?,
+        },
+        CeremonyCmd::Execute { id, out } => CeremonyCmd::Execute {
+            id: ceremony_id_arg(ctx, &id)?,
+            out,
+        },
+        other => other,
+    };
     match command {
         CeremonyCmd::Open {
             purpose,
