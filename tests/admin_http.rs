@@ -655,7 +655,10 @@ fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
     let s = Server::start(Some(Role::Operator), |_| {}, Fake::default());
     for (args, hint) in [
         (&["--json", "ceremny", "list"][..], "'ceremony'"),
-        (&["--json", "cert", "list", "--status", "revokd"], "'revoked'"),
+        (
+            &["--json", "cert", "list", "--status", "revokd"],
+            "'revoked'",
+        ),
         (&["--json", "revoke", "0a1b"], "--reason <REASON>"),
     ] {
         let out = ctl(&s.sock, args);
@@ -939,7 +942,10 @@ fn custodian_keygen_never_replaces_either_half_of_an_existing_key() {
     let out = keygen("erin", &dir.path().join("erin.key"), &blank);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the passphrase is its first line"), "{stderr}");
+    assert!(
+        stderr.contains("the passphrase is its first line"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("erin.key").exists());
 }
 

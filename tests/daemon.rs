@@ -823,10 +823,13 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
     a.make_cas();
     let serial = serial_of(a.issue_generated("leaf", "leaf.serials.test"));
     // As `openssl x509 -serial` prints it: "serial=" and upper case.
-    let printed = openssl(&["x509", "-in", "leaf.pem", "-noout", "-serial"], a.dir.path())
-        .stdout
-        .trim()
-        .to_string();
+    let printed = openssl(
+        &["x509", "-in", "leaf.pem", "-noout", "-serial"],
+        a.dir.path(),
+    )
+    .stdout
+    .trim()
+    .to_string();
     assert!(printed.starts_with("serial="), "{printed}");
     // As `openssl x509 -text` prints it: octets joined by colons.
     let padded = format!("{}{serial}", "0".repeat(serial.len() % 2));
@@ -844,10 +847,7 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
         let v = a.ctl(&["cert", "show", &form]).ok().json();
         assert_eq!(v["serial"], serial.as_str(), "{form}: {v}");
     }
-    let events = a
-        .ctl(&["audit", "log", "--subject", &colons])
-        .ok()
-        .json();
+    let events = a.ctl(&["audit", "log", "--subject", &colons]).ok().json();
     assert!(
         events
             .as_array()
@@ -913,7 +913,10 @@ fn signer_ceremonies_as_files_answer_in_json_with_json() {
         "--out",
         file_s,
     ]);
-    let id = v["ceremony_id"].as_str().expect("a ceremony id").to_string();
+    let id = v["ceremony_id"]
+        .as_str()
+        .expect("a ceremony id")
+        .to_string();
     assert_eq!(v["purpose"], "root", "{v}");
     for (n, who) in ["alice", "bob"].into_iter().enumerate() {
         let v = signer(&[
@@ -930,18 +933,25 @@ fn signer_ceremonies_as_files_answer_in_json_with_json() {
         assert_eq!(v["approvals"], n + 1, "{v}");
     }
     let pem = a.path("root.pem");
-    let v = signer(&["ceremony", "execute", file_s, "--out", pem.to_str().unwrap()]);
+    let v = signer(&[
+        "ceremony",
+        "execute",
+        file_s,
+        "--out",
+        pem.to_str().unwrap(),
+    ]);
     assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
     assert_eq!(v["ca_id"], "root", "{v}");
-    let subject = openssl(&["x509", "-in", "root.pem", "-noout", "-subject"], a.dir.path());
-    assert!(
-        subject.stdout.contains("castellan test root"),
-        "{subject}"
+    let subject = openssl(
+        &["x509", "-in", "root.pem", "-noout", "-subject"],
+        a.dir.path(),
     );
+    assert!(subject.stdout.contains("castellan test root"), "{subject}");
 }
 
 #[test]
-fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_unknown_parent_is_named() {
+fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_unknown_parent_is_named()
+ {
     let a = Appliance::start();
     a.make_cas();
     let before = a.ctl(&["ceremony", "list"]).ok().json();
@@ -1005,12 +1015,16 @@ fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_u
     assert_eq!(out.code, Some(0), "{out}");
     assert!(!out.stderr.contains("warning"), "{out}");
     // Executed before its quorum: the approve command to run, complete.
-    let id = out.json()["id"].as_str().expect("a ceremony id").to_string();
+    let id = out.json()["id"]
+        .as_str()
+        .expect("a ceremony id")
+        .to_string();
     let out = a.ctl(&["ceremony", "execute", &id]);
     assert_eq!(out.code, Some(1), "{out}");
     let (_, m) = out.error();
     assert!(
-        m.contains(&format!("castellanctl ceremony approve {id} --key")) && m.contains("--passphrase-file"),
+        m.contains(&format!("castellanctl ceremony approve {id} --key"))
+            && m.contains("--passphrase-file"),
         "{m}"
     );
 }
@@ -1020,9 +1034,18 @@ fn a_ceremony_the_signer_would_refuse_after_approval_is_refused_when_opened() {
     let a = Appliance::start();
     for (args, said) in [
         (&["--ca-id", "", "--subject", "CN=r"][..], "a CA id is 1-63"),
-        (&["--ca-id", "Root CA", "--subject", "CN=r"], "a CA id is 1-63"),
-        (&["--ca-id", "r", "--subject", "CN=r", "--days", "0"], "--days"),
-        (&["--ca-id", "r", "--subject", "CN=,O=Example"], "empty value"),
+        (
+            &["--ca-id", "Root CA", "--subject", "CN=r"],
+            "a CA id is 1-63",
+        ),
+        (
+            &["--ca-id", "r", "--subject", "CN=r", "--days", "0"],
+            "--days",
+        ),
+        (
+            &["--ca-id", "r", "--subject", "CN=,O=Example"],
+            "empty value",
+        ),
     ] {
         let mut all = vec!["ceremony", "open", "--purpose", "root"];
         all.extend_from_slice(args);
@@ -1041,7 +1064,10 @@ fn a_ceremony_the_signer_would_refuse_after_approval_is_refused_when_opened() {
         )
         .unwrap();
     assert_eq!(r.status, 400, "{}", error_kind(&r.body));
-    assert_eq!(a.ctl(&["ceremony", "list"]).ok().json(), serde_json::json!([]));
+    assert_eq!(
+        a.ctl(&["ceremony", "list"]).ok().json(),
+        serde_json::json!([])
+    );
 }
 
 fn error_kind(body: &[u8]) -> String {

@@ -2473,8 +2473,8 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             // A serial as openssl prints it is looked up as the log writes it.
             let subject = subject.map(|s| {
                 let t = s.trim();
-                let openssl_form = t.contains(':')
-                    || ["serial=", "0x", "0X"].iter().any(|p| t.starts_with(p));
+                let openssl_form =
+                    t.contains(':') || ["serial=", "0x", "0X"].iter().any(|p| t.starts_with(p));
                 match castellan::api::parse_serial(t) {
                     Ok(octets) if openssl_form => hex::encode(octets),
                     _ => s,
