@@ -64,7 +64,11 @@ pub fn replace(path: &Path, content: &[u8]) -> Result<(), String> {
 /// Checks, before anything is done that would need the file, that
 /// [`replace`] may write `path`.
 pub fn check_replaceable(path: &Path) -> Result<(), String> {
-    replaceable(path).map(|_| ())
+    let (target, _) = replaceable(path)?;
+    // A missing directory or one castellanctl may not write to shows now.
+    let probe = write_temp(&target, b"", 0o600)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 /// The file [`replace`] would write for `path`, and its current mode if it

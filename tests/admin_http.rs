@@ -863,6 +863,24 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     assert!(stderr.contains("holds a private key"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
     assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+    // Nor for an --out in a directory that does not exist.
+    let nowhere = dir.path().join("no-such-dir").join("web.pem");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            nowhere.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
 
     // An older certificate is replaced whole and keeps its mode; no
     // temporary file is left behind.
