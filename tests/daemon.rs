@@ -1070,6 +1070,25 @@ fn a_ceremony_the_signer_would_refuse_after_approval_is_refused_when_opened() {
     );
 }
 
+#[test]
+fn castellanctl_pointed_at_the_signers_socket_says_which_socket_it_needs() {
+    let mut a = Appliance::prepare(Settings::default());
+    a.start_signer();
+    let out = run(
+        Command::new(ctl_bin())
+            .arg("--json")
+            .arg("--socket")
+            .arg(&a.signer_socket)
+            .arg("status"),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(69), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "unavailable", "{m}");
+    assert!(m.contains("castellan's admin socket"), "{m}");
+    assert!(m.contains("castellanctl signer"), "{m}");
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(
