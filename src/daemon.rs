@@ -1413,6 +1413,23 @@ impl Daemon {
             .store
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        // A mistyped CA id would list nothing, as if the CA had issued nothing.
+        if let Some(issuer) = &q.issuer
+            && v.ca(issuer).is_none()
+        {
+            let known: Vec<String> = v.cas().into_iter().map(|c| c.ca_id).collect();
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "no CA {issuer:?}; known CAs: {} (castellanctl ca list)",
+                    if known.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
         let filter = CertFilter {
             issuer: q.issuer,
             state,

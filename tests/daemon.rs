@@ -855,6 +855,15 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
         "{colons}: {events}"
     );
 
+    // A mistyped CA id lists nothing silently no more.
+    let out = a.ctl(&["cert", "list", "--ca", "isuing"]);
+    assert_eq!(out.code, Some(3), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "not-found", "{m}");
+    assert!(m.contains("issuing, root"), "{m}");
+    let listed = a.ctl(&["cert", "list", "--ca", "issuing"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
     // Not a serial at all: what to give instead.
     let out = a.ctl(&["cert", "show", "leaf.serials.test"]);
     assert_eq!(out.code, Some(2), "{out}");
