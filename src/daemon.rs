@@ -1526,6 +1526,17 @@ impl Daemon {
             ),
             None => None,
         };
+        // Published in every CRL and OCSP answer for good: a date still to
+        // come (a mistyped year) is refused, not recorded.
+        if let Some(d) = invalidity_date
+            && d > now_ms() / 1000
+        {
+            return Err(bad(format!(
+                "invalidity date {} is in the future; it is when the key was (or may have \
+                 been) compromised, at the latest now",
+                rfc3339(d)
+            )));
+        }
         // An unknown serial is not found (castellanctl exits 3), not a
         // refusal (exit 1): a script tells a mistyped serial from one that
         // cannot be revoked.

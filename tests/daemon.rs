@@ -881,6 +881,19 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
         assert_eq!(out.code, Some(3), "{out}");
         assert_eq!(out.error().0, "not-found", "{out}");
     }
+    // An invalidity date still to come is refused, not published for good.
+    let out = a.ctl(&[
+        "revoke",
+        &printed,
+        "--reason",
+        "keyCompromise",
+        "--invalidity-date",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.error().1.contains("in the future"), "{out}");
+    let v = a.ctl(&["cert", "show", &serial]).ok().json();
+    assert_eq!(v["state"], "issued", "{v}");
     let v = a
         .ctl(&["revoke", &printed, "--reason", "key-compromise"])
         .ok()
