@@ -788,6 +788,34 @@ fn castellanctl_names_the_ceremony_a_shortened_id_could_be_and_never_guesses() {
     );
 }
 
+#[test]
+fn castellanctl_audit_log_reads_an_event_kind_however_it_is_written() {
+    let s = Server::start(
+        Some(Role::Auditor),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|_| json!({"events": []}))),
+            ..Fake::default()
+        },
+    );
+    for written in [
+        "certificate-revoked",
+        "CertificateRevoked",
+        "certificate_revoked",
+        "Certificate Revoked",
+    ] {
+        let out = ctl(&s.sock, &["audit", "log", "--kind", written]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{written}: {stdout}");
+        assert!(stdout.contains("written like certificate-revoked"), "{stdout}");
+        let calls = s.fake.calls.lock().unwrap();
+        let Some(Call::AuditLog(q)) = calls.last().map(|c| &c.1) else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(q.kind.as_deref(), Some("certificate-revoked"), "{written}");
+    }
+}
+
 fn cert_view_answer() -> Answer {
     Box::new(|_| {
         serde_json::to_value(castellan::api::CertView {

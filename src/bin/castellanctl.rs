@@ -113,7 +113,8 @@ enum Command {
     },
     /// Revoke a certificate.
     Revoke {
-        /// Serial number, hex.
+        /// Serial number in hex, as `cert list` or `openssl x509 -noout
+        /// -serial` shows it (colons and a serial= prefix are fine).
         serial: String,
         /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, …
         #[arg(long)]
@@ -259,6 +260,8 @@ struct IssueArgs {
 enum CertCmd {
     /// One certificate by serial (hex).
     Show {
+        /// Serial number in hex, as `cert list` or `openssl x509 -noout
+        /// -serial` shows it (colons and a serial= prefix are fine).
         serial: String,
         /// Write the certificate (PEM) here.
         #[arg(long)]
@@ -2399,6 +2402,27 @@ fn crl_cmd(ctx: &Ctx, command: CrlCmd) -> Result<(), Failure> {
 
 // ----- audit
 
+/// `CertificateRevoked`, `certificate_revoked`, `Certificate Revoked` →
+/// `certificate-revoked`.
+fn kebab_case(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.trim().chars() {
+        if c == '_' || c.is_whitespace() || c == '-' {
+            if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        } else if c.is_ascii_uppercase() {
+            if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
     match command {
         AuditCmd::Verify => {
@@ -2470,6 +2494,16 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             subject,
             limit,
         } => {
+            // Kinds are written like certificate-revoked; CertificateRevoked,
+            // certificate_revoked or "certificate revoked" mean the same.
+            let kind = kind.map(|k| kebab_case(&k));
+            let no_match = if kind.is_some() {
+                "no events match (event kinds are written like certificate-revoked or \
+                 ceremony-approved: the KIND column of `castellanctl audit log` shows those \
+                 in the log)"
+            } else {
+                "no events match"
+            };
             // A serial as openssl prints it is looked up as the log writes it.
             let subject = subject.map(|s| {
                 let t = s.trim();
@@ -2497,7 +2531,7 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             print_list(
                 ctx,
                 &list,
-                "no events match",
+                no_match,
                 &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
                 |e: &EventView| {
                     vec![
