@@ -807,7 +807,10 @@ fn castellanctl_audit_log_reads_an_event_kind_however_it_is_written() {
         let out = ctl(&s.sock, &["audit", "log", "--kind", written]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{written}: {stdout}");
-        assert!(stdout.contains("written like certificate-revoked"), "{stdout}");
+        assert!(
+            stdout.contains("written like certificate-revoked"),
+            "{stdout}"
+        );
         let calls = s.fake.calls.lock().unwrap();
         let Some(Call::AuditLog(q)) = calls.last().map(|c| &c.1) else {
             panic!("{calls:?}");
@@ -890,6 +893,56 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds a private key"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+    // Nor when --out and --chain-out, or --key-out, name one file spelt
+    // two ways: the key is not even made.
+    let cert = dir.path().join("web.pem");
+    let cert_again = dir.path().join(".").join("web.pem");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            cert.to_str().unwrap(),
+            "--chain-out",
+            cert_again.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = dir.path().join("new.key");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--generate-key",
+            "--subject",
+            "CN=web.example.internal",
+            "--san",
+            "DNS:web.example.internal",
+            "--profile",
+            "server",
+            "--key-out",
+            new_key.to_str().unwrap(),
+            "--out",
+            dir.path().join(".").join("new.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!new_key.exists());
     assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
     // Nor for an --out in a directory that does not exist.
     let nowhere = dir.path().join("no-such-dir").join("web.pem");

@@ -2071,7 +2071,32 @@ fn generate_key_and_csr(
     Ok((csr, Zeroizing::new(key.serialize_pem())))
 }
 
+/// Whether two paths name the same file, however they are spelt
+/// (`k.pem`, `./k.pem`, a symbolic link to it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| -> PathBuf {
+        if let Ok(full) = std::fs::canonicalize(p) {
+            return full;
+        }
+        // Not there yet: its directory, resolved, and its name.
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match (std::fs::canonicalize(dir), p.file_name()) {
+            (Ok(d), Some(name)) => d.join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    resolve(a) == resolve(b)
+}
+
 fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
+    if a.chain_out.as_ref().is_some_and(|c| same_file(c, &a.out)) {
+        return Err(usage(
+            "--chain-out must differ from --out: the chain would replace the certificate".into(),
+        ));
+    }
     // Checked before anything is issued: a certificate that cannot be
     // saved would be issued for nothing.
     for out in std::iter::once(&a.out).chain(&a.chain_out) {
@@ -2082,7 +2107,8 @@ fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
         let (Some(subject), Some(key_out)) = (&a.subject, &a.key_out) else {
             return Err(usage("--generate-key needs --subject and --key-out".into()));
         };
-        if key_out == &a.out || a.chain_out.as_ref() == Some(key_out) {
+        if same_file(key_out, &a.out) || a.chain_out.as_ref().is_some_and(|c| same_file(key_out, c))
+        {
             return Err(usage(
                 "--key-out must differ from --out and --chain-out".into(),
             ));
