@@ -405,6 +405,13 @@ pub struct EventView {
 /// number of digits. The error says what to give instead.
 pub fn parse_serial(s: &str) -> Result<Vec<u8>, String> {
     let t = s.trim();
+    if t.starts_with("pending:") {
+        return Err(format!(
+            "{s:?} is an issuance whose result castellan has not recorded (possibly issued), \
+             not a certificate: it has no serial yet; castellan settles it with the signer's \
+             journal, and `castellanctl cert list --status possibly-issued` lists it until then"
+        ));
+    }
     let t = t.strip_prefix("serial=").unwrap_or(t);
     let t = t
         .strip_prefix("0x")
@@ -515,6 +522,8 @@ mod tests {
             assert_eq!(parse_serial(s), Ok(want.clone()), "{s:?}");
         }
         assert_eq!(parse_serial("00"), Ok(vec![0]));
+        let e = parse_serial("pending:0a1b").unwrap_err();
+        assert!(e.contains("possibly issued"), "{e}");
         for s in ["", "serial=", "zz", "07b8 93g", &"ab".repeat(21)] {
             let e = parse_serial(s).unwrap_err();
             assert!(e.contains("castellanctl cert list"), "{s:?}: {e}");
