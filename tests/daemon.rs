@@ -964,6 +964,10 @@ fn signer_ceremonies_as_files_answer_in_json_with_json() {
     ]);
     assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
     assert_eq!(v["ca_id"], "root", "{v}");
+    let copy = a.path("root-copy.pem");
+    let v = signer(&["ca-cert", "--ca", "root", "--out", copy.to_str().unwrap()]);
+    assert_eq!(v["ca_id"], "root", "{v}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&pem).unwrap());
     let subject = openssl(
         &["x509", "-in", "root.pem", "-noout", "-subject"],
         a.dir.path(),

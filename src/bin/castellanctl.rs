@@ -718,12 +718,30 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             let Response::PublicKeys(k) = c.call(Request::PublicKeys)? else {
                 return Err(refused("unexpected answer".into()));
             };
-            let info = k
-                .cas
-                .iter()
-                .find(|i| i.ca_id == ca)
-                .ok_or_else(|| format!("the signer holds no CA {ca:?}"))?;
-            write_out(&out, &pem::encode("CERTIFICATE", &info.certificate_der))
+            let info = k.cas.iter().find(|i| i.ca_id == ca).ok_or_else(|| {
+                let known: Vec<&str> = k.cas.iter().map(|i| i.ca_id.as_str()).collect();
+                Failure::Api(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the signer holds no CA {ca:?}; it holds: {}",
+                        if known.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ))
+            })?;
+            write_out(&out, &pem::encode("CERTIFICATE", &info.certificate_der))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ca_id": info.ca_id, "certificate": out})
+                );
+            } else {
+                println!("CA {} certificate written to {}", info.ca_id, out.display());
+            }
+            Ok(())
         }
         SignerCmd::Issue {
             issuer,
