@@ -137,8 +137,21 @@ impl CustodianKey {
     pub fn load(path: &Path, pass: &SecretString) -> Result<CustodianKey, String> {
         let text = std::fs::read(path)
             .map_err(|e| format!("cannot read custodian key {}: {e}", path.display()))?;
-        let file: KeyFile = serde_json::from_slice(&text)
-            .map_err(|_| format!("{} is not a castellan custodian key file", path.display()))?;
+        let file: KeyFile = serde_json::from_slice(&text).map_err(|_| {
+            if text.starts_with(b"ed25519:") {
+                format!(
+                    "{} is a custodian's public key; give the key file itself (the same name \
+                     without .pub, from `castellanctl custodian keygen`)",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{} is not a castellan custodian key file (made by `castellanctl custodian \
+                     keygen`)",
+                    path.display()
+                )
+            }
+        })?;
         if file.format != FORMAT || file.kdf != "pbkdf2-hmac-sha256" {
             return Err(format!(
                 "{} has an unknown format {:?}",

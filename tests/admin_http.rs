@@ -609,6 +609,7 @@ fn castellanctl_approves_the_statement_it_computes_from_the_operation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("CN=Test Root"), "{stdout}");
+
     assert!(stdout.contains("1 of 2"), "{stdout}");
     assert!(stderr.contains("warning"), "{stderr}");
 
@@ -623,6 +624,27 @@ fn castellanctl_approves_the_statement_it_computes_from_the_operation() {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
         .verify(&statement, &hex::decode(&approval.signature).unwrap())
         .expect("the approval signs the statement of the shown operation");
+    drop(calls);
+
+    // The public half given for the key: said so.
+    let wrong = ctl(
+        &s.sock,
+        &[
+            "ceremony",
+            "approve",
+            CEREMONY_ID,
+            "--key",
+            castellan::custodian::pub_path(&key).to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    let wrong_err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{wrong_err}");
+    assert!(
+        wrong_err.contains("give the key file itself"),
+        "{wrong_err}"
+    );
 }
 
 #[test]
@@ -1010,7 +1032,16 @@ fn custodian_keygen_never_replaces_either_half_of_an_existing_key() {
     };
     let key = dir.path().join("dave.key");
     let pub_file = dir.path().join("dave.key.pub");
-    assert!(keygen("dave", &key, &pass).status.success());
+    // A passphrase file other users can read is pointed out.
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = keygen("dave", &key, &pass);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
@@ -1021,6 +1052,7 @@ fn custodian_keygen_never_replaces_either_half_of_an_existing_key() {
     // The key file itself: refused, both halves unchanged.
     let out = keygen("dave", &key, &pass);
     assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     assert_eq!(std::fs::read(&key).unwrap(), key_text);
     assert_eq!(std::fs::read(&pub_file).unwrap(), pub_text);
 

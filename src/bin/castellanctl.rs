@@ -606,7 +606,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     passphrase_file,
                 },
         } => {
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let key = CustodianKey::generate(&name, &out, &pass)?;
             let pk = hex::encode(key.public_key());
             if json {
@@ -638,6 +638,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
+/// A custodian's passphrase from its file, with a warning when other users
+/// can read the file.
+fn passphrase_from(path: &Path) -> Result<secrecy::SecretString, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+        && m.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "castellanctl: warning: passphrase file {} can be read by other users (mode {:04o}); \
+             `chmod 600 {}`",
+            path.display(),
+            m.permissions().mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(read_passphrase(path)?)
+}
+
 fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
     castellan::names::parse_subject(s).map_err(usage)
 }
@@ -994,7 +1013,7 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             passphrase_file,
         } => {
             let (id, mut f) = read_ceremony(&file)?;
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
             let ctx = ceremony_context(&f.signer_id, &f.custodians_sha256).ok_or_else(|| {
                 refused(format!(
@@ -1806,7 +1825,7 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                     c.id
                 ))
             })?;
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
             let approval = k.approve(&for_signer, &ceremony_id, &op);
             let body = ApproveCeremony {
