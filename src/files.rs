@@ -43,7 +43,16 @@ pub fn create_new(path: &Path, content: &[u8], mode: u32) -> Result<(), String> 
 /// holds a private key. An existing file keeps its mode; a new one gets
 /// 0644 (less the umask).
 pub fn replace(path: &Path, content: &[u8]) -> Result<(), String> {
-    let (target, mode) = replaceable(path)?;
+    let (target, mode) = match replaceable(path)? {
+        Dest::Stream => {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(content))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        }
+        Dest::File(target, mode) => (target, mode),
+    };
     let tmp = write_temp(&target, content, mode.unwrap_or(0o644))?;
     if let Some(mode) = mode {
         // The temporary file was created with the umask applied.
@@ -64,16 +73,31 @@ pub fn replace(path: &Path, content: &[u8]) -> Result<(), String> {
 /// Checks, before anything is done that would need the file, that
 /// [`replace`] may write `path`.
 pub fn check_replaceable(path: &Path) -> Result<(), String> {
-    let (target, _) = replaceable(path)?;
-    // A missing directory or one castellanctl may not write to shows now.
-    let probe = write_temp(&target, b"", 0o600)?;
-    let _ = std::fs::remove_file(probe);
+    if let Dest::File(target, _) = replaceable(path)? {
+        // A missing directory or one castellanctl may not write to shows now.
+        let probe = write_temp(&target, b"", 0o600)?;
+        let _ = std::fs::remove_file(probe);
+    }
     Ok(())
 }
 
-/// The file [`replace`] would write for `path`, and its current mode if it
-/// exists; an error if it must not be replaced.
-fn replaceable(path: &Path) -> Result<(PathBuf, Option<u32>), String> {
+/// Where [`replace`] writes.
+enum Dest {
+    /// Not a regular file: a terminal, a pipe, `/dev/stdout`; written to
+    /// as it is.
+    Stream,
+    /// A regular file (new, or an older one with its mode), replaced whole.
+    File(PathBuf, Option<u32>),
+}
+
+/// Where [`replace`] would write for `path`; an error if it must not.
+fn replaceable(path: &Path) -> Result<Dest, String> {
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.is_file()
+        && !m.is_dir()
+    {
+        return Ok(Dest::Stream);
+    }
     let target = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).map_err(|e| {
             format!(
@@ -110,7 +134,7 @@ fn replaceable(path: &Path) -> Result<(PathBuf, Option<u32>), String> {
         }
         Err(_) => None,
     };
-    Ok((target, mode))
+    Ok(Dest::File(target, mode))
 }
 
 /// Whether the file at `path` looks like a private key: PEM of any private

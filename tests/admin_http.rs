@@ -1008,6 +1008,19 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
         std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
         0o640
     );
+    // /dev/stdout (here a pipe) is written to as it is, as before.
+    let out = ctl(&s.sock, &["cert", "show", "0a1b", "--out", "/dev/stdout"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{stdout}"
+    );
+
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
