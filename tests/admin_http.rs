@@ -1008,7 +1008,33 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
         std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
         0o640
     );
-    // /dev/stdout (here a pipe) is written to as it is, as before.
+    // /dev/stdout (here a pipe) is written to as it is, as before; it may
+    // take the certificate and then its chain.
+    let calls_before = s.fake.calls.lock().unwrap().len();
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            "/dev/stdout",
+            "--chain-out",
+            "/dev/stdout",
+        ],
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(matches!(
+        s.fake.calls.lock().unwrap()[calls_before..],
+        [(_, Call::Issue(_))]
+    ));
     let out = ctl(&s.sock, &["cert", "show", "0a1b", "--out", "/dev/stdout"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -2111,6 +2111,10 @@ fn generate_key_and_csr(
 /// Whether two paths name the same file, however they are spelt
 /// (`k.pem`, `./k.pem`, a symbolic link to it).
 fn same_file(a: &Path, b: &Path) -> bool {
+    // A stream (/dev/stdout) takes one output after the other.
+    if std::fs::metadata(a).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return false;
+    }
     let resolve = |p: &Path| -> PathBuf {
         if let Ok(full) = std::fs::canonicalize(p) {
             return full;
