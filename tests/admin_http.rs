@@ -328,6 +328,21 @@ fn unknown_paths_list_the_routes_and_wrong_methods_get_405() {
     let e = error_of(&v);
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.message.contains("GET /v1/status"), "{}", e.message);
+    // A stray slash or upper case: the route that was meant.
+    for (path, meant) in [
+        ("/v1/cas/", "GET /v1/cas"),
+        ("//v1/status", "GET /v1/status"),
+        ("/V1/Certificates/0A1B", "GET /v1/certificates/0a1b"),
+    ] {
+        let (status, v) = s.request("GET", path, None);
+        assert_eq!(status, 404, "{path}");
+        let e = error_of(&v);
+        assert!(
+            e.message.contains(&format!("did you mean {meant}")),
+            "{path}: {}",
+            e.message
+        );
+    }
 
     let r = s.client().request("DELETE", "/v1/cas", None).unwrap();
     assert_eq!(r.status, 405);
