@@ -159,6 +159,7 @@ fn yes() -> bool {
 
 /// Open a ceremony. `purpose` is root | intermediate | custodians.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct OpenCeremony {
     pub purpose: String,
     pub ca_id: Option<String>,
@@ -183,6 +184,7 @@ pub struct OpenCeremony {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ApproveCeremony {
     /// Ed25519 public key, hex.
     pub custodian: String,
@@ -266,6 +268,7 @@ pub struct CaView {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     /// PKCS#10 CSR in PEM.
     pub csr_pem: String,
@@ -289,6 +292,7 @@ pub struct IssuedView {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// RFC 5280 reason name, e.g. keyCompromise, superseded.
     pub reason: String,
@@ -348,6 +352,7 @@ pub struct CrlView {
 
 /// `POST /v1/crls/{issuer}/publish`: publish a new CRL now.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PublishCrl {
     /// Emergency mode: nextUpdate this many seconds after thisUpdate (60 s
     /// to 7 days), kept for every later CRL until `end_emergency`.

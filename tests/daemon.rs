@@ -881,6 +881,21 @@ fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
         assert_eq!(out.code, Some(3), "{out}");
         assert_eq!(out.error().0, "not-found", "{out}");
     }
+    // A misspelt field is refused, not dropped: the revocation would be
+    // published for good without its invalidity date.
+    let r = AdminClient::new(&a.admin_socket)
+        .request(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(br#"{"reason": "keyCompromise", "invalidity": "2026-01-01T00:00:00Z"}"#),
+        )
+        .unwrap();
+    let e = error_kind(&r.body);
+    assert_eq!(r.status, 400, "{e}");
+    assert!(
+        e.contains("unknown field `invalidity`") && e.contains("invalidity_date"),
+        "{e}"
+    );
     // An invalidity date still to come is refused, not published for good.
     let out = a.ctl(&[
         "revoke",
