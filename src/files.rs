@@ -51,12 +51,24 @@ pub fn replace(path: &Path, content: &[u8]) -> Result<(), String> {
                 .and_then(|mut f| f.write_all(content))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()));
         }
-        Dest::File(target, mode) => (target, mode),
+        Dest::File(target, old) => (target, old),
     };
-    let tmp = write_temp(&target, content, mode.unwrap_or(0o644))?;
-    if let Some(mode) = mode {
-        // The temporary file was created with the umask applied.
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode));
+    let tmp = write_temp(&target, content, mode.map_or(0o644, |o| o.mode))?;
+    if let Some(old) = mode {
+        // The temporary file was created with the umask applied and is
+        // ours: give it the old file's mode and owner, so that whoever
+        // read the old file reads the new one.
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(old.mode));
+        if std::os::unix::fs::chown(&tmp, Some(old.uid), Some(old.gid)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            // Not ours to give away: written in place, as the owner keeps it.
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&target)
+                .and_then(|mut f| f.write_all(content).and_then(|()| f.sync_all()))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        }
     }
     match std::fs::rename(&tmp, &target) {
         Ok(()) => {
@@ -86,8 +98,16 @@ enum Dest {
     /// Not a regular file: a terminal, a pipe, `/dev/stdout`; written to
     /// as it is.
     Stream,
-    /// A regular file (new, or an older one with its mode), replaced whole.
-    File(PathBuf, Option<u32>),
+    /// A regular file (new, or an older one), replaced whole.
+    File(PathBuf, Option<Old>),
+}
+
+/// What a replaced file keeps.
+#[derive(Clone, Copy)]
+struct Old {
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 /// Where [`replace`] would write for `path`; an error if it must not.
@@ -130,7 +150,12 @@ fn replaceable(path: &Path) -> Result<Dest, String> {
                     path.display()
                 ));
             }
-            Some(m.permissions().mode() & 0o7777)
+            use std::os::unix::fs::MetadataExt;
+            Some(Old {
+                mode: m.permissions().mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            })
         }
         Err(_) => None,
     };
@@ -269,12 +294,22 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_replaces_an_older_one_and_keeps_its_mode() {
+    fn a_certificate_replaces_an_older_one_and_keeps_its_mode_and_owner() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("c.pem");
         std::fs::write(&cert, "old").unwrap();
         std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Owned by someone else where the test may give it away (root).
+        let owner = std::os::unix::fs::chown(&cert, Some(65534), Some(65534))
+            .map(|()| (65534, 65534))
+            .unwrap_or_else(|_| {
+                let m = std::fs::metadata(&cert).unwrap();
+                (m.uid(), m.gid())
+            });
         replace(&cert, b"new").unwrap();
+        let m = std::fs::metadata(&cert).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
         assert_eq!(std::fs::read(&cert).unwrap(), b"new");
         assert_eq!(
             std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,

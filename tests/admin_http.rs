@@ -1000,11 +1000,18 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     assert!(stderr.contains("no-such-dir"), "{stderr}");
     assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
 
-    // An older certificate is replaced whole and keeps its mode; no
-    // temporary file is left behind.
+    // An older certificate is replaced whole and keeps its mode and its
+    // owner (the service that reads it; settable when the test runs as
+    // root); no temporary file is left behind.
     let cert = dir.path().join("web.pem");
     std::fs::write(&cert, "old certificate").unwrap();
     std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let _ = std::os::unix::fs::chown(&cert, Some(65534), Some(65534));
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cert).unwrap();
+        (m.uid(), m.gid())
+    };
     let out = ctl(
         &s.sock,
         &["cert", "show", "0a1b", "--out", cert.to_str().unwrap()],
@@ -1023,6 +1030,11 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
         std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
         0o640
     );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cert).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
+    }
     // /dev/stdout (here a pipe) is written to as it is, as before; it may
     // take the certificate and then its chain.
     let calls_before = s.fake.calls.lock().unwrap().len();
