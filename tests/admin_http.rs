@@ -715,6 +715,16 @@ fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
         assert!(help.contains(code), "{code}: {help}");
     }
 
+    // --limit 0 would list nothing and say nothing matched.
+    for args in [
+        &["cert", "list", "--limit", "0"][..],
+        &["audit", "log", "--limit", "0"],
+    ] {
+        let out = ctl(&s.sock, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--limit 0"));
+    }
+
     // Without --json, clap's own message on stderr, as before.
     let out = ctl(&s.sock, &["ceremny", "list"]);
     assert_eq!(out.status.code(), Some(2));

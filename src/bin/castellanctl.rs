@@ -1184,6 +1184,12 @@ fn fetch_pages<P: serde::de::DeserializeOwned, T>(
     cursor_key: &str,
     split: impl Fn(P) -> (Vec<T>, Option<String>),
 ) -> Result<Vec<T>, Failure> {
+    if limit == Some(0) {
+        // Would show nothing and say that nothing matched.
+        return Err(usage(
+            "--limit 0 would show nothing; give at least 1, or leave --limit out for all".into(),
+        ));
+    }
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
