@@ -99,6 +99,18 @@ impl AdminClient {
     }
 
     fn broken(&self, e: std::io::Error) -> ApiError {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            return ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{} did not answer as castellan's admin API ({e}); is it castellan's admin \
+                     socket? ([admin] socket in castellan's configuration, default \
+                     {DEFAULT_SOCKET}; castellan-signer's socket is only for `castellanctl \
+                     signer …`)",
+                    self.socket.display()
+                ),
+            );
+        }
         if matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

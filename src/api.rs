@@ -159,6 +159,7 @@ fn yes() -> bool {
 
 /// Open a ceremony. `purpose` is root | intermediate | custodians.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct OpenCeremony {
     pub purpose: String,
     pub ca_id: Option<String>,
@@ -183,6 +184,7 @@ pub struct OpenCeremony {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ApproveCeremony {
     /// Ed25519 public key, hex.
     pub custodian: String,
@@ -266,6 +268,7 @@ pub struct CaView {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     /// PKCS#10 CSR in PEM.
     pub csr_pem: String,
@@ -289,6 +292,7 @@ pub struct IssuedView {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// RFC 5280 reason name, e.g. keyCompromise, superseded.
     pub reason: String,
@@ -348,6 +352,7 @@ pub struct CrlView {
 
 /// `POST /v1/crls/{issuer}/publish`: publish a new CRL now.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PublishCrl {
     /// Emergency mode: nextUpdate this many seconds after thisUpdate (60 s
     /// to 7 days), kept for every later CRL until `end_emergency`.
@@ -396,6 +401,51 @@ pub struct EventView {
     pub subjects: Vec<String>,
     pub hash: String,
     pub payload: serde_json::Value,
+}
+
+/// A certificate serial number as an admin pastes it, as the octets of its
+/// magnitude without leading zero octets: hex in either case, with or
+/// without colons (`openssl x509 -text`), with the `serial=` prefix of
+/// `openssl x509 -serial` or a `0x` prefix, with leading zeros, with an odd
+/// number of digits. The error says what to give instead.
+pub fn parse_serial(s: &str) -> Result<Vec<u8>, String> {
+    let t = s.trim();
+    if t.starts_with("pending:") {
+        return Err(format!(
+            "{s:?} is an issuance whose result castellan has not recorded (possibly issued), \
+             not a certificate: it has no serial yet; castellan settles it with the signer's \
+             journal, and `castellanctl cert list --status possibly-issued` lists it until then"
+        ));
+    }
+    let t = t.strip_prefix("serial=").unwrap_or(t);
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let mut digits: String = t
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    if digits.len() % 2 == 1 {
+        digits.insert(0, '0');
+    }
+    let mut v = hex::decode(&digits).map_err(|_| {
+        format!(
+            "{s:?} is not a serial number: give its hex digits as `castellanctl cert list` or \
+             `openssl x509 -noout -serial` show them, e.g. 5f3a09c1d2 (colons and a serial= \
+             prefix are fine)"
+        )
+    })?;
+    while v.len() > 1 && v[0] == 0 {
+        v.remove(0);
+    }
+    if v.is_empty() || v.len() > 20 {
+        return Err(format!(
+            "{s:?} is not a serial number: a serial number has 1 to 20 octets (up to 40 hex \
+             digits); copy it from `castellanctl cert list`"
+        ));
+    }
+    Ok(v)
 }
 
 /// Page size of event and certificate lists when `limit` is not given.
@@ -454,4 +504,34 @@ pub struct LogQuery {
     /// First sequence number to consider (the `next` of the previous page).
     #[serde(default)]
     pub from_seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_serial;
+
+    #[test]
+    fn serials_are_read_as_openssl_and_admins_write_them() {
+        let want = vec![0x07, 0xb8, 0x93];
+        for s in [
+            "07b893",
+            "07B893",
+            "7b893",
+            "serial=07B893",
+            "0x7b893",
+            "0X07B893",
+            "07:b8:93",
+            "00:07:b8:93",
+            " 0007b893\n",
+        ] {
+            assert_eq!(parse_serial(s), Ok(want.clone()), "{s:?}");
+        }
+        assert_eq!(parse_serial("00"), Ok(vec![0]));
+        let e = parse_serial("pending:0a1b").unwrap_err();
+        assert!(e.contains("possibly issued"), "{e}");
+        for s in ["", "serial=", "zz", "07b8 93g", &"ab".repeat(21)] {
+            let e = parse_serial(s).unwrap_err();
+            assert!(e.contains("castellanctl cert list"), "{s:?}: {e}");
+        }
+    }
 }

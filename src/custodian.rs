@@ -70,11 +70,17 @@ impl CustodianKey {
         if pass.expose_secret().len() < 8 {
             return Err("the passphrase must have at least 8 characters".into());
         }
-        if path.exists() {
-            return Err(format!(
-                "{} exists already; refusing to overwrite a custodian key",
-                path.display()
-            ));
+        // Neither half of an existing key is ever replaced: its key file may
+        // be offline while its public key file is what the signer was given.
+        let pub_path = pub_path(path);
+        for p in [path, pub_path.as_path()] {
+            if std::fs::symlink_metadata(p).is_ok() {
+                return Err(format!(
+                    "{} exists already; a custodian key is never overwritten: choose another \
+                     --out, or move the old key and its .pub away if it is really not needed",
+                    p.display()
+                ));
+            }
         }
         let rng = SystemRandom::new();
         let pkcs8 = Zeroizing::new(
@@ -112,10 +118,16 @@ impl CustodianKey {
             sealed: hex::encode(&buf),
         };
         let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        write_private(path, &text)?;
-        let pub_path = pub_path(path);
-        std::fs::write(&pub_path, format!("ed25519:{public_key} {name}\n"))
-            .map_err(|e| format!("cannot write {}: {e}", pub_path.display()))?;
+        crate::files::create_new(path, &text, 0o600)?;
+        if let Err(e) = crate::files::create_new(
+            &pub_path,
+            format!("ed25519:{public_key} {name}\n").as_bytes(),
+            0o644,
+        ) {
+            // No key without its public half: nobody could register it.
+            let _ = std::fs::remove_file(path);
+            return Err(format!("{e}; no key was made"));
+        }
         Ok(CustodianKey {
             name: name.into(),
             pair,
@@ -125,8 +137,21 @@ impl CustodianKey {
     pub fn load(path: &Path, pass: &SecretString) -> Result<CustodianKey, String> {
         let text = std::fs::read(path)
             .map_err(|e| format!("cannot read custodian key {}: {e}", path.display()))?;
-        let file: KeyFile = serde_json::from_slice(&text)
-            .map_err(|_| format!("{} is not a castellan custodian key file", path.display()))?;
+        let file: KeyFile = serde_json::from_slice(&text).map_err(|_| {
+            if text.starts_with(b"ed25519:") {
+                format!(
+                    "{} is a custodian's public key; give the key file itself (the same name \
+                     without .pub, from `castellanctl custodian keygen`)",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "{} is not a castellan custodian key file (made by `castellanctl custodian \
+                     keygen`)",
+                    path.display()
+                )
+            }
+        })?;
         if file.format != FORMAT || file.kdf != "pbkdf2-hmac-sha256" {
             return Err(format!(
                 "{} has an unknown format {:?}",
@@ -197,20 +222,6 @@ pub fn pub_path(path: &Path) -> std::path::PathBuf {
     p.into()
 }
 
-fn write_private(path: &Path, content: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    f.write_all(content)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// Reads a passphrase from a file (first line).
 pub fn read_passphrase(path: &Path) -> Result<SecretString, String> {
     let raw = Zeroizing::new(
@@ -219,7 +230,11 @@ pub fn read_passphrase(path: &Path) -> Result<SecretString, String> {
     );
     let line = raw.lines().next().unwrap_or("");
     if line.is_empty() {
-        return Err(format!("passphrase file {} is empty", path.display()));
+        return Err(format!(
+            "the first line of passphrase file {} is empty: the passphrase is its first line \
+             (a final newline is not part of it)",
+            path.display()
+        ));
     }
     Ok(SecretString::from(line.to_string()))
 }

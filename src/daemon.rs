@@ -162,15 +162,7 @@ fn hex_id(s: &str) -> Result<CeremonyId, ApiError> {
 }
 
 fn serial_from_hex(s: &str) -> Result<Vec<u8>, ApiError> {
-    let s = s.trim().trim_start_matches("0x").replace(':', "");
-    let mut v = hex::decode(&s).map_err(|_| bad(format!("{s:?} is not a serial number in hex")))?;
-    while v.len() > 1 && v[0] == 0 {
-        v.remove(0);
-    }
-    if v.is_empty() || v.len() > 20 {
-        return Err(bad("a serial number has 1 to 20 octets"));
-    }
-    Ok(v)
+    crate::api::parse_serial(s).map_err(bad)
 }
 
 fn ca_view(r: &CaRecord) -> CaView {
@@ -951,7 +943,7 @@ impl Daemon {
             let k = r.approvals.len();
             if k < m {
                 return Err(refused(format!(
-                    "quorum not met: {k} of {m} custodian approvals for ceremony {id}; custodians approve with `castellanctl ceremony approve {id} --key <custodian key>`"
+                    "quorum not met: {k} of {m} custodian approvals for ceremony {id}; custodians approve with `castellanctl ceremony approve {id} --key <custodian key file> --passphrase-file <file>`"
                 )));
             }
             let approvals = r
@@ -1452,6 +1444,23 @@ impl Daemon {
             .store
             .read()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        // A mistyped CA id would list nothing, as if the CA had issued nothing.
+        if let Some(issuer) = &q.issuer
+            && v.ca(issuer).is_none()
+        {
+            let known: Vec<String> = v.cas().into_iter().map(|c| c.ca_id).collect();
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "no CA {issuer:?}; known CAs: {} (castellanctl ca list)",
+                    if known.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
         let filter = CertFilter {
             issuer: q.issuer,
             state,
@@ -1548,6 +1557,36 @@ impl Daemon {
             ),
             None => None,
         };
+        // Published in every CRL and OCSP answer for good: a date still to
+        // come (a mistyped year) is refused, not recorded.
+        if let Some(d) = invalidity_date
+            && d > now_ms() / 1000
+        {
+            return Err(bad(format!(
+                "invalidity date {} is in the future; it is when the key was (or may have \
+                 been) compromised, at the latest now",
+                rfc3339(d)
+            )));
+        }
+        // An unknown serial is not found (castellanctl exits 3), not a
+        // refusal (exit 1): a script tells a mistyped serial from one that
+        // cannot be revoked.
+        let known = self
+            .store
+            .read()
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .cert(&serial)
+            .is_some();
+        if !known {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "castellan never issued serial {}; find the serial with `castellanctl cert \
+                     list --identity <name>`",
+                    hex::encode(&serial)
+                ),
+            ));
+        }
         let revoked_at = now_ms() / 1000;
         let s2 = serial.clone();
         let revoked = self
@@ -1876,6 +1915,19 @@ fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
     }
 }
 
+/// The signer's rule for CA ids.
+fn valid_ca_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
+}
+
 /// The ceremony operation an admin asked for. A certificate signed by
 /// another CA (intermediate, rotation's successor, cross-certificate)
 /// carries that CA's OCSP, caIssuers and CRL URLs, as leaves do, so relying
@@ -1900,7 +1952,22 @@ fn build_op(
         })?,
         None => Algorithm::EcdsaP256,
     };
+    // What the signer would refuse only after the custodians approved is
+    // refused now, before they are called.
     let days = i64::from(r.days.unwrap_or(3650));
+    if days == 0 {
+        return Err(bad("--days must be at least 1 (the CA's validity in days)"));
+    }
+    for (flag, id) in [("--ca-id", &r.ca_id), ("--new-ca-id", &r.new_ca_id)] {
+        if let Some(id) = id
+            && !valid_ca_id(id)
+        {
+            return Err(bad(format!(
+                "{flag} {id:?}: a CA id is 1-63 characters of a-z, 0-9, '-', '_', '.', \
+                 starting with a letter or digit (e.g. root, issuing-2026)"
+            )));
+        }
+    }
     // Backdated an hour so certificates issued right after fit inside.
     let nb = now_ms() / 1000 - 3600;
     let validity = Validity {

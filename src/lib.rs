@@ -13,6 +13,7 @@ pub mod csr;
 pub mod custodian;
 pub mod daemon;
 pub mod events;
+pub mod files;
 pub mod names;
 pub mod ocsp;
 pub mod pem;

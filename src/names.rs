@@ -10,6 +10,14 @@ pub fn parse_subject(s: &str) -> Result<DistinguishedName, String> {
             format!("subject part {part:?} is not KEY=VALUE (e.g. CN=Example Root CA,O=Example)")
         })?;
         let v = v.trim().to_string();
+        if v.is_empty() {
+            return Err(format!(
+                "subject attribute {} has an empty value; give one (e.g. {}=Example) or leave \
+                 the attribute out",
+                k.trim(),
+                k.trim()
+            ));
+        }
         attrs.push(match k.trim().to_ascii_uppercase().as_str() {
             "CN" => NameAttribute::CommonName(v),
             "O" => NameAttribute::Organization(v),

@@ -328,6 +328,21 @@ fn unknown_paths_list_the_routes_and_wrong_methods_get_405() {
     let e = error_of(&v);
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.message.contains("GET /v1/status"), "{}", e.message);
+    // A stray slash or upper case: the route that was meant.
+    for (path, meant) in [
+        ("/v1/cas/", "GET /v1/cas"),
+        ("//v1/status", "GET /v1/status"),
+        ("/V1/Certificates/0A1B", "GET /v1/certificates/0a1b"),
+    ] {
+        let (status, v) = s.request("GET", path, None);
+        assert_eq!(status, 404, "{path}");
+        let e = error_of(&v);
+        assert!(
+            e.message.contains(&format!("did you mean {meant}")),
+            "{path}: {}",
+            e.message
+        );
+    }
 
     let r = s.client().request("DELETE", "/v1/cas", None).unwrap();
     assert_eq!(r.status, 405);
@@ -609,6 +624,7 @@ fn castellanctl_approves_the_statement_it_computes_from_the_operation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("CN=Test Root"), "{stdout}");
+
     assert!(stdout.contains("1 of 2"), "{stdout}");
     assert!(stderr.contains("warning"), "{stderr}");
 
@@ -623,6 +639,27 @@ fn castellanctl_approves_the_statement_it_computes_from_the_operation() {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
         .verify(&statement, &hex::decode(&approval.signature).unwrap())
         .expect("the approval signs the statement of the shown operation");
+    drop(calls);
+
+    // The public half given for the key: said so.
+    let wrong = ctl(
+        &s.sock,
+        &[
+            "ceremony",
+            "approve",
+            CEREMONY_ID,
+            "--key",
+            castellan::custodian::pub_path(&key).to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    let wrong_err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{wrong_err}");
+    assert!(
+        wrong_err.contains("give the key file itself"),
+        "{wrong_err}"
+    );
 }
 
 #[test]
@@ -648,6 +685,475 @@ fn castellanctl_exit_codes_follow_the_error_kind() {
     let out = ctl(&s.sock, &["ceremny", "list"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'ceremony'"));
+}
+
+#[test]
+fn castellanctl_json_reports_a_mistyped_command_line_as_a_json_error() {
+    let s = Server::start(Some(Role::Operator), |_| {}, Fake::default());
+    for (args, hint) in [
+        (&["--json", "ceremny", "list"][..], "'ceremony'"),
+        (
+            &["--json", "cert", "list", "--status", "revokd"],
+            "'revoked'",
+        ),
+        (&["--json", "revoke", "0a1b"], "--reason <REASON>"),
+    ] {
+        let out = ctl(&s.sock, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}");
+        let v: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout:?}"));
+        let e = error_of(&v);
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{args:?}");
+        assert!(e.message.contains(hint), "{args:?}: {}", e.message);
+    }
+    // --help says what each exit status means.
+    let out = ctl(&s.sock, &["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for code in ["0 ok", "2 usage", "3 not found", "69 ", "77 forbidden"] {
+        assert!(help.contains(code), "{code}: {help}");
+    }
+
+    // --limit 0 would list nothing and say nothing matched.
+    for args in [
+        &["cert", "list", "--limit", "0"][..],
+        &["audit", "log", "--limit", "0"],
+    ] {
+        let out = ctl(&s.sock, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--limit 0"));
+    }
+
+    // Without --json, clap's own message on stderr, as before.
+    let out = ctl(&s.sock, &["ceremny", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'ceremony'"));
+    assert!(s.fake.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn castellanctl_reads_a_revocation_reason_however_it_is_spelt_and_offers_only_valid_ones() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(cert_view_answer()),
+            ..Fake::default()
+        },
+    );
+    let out = ctl(&s.sock, &["revoke", "0a1b", "--reason", "stolen"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("keyCompromise"), "{stderr}");
+    // castellan refuses removeFromCRL: it is not offered.
+    assert!(!stderr.contains("removeFromCRL"), "{stderr}");
+    assert!(s.fake.calls.lock().unwrap().is_empty());
+
+    for spelt in ["key compromise", "Key-Compromise", "keycompromise"] {
+        let out = ctl(&s.sock, &["revoke", "0a1b", "--reason", spelt]);
+        assert!(
+            out.status.success(),
+            "{spelt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = s.fake.calls.lock().unwrap();
+        let Some(Call::Revoke { request, .. }) = calls.last().map(|c| &c.1) else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(request.reason, "keyCompromise", "{spelt}");
+    }
+}
+
+#[test]
+fn castellanctl_output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    let s = Server::start(
+        Some(Role::Auditor),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|_| json!([]))),
+            ..Fake::default()
+        },
+    );
+    // A pipe whose reader is gone, as with `castellanctl ca list | head -0`.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellanctl"))
+        .arg("--socket")
+        .arg(&s.sock)
+        .args(["ca", "list"])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(s.fake.calls.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn castellanctl_names_the_ceremony_a_shortened_id_could_be_and_never_guesses() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|call| match call {
+                Call::Ceremonies => json!([ceremony_view(0)]),
+                _ => ceremony_view(0),
+            })),
+            ..Fake::default()
+        },
+    );
+    for short in [&CEREMONY_ID[..8], &format!("{}…", &CEREMONY_ID[..16])] {
+        let out = ctl(&s.sock, &["ceremony", "show", short]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{short}: {stderr}");
+        assert!(
+            stderr.contains(&format!("did you mean {CEREMONY_ID}")),
+            "{short}: {stderr}"
+        );
+    }
+    let calls = s.fake.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|(_, c)| matches!(c, Call::Ceremonies)),
+        "a shortened id is never used: {calls:?}"
+    );
+    // Upper case and stray spaces, as pasted: the ceremony itself.
+    let pasted = format!(" {} ", CEREMONY_ID.to_uppercase());
+    let out = ctl(&s.sock, &["ceremony", "show", &pasted]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = s.fake.calls.lock().unwrap();
+    assert!(
+        matches!(calls.last(), Some((_, Call::Ceremony { id })) if id == CEREMONY_ID),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn castellanctl_audit_log_reads_an_event_kind_however_it_is_written() {
+    let s = Server::start(
+        Some(Role::Auditor),
+        |_| {},
+        Fake {
+            answer: Some(Box::new(|_| json!({"events": []}))),
+            ..Fake::default()
+        },
+    );
+    for written in [
+        "certificate-revoked",
+        "CertificateRevoked",
+        "certificate_revoked",
+        "Certificate Revoked",
+    ] {
+        let out = ctl(&s.sock, &["audit", "log", "--kind", written]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{written}: {stdout}");
+        assert!(
+            stdout.contains("written like certificate-revoked"),
+            "{stdout}"
+        );
+        let calls = s.fake.calls.lock().unwrap();
+        let Some(Call::AuditLog(q)) = calls.last().map(|c| &c.1) else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(q.kind.as_deref(), Some("certificate-revoked"), "{written}");
+    }
+}
+
+fn cert_view_answer() -> Answer {
+    Box::new(|_| {
+        serde_json::to_value(castellan::api::CertView {
+            serial: "0a1b".into(),
+            issuer: "issuing".into(),
+            profile: "server".into(),
+            identity: "web.example.internal".into(),
+            subject: "CN=web.example.internal".into(),
+            sans: vec![],
+            not_before: "2025-01-01T00:00:00Z".into(),
+            not_after: "2026-01-01T00:00:00Z".into(),
+            state: "issued".into(),
+            revocation: None,
+            certificate_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            ),
+            ocsp: None,
+            crl: None,
+        })
+        .unwrap()
+    })
+}
+
+#[test]
+fn castellanctl_never_writes_a_certificate_over_a_private_key() {
+    let s = Server::start(
+        Some(Role::Operator),
+        |_| {},
+        Fake {
+            answer: Some(cert_view_answer()),
+            ..Fake::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("web.key");
+    let key_pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n";
+    std::fs::write(&key, key_pem).unwrap();
+
+    // `--out` given the key's name by mistake: the key stays.
+    let out = ctl(
+        &s.sock,
+        &["cert", "show", "0a1b", "--out", key.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a private key"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
+
+    // Nothing is issued for an --out that could not be written.
+    let csr = dir.path().join("web.csr");
+    let csr_pem = rcgen::CertificateParams::new(vec!["web.example.internal".into()])
+        .unwrap()
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    std::fs::write(&csr, csr_pem).unwrap();
+    let calls_before = s.fake.calls.lock().unwrap().len();
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a private key"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem);
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+    // Nor when --out and --chain-out, or --key-out, name one file spelt
+    // two ways: the key is not even made.
+    let cert = dir.path().join("web.pem");
+    let cert_again = dir.path().join(".").join("web.pem");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            cert.to_str().unwrap(),
+            "--chain-out",
+            cert_again.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = dir.path().join("new.key");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--generate-key",
+            "--subject",
+            "CN=web.example.internal",
+            "--san",
+            "DNS:web.example.internal",
+            "--profile",
+            "server",
+            "--key-out",
+            new_key.to_str().unwrap(),
+            "--out",
+            dir.path().join(".").join("new.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!new_key.exists());
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+    // Nor for an --out in a directory that does not exist.
+    let nowhere = dir.path().join("no-such-dir").join("web.pem");
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            nowhere.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+    assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
+
+    // An older certificate is replaced whole and keeps its mode and its
+    // owner (the service that reads it; settable when the test runs as
+    // root); no temporary file is left behind.
+    let cert = dir.path().join("web.pem");
+    std::fs::write(&cert, "old certificate").unwrap();
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let _ = std::os::unix::fs::chown(&cert, Some(65534), Some(65534));
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cert).unwrap();
+        (m.uid(), m.gid())
+    };
+    let out = ctl(
+        &s.sock,
+        &["cert", "show", "0a1b", "--out", cert.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(
+        std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cert).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
+    }
+    // /dev/stdout (here a pipe) is written to as it is, as before; it may
+    // take the certificate and then its chain.
+    let calls_before = s.fake.calls.lock().unwrap().len();
+    let out = ctl(
+        &s.sock,
+        &[
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--profile",
+            "server",
+            "--out",
+            "/dev/stdout",
+            "--chain-out",
+            "/dev/stdout",
+        ],
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(matches!(
+        s.fake.calls.lock().unwrap()[calls_before..],
+        [(_, Call::Issue(_))]
+    ));
+    let out = ctl(&s.sock, &["cert", "show", "0a1b", "--out", "/dev/stdout"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{stdout}"
+    );
+
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["web.csr", "web.key", "web.pem"]);
+}
+
+#[test]
+fn custodian_keygen_never_replaces_either_half_of_an_existing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("dave.pass");
+    std::fs::write(&pass, "dave-passphrase\n").unwrap();
+    let keygen = |name: &str, out: &std::path::Path, pass: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellanctl"))
+            .args(["custodian", "keygen", "--name", name, "--out"])
+            .arg(out)
+            .arg("--passphrase-file")
+            .arg(pass)
+            .output()
+            .unwrap()
+    };
+    let key = dir.path().join("dave.key");
+    let pub_file = dir.path().join("dave.key.pub");
+    // A passphrase file other users can read is pointed out.
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = keygen("dave", &key, &pass);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_text = std::fs::read(&key).unwrap();
+    let pub_text = std::fs::read(&pub_file).unwrap();
+
+    // The key file itself: refused, both halves unchanged.
+    let out = keygen("dave", &key, &pass);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    assert_eq!(std::fs::read(&key).unwrap(), key_text);
+    assert_eq!(std::fs::read(&pub_file).unwrap(), pub_text);
+
+    // The key file moved offline, its registered public half left here:
+    // a new key would silently replace it.
+    let offline = dir.path().join("offline.key");
+    std::fs::rename(&key, &offline).unwrap();
+    let out = keygen("dave2", &key, &pass);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dave.key.pub exists already"), "{stderr}");
+    assert_eq!(std::fs::read(&pub_file).unwrap(), pub_text);
+    assert!(!key.exists(), "no half-made key is left behind");
+
+    // A passphrase file whose first line is empty says what it expects.
+    let blank = dir.path().join("blank.pass");
+    std::fs::write(&blank, "\nsecond-line-passphrase\n").unwrap();
+    let out = keygen("erin", &dir.path().join("erin.key"), &blank);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the passphrase is its first line"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("erin.key").exists());
 }
 
 #[test]

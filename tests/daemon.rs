@@ -817,6 +817,319 @@ fn an_auditor_cannot_revoke_and_the_certificate_stays_issued() {
     );
 }
 
+#[test]
+fn serials_pasted_from_openssl_are_found_and_an_unknown_serial_is_not_found() {
+    let a = Appliance::start();
+    a.make_cas();
+    let serial = serial_of(a.issue_generated("leaf", "leaf.serials.test"));
+    // As `openssl x509 -serial` prints it: "serial=" and upper case.
+    let printed = openssl(
+        &["x509", "-in", "leaf.pem", "-noout", "-serial"],
+        a.dir.path(),
+    )
+    .stdout
+    .trim()
+    .to_string();
+    assert!(printed.starts_with("serial="), "{printed}");
+    // As `openssl x509 -text` prints it: octets joined by colons.
+    let padded = format!("{}{serial}", "0".repeat(serial.len() % 2));
+    let colons = padded
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    for form in [
+        printed.clone(),
+        colons.clone(),
+        format!("0X00{}", serial.to_uppercase()),
+    ] {
+        let v = a.ctl(&["cert", "show", &form]).ok().json();
+        assert_eq!(v["serial"], serial.as_str(), "{form}: {v}");
+    }
+    let events = a.ctl(&["audit", "log", "--subject", &colons]).ok().json();
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| kind(e) == "certificate-issued")),
+        "{colons}: {events}"
+    );
+
+    // A mistyped CA id lists nothing silently no more.
+    let out = a.ctl(&["cert", "list", "--ca", "isuing"]);
+    assert_eq!(out.code, Some(3), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "not-found", "{m}");
+    assert!(m.contains("issuing, root"), "{m}");
+    let listed = a.ctl(&["cert", "list", "--ca", "issuing"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // Not a serial at all: what to give instead.
+    let out = a.ctl(&["cert", "show", "leaf.serials.test"]);
+    assert_eq!(out.code, Some(2), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "bad-request", "{m}");
+    assert!(m.contains("castellanctl cert list"), "{m}");
+
+    // A serial castellan never issued is not found (exit 3), for revoke
+    // as for show; a certificate already revoked is refused (exit 1).
+    for args in [
+        &["cert", "show", "0badc0de"][..],
+        &["revoke", "0badc0de", "--reason", "keyCompromise"],
+    ] {
+        let out = a.ctl(args);
+        assert_eq!(out.code, Some(3), "{out}");
+        assert_eq!(out.error().0, "not-found", "{out}");
+    }
+    // A misspelt field is refused, not dropped: the revocation would be
+    // published for good without its invalidity date.
+    let r = AdminClient::new(&a.admin_socket)
+        .request(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(br#"{"reason": "keyCompromise", "invalidity": "2026-01-01T00:00:00Z"}"#),
+        )
+        .unwrap();
+    let e = error_kind(&r.body);
+    assert_eq!(r.status, 400, "{e}");
+    assert!(
+        e.contains("unknown field `invalidity`") && e.contains("invalidity_date"),
+        "{e}"
+    );
+    // An invalidity date still to come is refused, not published for good.
+    let out = a.ctl(&[
+        "revoke",
+        &printed,
+        "--reason",
+        "keyCompromise",
+        "--invalidity-date",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.error().1.contains("in the future"), "{out}");
+    let v = a.ctl(&["cert", "show", &serial]).ok().json();
+    assert_eq!(v["state"], "issued", "{v}");
+    let v = a
+        .ctl(&["revoke", &printed, "--reason", "key-compromise"])
+        .ok()
+        .json();
+    assert_eq!(v["state"], "revoked", "{v}");
+    let out = a.ctl(&["revoke", &serial, "--reason", "keyCompromise"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(out.error().0, "refused", "{out}");
+}
+
+#[test]
+fn signer_ceremonies_as_files_answer_in_json_with_json() {
+    let mut a = Appliance::prepare(Settings::default());
+    a.start_signer();
+    let signer = |args: &[&str]| {
+        run(
+            Command::new(ctl_bin())
+                .arg("--json")
+                .arg("--socket")
+                .arg(&a.signer_socket)
+                .arg("signer")
+                .args(args),
+            WAIT,
+        )
+        .ok()
+        .json()
+    };
+    let file = a.path("root.ceremony");
+    let file_s = file.to_str().unwrap();
+    let v = signer(&[
+        "ceremony",
+        "new",
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root",
+        "--subject",
+        "CN=castellan test root",
+        "--out",
+        file_s,
+    ]);
+    let id = v["ceremony_id"]
+        .as_str()
+        .expect("a ceremony id")
+        .to_string();
+    assert_eq!(v["purpose"], "root", "{v}");
+    for (n, who) in ["alice", "bob"].into_iter().enumerate() {
+        let v = signer(&[
+            "ceremony",
+            "approve",
+            file_s,
+            "--key",
+            a.path(&format!("{who}.key")).to_str().unwrap(),
+            "--passphrase-file",
+            a.path(&format!("{who}.pass")).to_str().unwrap(),
+        ]);
+        assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
+        assert_eq!(v["custodian"], who, "{v}");
+        assert_eq!(v["approvals"], n + 1, "{v}");
+    }
+    let pem = a.path("root.pem");
+    let v = signer(&[
+        "ceremony",
+        "execute",
+        file_s,
+        "--out",
+        pem.to_str().unwrap(),
+    ]);
+    assert_eq!(v["ceremony_id"], id.as_str(), "{v}");
+    assert_eq!(v["ca_id"], "root", "{v}");
+    let copy = a.path("root-copy.pem");
+    let v = signer(&["ca-cert", "--ca", "root", "--out", copy.to_str().unwrap()]);
+    assert_eq!(v["ca_id"], "root", "{v}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&pem).unwrap());
+    let subject = openssl(
+        &["x509", "-in", "root.pem", "-noout", "-subject"],
+        a.dir.path(),
+    );
+    assert!(subject.stdout.contains("castellan test root"), "{subject}");
+}
+
+#[test]
+fn a_ceremony_for_a_taken_ca_id_is_refused_before_custodians_are_called_and_an_unknown_parent_is_named()
+ {
+    let a = Appliance::start();
+    a.make_cas();
+    let before = a.ctl(&["ceremony", "list"]).ok().json();
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root",
+        "--subject",
+        "CN=another root",
+    ]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "refused", "{m}");
+    assert!(m.contains("exists already"), "{m}");
+    assert!(m.contains("--purpose rotate"), "{m}");
+    assert_eq!(a.ctl(&["ceremony", "list"]).ok().json(), before);
+
+    // A parent castellan does not know: opened (it may be made later), but
+    // the admin is told at once which CAs there are.
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "second",
+        "--parent",
+        "roo",
+        "--subject",
+        "CN=second issuing CA",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("warning"), "{out}");
+    assert!(out.stderr.contains("known: issuing, root"), "{out}");
+    // A parent that an open ceremony creates: no warning.
+    a.open_ceremony(&[
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "third",
+        "--parent",
+        "issuing",
+        "--subject",
+        "CN=third",
+    ]);
+    let out = a.ctl(&[
+        "ceremony",
+        "open",
+        "--purpose",
+        "intermediate",
+        "--ca-id",
+        "fourth",
+        "--parent",
+        "third",
+        "--subject",
+        "CN=fourth",
+    ]);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!out.stderr.contains("warning"), "{out}");
+    // Executed before its quorum: the approve command to run, complete.
+    let id = out.json()["id"]
+        .as_str()
+        .expect("a ceremony id")
+        .to_string();
+    let out = a.ctl(&["ceremony", "execute", &id]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let (_, m) = out.error();
+    assert!(
+        m.contains(&format!("castellanctl ceremony approve {id} --key"))
+            && m.contains("--passphrase-file"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_ceremony_the_signer_would_refuse_after_approval_is_refused_when_opened() {
+    let a = Appliance::start();
+    for (args, said) in [
+        (&["--ca-id", "", "--subject", "CN=r"][..], "a CA id is 1-63"),
+        (
+            &["--ca-id", "Root CA", "--subject", "CN=r"],
+            "a CA id is 1-63",
+        ),
+        (
+            &["--ca-id", "r", "--subject", "CN=r", "--days", "0"],
+            "--days",
+        ),
+        (
+            &["--ca-id", "r", "--subject", "CN=,O=Example"],
+            "empty value",
+        ),
+    ] {
+        let mut all = vec!["ceremony", "open", "--purpose", "root"];
+        all.extend_from_slice(args);
+        let out = a.ctl(&all);
+        assert_eq!(out.code, Some(2), "{args:?}: {out}");
+        let (k, m) = out.error();
+        assert_eq!(k, "bad-request", "{args:?}: {m}");
+        assert!(m.contains(said), "{args:?}: {m}");
+    }
+    // Also straight to the API, without castellanctl's own checks.
+    let r = AdminClient::new(&a.admin_socket)
+        .request(
+            "POST",
+            "/v1/ceremonies",
+            Some(br#"{"purpose": "root", "ca_id": "r", "subject": "CN=r", "days": 0}"#),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", error_kind(&r.body));
+    assert_eq!(
+        a.ctl(&["ceremony", "list"]).ok().json(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn castellanctl_pointed_at_the_signers_socket_says_which_socket_it_needs() {
+    let mut a = Appliance::prepare(Settings::default());
+    a.start_signer();
+    let out = run(
+        Command::new(ctl_bin())
+            .arg("--json")
+            .arg("--socket")
+            .arg(&a.signer_socket)
+            .arg("status"),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(69), "{out}");
+    let (k, m) = out.error();
+    assert_eq!(k, "unavailable", "{m}");
+    assert!(m.contains("castellan's admin socket"), "{m}");
+    assert!(m.contains("castellanctl signer"), "{m}");
+}
+
 fn error_kind(body: &[u8]) -> String {
     let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(

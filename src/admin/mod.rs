@@ -838,6 +838,24 @@ async fn route_and_call<B: AdminBackend, P: Identify>(
     }
     let Some((route, raw_params)) = found else {
         if allowed.is_empty() {
+            // A stray slash (`/v1/cas/`, `//v1/cas`) or upper case: name the
+            // route that was meant.
+            let tidy = {
+                let lower = path.to_ascii_lowercase();
+                let parts: Vec<&str> = lower.split('/').filter(|p| !p.is_empty()).collect();
+                format!("/{}", parts.join("/"))
+            };
+            let meant = ROUTES
+                .iter()
+                .filter(|r| match_path(r.path, &tidy).is_some())
+                .map(|r| format!("{} {tidy}", r.method.as_str()))
+                .collect::<Vec<_>>();
+            if tidy != path && !meant.is_empty() {
+                return Err(err(
+                    ErrorKind::NotFound,
+                    format!("no route {path}; did you mean {}?", meant.join(" or ")),
+                ));
+            }
             return Err(err(
                 ErrorKind::NotFound,
                 format!("no route {path}; the admin API has: {}", route_list()),

@@ -11,7 +11,6 @@
 //! 69 castellan or the signer unavailable, 70 internal error, 77 forbidden.
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,11 +32,51 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+// Output to a closed pipe (`castellanctl audit log | head`) ends castellanctl
+// quietly with status 141, as SIGPIPE ends other tools, instead of the
+// panic of std's `println!`; any other failure to write the output is
+// reported (status 74). These shadow std's macros in this file.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("castellanctl: cannot write the output: {e}");
+    std::process::exit(74);
+}
+
 const DEFAULT_SIGNER_SOCKET: &str = "/run/castellan-signer/signer.sock";
 const ADMIN_SOCKET_ENV: &str = "CASTELLAN_ADMIN_SOCKET";
 
 #[derive(Parser)]
-#[command(name = "castellanctl", version, about = "Administer castellan")]
+#[command(
+    name = "castellanctl",
+    version,
+    about = "Administer castellan",
+    after_help = "Exit status: 0 ok; 1 refused or failed (the message says why and what to do); \
+                  2 usage or bad request; 3 not found; 69 castellan or the signer unavailable; \
+                  70 internal error; 74 the output could not be written; 77 forbidden (your \
+                  uid's role does not allow it); 141 the output was closed early (| head). \
+                  With --json, results and error bodies ({\"error\": {\"kind\", \"message\"}}) \
+                  are printed on stdout."
+)]
 struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -74,7 +113,8 @@ enum Command {
     },
     /// Revoke a certificate.
     Revoke {
-        /// Serial number, hex.
+        /// Serial number in hex, as `cert list` or `openssl x509 -noout
+        /// -serial` shows it (colons and a serial= prefix are fine).
         serial: String,
         /// RFC 5280 reason: keyCompromise, superseded, cessationOfOperation, …
         #[arg(long)]
@@ -220,6 +260,8 @@ struct IssueArgs {
 enum CertCmd {
     /// One certificate by serial (hex).
     Show {
+        /// Serial number in hex, as `cert list` or `openssl x509 -noout
+        /// -serial` shows it (colons and a serial= prefix are fine).
         serial: String,
         /// Write the certificate (PEM) here.
         #[arg(long)]
@@ -483,7 +525,10 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -501,6 +546,30 @@ fn main() -> ExitCode {
             ExitCode::from(e.kind.exit_code())
         }
     }
+}
+
+/// A command line clap refused: with `--json`, the error body on stdout
+/// like every other error (exit 2, bad request); otherwise clap's own
+/// message, with its suggestions, on stderr.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !json || matches!(e.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let text = text.trim_end();
+    let body = ErrorBody {
+        error: ApiError::new(
+            ErrorKind::BadRequest,
+            text.strip_prefix("error: ").unwrap_or(text),
+        ),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+    );
+    ExitCode::from(ErrorKind::BadRequest.exit_code())
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -537,7 +606,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     passphrase_file,
                 },
         } => {
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let key = CustodianKey::generate(&name, &out, &pass)?;
             let pk = hex::encode(key.public_key());
             if json {
@@ -569,6 +638,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
+/// A custodian's passphrase from its file, with a warning when other users
+/// can read the file.
+fn passphrase_from(path: &Path) -> Result<secrecy::SecretString, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+        && m.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "castellanctl: warning: passphrase file {} can be read by other users (mode {:04o}); \
+             `chmod 600 {}`",
+            path.display(),
+            m.permissions().mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(read_passphrase(path)?)
+}
+
 fn parse_subject(s: &str) -> Result<DistinguishedName, Failure> {
     castellan::names::parse_subject(s).map_err(usage)
 }
@@ -602,15 +690,13 @@ fn read_ceremony(path: &Path) -> Result<(CeremonyId, CeremonyFile), Failure> {
 
 fn write_ceremony(path: &Path, file: &CeremonyFile) -> Result<(), Failure> {
     let text = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::replace(path, &text).map_err(refused)
 }
 
+/// Writes a certificate, chain or public key: whole or not at all, and
+/// never over a private key.
 fn write_out(path: &Path, content: &str) -> Result<(), Failure> {
-    std::fs::write(path, content)
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::replace(path, content.as_bytes()).map_err(refused)
 }
 
 fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failure> {
@@ -651,12 +737,30 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             let Response::PublicKeys(k) = c.call(Request::PublicKeys)? else {
                 return Err(refused("unexpected answer".into()));
             };
-            let info = k
-                .cas
-                .iter()
-                .find(|i| i.ca_id == ca)
-                .ok_or_else(|| format!("the signer holds no CA {ca:?}"))?;
-            write_out(&out, &pem::encode("CERTIFICATE", &info.certificate_der))
+            let info = k.cas.iter().find(|i| i.ca_id == ca).ok_or_else(|| {
+                let known: Vec<&str> = k.cas.iter().map(|i| i.ca_id.as_str()).collect();
+                Failure::Api(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the signer holds no CA {ca:?}; it holds: {}",
+                        if known.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ))
+            })?;
+            write_out(&out, &pem::encode("CERTIFICATE", &info.certificate_der))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ca_id": info.ca_id, "certificate": out})
+                );
+            } else {
+                println!("CA {} certificate written to {}", info.ca_id, out.display());
+            }
+            Ok(())
         }
         SignerCmd::Issue {
             issuer,
@@ -668,6 +772,7 @@ fn signer_cmd(socket: &Path, command: SignerCmd, json: bool) -> Result<(), Failu
             let raw = std::fs::read(&csr_path)
                 .map_err(|e| format!("cannot read {}: {e}", csr_path.display()))?;
             let parsed = csr::parse(&raw).map_err(|e| format!("{}: {e}", csr_path.display()))?;
+            castellan::files::check_replaceable(&out).map_err(refused)?;
             // Backdated a minute for relying parties with slightly slow clocks.
             let nb = now() - 60;
             let template = CertificateTemplate {
@@ -848,16 +953,25 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                 op,
                 approvals: vec![],
             };
-            if out.exists() {
-                return Err(refused(format!("{} exists already", out.display())));
+            let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+            castellan::files::create_new(&out, &text, 0o644).map_err(refused)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony_id": file.ceremony_id,
+                        "purpose": file.op.purpose().as_str(),
+                        "description": castellan::names::describe_ceremony(&file.op),
+                        "parameters_sha256": hex::encode(statement_digest(&file.op)),
+                        "signer_id": file.signer_id, "file": out})
+                );
+            } else {
+                println!(
+                    "ceremony {} ({}) written to {}",
+                    file.ceremony_id,
+                    castellan::names::describe_ceremony(&file.op),
+                    out.display()
+                );
             }
-            write_ceremony(&out, &file)?;
-            println!(
-                "ceremony {} ({}) written to {}",
-                file.ceremony_id,
-                castellan::names::describe_ceremony(&file.op),
-                out.display()
-            );
             Ok(())
         }
         SignerCeremonyCmd::Show { file } => {
@@ -899,7 +1013,7 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             passphrase_file,
         } => {
             let (id, mut f) = read_ceremony(&file)?;
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
             let ctx = ceremony_context(&f.signer_id, &f.custodians_sha256).ok_or_else(|| {
                 refused(format!(
@@ -917,17 +1031,30 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
                 signature: hex::encode(&a.signature),
             });
             write_ceremony(&file, &f)?;
-            println!(
-                "{} approved ceremony {}: {} (for signer {})",
-                k.name,
-                hex::encode(id),
-                castellan::names::describe_ceremony(&f.op),
-                short(&f.signer_id, 16)
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony_id": hex::encode(id), "custodian": k.name,
+                        "public_key": hex::encode(k.public_key()),
+                        "description": castellan::names::describe_ceremony(&f.op),
+                        "signer_id": f.signer_id, "approvals": f.approvals.len(), "file": file})
+                );
+            } else {
+                println!(
+                    "{} approved ceremony {}: {} (for signer {})",
+                    k.name,
+                    hex::encode(id),
+                    castellan::names::describe_ceremony(&f.op),
+                    short(&f.signer_id, 16)
+                );
+            }
             Ok(())
         }
         SignerCeremonyCmd::Execute { file, out } => {
             let (id, f) = read_ceremony(&file)?;
+            if let Some(out) = &out {
+                castellan::files::check_replaceable(out).map_err(refused)?;
+            }
             let mut approvals = Vec::new();
             for a in &f.approvals {
                 approvals.push(Approval {
@@ -950,35 +1077,47 @@ fn ceremony_cmd(socket: &Path, command: SignerCeremonyCmd, json: bool) -> Result
             else {
                 return Err(refused("unexpected answer".into()));
             };
-            let der = match &outcome {
-                CeremonyOutcome::Ca(info) => {
-                    println!(
-                        "ceremony {} executed: CA {:?} created",
-                        hex::encode(id),
-                        info.ca_id
-                    );
-                    Some(info.certificate_der.clone())
-                }
-                CeremonyOutcome::CrossCertificate(c) => {
-                    println!(
-                        "ceremony {} executed: cross-certificate {}",
-                        hex::encode(id),
-                        hex::encode(&c.serial)
-                    );
-                    Some(c.der.clone())
-                }
-                CeremonyOutcome::Custodians(s) => {
-                    println!(
-                        "ceremony {} executed: custodian set is now {} of {}",
-                        hex::encode(id),
+            let (der, summary, made) = match &outcome {
+                CeremonyOutcome::Ca(info) => (
+                    Some(info.certificate_der.clone()),
+                    serde_json::json!({"ca_id": info.ca_id}),
+                    format!("CA {:?} created", info.ca_id),
+                ),
+                CeremonyOutcome::CrossCertificate(c) => (
+                    Some(c.der.clone()),
+                    serde_json::json!({"cross_certificate_serial": hex::encode(&c.serial)}),
+                    format!("cross-certificate {}", hex::encode(&c.serial)),
+                ),
+                CeremonyOutcome::Custodians(s) => (
+                    None,
+                    serde_json::json!({"custodians": {"threshold": s.threshold,
+                        "count": s.custodians.len()}}),
+                    format!(
+                        "custodian set is now {} of {}",
                         s.threshold,
                         s.custodians.len()
-                    );
-                    None
-                }
+                    ),
+                ),
             };
-            if let (Some(out), Some(der)) = (out, der) {
-                write_out(&out, &pem::encode("CERTIFICATE", &der))?;
+            if let (Some(out), Some(der)) = (&out, &der) {
+                castellan::files::replace(out, pem::encode("CERTIFICATE", der).as_bytes())
+                    .map_err(|e| {
+                        refused(format!(
+                            "{e}; ceremony {} WAS executed ({made}): for a CA, write its \
+                             certificate with `castellanctl signer ca-cert --ca <id> --out <file>`",
+                            hex::encode(id)
+                        ))
+                    })?;
+            }
+            if json {
+                let mut v = serde_json::json!({"ceremony_id": hex::encode(id),
+                    "executed": true, "certificate": out});
+                if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), summary) {
+                    v.extend(extra);
+                }
+                println!("{v}");
+            } else {
+                println!("ceremony {} executed: {made}", hex::encode(id));
             }
             Ok(())
         }
@@ -1045,6 +1184,12 @@ fn fetch_pages<P: serde::de::DeserializeOwned, T>(
     cursor_key: &str,
     split: impl Fn(P) -> (Vec<T>, Option<String>),
 ) -> Result<Vec<T>, Failure> {
+    if limit == Some(0) {
+        // Would show nothing and say that nothing matched.
+        return Err(usage(
+            "--limit 0 would show nothing; give at least 1, or leave --limit out for all".into(),
+        ));
+    }
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -1091,10 +1236,9 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         }
         out.trim_end().to_string()
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", line(header.to_vec()));
+    println!("{}", line(header.to_vec()));
     for row in rows {
-        let _ = writeln!(stdout, "{}", line(row.iter().map(String::as_str).collect()));
+        println!("{}", line(row.iter().map(String::as_str).collect()));
     }
 }
 
@@ -1390,7 +1534,140 @@ fn ceremony_made(c: &CeremonyView) -> Option<String> {
     }
 }
 
+/// Catches a mistyped CA id before a ceremony is opened and custodians are
+/// gathered to approve it: a CA id that is taken can never be created
+/// again (refused); a CA to sign with or to rotate that castellan does not
+/// know, and that no open ceremony creates, gets a warning (castellan may
+/// not have seen a CA made on the signer yet). Skipped if castellan cannot
+/// be asked.
+fn check_ca_names(
+    ctx: &Ctx,
+    purpose: &str,
+    ca_id: Option<&str>,
+    new_ca_id: Option<&str>,
+    parent: Option<&str>,
+) -> Result<(), Failure> {
+    let Ok(cas) = ctx.get::<Vec<CaView>>("/v1/cas") else {
+        return Ok(());
+    };
+    let in_use = || {
+        let ids: Vec<&str> = cas.iter().map(|c| c.id.as_str()).collect();
+        if ids.is_empty() {
+            "none yet".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    let created = match purpose {
+        "root" | "intermediate" => ca_id.map(|id| (id, "--ca-id")),
+        "rotate" => new_ca_id.map(|id| (id, "--new-ca-id")),
+        _ => None,
+    };
+    if let Some((id, flag)) = created
+        && let Some(ca) = cas.iter().find(|c| c.id == id)
+    {
+        return Err(refused(format!(
+            "CA {id:?} exists already ({}, {}); a CA id is used once: choose another {flag} \
+             (in use: {}){}",
+            ca.subject,
+            ca.status,
+            in_use(),
+            if purpose == "rotate" {
+                String::new()
+            } else {
+                format!(
+                    ", or give {id:?} a new key with --purpose rotate --ca-id {id} --new-ca-id <new id>"
+                )
+            }
+        )));
+    }
+    let needed = match purpose {
+        "intermediate" | "cross-sign" => parent.map(|p| (p, "--parent")),
+        "rotate" => ca_id.map(|id| (id, "--ca-id")),
+        _ => None,
+    };
+    if let Some((id, flag)) = needed
+        && !cas.iter().any(|c| c.id == id)
+    {
+        let pending = ctx
+            .get::<Vec<CeremonyView>>("/v1/ceremonies")
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.state == "open")
+            .filter_map(|c| serde_json::from_value::<CeremonyOp>(c.op.clone()).ok())
+            .any(|op| match op {
+                CeremonyOp::CreateRoot(p) | CeremonyOp::CreateIntermediate(p) => p.ca_id == id,
+                CeremonyOp::Rotate(r) => r.new_ca_id == id,
+                _ => false,
+            });
+        if !pending {
+            eprintln!(
+                "castellanctl: warning: {flag} {id:?}: castellan knows no CA {id:?} (known: {}) \
+                 and no open ceremony creates it; this ceremony cannot be executed until it \
+                 exists — if {id:?} is a typo, open a new ceremony with the right id",
+                in_use()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A ceremony id as the admin typed it: trimmed, lower case, without the
+/// "…" of a shortened id. Anything but 32 hex digits is refused here,
+/// naming the ceremonies it could be (a shortened id, a prefix) — never
+/// guessed: an approval must name its ceremony exactly.
+fn ceremony_id_arg(ctx: &Ctx, id: &str) -> Result<String, Failure> {
+    let t = id.trim().trim_end_matches('…').to_ascii_lowercase();
+    if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(t);
+    }
+    let candidates: Vec<CeremonyView> = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        ctx.get::<Vec<CeremonyView>>("/v1/ceremonies")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.id.starts_with(&t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let hint = match candidates.as_slice() {
+        [] => "list them with `castellanctl ceremony list`".to_string(),
+        [c] => format!("did you mean {} ({}: {})?", c.id, c.state, c.description),
+        many => format!(
+            "it starts {} ceremonies: {}",
+            many.len(),
+            many.iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(usage(format!(
+        "{id:?} is not a ceremony id (32 hex digits); {hint}"
+    )))
+}
+
 fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
+    let command = match command {
+        CeremonyCmd::Approve {
+            id,
+            key,
+            passphrase_file,
+        } => CeremonyCmd::Approve {
+            id: ceremony_id_arg(ctx, &id)?,
+            key,
+            passphrase_file,
+        },
+        CeremonyCmd::Show { id } => CeremonyCmd::Show {
+            id: ceremony_id_arg(ctx, &id)?,
+        },
+        CeremonyCmd::Execute { id, out } => CeremonyCmd::Execute {
+            id: ceremony_id_arg(ctx, &id)?,
+            out,
+        },
+        other => other,
+    };
     match command {
         CeremonyCmd::Open {
             purpose,
@@ -1480,6 +1757,13 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                     }
                 }
             }
+            check_ca_names(
+                ctx,
+                &purpose,
+                ca_id.as_deref(),
+                new_ca_id.as_deref(),
+                parent.as_deref(),
+            )?;
             let req = OpenCeremony {
                 purpose,
                 ca_id,
@@ -1547,7 +1831,7 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
                     c.id
                 ))
             })?;
-            let pass = read_passphrase(&passphrase_file)?;
+            let pass = passphrase_from(&passphrase_file)?;
             let k = CustodianKey::load(&key, &pass)?;
             let approval = k.approve(&for_signer, &ceremony_id, &op);
             let body = ApproveCeremony {
@@ -1634,6 +1918,9 @@ fn admin_ceremony_cmd(ctx: &Ctx, command: CeremonyCmd) -> Result<(), Failure> {
             Ok(())
         }
         CeremonyCmd::Execute { id, out } => {
+            if let Some(out) = &out {
+                castellan::files::check_replaceable(out).map_err(refused)?;
+            }
             let c: CeremonyView = ctx.post(
                 &format!("/v1/ceremonies/{}/execute", seg(&id)),
                 &serde_json::json!({}),
@@ -1794,23 +2081,10 @@ fn rcgen_dn(dn: &DistinguishedName) -> rcgen::DistinguishedName {
     out
 }
 
-/// Writes a private key: a new file, mode 0600 from its creation.
+/// Writes a private key: a new file, mode 0600 from its creation, whole or
+/// not at all.
 fn write_private_key(path: &Path, pem_text: &str) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            refused(format!(
-                "cannot create {}: {e} (an existing key is never overwritten)",
-                path.display()
-            ))
-        })?;
-    f.write_all(pem_text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| refused(format!("cannot write {}: {e}", path.display())))
+    castellan::files::create_new(path, pem_text.as_bytes(), 0o600).map_err(refused)
 }
 
 /// A new key and its CSR, made here; returns (CSR PEM, key PEM).
@@ -1840,13 +2114,48 @@ fn generate_key_and_csr(
     Ok((csr, Zeroizing::new(key.serialize_pem())))
 }
 
+/// Whether two paths name the same file, however they are spelt
+/// (`k.pem`, `./k.pem`, a symbolic link to it).
+fn same_file(a: &Path, b: &Path) -> bool {
+    // A stream (/dev/stdout) takes one output after the other.
+    if std::fs::metadata(a).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return false;
+    }
+    let resolve = |p: &Path| -> PathBuf {
+        if let Ok(full) = std::fs::canonicalize(p) {
+            return full;
+        }
+        // Not there yet: its directory, resolved, and its name.
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match (std::fs::canonicalize(dir), p.file_name()) {
+            (Ok(d), Some(name)) => d.join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    resolve(a) == resolve(b)
+}
+
 fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
+    if a.chain_out.as_ref().is_some_and(|c| same_file(c, &a.out)) {
+        return Err(usage(
+            "--chain-out must differ from --out: the chain would replace the certificate".into(),
+        ));
+    }
+    // Checked before anything is issued: a certificate that cannot be
+    // saved would be issued for nothing.
+    for out in std::iter::once(&a.out).chain(&a.chain_out) {
+        castellan::files::check_replaceable(out).map_err(refused)?;
+    }
     let mut key_written: Option<PathBuf> = None;
     let csr_pem = if a.generate_key {
         let (Some(subject), Some(key_out)) = (&a.subject, &a.key_out) else {
             return Err(usage("--generate-key needs --subject and --key-out".into()));
         };
-        if key_out == &a.out || a.chain_out.as_ref() == Some(key_out) {
+        if same_file(key_out, &a.out) || a.chain_out.as_ref().is_some_and(|c| same_file(key_out, c))
+        {
             return Err(usage(
                 "--key-out must differ from --out and --chain-out".into(),
             ));
@@ -1892,9 +2201,16 @@ fn issue_cmd(ctx: &Ctx, a: IssueArgs) -> Result<(), Failure> {
             return Err(e);
         }
     };
-    write_out(&a.out, &issued.certificate_pem)?;
-    if let Some(chain) = &a.chain_out {
-        write_out(chain, &issued.chain_pem)?;
+    let saved = write_out(&a.out, &issued.certificate_pem).and_then(|()| match &a.chain_out {
+        Some(chain) => write_out(chain, &issued.chain_pem),
+        None => Ok(()),
+    });
+    if let Err(Failure::Api(e)) = saved {
+        return Err(refused(format!(
+            "{}; the certificate WAS issued, serial {}: save it with `castellanctl cert show {} \
+             --out <file>`",
+            e.message, issued.serial, issued.serial
+        )));
     }
     if ctx.json {
         return print_json(&issued);
@@ -2025,8 +2341,15 @@ fn revoke_cmd(
     reason: &str,
     invalidity_date: Option<String>,
 ) -> Result<(), Failure> {
-    let Some(r) = RevocationReason::parse(reason) else {
-        let names: Vec<&str> = RevocationReason::ALL.iter().map(|r| r.as_str()).collect();
+    // "key compromise" as well as keyCompromise, key-compromise, KEY_COMPROMISE.
+    let spaced: String = reason.split_whitespace().collect();
+    let Some(r) = RevocationReason::parse(&spaced) else {
+        // removeFromCRL belongs to delta CRLs: castellan refuses it.
+        let names: Vec<&str> = RevocationReason::ALL
+            .iter()
+            .filter(|r| **r != RevocationReason::RemoveFromCrl)
+            .map(|r| r.as_str())
+            .collect();
         return Err(usage(format!(
             "unknown revocation reason {reason:?}; use one of: {}",
             names.join(", ")
@@ -2152,6 +2475,27 @@ fn crl_cmd(ctx: &Ctx, command: CrlCmd) -> Result<(), Failure> {
 
 // ----- audit
 
+/// `CertificateRevoked`, `certificate_revoked`, `Certificate Revoked` →
+/// `certificate-revoked`.
+fn kebab_case(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.trim().chars() {
+        if c == '_' || c.is_whitespace() || c == '-' {
+            if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        } else if c.is_ascii_uppercase() {
+            if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
     match command {
         AuditCmd::Verify => {
@@ -2223,6 +2567,26 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             subject,
             limit,
         } => {
+            // Kinds are written like certificate-revoked; CertificateRevoked,
+            // certificate_revoked or "certificate revoked" mean the same.
+            let kind = kind.map(|k| kebab_case(&k));
+            let no_match = if kind.is_some() {
+                "no events match (event kinds are written like certificate-revoked or \
+                 ceremony-approved: the KIND column of `castellanctl audit log` shows those \
+                 in the log)"
+            } else {
+                "no events match"
+            };
+            // A serial as openssl prints it is looked up as the log writes it.
+            let subject = subject.map(|s| {
+                let t = s.trim();
+                let openssl_form =
+                    t.contains(':') || ["serial=", "0x", "0X"].iter().any(|p| t.starts_with(p));
+                match castellan::api::parse_serial(t) {
+                    Ok(octets) if openssl_form => hex::encode(octets),
+                    _ => s,
+                }
+            });
             let list = fetch_pages(
                 ctx,
                 "/v1/audit/log",
@@ -2240,7 +2604,7 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
             print_list(
                 ctx,
                 &list,
-                "no events match",
+                no_match,
                 &["SEQ", "TIME", "ACTOR", "KIND", "SUBJECTS"],
                 |e: &EventView| {
                     vec![
