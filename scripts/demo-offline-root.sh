@@ -22,12 +22,12 @@ ctl() { "$bin/castellanctl" "$@"; }
 
 step "custodians: alice, bob and carol each make a sealed Ed25519 approval key"
 for who in alice bob carol; do
-  printf '%s-passphrase\n' "$who" > "$work/$who.pass"
+  (umask 077; printf '%s-passphrase\n' "$who" > "$work/$who.pass")
   ctl custodian keygen --name "$who" --out "$work/$who.key" --passphrase-file "$work/$who.pass"
 done
 
 step "signer: initialise (soft sealed key store, custodian set 2 of 3) and start under seccomp"
-printf 'demo-store-passphrase\n' > "$work/store.pass"
+(umask 077; printf 'demo-store-passphrase\n' > "$work/store.pass")
 cat > "$work/signer.toml" <<TOML
 state_dir = "$work/signer"
 socket = "$work/signer.sock"

@@ -28,13 +28,13 @@ json_field() { grep -o "\"$1\": *\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
 
 step "custodians alice, bob and carol make sealed Ed25519 approval keys"
 for who in alice bob carol; do
-  printf '%s-passphrase\n' "$who" > "$work/$who.pass"
+  (umask 077; printf '%s-passphrase\n' "$who" > "$work/$who.pass")
   "$bin/castellanctl" custodian keygen --name "$who" --out "$work/$who.key" --passphrase-file "$work/$who.pass" >/dev/null
   echo "$who: $(cat "$work/$who.key.pub")"
 done
 
 step "castellan-signer: initialise (custodian set 2 of 3) and start under seccomp"
-printf 'demo-store-passphrase\n' > "$work/store.pass"
+(umask 077; printf 'demo-store-passphrase\n' > "$work/store.pass")
 cat > "$work/signer.toml" <<TOML
 state_dir = "$work/signer"
 socket = "$work/signer.sock"

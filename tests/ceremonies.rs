@@ -332,7 +332,7 @@ fn a_new_custodian_set_takes_over_and_approvals_under_the_old_set_stop_counting(
     let a = Appliance::start();
     a.make_cas();
     // dave joins: 3 of 4.
-    std::fs::write(a.path("dave.pass"), "dave-passphrase\n").unwrap();
+    common::write_secret(&a.path("dave.pass"), "dave-passphrase\n");
     run(
         Command::new(ctl_bin())
             .args(["custodian", "keygen", "--name", "dave", "--out"])

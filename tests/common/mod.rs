@@ -251,11 +251,10 @@ impl Appliance {
             daemon: None,
         };
         for who in CUSTODIANS {
-            std::fs::write(
-                a.path(&format!("{who}.pass")),
-                format!("{who}-passphrase\n"),
-            )
-            .unwrap();
+            write_secret(
+                &a.path(&format!("{who}.pass")),
+                &format!("{who}-passphrase\n"),
+            );
             run(
                 Command::new(ctl_bin())
                     .args(["custodian", "keygen", "--name", who, "--out"])
@@ -266,7 +265,7 @@ impl Appliance {
             )
             .ok();
         }
-        std::fs::write(a.path("store.pass"), "test-store-passphrase\n").unwrap();
+        write_secret(&a.path("store.pass"), "test-store-passphrase\n");
         std::fs::write(
             &a.signer_config,
             format!(
@@ -725,6 +724,19 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// Writes a passphrase file as an operator would: readable by its owner only.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
 }
 
 pub fn free_port() -> u16 {
