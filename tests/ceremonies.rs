@@ -79,6 +79,32 @@ fn rotation_retires_the_old_ca_moves_issuance_to_its_successor_and_keeps_revocat
         &["verify", "-CAfile", "root.pem", "issuing-2.pem"],
         a.dir.path(),
     );
+    // The subject as typed reads back the same in RFC 4514 form (most
+    // specific first), from castellan and from openssl: the DER holds O
+    // before CN.
+    let typed = "CN=castellan test issuing CA 2,O=castellan tests";
+    assert_eq!(ca(&cas, "issuing-2")["subject"], typed, "{cas}");
+    let rfc = openssl(
+        &[
+            "x509",
+            "-in",
+            "issuing-2.pem",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+        ],
+        a.dir.path(),
+    );
+    assert_eq!(rfc.trim(), format!("subject={typed}"), "{rfc}");
+    let der_order = openssl(
+        &["x509", "-in", "issuing-2.pem", "-noout", "-subject"],
+        a.dir.path(),
+    );
+    assert!(
+        der_order.contains("O = castellan tests, CN = castellan test issuing CA 2"),
+        "{der_order}"
+    );
 
     // The retired CA issues nothing; its successor does.
     let refused = a.issue_generated("late", "late.example");
