@@ -2,11 +2,12 @@
 # The whole castellan test suite. Installs the Debian packages the tests use
 # (idempotent), then: rustfmt check, clippy (warnings are errors), every
 # unit and integration test of the workspace (real SoftHSM2 token, real
-# openssl, real sockets), and the README demo as an end-to-end test.
+# openssl, nginx and pkilint, real sockets), and the README demo as an
+# end-to-end test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl curl ca-certificates nginx)
+packages=(softhsm2 opensc openssl curl ca-certificates nginx python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -17,6 +18,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# pkilint, the RFC 5280 / 6960 linter tests/conformance.rs runs over what
+# castellan signs, in a virtual environment of its own under target/.
+pkilint_version=0.13.3
+if [ ! -x target/pkilint/bin/lint_pkix_cert ] || ! target/pkilint/bin/pip show pkilint 2>/dev/null | grep -qx "Version: $pkilint_version"; then
+  echo "== installing pkilint $pkilint_version into target/pkilint"
+  rm -rf target/pkilint
+  python3 -m venv target/pkilint
+  target/pkilint/bin/pip install --quiet --disable-pip-version-check "pkilint==$pkilint_version"
+fi
+export CASTELLAN_PKILINT="$PWD/target/pkilint/bin"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
