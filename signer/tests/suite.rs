@@ -1733,6 +1733,35 @@ fn the_signer_signs_under_its_seccomp_filter(b: Backend) {
 
 // -------------------------------------------------------------------- RSA
 
+/// pkilint's `args[0]` over `args[1..]` in `dir` finds nothing of severity
+/// NOTICE or above (`./scripts/test.sh` installs pkilint into
+/// target/pkilint; elsewhere set `CASTELLAN_PKILINT` to its directory).
+fn pkilint_clean(dir: &std::path::Path, args: &[&str]) {
+    let bin = std::env::var_os("CASTELLAN_PKILINT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pkilint/bin")
+        });
+    let program = bin.join(args[0]);
+    assert!(
+        program.exists(),
+        "pkilint is needed and is not at {}: ./scripts/test.sh installs it, or set CASTELLAN_PKILINT",
+        bin.display()
+    );
+    let out = std::process::Command::new(&program)
+        .arg("lint")
+        .args(["-s", "NOTICE"])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .expect("run pkilint");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "pkilint {args:?}: {}",
+        describe(&out)
+    );
+}
+
 fn an_rsa_3072_root_works_on_a_token_and_is_refused_by_the_soft_store(b: Backend) {
     let mut s = SignerProcess::start(b);
     let op = CeremonyOp::CreateRoot(root_params("rsa-root", Algorithm::Rsa3072));
@@ -1781,6 +1810,15 @@ fn an_rsa_3072_root_works_on_a_token_and_is_refused_by_the_soft_store(b: Backend
                 text.contains("ASN1 OID: prime256v1") && text.contains("sha256WithRSAEncryption"),
                 "{text}"
             );
+            // RSA signatures and keys as RFC 5280 and RFC 4055 want them
+            // (e.g. the NULL parameters of sha256WithRSAEncryption).
+            for args in [
+                &["lint_pkix_cert", "root.pem"][..],
+                &["lint_pkix_cert", "leaf.pem"],
+                &["lint_pkix_signer_signee_cert_chain", "root.pem", "leaf.pem"],
+            ] {
+                pkilint_clean(&dir, args);
+            }
         }
     }
 }
