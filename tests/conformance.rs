@@ -108,7 +108,7 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
     a.ctl(&["revoke", &revoked, "--reason", "keyCompromise"])
         .ok();
 
-    // A second root, cross-certified by the first.
+    // A second root (P-384), cross-certified by the first.
     let r2 = a.open_ceremony(&[
         "--purpose",
         "root",
@@ -116,6 +116,8 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
         "root-2",
         "--subject",
         "CN=castellan lint root 2,O=castellan tests,C=DE",
+        "--algorithm",
+        "ecdsa-p384",
         "--days",
         "3000",
         "--path-len",
