@@ -1146,7 +1146,7 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
 
     let i = raw.issuance;
     if let Some(id) = &i.default_issuer
-        && !valid_ca_id(id)
+        && !castellan_proto::valid_ca_id(id)
     {
         return cfg_err(
             "issuance.default_issuer",
@@ -1247,15 +1247,6 @@ fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
             "{s:?} is not an address and port like \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)"
         ),
     })
-}
-
-fn valid_ca_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
 /// An http(s) URL template for certificates: ASCII (IA5String), no spaces,

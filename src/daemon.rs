@@ -1915,19 +1915,6 @@ fn same_name(a: &SubjectAltName, b: &SubjectAltName) -> bool {
     }
 }
 
-/// The signer's rule for CA ids.
-fn valid_ca_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && id
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
-        })
-}
-
 /// The ceremony operation an admin asked for. A certificate signed by
 /// another CA (intermediate, rotation's successor, cross-certificate)
 /// carries that CA's OCSP, caIssuers and CRL URLs, as leaves do, so relying
@@ -1960,7 +1947,7 @@ fn build_op(
     }
     for (flag, id) in [("--ca-id", &r.ca_id), ("--new-ca-id", &r.new_ca_id)] {
         if let Some(id) = id
-            && !valid_ca_id(id)
+            && !castellan_proto::valid_ca_id(id)
         {
             return Err(bad(format!(
                 "{flag} {id:?}: a CA id is 1-63 characters of a-z, 0-9, '-', '_', '.', \

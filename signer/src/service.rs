@@ -239,18 +239,6 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn valid_ca_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && id
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
-        })
-}
-
 impl Ca {
     fn from_stored(id: &str, s: &StoredCa) -> Result<Ca, String> {
         let cert = hex::decode(&s.certificate_hex)
@@ -881,7 +869,7 @@ impl Signer {
         urls: &castellan_proto::Urls,
         id: CeremonyId,
     ) -> Result<CaInfo, SignerError> {
-        if !valid_ca_id(ca_id) {
+        if !castellan_proto::valid_ca_id(ca_id) {
             return Err(bad(format!(
                 "CA id {ca_id:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
             )));

@@ -69,6 +69,21 @@ pub use frame::{FrameError, decode_frame, encode_frame, read_frame, write_frame}
 /// Name of a CA inside the signer (`[a-z0-9][a-z0-9._-]{0,62}`).
 pub type CaId = String;
 
+/// Whether `id` is a CA id the signer accepts: 1 to 63 characters of
+/// `a-z 0-9 - _ .`, starting with a letter or digit (it names files and
+/// URL path segments).
+pub fn valid_ca_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
+}
+
 /// Unix time in seconds (UTC). Certificates, CRLs and OCSP use seconds.
 pub type UnixSeconds = i64;
 
