@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Appliance, WAIT, eventually, openssl, run};
+use common::{WAIT, openssl, run};
 
 fn pkilint_dir() -> PathBuf {
     let dir = std::env::var_os("CASTELLAN_PKILINT")
@@ -46,34 +46,6 @@ fn lint(what: &str, program: &str, args: &[&str], dir: &Path) {
         out.code == Some(0) && out.stdout.trim().is_empty(),
         "{what}: pkilint {program} found something: {out}"
     );
-}
-
-/// The DER CRL of `ca` as served, once there is one listing `serial` (or
-/// any, with `None`), in `<ca>.crl`.
-fn fetch_crl(a: &Appliance, port: u16, ca: &str, serial: Option<&str>) -> String {
-    let file = format!("{ca}.crl");
-    eventually(&format!("a CRL of {ca}"), || {
-        let got = run(
-            Command::new("curl")
-                .args(["-sSf", "--max-time", "60", "-o", &file])
-                .arg(format!("http://127.0.0.1:{port}/crl/{ca}.crl"))
-                .current_dir(a.dir.path()),
-            WAIT,
-        );
-        if got.code != Some(0) {
-            return None;
-        }
-        let Some(serial) = serial else {
-            return Some(file.clone());
-        };
-        let text = openssl(
-            &["crl", "-inform", "DER", "-in", &file, "-noout", "-text"],
-            a.dir.path(),
-        );
-        text.to_ascii_lowercase()
-            .contains(&format!("serial number: {serial}"))
-            .then(|| file.clone())
-    })
 }
 
 /// `openssl ocsp` for `cert` against castellan; the DER answer is written
@@ -109,39 +81,11 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
         .ok();
 
     // A second root (P-384), cross-certified by the first.
-    let r2 = a.open_ceremony(&[
-        "--purpose",
-        "root",
-        "--ca-id",
-        "root-2",
-        "--subject",
+    common::cross_certify_a_second_root(
+        &a,
         "CN=castellan lint root 2,O=castellan tests,C=DE",
-        "--algorithm",
         "ecdsa-p384",
-        "--days",
-        "3000",
-        "--path-len",
-        "1",
-    ]);
-    a.approve(&r2, "alice").ok();
-    a.approve(&r2, "bob").ok();
-    a.execute(&r2, Some(&a.path("root-2.pem"))).ok();
-    let root2 = a.path("root-2.pem");
-    let cross = a.open_ceremony(&[
-        "--purpose",
-        "cross-sign",
-        "--parent",
-        "root",
-        "--certificate",
-        root2.to_str().unwrap(),
-        "--days",
-        "365",
-        "--path-len",
-        "0",
-    ]);
-    a.approve(&cross, "bob").ok();
-    a.approve(&cross, "carol").ok();
-    a.execute(&cross, Some(&a.path("cross.pem"))).ok();
+    );
 
     // OCSP answers, and the responder certificate they carry.
     let good = ocsp(dir, port, "leaf.pem", "good.ocsp");
@@ -185,7 +129,7 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
             dir,
         );
     }
-    let issuing_crl = fetch_crl(&a, port, "issuing", Some(&revoked));
+    let issuing_crl = common::fetch_crl(&a, port, "issuing", Some(&revoked));
     lint(
         "issuing's CRL",
         "lint_crl",
@@ -193,7 +137,7 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
         dir,
     );
     // root's CRL lists CA certificates: an authority revocation list.
-    let root_crl = fetch_crl(&a, port, "root", None);
+    let root_crl = common::fetch_crl(&a, port, "root", None);
     lint(
         "root's CRL",
         "lint_crl",

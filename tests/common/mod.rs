@@ -791,6 +791,75 @@ pub fn public_appliance_with(
     (a, port)
 }
 
+/// A second root `root-2` (approved by alice and bob) with `subject` and
+/// `algorithm`, then a cross-sign ceremony in which `root` certifies it
+/// (365 days, pathLen 0; bob and carol): root-2.pem and cross.pem are
+/// written. Returns the executed cross-sign ceremony (JSON).
+pub fn cross_certify_a_second_root(a: &Appliance, subject: &str, algorithm: &str) -> Value {
+    let r2 = a.open_ceremony(&[
+        "--purpose",
+        "root",
+        "--ca-id",
+        "root-2",
+        "--subject",
+        subject,
+        "--algorithm",
+        algorithm,
+        "--days",
+        "3000",
+        "--path-len",
+        "1",
+    ]);
+    a.approve(&r2, "alice").ok();
+    a.approve(&r2, "bob").ok();
+    a.execute(&r2, Some(&a.path("root-2.pem"))).ok();
+    let root2 = a.path("root-2.pem");
+    let cross = a.open_ceremony(&[
+        "--purpose",
+        "cross-sign",
+        "--parent",
+        "root",
+        "--certificate",
+        root2.to_str().unwrap(),
+        "--days",
+        "365",
+        "--path-len",
+        "0",
+    ]);
+    a.approve(&cross, "bob").ok();
+    a.approve(&cross, "carol").ok();
+    a.execute(&cross, Some(&a.path("cross.pem"))).ok().json()
+}
+
+/// The DER CRL of `ca` from the public listener on `port`, once there is
+/// one (listing `serial`, hex, when given), in `<ca>.crl`; returns that
+/// file name.
+pub fn fetch_crl(a: &Appliance, port: u16, ca: &str, serial: Option<&str>) -> String {
+    let file = format!("{ca}.crl");
+    eventually(&format!("a CRL of {ca}"), || {
+        let got = run(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "60", "-o", &file])
+                .arg(format!("http://127.0.0.1:{port}/crl/{ca}.crl"))
+                .current_dir(a.dir.path()),
+            WAIT,
+        );
+        if got.code != Some(0) {
+            return None;
+        }
+        let Some(serial) = serial else {
+            return Some(file.clone());
+        };
+        let text = openssl(
+            &["crl", "-inform", "DER", "-in", &file, "-noout", "-text"],
+            a.dir.path(),
+        );
+        text.to_ascii_lowercase()
+            .contains(&format!("serial number: {}", serial.to_ascii_lowercase()))
+            .then(|| file.clone())
+    })
+}
+
 /// Issues a certificate for `{tag}.example` (key and PEM in `{tag}.*`);
 /// returns its serial (hex).
 pub fn issue(a: &Appliance, tag: &str) -> String {
