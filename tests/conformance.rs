@@ -1,6 +1,6 @@
 //! What castellan signs, checked against RFC 5280 (certificates, CRLs) and
 //! RFC 6960 (OCSP responses) by an independent linter, pkilint: the root,
-//! an intermediate, a server certificate, a delegated OCSP responder
+//! an intermediate, a server and a client certificate, a delegated OCSP responder
 //! certificate, a cross-certificate, each issuer/subject pair, both CAs'
 //! CRLs (one with a revocation) and OCSP answers good and revoked.
 //! Findings of severity NOTICE and above fail the test; INFO (e.g. which
@@ -76,6 +76,27 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
     let (a, port) = common::public_appliance("", "[crl]\ncoalesce_ms = 100\n");
     let dir = a.dir.path();
     common::issue(&a, "leaf");
+    let client_key = a.path("client.key");
+    let client_pem = a.path("client.pem");
+    a.ctl(&[
+        "issue",
+        "--generate-key",
+        "--subject",
+        "CN=deploy-bot,O=castellan tests",
+        "--san",
+        "DNS:deploy-bot.example",
+        "--profile",
+        "client",
+        "--issuer",
+        "issuing",
+        "--ttl",
+        "30",
+        "--key-out",
+        client_key.to_str().unwrap(),
+        "--out",
+        client_pem.to_str().unwrap(),
+    ])
+    .ok();
     let revoked = common::issue(&a, "gone");
     a.ctl(&["revoke", &revoked, "--reason", "keyCompromise"])
         .ok();
@@ -110,6 +131,7 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
         "root.pem",
         "issuing.pem",
         "leaf.pem",
+        "client.pem",
         "responder.pem",
         "root-2.pem",
         "cross.pem",
@@ -119,6 +141,7 @@ fn certificates_crls_and_ocsp_answers_pass_an_rfc_5280_and_6960_linter() {
     for (issuer, subject) in [
         ("root.pem", "issuing.pem"),
         ("issuing.pem", "leaf.pem"),
+        ("issuing.pem", "client.pem"),
         ("issuing.pem", "responder.pem"),
         ("root.pem", "cross.pem"),
     ] {
