@@ -101,6 +101,11 @@ enum JournalCommand {
         /// End (exclusive), same forms.
         #[arg(long)]
         until: String,
+        /// Only what this key signed (its key id as the records name it: a
+        /// CA id, `ocsp:<ca>` for its OCSP responder, `audit`); repeat for
+        /// several.
+        #[arg(long = "key", value_name = "KEY_ID")]
+        keys: Vec<String>,
     },
 }
 
@@ -361,6 +366,7 @@ fn journal_cmd(command: JournalCommand) -> Result<(), Failure> {
             journal,
             since,
             until,
+            keys,
         } => {
             let path = journal_path(&config, journal)?;
             let since = parse_time_ms(&since)
@@ -372,7 +378,32 @@ fn journal_cmd(command: JournalCommand) -> Result<(), Failure> {
             }
             let records = journal::read_window(&path, JournalWindow { since, until })
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            for r in &records {
+            let unknown: Vec<&String> = keys
+                .iter()
+                .filter(|k| !records.iter().any(|r| &r.key_id == *k))
+                .collect();
+            if !unknown.is_empty() {
+                let mut seen: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                eprintln!(
+                    "nothing signed by {} in this window; keys that signed in it: {}",
+                    unknown
+                        .iter()
+                        .map(|k| format!("{k:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if seen.is_empty() {
+                        "none".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
+                );
+            }
+            for r in records
+                .iter()
+                .filter(|r| keys.is_empty() || keys.contains(&r.key_id))
+            {
                 println!("{}", journal::record_to_json(r));
             }
             Ok(())

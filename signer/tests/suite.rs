@@ -1472,6 +1472,46 @@ fn a_journal_export_by_time_window_returns_exactly_the_signatures_made_in_it(b: 
         .map(|r| (r.seq, hex::encode(r.hash)))
         .collect();
     assert_eq!(cli, want, "journal export --since {since} --until {until}");
+
+    // What one key signed, over the whole journal: "inter" signed the
+    // leaves, never the CA certificates (those are "root"'s).
+    let by_key = |key: &str| {
+        let out = s.cli(&[
+            "journal",
+            "export",
+            "--journal",
+            journal.to_str().expect("utf-8 path"),
+            "--since",
+            "0",
+            "--until",
+            &i64::MAX.to_string(),
+            "--key",
+            key,
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect();
+        (seqs, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let want: Vec<u64> = all
+        .iter()
+        .filter(|r| r.key_id == "inter")
+        .map(|r| r.seq)
+        .collect();
+    assert!(!want.is_empty() && want.len() < all.len());
+    assert_eq!(by_key("inter").0, want);
+    let (none, said) = by_key("no-such-ca");
+    assert!(none.is_empty());
+    assert!(
+        said.contains("nothing signed by \"no-such-ca\"") && said.contains("inter"),
+        "{said}"
+    );
 }
 
 // -------------------------------------------------------------------- 7. uid
