@@ -372,6 +372,13 @@ impl<B: AdminBackend> Identify for CertPeer<B> {
                 view.state
             ));
         }
+        // Checked at every request, not only at the handshake: a connection
+        // may outlive its certificate.
+        if let Some(problem) = outside_validity(&c.der, std::time::SystemTime::now()) {
+            return refuse(format!(
+                "client certificate {serial_hex} {problem}; issue a new one"
+            ));
+        }
         let Some(role) = self.tls.current().profile_roles.get(&view.profile).copied() else {
             return refuse(format!(
                 "client certificate {serial_hex} was issued under profile {:?}, which carries \
@@ -386,5 +393,55 @@ impl<B: AdminBackend> Identify for CertPeer<B> {
             },
             role,
         })
+    }
+}
+
+/// Why a certificate is not valid at `now` (notAfter is its last valid
+/// second), or `None` when it is. A certificate that does not parse is
+/// refused too.
+fn outside_validity(der: &[u8], now: std::time::SystemTime) -> Option<String> {
+    use der::Decode;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return Some("does not parse".into());
+    };
+    let v = cert.tbs_certificate().validity();
+    if now < v.not_before.to_system_time() {
+        return Some(format!("is not valid before {}", v.not_before));
+    }
+    // notAfter is inclusive: valid through its whole second.
+    if now >= v.not_after.to_system_time() + Duration::from_secs(1) {
+        return Some(format!("expired at {}", v.not_after));
+    }
+    None
+}
+
+#[cfg(test)]
+mod validity_tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn cert(not_before: u64, not_after: u64) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(vec!["client.test".into()]).expect("params");
+        p.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_before);
+        p.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after);
+        let key = rcgen::KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    fn at(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_client_certificate_is_valid_through_its_last_second_and_not_after() {
+        let der = cert(1_800_000_000, 1_800_000_100);
+        assert!(
+            outside_validity(&der, at(1_799_999_999))
+                .is_some_and(|m| m.contains("not valid before"))
+        );
+        assert_eq!(outside_validity(&der, at(1_800_000_000)), None);
+        assert_eq!(outside_validity(&der, at(1_800_000_100)), None);
+        assert!(outside_validity(&der, at(1_800_000_101)).is_some_and(|m| m.contains("expired")));
+        assert!(outside_validity(b"garbage", at(1_800_000_050)).is_some());
     }
 }
