@@ -26,7 +26,7 @@ if [ ! -x target/pkilint/bin/lint_pkix_cert ] || ! target/pkilint/bin/pip show p
   echo "== installing pkilint $pkilint_version into target/pkilint"
   rm -rf target/pkilint
   python3 -m venv target/pkilint
-  target/pkilint/bin/pip install --quiet --disable-pip-version-check "pkilint==$pkilint_version"
+  target/pkilint/bin/pip install --quiet --disable-pip-version-check --no-cache-dir "pkilint==$pkilint_version"
 fi
 export CASTELLAN_PKILINT="$PWD/target/pkilint/bin"
 
