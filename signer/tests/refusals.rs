@@ -101,22 +101,34 @@ impl Lab {
         s.handle(Request::Ceremony { op, proof })
     }
 
+    /// A CA-making ceremony that must succeed.
+    fn make_ca(&self, s: &Signer, op: CeremonyOp) {
+        let r = self.ceremony(s, op);
+        assert!(
+            matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
+            "{r:?}"
+        );
+    }
+
+    /// The root CA "root".
+    fn root(&self, s: &Signer) {
+        self.make_ca(
+            s,
+            CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+        );
+    }
+
     /// A root and an intermediate ("inter") with a delegated OCSP responder.
     fn pki(&self, s: &Signer) {
-        for op in [
-            CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
+        self.root(s);
+        self.make_ca(
+            s,
             CeremonyOp::CreateIntermediate(intermediate_params(
                 "inter",
                 "root",
                 Algorithm::EcdsaP256,
             )),
-        ] {
-            let r = self.ceremony(s, op);
-            assert!(
-                matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
-                "{r:?}"
-            );
-        }
+        );
         let t = now();
         let r = s.handle(Request::RotateOcspResponder(ResponderParams {
             issuer: "inter".into(),
@@ -495,14 +507,7 @@ fn a_custodian_change_that_state_json_could_not_keep_leaves_the_old_set_in_force
     // In force is what a restart loads: the old set, 2 of 3.
     assert_eq!(custodian_set_of(&s), old);
     fs.free();
-    let r = lab.ceremony(
-        &s,
-        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
-    );
-    assert!(
-        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
-        "{r:?}"
-    );
+    lab.root(&s);
     drop(s);
     assert_eq!(custodian_set_of(&lab.open()), old);
 }
@@ -519,14 +524,7 @@ fn a_responder_that_state_json_could_not_keep_is_not_used() {
     let fs = Tmpfs::mount("1m");
     let lab = Lab::new_in(&fs.path);
     let s = lab.open();
-    let r = lab.ceremony(
-        &s,
-        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
-    );
-    assert!(
-        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
-        "{r:?}"
-    );
+    lab.root(&s);
     let before = responders_of(&s);
     assert!(before.is_empty());
     let t = now();
@@ -570,14 +568,7 @@ fn a_ca_that_state_json_could_not_keep_is_not_used_and_its_key_label_is_not_reus
     let fs = Tmpfs::mount("1m");
     let lab = Lab::new_in(&fs.path);
     let s = lab.open();
-    let r = lab.ceremony(
-        &s,
-        CeremonyOp::CreateRoot(root_params("root", Algorithm::EcdsaP256)),
-    );
-    assert!(
-        matches!(r, Response::Ceremony(CeremonyOutcome::Ca(_))),
-        "{r:?}"
-    );
+    lab.root(&s);
     let before = journal_records(&s);
     // One free block: enough for the new key file (and state.json with the
     // key's label, whose old copy's block the rename frees), not for the
