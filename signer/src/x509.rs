@@ -1552,6 +1552,11 @@ mod tests {
     use super::*;
 
     fn issuer() -> IssuerKey {
+        issuer_and_point().0
+    }
+
+    /// A P-256 issuer key named "CN=Test CA", and its public point.
+    pub(super) fn issuer_and_point() -> (IssuerKey, Vec<u8>) {
         let rng = ring::rand::SystemRandom::new();
         let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
         let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
@@ -1563,13 +1568,14 @@ mod tests {
             &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(oids::P256)]),
             &bits(&point),
         ]);
-        IssuerKey {
+        let key = IssuerKey {
             key_label: "test".into(),
             key_id: "test".into(),
             algorithm: Algorithm::EcdsaP256,
             spki_der: spki,
             name_der: encode_name(&DistinguishedName::common_name("Test CA")).expect("name"),
-        }
+        };
+        (key, point)
     }
 
     /// The entries as the generic writers compose them: what the fast
@@ -2078,26 +2084,7 @@ mod time_checks {
     use super::*;
 
     fn responder() -> (IssuerKey, Vec<u8>) {
-        let rng = ring::rand::SystemRandom::new();
-        let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
-        let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pk.as_ref(), &rng).expect("key");
-        let point = ring::signature::KeyPair::public_key(&pair)
-            .as_ref()
-            .to_vec();
-        let spki = seq(&[
-            &seq(&[&oid(oids::EC_PUBLIC_KEY), &oid(oids::P256)]),
-            &bits(&point),
-        ]);
-        let name = encode_name(&DistinguishedName::common_name("Test CA")).expect("name");
-        let key = IssuerKey {
-            key_label: "t".into(),
-            key_id: "t".into(),
-            algorithm: Algorithm::EcdsaP256,
-            spki_der: spki,
-            name_der: name,
-        };
-        (key, point)
+        super::tests::issuer_and_point()
     }
 
     fn build(
