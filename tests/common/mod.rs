@@ -20,6 +20,10 @@ use serde_json::Value;
 /// subject of its test: generous, so a loaded CI machine never flakes.
 pub const WAIT: Duration = Duration::from_secs(120);
 
+mod tmpfs;
+#[allow(unused_imports)] // not every test crate tests a full disk
+pub use tmpfs::Tmpfs;
+
 pub const CUSTODIANS: [&str; 3] = ["alice", "bob", "carol"];
 
 pub fn castellan_bin() -> PathBuf {
@@ -673,57 +677,6 @@ pub fn curl(args: &[&str], dir: &Path) -> Out {
     );
     assert_eq!(out.code, Some(0), "{out}");
     out
-}
-
-/// A small tmpfs mounted over an empty directory (tests run as root),
-/// unmounted when dropped, even by a failing test (lazily, so a daemon
-/// that still holds a file open does not keep it mounted).
-pub struct Tmpfs {
-    pub path: PathBuf,
-}
-
-impl Tmpfs {
-    pub fn mount_at(path: &Path, size: &str) -> Tmpfs {
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// Writes a file until the file system is full.
-    pub fn fill(&self) {
-        let mut f = std::fs::File::create(self.path.join("filler")).expect("create filler");
-        let chunk = vec![0x5a_u8; 64 * 1024];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling the tmpfs: {e}"),
-            }
-        }
-    }
-
-    pub fn free(&self) {
-        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 /// Writes a passphrase file as an operator would: readable by its owner only.
