@@ -363,13 +363,6 @@ fn cross_certificate_facts(der: &[u8]) -> (DistinguishedName, i64, i64) {
     )
 }
 
-/// The serial number octets of a DER certificate.
-fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
-    use der::Decode;
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    Some(cert.tbs_certificate().serial_number().as_bytes().to_vec())
-}
-
 /// Which CA a ceremony made, if any.
 fn ceremony_ca_id(op: &CeremonyOp) -> Option<&str> {
     match op {
@@ -843,7 +836,8 @@ impl Daemon {
                 })
             }
             (_, Some(ca)) => Some(CeremonyCertificateView {
-                serial: cert_serial(&ca.certificate_der).map_or_else(String::new, hex::encode),
+                serial: revocation::cert_serial(&ca.certificate_der)
+                    .map_or_else(String::new, hex::encode),
                 issuer: ca.parent.clone().unwrap_or_else(|| ca.ca_id.clone()),
                 certificate_pem: crate::pem::encode("CERTIFICATE", &ca.certificate_der),
             }),

@@ -529,7 +529,7 @@ fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> CertStatus {
         // parent and serial. (CA revocation goes through the CRL, not here.)
         None if view.cas().iter().any(|ca| {
             ca.parent.as_deref() == Some(issuer)
-                && ca_serial(&ca.certificate_der).is_some_and(|s| magnitude(&s) == serial)
+                && cert_serial(&ca.certificate_der).is_some_and(|s| magnitude(&s) == serial)
         }) =>
         {
             CertStatus::Good
@@ -539,7 +539,7 @@ fn cert_status(view: &dyn ReadView, issuer: &str, serial: &[u8]) -> CertStatus {
 }
 
 /// The serial number octets of a certificate.
-fn ca_serial(der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
     use der::Decode;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     Some(cert.tbs_certificate().serial_number().as_bytes().to_vec())
