@@ -200,6 +200,19 @@ pub struct HttpConfig {
     /// signature and a signer journal record. Over it, a request is
     /// answered from the pre-signed cache (without its nonce) or tryLater.
     pub ocsp_sign_rate: u32,
+    /// Threads serving the listener, each with its own event loop and its
+    /// own connections (1–64); `None`: one per CPU castellan may use.
+    pub workers: Option<u16>,
+}
+
+impl HttpConfig {
+    /// The number of listener threads to start.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
+        }
+    }
 }
 
 /// `[crl]`: the full CRL each CA publishes.
@@ -826,6 +839,7 @@ struct RawHttp {
     ocsp_validity_secs: Option<u32>,
     ocsp_max_age_secs: Option<u32>,
     ocsp_sign_rate: Option<u32>,
+    workers: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1112,6 +1126,14 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
             "must be 1 to 100000 (OCSP answers signed on demand per second)",
         );
     }
+    if let Some(w) = raw.http.workers
+        && !(1..=64).contains(&w)
+    {
+        return cfg_err(
+            "http.workers",
+            "must be 1 to 64 (threads serving the public listener); leave it out for one per CPU",
+        );
+    }
     let http = HttpConfig {
         enabled,
         listen,
@@ -1120,6 +1142,7 @@ fn build(raw: RawConfig, state_dir_override: Option<&Path>) -> Result<Config, Co
         ocsp_validity_secs,
         ocsp_max_age_secs,
         ocsp_sign_rate,
+        workers: raw.http.workers,
     };
     let crl = CrlConfig {
         validity_secs: bounded(

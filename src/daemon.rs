@@ -75,6 +75,10 @@ pub struct Daemon {
     /// it exclusively while it swaps the settings, so that a request sees
     /// the whole old or the whole new configuration.
     reload_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The runtime the daemon was made in: background work started from a
+    /// public listener worker (which has its own event loop, see
+    /// `public_http::start`) runs here.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Keeps an intent in [`Daemon::in_flight`] until dropped.
@@ -385,6 +389,18 @@ impl Daemon {
             issuers: std::sync::Mutex::new(IssuerCache::default()),
             in_flight: std::sync::Mutex::new(HashSet::new()),
             reload_gate: Arc::new(tokio::sync::RwLock::new(())),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// Runs `task` on the daemon's runtime, whichever thread asks.
+    pub(crate) fn spawn_background<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.runtime {
+            Some(h) => drop(h.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 

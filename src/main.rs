@@ -313,16 +313,16 @@ async fn run(
     if config.http.enabled {
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
+            .and_then(|l| l.into_std())
             .map_err(|e| format!("cannot listen on {} (http.listen): {e}", config.http.listen))?;
-        tracing::info!(listen = %config.http.listen, "public HTTP (OCSP, CRL) listening");
-        let daemon = Arc::clone(&daemon);
-        let mut rx = shutdown_rx.clone();
-        public = Some(tokio::spawn(async move {
-            castellan::public_http::serve(daemon, listener, async move {
-                let _ = rx.changed().await;
-            })
-            .await
-        }));
+        let workers = config.http.worker_threads();
+        public = Some(castellan::public_http::start(
+            Arc::clone(&daemon),
+            listener,
+            workers,
+            shutdown_rx.clone(),
+        )?);
+        tracing::info!(listen = %config.http.listen, workers, "public HTTP (OCSP, CRL) listening");
     }
     // Responders, pre-signed OCSP answers and CRLs, kept current in the
     // background.
@@ -423,8 +423,8 @@ async fn run(
     if let Some((_, task)) = https {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    if let Some(task) = public {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    if let Some(listener) = public {
+        listener.wait(Duration::from_secs(5)).await;
     }
     daemon.finish_writes().await;
     Ok(())

@@ -88,13 +88,110 @@ type Body = Full<Bytes>;
 /// Longest `max-age` given for a CRL.
 pub const CRL_MAX_AGE: i64 = 300;
 
-/// Serves `listener` until `shutdown` completes.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Future) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let waiters = Arc::new(Semaphore::new(SLOT_WAITERS));
-    // Told when every slot is taken: idle keep-alive connections close.
-    let shed = Arc::new(Notify::new());
-    let mut last_shed: Option<std::time::Instant> = None;
+/// The public listener's threads, started by [`start`].
+pub struct PublicListener {
+    /// Closed when every worker thread has ended.
+    ended: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl PublicListener {
+    /// Waits (at most `bound`) for every worker to end after the shutdown
+    /// signal.
+    pub async fn wait(mut self, bound: Duration) {
+        let _ = tokio::time::timeout(bound, self.ended.recv()).await;
+    }
+}
+
+/// Serves `listener` on `workers` threads until `shutdown` turns true.
+///
+/// Each worker runs its own single-threaded event loop and accepts from the
+/// shared listening socket, so a connection lives on one thread from accept
+/// to close (as nginx's worker processes): no hand-over of ready
+/// connections between threads, which on a busy machine cost throughput
+/// and made the latency tail long. Work that must outlive a request (OCSP
+/// signing on a cache miss, the signer's connections) runs on the daemon's
+/// own runtime, not here. The connection limits are shared by all workers.
+pub fn start(
+    daemon: Arc<Daemon>,
+    listener: std::net::TcpListener,
+    workers: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<PublicListener, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("public listener: cannot make it non-blocking: {e}"))?;
+    let limits = Arc::new(Limits::new());
+    let (alive, ended) = tokio::sync::mpsc::channel::<()>(1);
+    for i in 0..workers.max(1) {
+        let socket = listener.try_clone().map_err(|e| {
+            format!("public listener: cannot share the socket with worker {i}: {e}")
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("public listener: cannot start worker {i}: {e}"))?;
+        let daemon = Arc::clone(&daemon);
+        let limits = Arc::clone(&limits);
+        let mut shutdown = shutdown.clone();
+        let alive = alive.clone();
+        std::thread::Builder::new()
+            .name(format!("public-http-{i}"))
+            .spawn(move || {
+                let _alive = alive;
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "public HTTP worker cannot use the listener");
+                            return;
+                        }
+                    };
+                    serve(daemon, listener, &limits, async move {
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                });
+            })
+            .map_err(|e| format!("public listener: cannot start worker thread {i}: {e}"))?;
+    }
+    Ok(PublicListener { ended })
+}
+
+/// Connection slots shared by all workers of the listener.
+struct Limits {
+    slots: Arc<Semaphore>,
+    waiters: Arc<Semaphore>,
+    /// Told when every slot is taken: idle keep-alive connections close.
+    shed: Arc<Notify>,
+    last_shed: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Limits {
+    fn new() -> Limits {
+        Limits {
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            waiters: Arc::new(Semaphore::new(SLOT_WAITERS)),
+            shed: Arc::new(Notify::new()),
+            last_shed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Asks idle connections to close, at most once per [`SLOT_WAIT`]: the
+    /// connections opened since are given their chance.
+    fn shed(&self) {
+        let Ok(mut last) = self.last_shed.lock() else {
+            self.shed.notify_waiters();
+            return;
+        };
+        if last.is_none_or(|t| t.elapsed() >= SLOT_WAIT) {
+            *last = Some(std::time::Instant::now());
+            self.shed.notify_waiters();
+        }
+    }
+}
+
+/// One worker: serves `listener` until `shutdown` completes.
+async fn serve(daemon: Arc<Daemon>, listener: TcpListener, limits: &Limits, shutdown: impl Future) {
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -104,26 +201,21 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, shutdown: impl Fu
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let daemon = Arc::clone(&daemon);
-                    let shed_rx = Arc::clone(&shed);
-                    if let Ok(permit) = slots.clone().try_acquire_owned() {
+                    let shed_rx = Arc::clone(&limits.shed);
+                    if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
                         tasks.spawn(async move {
                             let _permit = permit;
                             connection(daemon, stream, &shed_rx).await;
                         });
                         continue;
                     }
-                    // At most once per SLOT_WAIT: the connections opened
-                    // since are given their chance.
-                    if last_shed.is_none_or(|t| t.elapsed() >= SLOT_WAIT) {
-                        last_shed = Some(std::time::Instant::now());
-                        shed.notify_waiters();
-                    }
-                    let Ok(waiting) = waiters.clone().try_acquire_owned() else {
+                    limits.shed();
+                    let Ok(waiting) = limits.waiters.clone().try_acquire_owned() else {
                         tracing::warn!(max = MAX_CONNECTIONS, "public HTTP: connection limit reached");
                         drop(stream);
                         continue;
                     };
-                    let slots = Arc::clone(&slots);
+                    let slots = Arc::clone(&limits.slots);
                     tasks.spawn(async move {
                         let permit = tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await;
                         drop(waiting);

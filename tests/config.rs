@@ -397,3 +397,22 @@ fn the_packaged_file_documents_the_real_defaults() {
     assert_eq!(all_set, defaults);
     assert_eq!(all_set.sha256(), defaults.sha256());
 }
+
+#[test]
+fn public_listener_workers_are_bounded_and_not_reloadable() {
+    let auto = Config::parse("").unwrap();
+    assert_eq!(auto.http.workers, None);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+    assert_eq!(auto.http.worker_threads(), cpus);
+    let three = Config::parse("[http]\nworkers = 3\n").unwrap();
+    assert_eq!(three.http.worker_threads(), 3);
+    for bad in ["0", "65"] {
+        let e = err(&format!("[http]\nworkers = {bad}\n"));
+        assert_eq!(e.key, "http.workers", "{e}");
+        assert!(e.problem.contains("must be 1 to 64"), "{e}");
+    }
+    assert_eq!(
+        auto.reloadable_diff(&three).unwrap_err().key,
+        "http.workers"
+    );
+}

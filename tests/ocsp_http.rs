@@ -978,3 +978,79 @@ fn the_cert_id_is_echoed_exactly_with_null_or_absent_hash_parameters() {
         );
     }
 }
+
+/// The names of the daemon's threads (`comm`, at most 15 characters).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `http.workers` threads serve the public listener, each with its own
+/// connections; answers signed on demand (a nonce each), the pre-signed
+/// cache and a revocation are the same whichever worker a connection lands
+/// on.
+#[test]
+fn several_listener_workers_serve_the_same_answers() {
+    let (a, port) = public_appliance("workers = 3\n", "");
+    let dir = a.dir.path();
+    let pid = a.daemon_pid().unwrap();
+    let workers: Vec<String> = thread_names(pid)
+        .into_iter()
+        .filter(|n| n.starts_with("public-http-"))
+        .collect();
+    assert_eq!(workers, ["public-http-0", "public-http-1", "public-http-2"]);
+
+    let serial = issue(&a, "leaf");
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    let ask = |nonce: bool| {
+        let mut args = vec![
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "leaf.pem",
+            "-url",
+            &url,
+            "-CAfile",
+            "chain.pem",
+        ];
+        if !nonce {
+            args.push("-no_nonce");
+        }
+        openssl(&args, dir)
+    };
+    // Twelve connections at once, each with its own nonce: each is signed
+    // on demand by the daemon's runtime and handed back to the worker that
+    // holds the connection.
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..12).map(|_| s.spawn(|| ask(true))).collect();
+        asks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for t in &answers {
+        assert!(t.contains("leaf.pem: good"), "{t}");
+        assert!(t.contains("Response verify OK"), "{t}");
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|t| !t.contains("WARNING: no nonce in response")),
+        "no answer carried its nonce: {answers:?}"
+    );
+
+    a.ctl(&["revoke", &serial, "--reason", "keyCompromise"])
+        .ok();
+    // The very next requests, on new connections spread over the workers.
+    let after: Vec<String> = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..12).map(|i| s.spawn(move || ask(i % 2 == 0))).collect();
+        asks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for t in &after {
+        assert!(t.contains("leaf.pem: revoked"), "{t}");
+        assert!(t.contains("Reason: keyCompromise"), "{t}");
+    }
+}

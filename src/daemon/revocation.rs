@@ -1238,7 +1238,7 @@ impl Daemon {
         if lead {
             // In its own task: a client that goes away must not strand the
             // requests queued behind it.
-            tokio::spawn(Arc::clone(self).sign_misses(issuer.clone()));
+            self.spawn_background(Arc::clone(self).sign_misses(issuer.clone()));
         }
         match rx.await {
             Ok(Ok(signed)) => {

@@ -460,6 +460,11 @@ impl Appliance {
         );
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Whether the daemon process is still running.
     pub fn daemon_running(&mut self) -> bool {
         match self.daemon.as_mut() {
