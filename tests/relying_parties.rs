@@ -1,10 +1,11 @@
 //! Revocation as relying parties other than OpenSSL see it, against a real
 //! castellan: GnuTLS (`ocsptool`, `certtool`), NSS (`certutil`, `crlutil`,
 //! `vfychain`), the JDK's PKIX `CertPathValidator`, and nginx stapling
-//! castellan's OCSP answers. Each client checks castellan's signatures
-//! itself (delegated responder certificate, CRL signature), says `good` for
-//! a valid certificate and `revoked` for a revoked one, and each test has a
-//! control showing the client really consulted what castellan served.
+//! castellan's OCSP answers (seen by `openssl s_client` and `gnutls-cli`).
+//! Each client checks castellan's signatures itself (delegated responder
+//! certificate, CRL signature), says `good` for a valid certificate and
+//! `revoked` for a revoked one, and each test has a control showing the
+//! client really consulted what castellan served.
 //!
 //! A missing client is a failure naming its Debian package, never a skip
 //! (scripts/test.sh installs them). Build every binary first:
@@ -531,8 +532,7 @@ fn the_jdk_certpathvalidator_sees_good_and_revoked_by_ocsp_and_by_crl() {
     );
 }
 
-/// An nginx serving `<tag>-full.pem` with OCSP stapling (verified against
-/// chain.pem) on `port`, its files and error log in `dir/<name>`.
+/// A running nginx, stopped when dropped.
 struct Nginx {
     child: Child,
 }
@@ -546,6 +546,9 @@ impl Drop for Nginx {
     }
 }
 
+/// An nginx serving `<tag>.pem` (with issuing.pem) and stapling its OCSP
+/// answer, verified against chain.pem, on `port`; its configuration and
+/// error log in `dir/<name>`.
 fn stapling_nginx(dir: &Path, name: &str, tag: &str, port: u16) -> Nginx {
     let work = dir.join(name);
     std::fs::create_dir(&work).unwrap();
@@ -612,10 +615,33 @@ fn s_client_status(dir: &Path, port: u16, name: &str) -> String {
     format!("{}\n{}", out.stdout, out.stderr)
 }
 
+/// One TLS handshake with `gnutls-cli --ocsp` (stapled responses checked,
+/// the responder asked when there is none), exiting with `code`.
+fn gnutls_cli(dir: &Path, port: u16, name: &str, code: i32) -> String {
+    client_exit(
+        "gnutls-cli",
+        &[
+            "--ocsp",
+            "--x509cafile",
+            "chain.pem",
+            "--sni-hostname",
+            name,
+            "--verify-hostname",
+            name,
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ],
+        dir,
+        code,
+    )
+}
+
 #[test]
 fn nginx_staples_castellans_good_answer_and_a_fresh_nginx_refuses_to_staple_after_revocation() {
     require("nginx", "nginx");
     require("openssl", "openssl");
+    require("gnutls-cli", "gnutls-bin");
     let (a, port) = public_appliance("", "");
     let dir = a.dir.path();
     let serial = issue(&a, "web");
@@ -631,6 +657,12 @@ fn nginx_staples_castellans_good_answer_and_a_fresh_nginx_refuses_to_staple_afte
     assert!(t.contains("Cert Status: good"), "{t}");
     assert!(t.contains("CN=OCSP responder for issuing"), "{t}");
     assert!(t.contains("Verify return code: 0 (ok)"), "{t}");
+    // GnuTLS's TLS client checks the staple itself: "OCSP status request"
+    // among the options means a stapled response was received, verified
+    // and valid.
+    let t = gnutls_cli(dir, web_port, "web.example", 0);
+    assert!(t.contains("The certificate is trusted."), "{t}");
+    assert!(t.contains("OCSP status request"), "{t}");
     drop(nginx);
 
     // Revoked: nginx staples only good answers. A fresh nginx (no staple
@@ -657,4 +689,7 @@ fn nginx_staples_castellans_good_answer_and_a_fresh_nginx_refuses_to_staple_afte
     let t = s_client_status(dir, web_port, "web.example");
     assert!(t.contains("OCSP response: no response sent"), "{t}");
     assert!(!t.contains("Cert Status: good"), "{t}");
+    // Without a staple, GnuTLS's TLS client asks castellan itself.
+    let t = gnutls_cli(dir, web_port, "web.example", 1);
+    assert!(t.contains("Certificate was revoked"), "{t}");
 }
