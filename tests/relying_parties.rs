@@ -55,15 +55,23 @@ fn client_exit(program: &str, args: &[&str], dir: &Path, code: i32) -> String {
 }
 
 /// Issues good.pem and bad.pem (`<tag>.example`), revokes bad for
-/// keyCompromise through castellanctl, waits until the served CRL of
-/// `issuing` lists it and the CRL of `root` is served, and writes
-/// `<tag>-chain.pem` (leaf, issuing, root). Returns (good, bad) serials.
+/// keyCompromise with an invalidity date through castellanctl, waits until
+/// the served CRL of `issuing` lists it and the CRL of `root` is served,
+/// and writes `<tag>-chain.pem` (leaf, issuing, root). Returns (good, bad)
+/// serials.
 fn good_and_revoked(a: &Appliance, port: u16) -> (String, String) {
     let dir = a.dir.path();
     let good = issue(a, "good");
     let bad = issue(a, "bad");
     let v = a
-        .ctl(&["revoke", &bad, "--reason", "keyCompromise"])
+        .ctl(&[
+            "revoke",
+            &bad,
+            "--reason",
+            "keyCompromise",
+            "--invalidity-date",
+            "2026-01-31T00:00:00Z",
+        ])
         .ok()
         .json();
     assert!(
@@ -514,6 +522,9 @@ fn the_jdk_certpathvalidator_sees_good_and_revoked_by_ocsp_and_by_crl() {
         t.contains("authority: CN=castellan test issuing CA, O=castellan tests"),
         "{t}"
     );
+    // The CRL entry's extensions as the JDK parsed them: reason code and
+    // invalidity date.
+    assert!(t.contains("extension OIDs: [2.5.29.21, 2.5.29.24]"), "{t}");
 
     // CRLs only, from the files alone: with castellan stopped nothing can
     // be fetched, so the verdicts come from the CRLs given.
