@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl curl ca-certificates nginx python3 python3-venv)
+packages=(softhsm2 opensc openssl curl ca-certificates nginx python3 python3-venv gnutls-bin libnss3-tools default-jdk-headless)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
