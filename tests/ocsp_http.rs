@@ -9,7 +9,9 @@ mod common;
 use std::process::Command;
 
 use base64::Engine;
-use common::{WAIT, curl, issue, openssl, openssl_exit, public_appliance, run, wait_http};
+use common::{
+    WAIT, curl, issue, openssl, openssl_exit, openssl_ocsp, public_appliance, run, wait_http,
+};
 
 #[test]
 fn ocsp_over_http_answers_good_revoked_unknown_and_errors_with_openssl_and_curl() {
@@ -787,20 +789,7 @@ fn on_demand_signing_is_bounded_and_unknown_answers_are_kept() {
     let start = std::time::Instant::now();
     let mut echoed = 0u64;
     for _ in 0..10 {
-        let t = openssl(
-            &[
-                "ocsp",
-                "-issuer",
-                "issuing.pem",
-                "-cert",
-                "leaf.pem",
-                "-url",
-                &url,
-                "-CAfile",
-                "chain.pem",
-            ],
-            dir,
-        );
+        let t = openssl_ocsp(dir, &url, "leaf.pem", &[]);
         assert!(t.contains("leaf.pem: good"), "{t}");
         assert!(t.contains("Response verify OK"), "{t}");
         if !t.contains("WARNING: no nonce in response") {
@@ -1008,21 +997,8 @@ fn several_listener_workers_serve_the_same_answers() {
     let serial = issue(&a, "leaf");
     let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
     let ask = |nonce: bool| {
-        let mut args = vec![
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            "leaf.pem",
-            "-url",
-            &url,
-            "-CAfile",
-            "chain.pem",
-        ];
-        if !nonce {
-            args.push("-no_nonce");
-        }
-        openssl(&args, dir)
+        let extra: &[&str] = if nonce { &[] } else { &["-no_nonce"] };
+        openssl_ocsp(dir, &url, "leaf.pem", extra)
     };
     // Twelve connections at once, each with its own nonce: each is signed
     // on demand by the daemon's runtime and handed back to the worker that

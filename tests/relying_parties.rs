@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::{
-    Appliance, Out, WAIT, eventually, fetch_crl, free_port, issue, public_appliance, run,
+    Appliance, Out, WAIT, eventually, fetch_crl, free_port, issue, public_appliance,
+    revoke_compromised, run,
 };
 
 /// Panics unless `program` is on the PATH (or in /usr/sbin, /sbin, where
@@ -63,21 +64,7 @@ fn good_and_revoked(a: &Appliance, port: u16) -> (String, String) {
     let dir = a.dir.path();
     let good = issue(a, "good");
     let bad = issue(a, "bad");
-    let v = a
-        .ctl(&[
-            "revoke",
-            &bad,
-            "--reason",
-            "keyCompromise",
-            "--invalidity-date",
-            "2026-01-31T00:00:00Z",
-        ])
-        .ok()
-        .json();
-    assert!(
-        v["ocsp"].as_str().unwrap_or("").starts_with("revoked"),
-        "the revoke was acknowledged before OCSP said revoked: {v}"
-    );
+    revoke_compromised(a, &bad);
     fetch_crl(a, port, "issuing", Some(&bad));
     fetch_crl(a, port, "root", None);
     for tag in ["good", "bad"] {

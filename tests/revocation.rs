@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use common::{
     Appliance, WAIT, curl, eventually, eventually_within, free_port, issue, openssl, openssl_exit,
-    public_appliance, public_appliance_with, run, wait_http,
+    openssl_ocsp, public_appliance, public_appliance_with, revoke_compromised, run, wait_http,
 };
 use serde_json::Value;
 
@@ -95,21 +95,8 @@ fn get_path(dir: &Path, cert: &str) -> String {
 }
 
 fn ocsp_text(dir: &Path, port: u16, cert: &str) -> String {
-    openssl(
-        &[
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            cert,
-            "-url",
-            &format!("http://127.0.0.1:{port}/ocsp/issuing"),
-            "-CAfile",
-            "chain.pem",
-            "-resp_text",
-        ],
-        dir,
-    )
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    openssl_ocsp(dir, &url, cert, &["-resp_text"])
 }
 
 /// `openssl ocsp` for goes.pem (with `extra` arguments) through `port`
@@ -157,21 +144,7 @@ fn crls_follow_revocations_emergency_mode_and_restarts_and_cert_show_says_what_i
 
     // Revoke: acknowledged with OCSP already answering revoked; the next
     // CRL lists it with its reason; openssl verify now fails for it only.
-    let v = a
-        .ctl(&[
-            "revoke",
-            &bad,
-            "--reason",
-            "keyCompromise",
-            "--invalidity-date",
-            "2026-01-31T00:00:00Z",
-        ])
-        .ok()
-        .json();
-    assert!(
-        v["ocsp"].as_str().unwrap().starts_with("revoked"),
-        "the revoke was acknowledged before OCSP said revoked: {v}"
-    );
+    revoke_compromised(&a, &bad);
     let t = ocsp_text(dir, port, "bad.pem");
     assert!(t.contains("bad.pem: revoked"), "{t}");
     let second = crl_after(&a, "issuing", crl_number(&first));

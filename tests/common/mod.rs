@@ -657,6 +657,46 @@ pub fn openssl(args: &[&str], dir: &Path) -> String {
     openssl_exit(args, dir, 0)
 }
 
+/// `openssl ocsp` for `cert` (issued by `issuing`) against `url`, the
+/// answer verified with chain.pem; `extra` arguments appended.
+pub fn openssl_ocsp(dir: &Path, url: &str, cert: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "ocsp",
+        "-issuer",
+        "issuing.pem",
+        "-cert",
+        cert,
+        "-url",
+        url,
+        "-CAfile",
+        "chain.pem",
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args, dir)
+}
+
+/// Revokes `serial` for keyCompromise with an invalidity date
+/// (2026-01-31) through castellanctl, and checks that the revoke was
+/// acknowledged with OCSP already answering revoked. Returns its JSON.
+pub fn revoke_compromised(a: &Appliance, serial: &str) -> Value {
+    let v = a
+        .ctl(&[
+            "revoke",
+            serial,
+            "--reason",
+            "keyCompromise",
+            "--invalidity-date",
+            "2026-01-31T00:00:00Z",
+        ])
+        .ok()
+        .json();
+    assert!(
+        v["ocsp"].as_str().unwrap_or("").starts_with("revoked"),
+        "the revoke was acknowledged before OCSP said revoked: {v}"
+    );
+    v
+}
+
 /// As [`openssl`], expecting exit status `code`.
 pub fn openssl_exit(args: &[&str], dir: &Path, code: i32) -> String {
     let out = run(
