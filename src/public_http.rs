@@ -200,6 +200,9 @@ async fn serve(daemon: Arc<Daemon>, listener: TcpListener, limits: &Limits, shut
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // An answer is written whole in one go; never hold its
+                    // last segment back waiting for an acknowledgement.
+                    let _ = stream.set_nodelay(true);
                     let daemon = Arc::clone(&daemon);
                     let shed_rx = Arc::clone(&limits.shed);
                     if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
