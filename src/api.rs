@@ -151,6 +151,11 @@ pub struct StatusView {
     /// castellan has reached it once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custodians: Option<CustodiansView>,
+    /// Set when the event log does not reach, or disagrees with, the last
+    /// checkpoint the signer signed (cut short, an older copy, rewritten):
+    /// what was found and what to do. Checkpoints are refused meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_problem: Option<String>,
 }
 
 fn yes() -> bool {

@@ -635,6 +635,17 @@ impl Daemon {
         } else {
             None
         };
+        let checkpoint_problem = if reachable {
+            match self.compare_with_signer().await {
+                Ok(Some(check)) if check.is_failure() => Some(format!(
+                    "{}; run `castellanctl audit verify`",
+                    check.message()
+                )),
+                _ => None,
+            }
+        } else {
+            None
+        };
         let v = self
             .store
             .read()
@@ -667,6 +678,7 @@ impl Daemon {
                     })
                     .collect(),
             }),
+            checkpoint_problem,
         })
     }
 

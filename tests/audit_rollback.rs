@@ -36,6 +36,8 @@ fn verifies_clean(a: &Appliance) -> Value {
     let v = a.ctl(&["audit", "verify"]).ok().json();
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["signer_checkpoint"], "matches", "{v}");
+    let status = a.ctl(&["status"]).ok().json();
+    assert!(status["checkpoint_problem"].is_null(), "{status}");
     let text = verify_text(a).ok();
     assert!(
         text.stdout.contains("audit chain OK")
@@ -120,6 +122,13 @@ fn an_event_log_replaced_by_an_older_copy_fails_audit_verify_and_names_the_rollb
         log.contains("does not match the signer's last checkpoint")
             && log.contains("castellanctl audit verify"),
         "{log}"
+    );
+    // `castellanctl status` shows it too.
+    let status = a.ctl(&["status"]).ok().json();
+    let problem = status["checkpoint_problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains(&expected) && problem.contains("castellanctl audit verify"),
+        "{status}"
     );
     // The signer still holds the evidence.
     let again = a.ctl(&["audit", "verify"]).json();

@@ -1300,6 +1300,9 @@ fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
         Some(c) => println!("  checkpoint:   last signed at event {c}"),
         None => println!("  checkpoint:   none signed yet (castellanctl audit checkpoint)"),
     }
+    if let Some(p) = &s.checkpoint_problem {
+        println!("  checkpoint:   LOG ROLLED BACK — {p}");
+    }
     if s.signer_reachable {
         println!(
             "  signer:       reachable ({} backend)",
