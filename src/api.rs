@@ -151,6 +151,11 @@ pub struct StatusView {
     /// castellan has reached it once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custodians: Option<CustodiansView>,
+    /// Set when the event log does not reach, or disagrees with, the last
+    /// checkpoint the signer signed (cut short, an older copy, rewritten):
+    /// what was found and what to do. Checkpoints are refused meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_problem: Option<String>,
 }
 
 fn yes() -> bool {
@@ -386,10 +391,28 @@ pub struct VerifyView {
     pub checkpoint_keys: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_keys_note: Option<String>,
+    /// How the log compares with the last checkpoint the signer signed:
+    /// `matches` (the log reaches it and agrees), `log-behind` (the log
+    /// ends before it: cut short or an older copy), `differs` (the log
+    /// holds another history there), `none` (the signer has signed no
+    /// checkpoint yet) or `not-checked` (the signer was not asked, or could
+    /// not answer; `signer_checkpoint_note` says why). `log-behind` and
+    /// `differs` make `ok` false.
+    #[serde(default = "not_checked")]
+    pub signer_checkpoint: String,
+    /// The event sequence number of the signer's last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_checkpoint_sequence: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_checkpoint_note: Option<String>,
 }
 
 fn log_only() -> String {
     "log-only".into()
+}
+
+fn not_checked() -> String {
+    "not-checked".into()
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -35,7 +35,9 @@ use crate::signer_pool::{PoolError, SignerPool};
 use crate::store::records::{
     CaRecord, CeremonyRecord, CeremonyStatus, CertRecord, CertState, IntentRecord, SignerKeys,
 };
-use crate::store::{CertFilter, Decision, EventFilter, ExecError, ReadView, Store};
+use crate::store::{
+    CertFilter, Decision, EventFilter, ExecError, ReadView, SignerCheckpointCheck, Store,
+};
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,8 +498,18 @@ impl Daemon {
             tracing::warn!(
                 "signer not synchronised at start-up: {e}; issuance is refused until it is reachable"
             );
-        } else if let Err(e) = self.ensure_responders().await {
-            tracing::warn!("OCSP responder rotation at start-up: {e}");
+        } else {
+            if let Ok(Some(check)) = self.compare_with_signer().await
+                && check.is_failure()
+            {
+                tracing::error!(
+                    "the event log does not match the signer's last checkpoint: {}; run `castellanctl audit verify`; checkpoints are refused until this is resolved",
+                    check.message()
+                );
+            }
+            if let Err(e) = self.ensure_responders().await {
+                tracing::warn!("OCSP responder rotation at start-up: {e}");
+            }
         }
         self.load_crls().await;
         Ok(())
@@ -623,6 +635,17 @@ impl Daemon {
         } else {
             None
         };
+        let checkpoint_problem = if reachable {
+            match self.compare_with_signer().await {
+                Ok(Some(check)) if check.is_failure() => Some(format!(
+                    "{}; run `castellanctl audit verify`",
+                    check.message()
+                )),
+                _ => None,
+            }
+        } else {
+            None
+        };
         let v = self
             .store
             .read()
@@ -655,6 +678,7 @@ impl Daemon {
                     })
                     .collect(),
             }),
+            checkpoint_problem,
         })
     }
 
@@ -1662,6 +1686,37 @@ impl Daemon {
             .await
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         let mut view = verify_view(&report);
+        match self.compare_with_signer().await {
+            Ok(None) => {
+                view.signer_checkpoint = "none".into();
+                view.signer_checkpoint_note =
+                    Some("the signer has signed no checkpoint yet: nothing to compare".into());
+            }
+            Ok(Some(check)) => {
+                view.signer_checkpoint = match &check {
+                    SignerCheckpointCheck::Matches { .. } => "matches",
+                    SignerCheckpointCheck::LogBehind { .. } => "log-behind",
+                    SignerCheckpointCheck::Differs { .. } => "differs",
+                    SignerCheckpointCheck::Unreadable(_) => "not-checked",
+                }
+                .into();
+                view.signer_checkpoint_sequence = match &check {
+                    SignerCheckpointCheck::Matches { sequence }
+                    | SignerCheckpointCheck::LogBehind { sequence, .. }
+                    | SignerCheckpointCheck::Differs { sequence, .. } => Some(*sequence),
+                    SignerCheckpointCheck::Unreadable(_) => None,
+                };
+                if check.is_failure() {
+                    view.ok = false;
+                }
+                view.signer_checkpoint_note = Some(check.message());
+            }
+            Err(why) => {
+                view.signer_checkpoint_note = Some(format!(
+                    "whether the log was cut short or replaced by an older copy could not be checked: the signer's last checkpoint could not be read ({why}); run `castellanctl audit verify` again once castellan-signer is reachable"
+                ))
+            }
+        }
         match trusted {
             Ok(_) => view.checkpoint_keys = "signer".into(),
             Err(why) => {
@@ -1674,6 +1729,24 @@ impl Daemon {
             }
         }
         Ok(view)
+    }
+
+    /// Asks the signer for its last checkpoint and compares the log with
+    /// it; `None` when the signer never signed one.
+    async fn compare_with_signer(&self) -> Result<Option<SignerCheckpointCheck>, String> {
+        let last = match self.signer(Request::LastCheckpoint).await {
+            Ok(Response::LastCheckpoint(last)) => last,
+            Ok(_) => return Err("it gave an unexpected answer to LastCheckpoint".to_string()),
+            Err(e) => return Err(e.message),
+        };
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.compare_with_signer(&last))
+            .await
+            .map(Some)
+            .map_err(|e| format!("the comparison did not finish ({e})"))
     }
 
     pub async fn audit_log(&self, _c: &Caller, q: LogQuery) -> Result<EventPage, ApiError> {
@@ -1727,6 +1800,17 @@ impl Daemon {
         if count == 0 {
             return Err(refused("the event log is empty; nothing to checkpoint"));
         }
+        // Checkpointing a log that does not reach, or disagrees with, the
+        // signer's last checkpoint would make the signer's record agree
+        // with it and erase the evidence of the rollback.
+        if let Ok(Some(check)) = self.compare_with_signer().await
+            && check.is_failure()
+        {
+            return Err(refused(format!(
+                "not checkpointing: {}; run `castellanctl audit verify`",
+                check.message()
+            )));
+        }
         let req = castellan_proto::CheckpointRequest {
             sequence: count - 1,
             head_hash: head,
@@ -1773,6 +1857,9 @@ pub fn verify_view(r: &crate::store::VerifyReport) -> VerifyView {
         foreign_audit_keys: r.foreign_audit_keys.clone(),
         checkpoint_keys: "log-only".into(),
         checkpoint_keys_note: None,
+        signer_checkpoint: "not-checked".into(),
+        signer_checkpoint_sequence: None,
+        signer_checkpoint_note: None,
     }
 }
 

@@ -523,6 +523,7 @@ fn answer_check(request: &Request) -> fn(&Response) -> bool {
         Request::RotateOcspResponder(_) => |r| matches!(r, Response::Responder(_)),
         Request::SignCheckpoint(_) => |r| matches!(r, Response::Checkpoint(_)),
         Request::ExportJournal(_) => |r| matches!(r, Response::Journal { .. }),
+        Request::LastCheckpoint => |r| matches!(r, Response::LastCheckpoint(_)),
     }
 }
 
@@ -779,6 +780,7 @@ fn response_kind(r: &Response) -> &'static str {
         Response::CrlStored { .. } => "a stored CRL's length and digest",
         Response::CrlPart { .. } => "part of a CRL",
         Response::IntentsFound { .. } => "the intents found in the journal",
+        Response::LastCheckpoint(_) => "the last signed checkpoint",
     }
 }
 

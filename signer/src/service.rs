@@ -11,10 +11,11 @@ use castellan_proto::{
     Algorithm, CaInfo, CaParams, CaStatus, CeremonyId, CeremonyOp, CeremonyOutcome,
     CeremonyOutcomeQuery, CertificateTemplate, CheckpointRequest, CrlChunk, CrlEntry, CrlRequest,
     CrossSignParams, Custodian, CustodianSet, ErrorKind, IntentId, IntentQuery, IssuedCertificate,
-    JournalWindow, MAX_CRL_PART, MAX_INLINE_CRL, MAX_INTENT_QUERY, MAX_STAGED_CRL_ENTRIES,
-    OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo, ResponderParams, Response,
-    RotateParams, SignatureKind, SignedCheckpoint, SignedSubject, SignerError, StagedCrlRequest,
-    StatusInfo, ceremony::statement_digest, checkpoint_message, frame::MAX_PAYLOAD,
+    JournalWindow, LastSignedCheckpoint, MAX_CRL_PART, MAX_INLINE_CRL, MAX_INTENT_QUERY,
+    MAX_STAGED_CRL_ENTRIES, OcspBatch, PublicKeySet, QuorumProof, Request, ResponderInfo,
+    ResponderParams, Response, RotateParams, SignatureKind, SignedCheckpoint, SignedSubject,
+    SignerError, StagedCrlRequest, StatusInfo, ceremony::statement_digest, checkpoint_message,
+    frame::MAX_PAYLOAD,
 };
 use ring::rand::SystemRandom;
 
@@ -31,10 +32,10 @@ use crate::x509::{
     OcspIssuer, Signed, SingleSpec,
 };
 
-/// How far a checkpoint's time may differ from the signer's clock. The
-/// daemon and the signer run on one host and read the same clock, so a
-/// larger difference means a backdated (or postdated) checkpoint.
-pub const CHECKPOINT_MAX_SKEW_SECS: i64 = 120;
+/// How far a checkpoint's time may differ from the signer's clock (the
+/// daemon uses the same bound to find a checkpoint's time from its journal
+/// time).
+pub const CHECKPOINT_MAX_SKEW_SECS: i64 = castellan_proto::CHECKPOINT_MAX_SKEW_SECS;
 
 /// The last checkpoint signed: no later one may have a lower sequence, and
 /// one for the same sequence must name the same head.
@@ -43,9 +44,11 @@ struct LastCheckpoint {
     sequence: u64,
     /// SHA-256 of the signed checkpoint message (as journaled).
     digest: [u8; 32],
-    /// The head hash, when known: for checkpoints signed since the signer
-    /// started (the journal keeps only the digest).
-    head: Option<[u8; 32]>,
+    /// The checkpoint itself, when known: for checkpoints signed since the
+    /// signer started (the journal keeps only the digest).
+    request: Option<CheckpointRequest>,
+    /// When it was journaled.
+    journaled_ms: i64,
 }
 
 /// Longest validity of a delegated OCSP responder certificate.
@@ -326,7 +329,8 @@ impl Signer {
                 last_checkpoint = Some(LastCheckpoint {
                     sequence,
                     digest: r.tbs_sha256,
-                    head: None,
+                    request: None,
+                    journaled_ms: r.time_ms,
                 });
             }
             if let SignedSubject::CrlNumber(n) = r.subject {
@@ -539,6 +543,7 @@ impl Signer {
                 .map(|responses| Response::Ocsp { responses }),
             Request::RotateOcspResponder(p) => self.rotate_responder(&p).map(Response::Responder),
             Request::SignCheckpoint(c) => self.checkpoint(c).map(Response::Checkpoint),
+            Request::LastCheckpoint => self.last_checkpoint().map(Response::LastCheckpoint),
             Request::ExportJournal(w) => {
                 self.export(w).map(|records| Response::Journal { records })
             }
@@ -1544,7 +1549,7 @@ impl Signer {
                 )));
             }
             if c.sequence == l.sequence && digest != l.digest {
-                match l.head {
+                match l.request.map(|r| r.head_hash) {
                     Some(head) if head != c.head_hash => {
                         return Err(policy(format!(
                             "sequence {} was checkpointed already with head {}, and this request names head {}: one sequence has one head; the event log differs from what was checkpointed, check it with `castellanctl audit verify`",
@@ -1566,7 +1571,7 @@ impl Signer {
         let signature = self.backend.sign(&label, &message)?;
         let (alg, spki) = self.backend.public_key(&label)?;
         x509::verify_signature(alg, &spki, &message, &signature)?;
-        self.journal.append(NewRecord {
+        let record = self.journal.append(NewRecord {
             kind: SignatureKind::Checkpoint,
             key_id: "audit".into(),
             subject: SignedSubject::Checkpoint(c.sequence),
@@ -1577,12 +1582,26 @@ impl Signer {
         *last = Some(LastCheckpoint {
             sequence: c.sequence,
             digest,
-            head: Some(c.head_hash),
+            request: Some(c),
+            journaled_ms: record.time_ms,
         });
         Ok(SignedCheckpoint {
             request: c,
             signature,
         })
+    }
+
+    /// What the journal (and, since the last start, memory) holds of the
+    /// last checkpoint: an event log that does not reach it was cut short
+    /// or replaced by an older copy.
+    fn last_checkpoint(&self) -> Result<Option<LastSignedCheckpoint>, SignerError> {
+        let last = lock(&self.last_checkpoint, "last checkpoint")?;
+        Ok(last.map(|l| LastSignedCheckpoint {
+            sequence: l.sequence,
+            message_sha256: l.digest,
+            request: l.request,
+            journaled_ms: l.journaled_ms,
+        }))
     }
 
     fn export(&self, w: JournalWindow) -> Result<Vec<castellan_proto::JournalRecord>, SignerError> {

@@ -704,6 +704,57 @@ fn checkpoints_only_move_forward_and_one_sequence_has_one_head() {
     signed(s.handle(checkpoint(13, 0x13, now())));
 }
 
+fn last_checkpoint(s: &Signer) -> Option<castellan_proto::LastSignedCheckpoint> {
+    match s.handle(Request::LastCheckpoint) {
+        Response::LastCheckpoint(l) => l,
+        other => panic!("LastCheckpoint answered {other:?}"),
+    }
+}
+
+#[test]
+fn the_last_checkpoint_is_answered_before_and_after_a_restart_and_signs_nothing() {
+    let lab = Lab::new();
+    let s = lab.open();
+    assert_eq!(last_checkpoint(&s), None, "no checkpoint signed yet");
+    let t = now();
+    signed(s.handle(checkpoint(7, 0x77, t)));
+    signed(s.handle(checkpoint(12, 0xee, t)));
+    let message = castellan_proto::checkpoint_message(&CheckpointRequest {
+        sequence: 12,
+        head_hash: [0xee; 32],
+        time: t,
+    });
+    let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &message)
+        .as_ref()
+        .try_into()
+        .expect("32 octets");
+    let before = journal_records(&s);
+    let last = last_checkpoint(&s).expect("a checkpoint was signed");
+    assert_eq!(last.sequence, 12);
+    assert_eq!(last.message_sha256, digest);
+    assert_eq!(
+        last.request,
+        Some(CheckpointRequest {
+            sequence: 12,
+            head_hash: [0xee; 32],
+            time: t,
+        }),
+        "signed since the start: the signer still has the checkpoint itself"
+    );
+    assert_eq!(journal_records(&s), before, "asking signs nothing");
+    let journaled_ms = last.journaled_ms;
+    drop(s);
+    // After a restart the journal gives the sequence, digest and time.
+    let s = lab.open();
+    let last = last_checkpoint(&s).expect("the journal holds the checkpoint");
+    assert_eq!(last.sequence, 12);
+    assert_eq!(last.message_sha256, digest);
+    assert_eq!(last.request, None, "the journal keeps only the digest");
+    assert_eq!(last.journaled_ms, journaled_ms);
+    signed(s.handle(checkpoint(13, 0x13, now())));
+    assert_eq!(last_checkpoint(&s).map(|l| l.sequence), Some(13));
+}
+
 // ---------------------------------------------- 3. OCSP answer size
 
 fn ocsp_single(

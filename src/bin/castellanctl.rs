@@ -1300,6 +1300,9 @@ fn status_cmd(ctx: &Ctx) -> Result<(), Failure> {
         Some(c) => println!("  checkpoint:   last signed at event {c}"),
         None => println!("  checkpoint:   none signed yet (castellanctl audit checkpoint)"),
     }
+    if let Some(p) = &s.checkpoint_problem {
+        println!("  checkpoint:   LOG ROLLED BACK — {p}");
+    }
     if s.signer_reachable {
         println!(
             "  signer:       reachable ({} backend)",
@@ -2500,14 +2503,29 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
     match command {
         AuditCmd::Verify => {
             let v: VerifyView = ctx.get("/v1/audit/verify")?;
-            let ok = v.ok && v.checkpoints_bad.is_empty() && v.foreign_audit_keys.is_empty();
-            let confirmed = v.checkpoint_keys == "signer";
+            let rolled_back = matches!(v.signer_checkpoint.as_str(), "log-behind" | "differs");
+            let broken = !v.ok && !rolled_back
+                || v.first_bad_sequence.is_some()
+                || !v.checkpoints_bad.is_empty()
+                || !v.foreign_audit_keys.is_empty();
+            let ok = v.ok && !broken && !rolled_back;
+            let keys_confirmed = v.checkpoint_keys == "signer";
+            let compared = matches!(v.signer_checkpoint.as_str(), "matches" | "none");
+            let confirmed = keys_confirmed && compared;
             if ctx.json {
                 print_json(&v)?;
             } else if ok && !confirmed {
+                let what = match (keys_confirmed, compared) {
+                    (false, false) => {
+                        "the checkpoint keys are NOT CONFIRMED and the log was NOT COMPARED with \
+                         the signer's last checkpoint"
+                    }
+                    (false, true) => "the checkpoint keys are NOT CONFIRMED",
+                    _ => "the log was NOT COMPARED with the signer's last checkpoint",
+                };
                 println!(
                     "audit chain intact: {} events, head {}; {} checkpoint(s) verified{} — but \
-                     the checkpoint keys are NOT CONFIRMED",
+                     {what}",
                     v.events,
                     short(&v.head_hash, 16),
                     v.checkpoints_ok,
@@ -2515,13 +2533,24 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                         .map(|c| format!(", last at event {c}"))
                         .unwrap_or_default()
                 );
-                println!(
-                    "  {}",
-                    v.checkpoint_keys_note.as_deref().unwrap_or(
-                        "checkpoint signatures were checked only against the audit keys \
-                         recorded in the log itself"
-                    )
-                );
+                if !keys_confirmed {
+                    println!(
+                        "  {}",
+                        v.checkpoint_keys_note.as_deref().unwrap_or(
+                            "checkpoint signatures were checked only against the audit keys \
+                             recorded in the log itself"
+                        )
+                    );
+                }
+                if !compared {
+                    println!(
+                        "  {}",
+                        v.signer_checkpoint_note.as_deref().unwrap_or(
+                            "whether the log was cut short or replaced by an older copy was not \
+                             checked against the signer"
+                        )
+                    );
+                }
             } else if ok {
                 println!(
                     "audit chain OK: {} events, head {}; {} checkpoint(s) verified{}",
@@ -2532,8 +2561,18 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                         .map(|c| format!(", last at event {c}"))
                         .unwrap_or_default()
                 );
+                if let Some(note) = &v.signer_checkpoint_note {
+                    println!("  {note}");
+                }
             } else {
-                println!("audit chain BROKEN");
+                if broken {
+                    println!("audit chain BROKEN");
+                } else {
+                    println!(
+                        "audit log ROLLED BACK: the chain is intact, but it does not match the \
+                         signer's last checkpoint"
+                    );
+                }
                 if let Some(seq) = v.first_bad_sequence {
                     println!("  first bad event: {seq}");
                 }
@@ -2545,6 +2584,14 @@ fn audit_cmd(ctx: &Ctx, command: AuditCmd) -> Result<(), Failure> {
                 }
                 for (seq, why) in &v.foreign_audit_keys {
                     println!("  audit key at event {seq} is not the signer's: {why}");
+                }
+                if rolled_back {
+                    println!(
+                        "  {}",
+                        v.signer_checkpoint_note
+                            .as_deref()
+                            .unwrap_or("the log does not match the signer's last checkpoint")
+                    );
                 }
                 println!(
                     "  next: preserve the state directory as evidence before anything else \

@@ -82,7 +82,7 @@ pub use records::{
     CheckpointRecord, CrlRecord, IntentRecord, ResponderRecord, Revocation, SignerKeys,
 };
 pub use tables::LAYOUT_VERSION;
-pub use verify::VerifyReport;
+pub use verify::{SignerCheckpointCheck, VerifyReport};
 
 use tables::{
     EVENTS, META, META_LAYOUT, N_PROJECTIONS, NAMES, ReadTables, WriteTables, decode_event,
@@ -1027,6 +1027,16 @@ impl Store {
     /// recorded in the log must be that key.
     pub fn verify_against(&self, trusted: Option<&[u8]>) -> VerifyReport {
         verify::verify_db(&*self.inner.db, trusted)
+    }
+
+    /// Compares the log with the signer's last signed checkpoint: a log
+    /// cut short or replaced by an older copy does not reach it, a
+    /// rewritten one disagrees with it.
+    pub fn compare_with_signer(
+        &self,
+        last: &castellan_proto::LastSignedCheckpoint,
+    ) -> SignerCheckpointCheck {
+        verify::compare_with_signer(&*self.inner.db, last)
     }
 
     /// `verify` on a file no daemon has open. The file is opened read-only;

@@ -190,3 +190,83 @@ fn after_a_failed_commit_the_store_says_it_is_not_writable_though_reads_still_st
     });
     assert!(later.is_err());
 }
+
+#[test]
+fn the_signers_last_checkpoint_is_compared_with_the_log_even_when_only_its_digest_is_known() {
+    use castellan_proto::{CheckpointRequest, LastSignedCheckpoint, checkpoint_message};
+    let db = Builder::new()
+        .create_with_backend(InMemoryBackend::new())
+        .unwrap();
+    let store = Store::start(Path::new("<memory>"), db, true).unwrap();
+    for i in 0..4 {
+        store
+            .execute_blocking(Actor::System, move |_| Decision::Commit {
+                events: refusal(i),
+                output: (),
+            })
+            .unwrap();
+    }
+    let (count, head) = store.read().unwrap().head();
+    assert_eq!(count, 4);
+    let time = 1_767_500_000;
+    let signed = CheckpointRequest {
+        sequence: 3,
+        head_hash: head,
+        time,
+    };
+    let digest = |c: &CheckpointRequest| -> [u8; 32] {
+        ring::digest::digest(&ring::digest::SHA256, &checkpoint_message(c))
+            .as_ref()
+            .try_into()
+            .unwrap()
+    };
+    // Journaled 40 s after the checkpoint's time (a slow token), never
+    // recorded in the log (the daemon stopped first), and the signer
+    // restarted since: only the digest and the journal time are known.
+    let digest_only = |c: &CheckpointRequest| LastSignedCheckpoint {
+        sequence: c.sequence,
+        message_sha256: digest(c),
+        request: None,
+        journaled_ms: (time + 40) * 1000 + 250,
+    };
+    let known = |c: &CheckpointRequest| LastSignedCheckpoint {
+        request: Some(*c),
+        ..digest_only(c)
+    };
+    let matches = SignerCheckpointCheck::Matches { sequence: 3 };
+    assert_eq!(store.compare_with_signer(&digest_only(&signed)), matches);
+    assert_eq!(store.compare_with_signer(&known(&signed)), matches);
+
+    let other = CheckpointRequest {
+        head_hash: [7; 32],
+        ..signed
+    };
+    for last in [digest_only(&other), known(&other)] {
+        let check = store.compare_with_signer(&last);
+        assert!(
+            matches!(check, SignerCheckpointCheck::Differs { sequence: 3, .. }),
+            "{check:?}"
+        );
+        assert!(check.is_failure());
+    }
+
+    let beyond = CheckpointRequest {
+        sequence: 9,
+        ..signed
+    };
+    let check = store.compare_with_signer(&digest_only(&beyond));
+    assert_eq!(
+        check,
+        SignerCheckpointCheck::LogBehind {
+            sequence: 9,
+            events: 4
+        }
+    );
+    assert!(
+        check
+            .message()
+            .contains("the signer checkpointed event 9, but the event log ends at event 3"),
+        "{}",
+        check.message()
+    );
+}

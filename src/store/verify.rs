@@ -10,7 +10,10 @@
 //! signer, or a file for offline checks) and every recorded audit key must
 //! be that key.
 
-use castellan_proto::{Algorithm, CheckpointRequest, checkpoint_message};
+use castellan_proto::{
+    Algorithm, CHECKPOINT_MAX_SKEW_SECS, CheckpointRequest, LastSignedCheckpoint,
+    checkpoint_message,
+};
 use der::Decode;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
@@ -311,4 +314,193 @@ fn check_checkpoint(
         return Err("no signer audit key is recorded before it".to_string());
     };
     verify_audit_signature(spki, *algorithm, &checkpoint_message(req), signature)
+}
+
+/// How the event log compares with the last checkpoint the signer signed.
+///
+/// The signer keeps its own journal, out of reach of whoever can write the
+/// daemon's files: a log cut short, or replaced by an older copy, keeps an
+/// intact chain and valid checkpoints, but no longer reaches (or no longer
+/// agrees with) the signer's last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignerCheckpointCheck {
+    /// The log holds the checkpointed event, and it is the one the signer
+    /// checkpointed.
+    Matches { sequence: u64 },
+    /// The log holds only `events` events (it ends at `events - 1`), fewer
+    /// than the signer checkpointed.
+    LogBehind { sequence: u64, events: u64 },
+    /// The log holds the checkpointed sequence but not the history the
+    /// signer checkpointed there.
+    Differs { sequence: u64, why: String },
+    /// The log could not be read to compare.
+    Unreadable(String),
+}
+
+const PRESERVE: &str = "preserve both files (the event log and the signer's journal) as evidence \
+     before anything else writes to them, and restore the newest copy of the log that the \
+     signer's checkpoint agrees with";
+
+impl SignerCheckpointCheck {
+    /// The log disagrees with the signer: events were removed or rewritten.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            SignerCheckpointCheck::LogBehind { .. } | SignerCheckpointCheck::Differs { .. }
+        )
+    }
+
+    /// What an operator reads.
+    pub fn message(&self) -> String {
+        match self {
+            SignerCheckpointCheck::Matches { sequence } => format!(
+                "the event log reaches at least the signer's last checkpoint (event {sequence}) \
+                 and agrees with it"
+            ),
+            SignerCheckpointCheck::LogBehind { sequence, events } => {
+                let end = match events.checked_sub(1) {
+                    Some(last) => format!("the event log ends at event {last}"),
+                    None => "the event log is empty".to_string(),
+                };
+                format!(
+                    "the signer checkpointed event {sequence}, but {end}: events were removed \
+                     or this is an older copy of the log (rolled back); {PRESERVE}"
+                )
+            }
+            SignerCheckpointCheck::Differs { sequence, why } => format!(
+                "the event log's history differs from what the signer checkpointed at event \
+                 {sequence} ({why}): events up to it were rewritten or this is another copy of \
+                 the log; {PRESERVE}"
+            ),
+            SignerCheckpointCheck::Unreadable(why) => format!(
+                "the event log could not be read to compare it with the signer's last \
+                 checkpoint ({why})"
+            ),
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Compares the log with the signer's last checkpoint `last`. The hash
+/// chain itself is checked by [`verify_db`]; this reads the checkpointed
+/// event and, when needed, the checkpoints recorded after it.
+pub(crate) fn compare_with_signer(
+    db: &impl ReadableDatabase,
+    last: &LastSignedCheckpoint,
+) -> SignerCheckpointCheck {
+    let unreadable = |e: String| SignerCheckpointCheck::Unreadable(e);
+    let sequence = last.sequence;
+    let txn = match db.begin_read() {
+        Ok(t) => t,
+        Err(e) => return unreadable(e.to_string()),
+    };
+    let events = match txn.open_table(EVENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return SignerCheckpointCheck::LogBehind {
+                sequence,
+                events: 0,
+            };
+        }
+        Err(e) => return unreadable(e.to_string()),
+    };
+    let stored = match events.get(sequence) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return match events.last() {
+                Ok(Some((k, _))) if k.value() >= sequence => SignerCheckpointCheck::Differs {
+                    sequence,
+                    why: format!("event {sequence} is missing from the log"),
+                },
+                Ok(Some((k, _))) => SignerCheckpointCheck::LogBehind {
+                    sequence,
+                    events: k.value().saturating_add(1),
+                },
+                Ok(None) => SignerCheckpointCheck::LogBehind {
+                    sequence,
+                    events: 0,
+                },
+                Err(e) => unreadable(e.to_string()),
+            };
+        }
+        Err(e) => return unreadable(e.to_string()),
+    };
+    let head = match decode_event(stored.value()) {
+        Ok(ev) => ev.hash,
+        Err(e) => return unreadable(format!("event {sequence} does not decode ({e})")),
+    };
+    let checkpointed = |time: i64| {
+        sha256(&checkpoint_message(&CheckpointRequest {
+            sequence,
+            head_hash: head,
+            time,
+        }))
+    };
+    // Signed since the signer started: it still has the head it signed.
+    if let Some(signed) = &last.request {
+        return if signed.head_hash == head {
+            SignerCheckpointCheck::Matches { sequence }
+        } else {
+            SignerCheckpointCheck::Differs {
+                sequence,
+                why: format!(
+                    "the signer signed head {} for it, the log's event {sequence} has hash {}",
+                    hex::encode(signed.head_hash),
+                    hex::encode(head)
+                ),
+            }
+        };
+    }
+    // After a restart the signer has only the digest of the message, which
+    // covers the head and the checkpoint's time; that time was within the
+    // skew bound of the signer's clock when it journaled the checkpoint
+    // (allowing as much again for a slow key backend).
+    let journaled = last.journaled_ms.div_euclid(1000);
+    let skew = CHECKPOINT_MAX_SKEW_SECS.saturating_add(1);
+    let from = journaled.saturating_sub(skew.saturating_mul(2));
+    let to = journaled.saturating_add(skew);
+    if (from..=to).any(|time| checkpointed(time) == last.message_sha256) {
+        return SignerCheckpointCheck::Matches { sequence };
+    }
+    // A checkpoint of this head recorded in the log whose message the
+    // signer signed (its time outside the window above).
+    let after = match events.range(sequence.saturating_add(1)..) {
+        Ok(r) => r,
+        Err(e) => return unreadable(e.to_string()),
+    };
+    for item in after {
+        let ev = match item {
+            Ok((_, v)) => match decode_event(v.value()) {
+                Ok(ev) => ev,
+                Err(_) => continue,
+            },
+            Err(e) => return unreadable(e.to_string()),
+        };
+        if let EventPayload::CheckpointSigned {
+            sequence: s,
+            head_hash,
+            time,
+            ..
+        } = ev.payload
+            && s == sequence
+            && head_hash == head
+            && checkpointed(time) == last.message_sha256
+        {
+            return SignerCheckpointCheck::Matches { sequence };
+        }
+    }
+    SignerCheckpointCheck::Differs {
+        sequence,
+        why: format!(
+            "no checkpoint of the log's event {sequence} (hash {}) has the digest the signer \
+             journaled for it ({})",
+            hex::encode(head),
+            hex::encode(last.message_sha256)
+        ),
+    }
 }

@@ -697,6 +697,27 @@ pub struct CeremonyOutcomeQuery {
     pub parameters_sha256: [u8; 32],
 }
 
+/// How far a checkpoint's time may differ from the signer's clock when it
+/// signs it. The daemon and the signer run on one host and read the same
+/// clock, so a larger difference means a backdated (or postdated)
+/// checkpoint.
+pub const CHECKPOINT_MAX_SKEW_SECS: i64 = 120;
+
+/// The last checkpoint the signer signed (the highest sequence; of several
+/// for that sequence, the latest).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LastSignedCheckpoint {
+    pub sequence: u64,
+    /// SHA-256 of the signed [`checkpoint_message`], as journaled.
+    pub message_sha256: [u8; 32],
+    /// The checkpoint as signed, when the signer signed it since it last
+    /// started; after a restart its journal gives only the digest.
+    pub request: Option<CheckpointRequest>,
+    /// When the signer journaled it. The checkpoint's own time was within
+    /// [`CHECKPOINT_MAX_SKEW_SECS`] of the signer's clock then.
+    pub journaled_ms: UnixMillis,
+}
+
 /// A journaled certificate signature made for an intent.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct IntentFound {
@@ -756,6 +777,11 @@ pub enum Request {
     /// as the execution was; for a caller that lost that answer (a crash
     /// between the signer's answer and its own record). Signs nothing.
     CeremonyOutcome(CeremonyOutcomeQuery),
+    /// The last checkpoint the signer signed, answered with
+    /// [`Response::LastCheckpoint`]; for checking that the event log still
+    /// reaches it (a log cut short or replaced by an older copy does not).
+    /// Signs nothing.
+    LastCheckpoint,
 }
 
 impl Request {
@@ -776,6 +802,7 @@ impl Request {
             Request::IssueCertificateForIntent(_) => "issue-certificate-for-intent",
             Request::FindIntents(_) => "find-intents",
             Request::CeremonyOutcome(_) => "ceremony-outcome",
+            Request::LastCheckpoint => "last-checkpoint",
         }
     }
 }
@@ -984,6 +1011,9 @@ pub enum Response {
         found: Vec<IntentFound>,
         in_progress: Vec<IntentId>,
     },
+    /// Answer to [`Request::LastCheckpoint`]: `None` when the signer never
+    /// signed a checkpoint.
+    LastCheckpoint(Option<LastSignedCheckpoint>),
 }
 
 /// A request as sent on the wire: the id is echoed in the response so a

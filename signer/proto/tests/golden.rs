@@ -464,6 +464,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             parameters_sha256: [0x4d; 32],
         }),
     ));
+    out.push(("request_last_checkpoint", Request::LastCheckpoint));
     out
 }
 
@@ -605,6 +606,32 @@ fn responses() -> Vec<(&'static str, Response)> {
             }],
             in_progress: vec![[0x3f; 16]],
         },
+    ));
+    out.push((
+        "response_last_checkpoint",
+        Response::LastCheckpoint(Some(LastSignedCheckpoint {
+            sequence: 1234,
+            message_sha256: [0x6b; 32],
+            request: Some(CheckpointRequest {
+                sequence: 1234,
+                head_hash: [0x9e; 32],
+                time: 1_767_500_000,
+            }),
+            journaled_ms: 1_767_500_000_250,
+        })),
+    ));
+    out.push((
+        "response_last_checkpoint_after_restart",
+        Response::LastCheckpoint(Some(LastSignedCheckpoint {
+            sequence: 1234,
+            message_sha256: [0x6b; 32],
+            request: None,
+            journaled_ms: 1_767_500_000_250,
+        })),
+    ));
+    out.push((
+        "response_last_checkpoint_none",
+        Response::LastCheckpoint(None),
     ));
     out
 }

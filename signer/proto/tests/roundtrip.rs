@@ -354,6 +354,7 @@ fn request() -> impl Strategy<Value = Request> {
                 parameters_sha256,
             })
         }),
+        Just(Request::LastCheckpoint),
     ]
 }
 
@@ -547,6 +548,23 @@ fn response() -> impl Strategy<Value = Response> {
                     .collect(),
                 in_progress,
             }),
+        proptest::option::of(
+            (
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                proptest::option::of(checkpoint_request()),
+                any::<i64>()
+            )
+                .prop_map(|(sequence, message_sha256, request, journaled_ms)| {
+                    LastSignedCheckpoint {
+                        sequence,
+                        message_sha256,
+                        request,
+                        journaled_ms,
+                    }
+                })
+        )
+        .prop_map(Response::LastCheckpoint),
     ]
 }
 
