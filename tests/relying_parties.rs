@@ -14,11 +14,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::{
-    Appliance, Out, WAIT, eventually, fetch_crl, free_port, issue, public_appliance,
-    revoke_compromised, run,
+    Appliance, Nginx, Out, WAIT, eventually, fetch_crl, free_port, issue, public_appliance,
+    revoke_compromised, run, start_nginx,
 };
 
 /// Panics unless `program` is on the PATH (or in /usr/sbin, /sbin, where
@@ -530,20 +530,6 @@ fn the_jdk_certpathvalidator_sees_good_and_revoked_by_ocsp_and_by_crl() {
     );
 }
 
-/// A running nginx, stopped when dropped.
-struct Nginx {
-    child: Child,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers too.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
 /// An nginx serving `<tag>.pem` (with issuing.pem) and stapling its OCSP
 /// answer, verified against chain.pem, on `port`; its configuration and
 /// error log in `dir/<name>`.
@@ -563,33 +549,7 @@ fn stapling_nginx(dir: &Path, name: &str, tag: &str, port: u16) -> Nginx {
         ),
     )
     .unwrap();
-    let conf = work.join("nginx.conf");
-    let out = run(
-        Command::new("nginx")
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&work),
-        WAIT,
-    );
-    assert_eq!(
-        out.code,
-        Some(0),
-        "nginx refuses the stapling config: {out}"
-    );
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start nginx (Debian package nginx): {e}"));
-    common::wait_http(port);
-    Nginx { child }
+    start_nginx(&work, &work.join("nginx.conf"), port)
 }
 
 /// One TLS handshake with `openssl s_client -status`, the chain verified.

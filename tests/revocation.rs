@@ -8,13 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use common::{
-    Appliance, WAIT, curl, eventually, eventually_within, free_port, issue, openssl, openssl_exit,
-    openssl_ocsp, public_appliance, public_appliance_with, revoke_compromised, run, wait_http,
+    Appliance, Nginx, WAIT, curl, eventually, eventually_within, free_port, issue, openssl,
+    openssl_exit, openssl_ocsp, public_appliance, public_appliance_with, revoke_compromised, run,
+    start_nginx, wait_http,
 };
 use serde_json::Value;
 
@@ -279,21 +280,7 @@ fn crls_follow_revocations_emergency_mode_and_restarts_and_cert_show_says_what_i
 }
 
 /// A throwaway nginx serving `root` with castellan's site config on `port`.
-struct Nginx {
-    child: Child,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers too (SIGKILL would leave
-        // them running).
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn start_nginx(work: &Path, root: &Path, port: u16, castellan_port: u16) -> Nginx {
+fn nginx_site(work: &Path, root: &Path, port: u16, castellan_port: u16) -> Nginx {
     let site = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/nginx/castellan-revocation.conf"),
     )
@@ -313,27 +300,7 @@ fn start_nginx(work: &Path, root: &Path, port: u16, castellan_port: u16) -> Ngin
         ),
     )
     .unwrap();
-    let out = run(
-        Command::new("nginx")
-            .arg("-t")
-            .arg("-c")
-            .arg(work.join("nginx.conf"))
-            .arg("-p")
-            .arg(work),
-        WAIT,
-    );
-    assert_eq!(out.code, Some(0), "nginx refuses the site config: {out}");
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(work.join("nginx.conf"))
-        .arg("-p")
-        .arg(work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (apt-get install nginx)");
-    wait_http(port);
-    Nginx { child }
+    start_nginx(work, &work.join("nginx.conf"), port)
 }
 
 #[test]
@@ -391,7 +358,7 @@ fn the_publish_directory_holds_what_the_listener_serves_and_nginx_serves_it_to_o
     // nginx with the shipped site config serves the same files.
     let nginx_port = free_port();
     let work = tempfile::tempdir().unwrap();
-    let _nginx = start_nginx(work.path(), root, nginx_port, port);
+    let _nginx = nginx_site(work.path(), root, nginx_port, port);
     for (cert, status) in [("kept.pem", "good"), ("gone.pem", "revoked")] {
         let enc = get_path(dir, cert);
         curl(
@@ -734,7 +701,7 @@ fn a_revoke_acknowledged_with_the_signer_down_leaves_no_good_answer_in_the_publi
     let dir = dir.as_path();
     let nginx_port = free_port();
     let work = tempfile::tempdir().unwrap();
-    let _nginx = start_nginx(work.path(), publish.path(), nginx_port, port);
+    let _nginx = nginx_site(work.path(), publish.path(), nginx_port, port);
 
     a.kill_signer();
     let v = a

@@ -675,6 +675,48 @@ pub fn openssl_ocsp(dir: &Path, url: &str, cert: &str, extra: &[&str]) -> String
     openssl(&args, dir)
 }
 
+/// A running nginx, stopped when dropped.
+pub struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers too (SIGKILL would leave
+        // them running).
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks `conf` with `nginx -t` (prefix `work`), starts nginx with it and
+/// waits until `port` answers.
+pub fn start_nginx(work: &Path, conf: &Path, port: u16) -> Nginx {
+    let out = run(
+        Command::new("nginx")
+            .arg("-t")
+            .arg("-c")
+            .arg(conf)
+            .arg("-p")
+            .arg(work),
+        WAIT,
+    );
+    assert_eq!(out.code, Some(0), "nginx refuses {}: {out}", conf.display());
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(conf)
+        .arg("-p")
+        .arg(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start nginx (Debian package nginx): {e}"));
+    wait_http(port);
+    Nginx { child }
+}
+
 /// Revokes `serial` for keyCompromise with an invalidity date
 /// (2026-01-31) through castellanctl, and checks that the revoke was
 /// acknowledged with OCSP already answering revoked. Returns its JSON.
