@@ -923,19 +923,19 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
         .pem()
         .unwrap();
     std::fs::write(&csr, csr_pem).unwrap();
-    let calls_before = s.fake.calls.lock().unwrap().len();
-    let out = ctl(
-        &s.sock,
-        &[
+    let issue_csr = |more: &[&str]| {
+        let mut args = vec![
             "issue",
             "--csr",
             csr.to_str().unwrap(),
             "--profile",
             "server",
-            "--out",
-            key.to_str().unwrap(),
-        ],
-    );
+        ];
+        args.extend_from_slice(more);
+        ctl(&s.sock, &args)
+    };
+    let calls_before = s.fake.calls.lock().unwrap().len();
+    let out = issue_csr(&["--out", key.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds a private key"), "{stderr}");
@@ -945,20 +945,12 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     // two ways: the key is not even made.
     let cert = dir.path().join("web.pem");
     let cert_again = dir.path().join(".").join("web.pem");
-    let out = ctl(
-        &s.sock,
-        &[
-            "issue",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--profile",
-            "server",
-            "--out",
-            cert.to_str().unwrap(),
-            "--chain-out",
-            cert_again.to_str().unwrap(),
-        ],
-    );
+    let out = issue_csr(&[
+        "--out",
+        cert.to_str().unwrap(),
+        "--chain-out",
+        cert_again.to_str().unwrap(),
+    ]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -993,18 +985,7 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     assert_eq!(s.fake.calls.lock().unwrap().len(), calls_before);
     // Nor for an --out in a directory that does not exist.
     let nowhere = dir.path().join("no-such-dir").join("web.pem");
-    let out = ctl(
-        &s.sock,
-        &[
-            "issue",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--profile",
-            "server",
-            "--out",
-            nowhere.to_str().unwrap(),
-        ],
-    );
+    let out = issue_csr(&["--out", nowhere.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no-such-dir"), "{stderr}");
@@ -1048,20 +1029,7 @@ fn castellanctl_never_writes_a_certificate_over_a_private_key() {
     // /dev/stdout (here a pipe) is written to as it is, as before; it may
     // take the certificate and then its chain.
     let calls_before = s.fake.calls.lock().unwrap().len();
-    let out = ctl(
-        &s.sock,
-        &[
-            "issue",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--profile",
-            "server",
-            "--out",
-            "/dev/stdout",
-            "--chain-out",
-            "/dev/stdout",
-        ],
-    );
+    let out = issue_csr(&["--out", "/dev/stdout", "--chain-out", "/dev/stdout"]);
     assert_ne!(
         out.status.code(),
         Some(2),
