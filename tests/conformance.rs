@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{WAIT, openssl, run};
+use common::{WAIT, openssl_ocsp, run};
 
 fn pkilint_dir() -> PathBuf {
     let dir = std::env::var_os("CASTELLAN_PKILINT")
@@ -51,23 +51,8 @@ fn lint(what: &str, program: &str, args: &[&str], dir: &Path) {
 /// `openssl ocsp` for `cert` against castellan; the DER answer is written
 /// to `out` and its text returned.
 fn ocsp(dir: &Path, port: u16, cert: &str, out: &str) -> String {
-    openssl(
-        &[
-            "ocsp",
-            "-issuer",
-            "issuing.pem",
-            "-cert",
-            cert,
-            "-CAfile",
-            "chain.pem",
-            "-url",
-            &format!("http://127.0.0.1:{port}/ocsp/issuing"),
-            "-respout",
-            out,
-            "-resp_text",
-        ],
-        dir,
-    )
+    let url = format!("http://127.0.0.1:{port}/ocsp/issuing");
+    openssl_ocsp(dir, &url, cert, &["-respout", out, "-resp_text"])
 }
 
 #[test]

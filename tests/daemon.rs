@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use castellan::admin_client::{AdminClient, read_response};
 use castellan::api::ErrorBody;
 use common::{
-    Appliance, Out, Settings, WAIT, castellan_bin, ctl_bin, kind, read_until_closed, run, seq,
-    subjects,
+    Appliance, Out, Settings, WAIT, castellan_bin, ctl_bin, kind, openssl_csr, read_until_closed,
+    run, seq, subjects,
 };
 use serde_json::Value;
 
@@ -99,25 +99,12 @@ fn demo_flow(a: &Appliance) -> Demo {
     assert_eq!(ids, BTreeSet::from(["issuing", "root"]));
 
     // A server certificate from an openssl CSR, verified by openssl.
-    openssl(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "web.key",
-            "-subj",
-            "/CN=web.test.internal",
-            "-addext",
-            "subjectAltName=DNS:web.test.internal,DNS:www.test.internal",
-            "-out",
-            "web.csr",
-        ],
+    openssl_csr(
         a.dir.path(),
+        "web.key",
+        "web.csr",
+        "/CN=web.test.internal",
+        Some("DNS:web.test.internal,DNS:www.test.internal"),
     );
     let csr = a.path("web.csr");
     let web = a.path("web.pem");

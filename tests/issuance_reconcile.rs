@@ -7,13 +7,12 @@
 //! not be revoked.
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use castellan::admin_client::AdminClient;
 use castellan::api::{CertView, IssueRequest, IssuedView};
-use common::{Appliance, Settings, WAIT, run};
+use common::{Appliance, Settings, openssl_csr};
 
 /// Issuing clients; with this many in flight at every reconciliation round
 /// the old behaviour lost certificates in every round.
@@ -28,30 +27,13 @@ fn certificates_issued_while_intents_are_reconciled_are_all_recorded_and_revocab
     a.start_signer();
     a.start_daemon();
     a.make_cas();
-    let out = run(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "r.key",
-                "-subj",
-                "/CN=reconcile.test",
-                "-addext",
-                "subjectAltName=DNS:reconcile.test",
-                "-out",
-                "r.csr",
-            ])
-            .current_dir(a.dir.path()),
-        WAIT,
+    let csr = openssl_csr(
+        a.dir.path(),
+        "r.key",
+        "r.csr",
+        "/CN=reconcile.test",
+        Some("DNS:reconcile.test"),
     );
-    assert_eq!(out.code, Some(0), "{out}");
-    let csr = std::fs::read_to_string(a.path("r.csr")).expect("read the CSR");
 
     let acked = Mutex::new(Vec::<String>::new());
     let errors = Mutex::new(Vec::<String>::new());

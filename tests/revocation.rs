@@ -15,7 +15,7 @@ use base64::Engine;
 use common::{
     Appliance, Nginx, WAIT, curl, eventually, eventually_within, free_port, issue, openssl,
     openssl_exit, openssl_ocsp, public_appliance, public_appliance_with, revoke_compromised, run,
-    start_nginx, wait_http,
+    start_nginx, wait_http, wait_published_revoked,
 };
 use serde_json::Value;
 
@@ -836,24 +836,7 @@ fn a_publish_directory_that_cannot_be_written_is_said_in_the_revoke_and_caught_u
     );
     // Fixed: castellan catches up by itself.
     std::fs::remove_dir_all(&file).unwrap();
-    eventually("the revoked answer to be published", || {
-        std::fs::copy(&file, dir.join("published.der")).ok()?;
-        let t = openssl(
-            &[
-                "ocsp",
-                "-respin",
-                "published.der",
-                "-issuer",
-                "issuing.pem",
-                "-cert",
-                "goes.pem",
-                "-CAfile",
-                "chain.pem",
-            ],
-            dir,
-        );
-        t.contains("goes.pem: revoked").then_some(())
-    });
+    wait_published_revoked(dir, &file);
 }
 
 #[test]
@@ -901,24 +884,7 @@ fn a_full_publish_directory_is_said_in_the_revoke_keeps_no_partial_files_and_is_
     );
 
     fs.free();
-    eventually("the revoked answer to be published", || {
-        std::fs::copy(&file, dir.join("published.der")).ok()?;
-        let t = openssl(
-            &[
-                "ocsp",
-                "-respin",
-                "published.der",
-                "-issuer",
-                "issuing.pem",
-                "-cert",
-                "goes.pem",
-                "-CAfile",
-                "chain.pem",
-            ],
-            dir,
-        );
-        t.contains("goes.pem: revoked").then_some(())
-    });
+    wait_published_revoked(dir, &file);
 }
 
 /// Every file below `dir`.

@@ -657,6 +657,56 @@ pub fn openssl(args: &[&str], dir: &Path) -> String {
     openssl_exit(args, dir, 0)
 }
 
+/// A P-256 key `key` and a CSR `csr` for it, made by `openssl req` in
+/// `dir`, with `subject` (openssl's `/CN=…` form) and, when given, a
+/// subjectAltName extension (`DNS:a,DNS:b`). Returns the CSR's PEM.
+pub fn openssl_csr(dir: &Path, key: &str, csr: &str, subject: &str, san: Option<&str>) -> String {
+    let san = san.map(|s| format!("subjectAltName={s}"));
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-subj",
+        subject,
+        "-out",
+        csr,
+    ];
+    if let Some(san) = &san {
+        args.extend(["-addext", san]);
+    }
+    openssl(&args, dir);
+    std::fs::read_to_string(dir.join(csr)).expect("the CSR openssl wrote")
+}
+
+/// Waits until the OCSP answer published at `file` says that goes.pem
+/// (issued by `issuing`) is revoked, verified with chain.pem.
+pub fn wait_published_revoked(dir: &Path, file: &Path) {
+    eventually("the revoked answer to be published", || {
+        std::fs::copy(file, dir.join("published.der")).ok()?;
+        let t = openssl(
+            &[
+                "ocsp",
+                "-respin",
+                "published.der",
+                "-issuer",
+                "issuing.pem",
+                "-cert",
+                "goes.pem",
+                "-CAfile",
+                "chain.pem",
+            ],
+            dir,
+        );
+        t.contains("goes.pem: revoked").then_some(())
+    });
+}
+
 /// `openssl ocsp` for `cert` (issued by `issuing`) against `url`, the
 /// answer verified with chain.pem; `extra` arguments appended.
 pub fn openssl_ocsp(dir: &Path, url: &str, cert: &str, extra: &[&str]) -> String {
