@@ -651,19 +651,9 @@ fn crl(daemon: &Daemon, rest: &str, if_none_match: Option<&str>) -> Response<Bod
     };
     let (body, ctype, etag) = if pem {
         (
-            // Made in the background as the CRL is published; made here if
-            // asked for before that (telling a multi-threaded runtime that
-            // this worker blocks meanwhile).
-            c.pem_made().unwrap_or_else(|| {
-                let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                });
-                if multi {
-                    tokio::task::block_in_place(|| c.pem())
-                } else {
-                    c.pem()
-                }
-            }),
+            // Made in the background as the CRL is published; made here, on
+            // this worker's own loop, if asked for before that.
+            c.pem_made().unwrap_or_else(|| c.pem()),
             "application/x-pem-file",
             format!("{}-pem\"", c.etag.trim_end_matches('"')),
         )
