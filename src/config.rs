@@ -922,10 +922,7 @@ impl Config {
         // so serialisation cannot fail; should it ever, the Debug form still
         // identifies the configuration.
         let bytes = serde_json::to_vec(self).unwrap_or_else(|_| format!("{self:?}").into_bytes());
-        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
+        crate::sha256(&bytes)
     }
 
     /// Whether `new` can replace `self` on SIGHUP: only profiles, admin

@@ -1345,10 +1345,7 @@ impl Daemon {
         self.rng
             .fill(&mut request_id)
             .map_err(|_| err(ErrorKind::Internal, "no randomness"))?;
-        let spki_sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &parsed.spki_der)
-            .as_ref()
-            .try_into()
-            .map_err(|_| err(ErrorKind::Internal, "digest length"))?;
+        let spki_sha256 = crate::sha256(&parsed.spki_der);
         let urls = config.issuance.urls.expand(&issuer);
         let template = CertificateTemplate {
             issuer: issuer.clone(),

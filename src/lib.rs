@@ -22,3 +22,10 @@ pub mod service;
 pub mod signer_client;
 pub mod signer_pool;
 pub mod store;
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}

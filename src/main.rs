@@ -192,9 +192,7 @@ struct Reload {
 
 fn file_sha256(path: &std::path::Path) -> Result<[u8; 32], String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
-    Ok(out)
+    Ok(castellan::sha256(&bytes))
 }
 
 /// Reads the configuration file again for SIGHUP. Everything that can fail

@@ -358,9 +358,7 @@ impl SignerPool {
         }
         let hash = |der: Vec<u8>| async move {
             tokio::task::spawn_blocking(move || {
-                let d = ring::digest::digest(&ring::digest::SHA256, &der);
-                let mut sha256 = [0u8; 32];
-                sha256.copy_from_slice(d.as_ref());
+                let sha256 = crate::sha256(&der);
                 (der, sha256)
             })
             .await

@@ -380,12 +380,6 @@ impl SignerCheckpointCheck {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    out
-}
-
 /// Compares the log with the signer's last checkpoint `last`. The hash
 /// chain itself is checked by [`verify_db`]; this reads the checkpointed
 /// event and, when needed, the checkpoints recorded after it.
@@ -435,7 +429,7 @@ pub(crate) fn compare_with_signer(
         Err(e) => return unreadable(format!("event {sequence} does not decode ({e})")),
     };
     let checkpointed = |time: i64| {
-        sha256(&checkpoint_message(&CheckpointRequest {
+        crate::sha256(&checkpoint_message(&CheckpointRequest {
             sequence,
             head_hash: head,
             time,
